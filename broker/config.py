@@ -1,0 +1,124 @@
+"""One typed settings object for the whole broker.
+
+Settings come from, in order of precedence: explicit keyword arguments, environment
+variables prefixed ``MWLB_`` (``MWLB_DATABASE_URL`` ...), a TOML file passed with
+``--config`` (keys are the field names without the prefix), then the defaults below.
+Read once per process with :func:`load_settings`; every other module receives the
+object it is handed and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class AckMode(StrEnum):
+    """When the MLLP listener answers AA (see README, "ACK modes").
+
+    ``application``: after the order or patient change is committed (HL7 original mode
+    application acknowledgement), so content errors come back as AE on the same
+    connection. ``store``: as soon as the raw message and its dedup key are committed;
+    processing errors then surface as failed messages in the message store.
+    """
+
+    APPLICATION = "application"
+    STORE = "store"
+
+
+class Settings(BaseSettings):
+    """All broker settings. Field docs double as ``mwl-broker serve --help`` text."""
+
+    model_config = SettingsConfigDict(env_prefix="MWLB_", extra="forbid")
+
+    database_url: str = Field(
+        default="sqlite:///var/mwl-broker.db",
+        description="SQLAlchemy URL. Default: SQLite file under ./var (embedded mode).",
+    )
+    celery_broker_url: str = Field(
+        default="",
+        description="Empty: run tasks in-process (embedded). redis://host:6379/0: Celery workers.",
+    )
+    redis_visibility_timeout: int = Field(
+        default=3600, description="Seconds before Redis redelivers an unacknowledged task."
+    )
+    mllp_host: str = Field(default="0.0.0.0", description="Address the MLLP listener binds.")
+    mllp_port: int = Field(default=2575, description="MLLP listener port (0 = ephemeral).")
+    mllp_max_frame_bytes: int = Field(
+        default=1024 * 1024, description="Largest accepted MLLP frame; larger closes the link."
+    )
+    mllp_idle_timeout: float = Field(
+        default=300.0, description="Seconds a connection may stay silent between messages."
+    )
+    mllp_frame_timeout: float = Field(
+        default=30.0, description="Seconds allowed from a start block to its end block."
+    )
+    dicom_host: str = Field(default="0.0.0.0", description="Address the DICOM server binds.")
+    dicom_port: int = Field(default=11112, description="DICOM port (0 = ephemeral).")
+    ae_title: str = Field(default="MWL_BROKER", description="The broker's DICOM AE title.")
+    timezone: str = Field(
+        default="",
+        description="IANA zone worklist times are given in (empty: the host's local zone).",
+    )
+    mappings_dir: Path = Field(
+        default=Path("mappings"), description="Directory of mapping profiles (YAML)."
+    )
+    ack_mode: AckMode = Field(
+        default=AckMode.APPLICATION, description="application | store (see README)."
+    )
+    application_ack_timeout: float = Field(
+        default=10.0,
+        description="Application ACK mode: seconds to wait for processing before answering "
+        "AA on the durable store alone (the result then shows in the message store).",
+    )
+    worklist_max_results: int = Field(
+        default=5000, description="Cap on C-FIND pending responses per query (0 = no cap)."
+    )
+    worklist_statuses: list[str] = Field(
+        default=["SCHEDULED", "ARRIVED", "READY"],
+        description="SPS statuses listed when the query does not give SPS Status.",
+    )
+    accept_unknown_hl7_version: bool = Field(
+        default=False, description="Accept MSH-12 versions outside 2.3-2.5.1 instead of AR 203."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    @property
+    def embedded(self) -> bool:
+        """True when tasks run in-process (no Celery broker configured)."""
+        return not self.celery_broker_url
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: overrides > ``MWLB_*`` environment > TOML file > defaults.
+
+    Environment variables beat the file, so a deployment can pin one value without
+    editing the file. Unknown keys in the file are an error naming the key.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        with config_file.open("rb") as fh:
+            file_values = tomllib.load(fh)
+        unknown = sorted(set(file_values) - set(Settings.model_fields))
+        if unknown:
+            raise ValueError(f"{config_file}: unknown setting(s): {', '.join(unknown)}")
+    env_only = Settings(**overrides)  # env + overrides, to learn which fields they set
+    explicit = env_only.model_fields_set
+    merged = {k: v for k, v in file_values.items() if k not in explicit}
+    merged.update({k: getattr(env_only, k) for k in explicit})
+    return Settings(**merged)
