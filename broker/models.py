@@ -37,7 +37,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON}
+    """Declarative base of every broker table."""
 
 
 class MessageStatus(StrEnum):

@@ -111,9 +111,8 @@ class Segment:
             repetition: int = 0) -> str:
         """The unescaped value at field[.component[.subcomponent]] of a repetition.
 
-        component 0 returns the whole repetition unescaped component by component is
-        not meaningful, so it returns the first component when the field has only one,
-        else the raw repetition with escapes resolved part by part.
+        With component 0 the whole repetition is returned, each (sub)component
+        unescaped and the delimiters between them kept.
         """
         reps = self.repetitions(number)
         if repetition >= len(reps):
@@ -146,7 +145,8 @@ class Segment:
         d = self.delimiters
         if d.subcomponent not in component:
             return self.message.unescape(component)
-        return d.subcomponent.join(self.message.unescape(s) for s in component.split(d.subcomponent))
+        parts = component.split(d.subcomponent)
+        return d.subcomponent.join(self.message.unescape(s) for s in parts)
 
     def __repr__(self) -> str:  # ids only: never print a segment's content
         return f"<Segment {self.name}>"

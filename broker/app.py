@@ -1,0 +1,94 @@
+"""``mwl-broker serve``: the MLLP listener and the DICOM server in one process, plus
+in-process processing when no Celery broker is configured (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from broker.config import Settings
+from broker.db import make_engine, make_session_factory
+from broker.dicom.server import DicomServer
+from broker.hl7.listener import HL7Receiver
+from broker.hl7.mllp import MLLPServer
+from broker.migrations import upgrade
+from broker.runtime import Runtime, set_runtime
+from broker.services.inbound import Inbox
+from broker.services.sweeper import Sweeper
+from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
+
+log = logging.getLogger(__name__)
+
+
+class BrokerApp:
+    """Owns the servers of one broker process; ``start()`` returns once they listen."""
+
+    def __init__(self, settings: Settings, *, migrate: bool = True,
+                 sweep_interval: float = 15.0) -> None:
+        self.settings = settings
+        self.migrate = migrate
+        self.sweep_interval = sweep_interval
+        self.runtime = Runtime(settings)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever,
+                                             name="mwl-mllp-loop", daemon=True)
+        self.dispatcher: Dispatcher
+        self.mllp: MLLPServer
+        self.dicom: DicomServer
+
+    def start(self) -> None:
+        settings = self.settings
+        if self.migrate:
+            upgrade(settings.database_url)
+        set_runtime(self.runtime)
+        self.runtime.profiles  # noqa: B018  (load and validate the mappings now, loudly)
+        factory = self.runtime.session_factory
+        if settings.embedded:
+            self.dispatcher = InProcessDispatcher()
+        else:
+            from workers.celery_app import configure
+
+            configure(settings)
+            self.dispatcher = CeleryDispatcher(factory)
+        inbox = Inbox(factory, settings.ack_mode,
+                      accept_any_version=settings.accept_unknown_hl7_version)
+        self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
+                                    ack_timeout=settings.application_ack_timeout)
+        reader = make_session_factory(make_engine(settings.database_url, readonly=True))
+        self.dicom = DicomServer(settings, reader)
+        self.dicom.start()
+        self.mllp = MLLPServer(
+            self.receiver,
+            host=settings.mllp_host,
+            port=settings.mllp_port,
+            max_frame_bytes=settings.mllp_max_frame_bytes,
+            idle_timeout=settings.mllp_idle_timeout,
+            frame_timeout=settings.mllp_frame_timeout,
+        )
+        self._loop_thread.start()
+        asyncio.run_coroutine_threadsafe(self.mllp.start(), self._loop).result(30)
+        self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval)
+        self.sweeper.start()
+        log.info("broker started: MLLP port %s, DICOM port %s (%s mode)", self.mllp_port,
+                 self.dicom_port, "embedded" if settings.embedded else "celery")
+
+    @property
+    def mllp_port(self) -> int:
+        return self.mllp.port
+
+    @property
+    def dicom_port(self) -> int:
+        return self.dicom.port
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        asyncio.run_coroutine_threadsafe(self.mllp.close(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(10)
+        self._loop.close()
+        self.receiver.close()
+        self.dispatcher.close()
+        self.dicom.stop()
+        self.runtime.dispose()
+        log.info("broker stopped")

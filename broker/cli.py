@@ -1,0 +1,309 @@
+"""The ``mwl-broker`` command line (typer).
+
+Every command takes ``--config FILE.toml``; settings otherwise come from ``MWLB_*``
+environment variables (see ``mwl-broker serve --help``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from broker.config import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (keys as in the table below).",
+                 exists=True, dir_okay=False),
+]
+
+
+def _settings_help() -> str:
+    lines = ["Settings (environment variable, default, meaning):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = ",".join(default) if isinstance(default, list) else str(default)
+        lines.append(f"MWLB_{name.upper()} [{shown or 'empty'}]: {field.description}")
+    return "\n\n".join(lines)
+
+
+app = typer.Typer(help="Modality worklist and HL7 integration broker.",
+                  no_args_is_help=True, rich_markup_mode=None)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+mapping_app = typer.Typer(help="Mapping profiles in the mappings directory.",
+                          no_args_is_help=True)
+messages_app = typer.Typer(help="The inbound message store.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(mapping_app, name="mapping")
+app.add_typer(messages_app, name="messages")
+
+
+def _configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom narrates every PDU at INFO; keep association-level warnings only.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ValueError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command(epilog=_settings_help())
+def serve(config: ConfigOption = None) -> None:
+    """Run the MLLP listener and the DICOM worklist server (and, with no Celery broker
+    configured, process messages in-process on the embedded database)."""
+    from broker.app import BrokerApp
+
+    _configure_logging()
+    settings = _settings(config)
+    broker = BrokerApp(settings)
+    try:
+        broker.start()
+    except Exception as exc:
+        err_console.print(f"[red]could not start:[/red] {exc}")
+        raise typer.Exit(1) from None
+    _print_banner(settings, broker.mllp_port, broker.dicom_port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    broker.stop()
+
+
+def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
+    mode = "embedded (in-process tasks)" if settings.embedded else "Celery workers"
+    sample = "../shared/spec/samples/05_orm_o01_nw_two_sps.hl7"
+    print(
+        f"mwl-broker listening\n"
+        f"  HL7 MLLP         {settings.mllp_host}:{mllp_port}\n"
+        f"  DICOM MWL/echo   {settings.dicom_host}:{dicom_port}  AE title {settings.ae_title}\n"
+        f"  database         {_safe_url(settings.database_url)}   processing: {mode}\n"
+        f"Send a first order:\n"
+        f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n"
+        f"Query the worklist like a modality:\n"
+        f"  findscu -W -aec {settings.ae_title} -k ScheduledProcedureStepSequence[0].Modality=DX"
+        f" -k PatientName -k PatientID -k AccessionNumber"
+        f" -k ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime"
+        f" localhost {dicom_port}\n",
+        flush=True,
+    )
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
+    from broker.migrations import upgrade
+    from broker.runtime import Runtime, set_runtime
+    from workers.celery_app import configure
+
+    _configure_logging(loglevel)
+    settings = _settings(config)
+    if settings.embedded:
+        err_console.print("[red]MWLB_CELERY_BROKER_URL is empty:[/red] nothing to work for "
+                          "(embedded mode processes in `mwl-broker serve`).")
+        raise typer.Exit(2)
+    upgrade(settings.database_url)
+    runtime = Runtime(settings)
+    set_runtime(runtime)
+    runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
+    runtime.dispose()
+    celery = configure(settings)
+    celery.worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
+                        "--pool=prefork", "-Q", "mwl_broker", "--without-gossip",
+                        "--without-mingle"])
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the schema to the latest revision."""
+    from broker.migrations import upgrade
+
+    settings = _settings(config)
+    upgrade(settings.database_url)
+    console.print(f"schema up to date at {_safe_url(settings.database_url)}")
+
+
+@mapping_app.command("check")
+def mapping_check(
+    directory: Annotated[Path | None, typer.Argument(help="Default: MWLB_MAPPINGS_DIR.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate every profile; errors name the file, the key and what is wrong."""
+    from broker.mapping.profile import check_directory
+
+    path = directory or _settings(config).mappings_dir
+    errors = check_directory(path)
+    if errors:
+        for error in errors:
+            err_console.print(f"[red]error[/red] {error}")
+        raise typer.Exit(1)
+    console.print(f"{path}: all profiles valid")
+
+
+@mapping_app.command("test")
+def mapping_test(
+    files: Annotated[list[Path], typer.Argument(help="HL7 file(s), one or more messages each.",
+                                                exists=True, dir_okay=False)],
+    config: ConfigOption = None,
+) -> None:
+    """Print the worklist items the message(s) would produce. Touches no database."""
+    from broker.mapping.apply import mapping_test as render
+    from broker.mapping.profile import load_profiles
+    from broker.runtime import local_zone_name
+
+    settings = _settings(config)
+    profiles = load_profiles(settings.mappings_dir)
+    zone = settings.timezone or local_zone_name()
+    failed = False
+    for path in files:
+        try:
+            print(render(path, profiles, zone))
+        except Exception as exc:  # an HL7Error names the field; show it and go on
+            err_console.print(f"[red]{path}:[/red] {exc}")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@messages_app.command("list")
+def messages_list(
+    config: ConfigOption = None,
+    status: Annotated[str | None, typer.Option(help="received|processed|failed|rejected")] = None,
+    limit: Annotated[int, typer.Option(help="Most recent N.")] = 50,
+) -> None:
+    """List stored messages, newest first (ids, types and outcomes; no patient data)."""
+    from broker.models import InboundMessage
+
+    factory = _session_factory(config)
+    query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
+    if status:
+        query = query.where(InboundMessage.status == status)
+    table = Table("id", "received", "type", "MSH-10", "status", "ACK", "error")
+    with factory() as session:
+        for row in session.scalars(query):
+            error = f"{row.error_code} {row.error_location or ''} {row.error_text or ''}".strip()
+            table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+                          row.message_type, row.control_id or "", row.status,
+                          row.ack_code or "", error if row.error_code else "")
+    console.print(table)
+
+
+@messages_app.command("show")
+def messages_show(message_id: int, config: ConfigOption = None) -> None:
+    """Show one message: raw segments, the ACK sent, and the outcome or error."""
+    from broker.models import InboundMessage
+
+    factory = _session_factory(config)
+    with factory() as session:
+        row = session.get(InboundMessage, message_id)
+        if row is None:
+            err_console.print(f"no message {message_id}")
+            raise typer.Exit(1)
+        console.print(f"message {row.id}  {row.message_type}  MSH-10 {row.control_id}  "
+                      f"from {row.peer}  status {row.status}  attempts {row.attempts}")
+        if row.error_code:
+            console.print(f"error {row.error_code} at {row.error_location}: {row.error_text}")
+        if row.outcome:
+            console.print(f"outcome: {row.outcome}")
+        console.print("--- message", markup=False)
+        print(row.raw.decode("utf-8", "replace").replace("\r", "\n"))
+        if row.ack:
+            console.print("--- ACK sent", markup=False)
+            print(row.ack.decode("utf-8", "replace").replace("\r", "\n"))
+
+
+@messages_app.command("reprocess")
+def messages_reprocess(
+    message_ids: Annotated[list[int], typer.Argument(help="Message id(s).")],
+    config: ConfigOption = None,
+) -> None:
+    """Apply failed (or processed) messages again, e.g. after fixing a mapping."""
+    from broker.models import InboundMessage
+    from broker.runtime import Runtime, set_runtime
+    from broker.services.processing import process_through, reset_for_reprocess
+
+    _configure_logging("WARNING")
+    settings = _settings(config)
+    runtime = Runtime(settings)
+    set_runtime(runtime)
+    factory = runtime.session_factory
+    worst = 0
+    for pk in message_ids:
+        with factory() as session, session.begin():
+            row = session.get(InboundMessage, pk)
+            if row is None or not reset_for_reprocess(session, row):
+                err_console.print(f"message {pk}: not found or rejected at the door")
+                worst = 1
+                continue
+        process_through(factory, pk, runtime.map)
+        with factory() as session:
+            row = session.get(InboundMessage, pk)
+            assert row is not None
+            if row.status == "processed":
+                console.print(f"message {pk}: processed ({row.outcome})")
+            else:
+                err_console.print(f"message {pk}: {row.status} {row.error_code} "
+                                  f"{row.error_location}: {row.error_text}")
+                worst = 1
+    raise typer.Exit(worst)
+
+
+def _session_factory(config: Path | None):  # type: ignore[no-untyped-def]
+    from broker.db import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(_settings(config).database_url))
+
+
+@app.command("send-hl7")
+def send_hl7(
+    files: Annotated[list[Path], typer.Argument(help="HL7 file(s), one or more messages each.",
+                                                exists=True, dir_okay=False)],
+    host: Annotated[str, typer.Option(help="Broker host.")] = "localhost",
+    port: Annotated[int, typer.Option(help="MLLP port.")] = 2575,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 30.0,
+) -> None:
+    """Send HL7 messages over MLLP and print each ACK (exit 1 unless all are AA)."""
+    from broker.hl7.client import MLLPClient, read_hl7_file
+
+    all_aa = True
+    with MLLPClient(host, port, timeout=timeout) as client:
+        for path in files:
+            for message in read_hl7_file(path):
+                ack = client.send(message)
+                text = ack.decode("utf-8", "replace").replace("\r", "\n").strip()
+                print(text + "\n")
+                all_aa &= "\rMSA|AA|" in "\r" + ack.decode("latin-1").replace("\n", "\r")
+    if not all_aa:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry point convenience
+    app()
+    sys.exit(0)

@@ -1,0 +1,305 @@
+"""Modality Worklist C-FIND (PS3.4 Annex K): query keys -> SQL -> responses.
+
+Matching runs in SQL on the indexed columns (never by loading the worklist); rows are
+streamed. Supported matching keys are those of Table K.6-1 plus IHE's R+ keys and the
+recommended extras (checklist E2): Patient's Name / ID / Issuer / Birth Date / Sex,
+Admission ID, Accession Number, Requested Procedure ID / Priority, Study Instance UID,
+Referring and Requesting Physician; in the SPS item: Scheduled Station AE Title,
+SPS Start Date / Time, Modality, Scheduled Performing Physician's Name, SPS ID,
+SPS Status, Scheduled Station Name, SPS Location. Any other key with a value is
+ignored for matching and returned as a return key; pending responses then carry
+0xFF01 (K.2.2.1.1.2, Table K.4-1).
+
+Status policy: an SPS Sequence key with more than one item is refused with 0xA900
+(identifier does not match SOP class, Table K.4-1); an identifier we cannot read gets
+0xC000. When more steps match than MWLB_WORKLIST_MAX_RESULTS, the first that many (by
+start time) are returned and the query ends with 0xA700 "out of resources", the
+status Table K.4-1 gives for a query the SCP will not complete, so the modality knows
+the list is cut and can narrow its query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from broker.config import Settings
+from broker.dicom.items import NEVER_MATCHED, SPS_SEQUENCE, build_response, requested_keywords
+from broker.domain.matching import (
+    LIKE_ESCAPE,
+    Key,
+    Kind,
+    like_pattern,
+    normalise_time,
+    parse_key,
+    pn_group_key,
+    upper_time_bound,
+)
+from broker.models import (
+    ImagingOrder,
+    Patient,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+    StationAETitle,
+)
+
+log = logging.getLogger(__name__)
+
+PENDING, PENDING_WARNING, SUCCESS, CANCELLED = 0xFF00, 0xFF01, 0x0000, 0xFE00
+OUT_OF_RESOURCES, IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS = 0xA700, 0xA900, 0xC000
+
+Column = InstrumentedAttribute[str]
+
+TOP_LEVEL_COLUMNS: dict[str, Column] = {
+    "PatientID": Patient.patient_id,
+    "IssuerOfPatientID": Patient.issuer,
+    "PatientBirthDate": Patient.birth_date,
+    "PatientSex": Patient.sex,
+    "AdmissionID": Patient.admission_id,
+    "AccessionNumber": RequestedProcedure.accession_number,
+    "RequestedProcedureID": RequestedProcedure.requested_procedure_id,
+    "StudyInstanceUID": RequestedProcedure.study_instance_uid,
+    "RequestedProcedurePriority": RequestedProcedure.priority,
+}
+TOP_LEVEL_PN: dict[str, tuple[Column, ...]] = {
+    "PatientName": (Patient.name_key_alphabetic, Patient.name_key_ideographic,
+                    Patient.name_key_phonetic),
+    "ReferringPhysicianName": (RequestedProcedure.referring_physician_key,),
+    "RequestingPhysician": (RequestedProcedure.requesting_physician_key,),
+}
+SPS_COLUMNS: dict[str, Column] = {
+    "Modality": ScheduledProcedureStep.modality,
+    "ScheduledProcedureStepID": ScheduledProcedureStep.sps_id,
+    "ScheduledProcedureStepStatus": ScheduledProcedureStep.status,
+    "ScheduledStationName": ScheduledProcedureStep.station_name,
+    "ScheduledProcedureStepLocation": ScheduledProcedureStep.location,
+}
+SPS_PN: dict[str, tuple[Column, ...]] = {
+    "ScheduledPerformingPhysicianName": (ScheduledProcedureStep.performing_physician_key,),
+}
+SPS_HANDLED = {*SPS_COLUMNS, *SPS_PN, "ScheduledStationAETitle",
+               "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"}
+
+
+class QueryError(Exception):
+    """An identifier we refuse; ``status`` is the C-FIND failure status."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+
+
+def _value_condition(column: Any, key: Key, vr: str) -> ColumnElement[bool]:
+    not_empty = column != ""
+    if key.kind is Kind.SINGLE:
+        return column == (normalise_time(key.value) if vr == "TM" else key.value)
+    if key.kind is Kind.WILDCARD:
+        return and_(not_empty, column.like(like_pattern(key.value), escape=LIKE_ESCAPE))
+    if key.kind is Kind.UID_LIST:
+        return column.in_(key.values)
+    if key.kind is Kind.RANGE:
+        low = normalise_time(key.low) if vr == "TM" else key.low
+        high = upper_time_bound(key.high) if vr == "TM" and key.high else key.high
+        parts = [not_empty]
+        if low:
+            parts.append(column >= low)
+        if high:
+            parts.append(column <= high)
+        return and_(*parts)
+    raise AssertionError(key.kind)
+
+
+def _pn_condition(columns: tuple[Column, ...], value: Any) -> ColumnElement[bool] | None:
+    key = parse_key(value, "PN")
+    if key.universal:
+        return None
+    groups = key.value.split("=")
+    if len(groups) > 1 and len(columns) == 3:
+        parts = []
+        for column, group in zip(columns, groups, strict=False):
+            group_key = parse_key(pn_group_key(group) if "*" not in group and "?" not in group
+                                  else group.upper(), "PN")
+            if not group_key.universal:
+                parts.append(_value_condition(column, group_key, "PN"))
+        return and_(*parts) if parts else None
+    text = key.value.upper() if key.kind is Kind.WILDCARD else pn_group_key(key.value)
+    upper = Key(key.kind, value=text)
+    return or_(*(_value_condition(column, upper, "PN") for column in columns))
+
+
+def _start_conditions(date_value: Any, time_value: Any) -> list[ColumnElement[bool]]:
+    """SPS Start Date/Time (Table K.6-1): when both are given and either is a range,
+    they form one continuous date-time range; otherwise each matches on its own."""
+    sps = ScheduledProcedureStep
+    date_key, time_key = parse_key(date_value, "DA"), parse_key(time_value, "TM")
+    if not date_key.universal and not time_key.universal and Kind.RANGE in (
+            date_key.kind, time_key.kind):
+        d_low, d_high = ((date_key.low, date_key.high) if date_key.kind is Kind.RANGE
+                         else (date_key.value, date_key.value))
+        t_low, t_high = ((time_key.low, time_key.high) if time_key.kind is Kind.RANGE
+                         else (time_key.value, time_key.value))
+        parts = [sps.start_datetime != ""]
+        if d_low:
+            parts.append(sps.start_datetime >= d_low + (normalise_time(t_low) or "000000"))
+        if d_high:
+            parts.append(sps.start_datetime
+                         <= d_high + (upper_time_bound(t_high) if t_high else "235959.999999"))
+        if not d_low and t_low and not d_high:
+            parts.append(sps.start_time >= normalise_time(t_low))
+        return parts
+    out = []
+    if not date_key.universal:
+        out.append(_value_condition(sps.start_date, date_key, "DA"))
+    if not time_key.universal:
+        out.append(_value_condition(sps.start_time, time_key, "TM"))
+    return out
+
+
+def _elem_value(ds: Dataset, keyword: str) -> Any:
+    elem = ds.get(keyword)
+    if elem is None:
+        return None
+    value = ds[keyword].value
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return None if value is None else str(value)
+
+
+def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
+    """The SELECT for an identifier, and whether an unsupported key was given."""
+    conditions: list[ColumnElement[bool]] = [Patient.merged_into_id.is_(None)]
+    unsupported = False
+    for keyword in requested_keywords(identifier):
+        if keyword in NEVER_MATCHED or keyword == SPS_SEQUENCE:
+            continue
+        value = _elem_value(identifier, keyword)
+        if keyword in TOP_LEVEL_COLUMNS:
+            key = parse_key(value, dictionary_VR(keyword))
+            if not key.universal:
+                conditions.append(_value_condition(TOP_LEVEL_COLUMNS[keyword], key,
+                                                   dictionary_VR(keyword)))
+        elif keyword in TOP_LEVEL_PN:
+            condition = _pn_condition(TOP_LEVEL_PN[keyword], value)
+            if condition is not None:
+                conditions.append(condition)
+        elif dictionary_VR(keyword) == "SQ":
+            seq = identifier[keyword].value
+            if seq and any(requested_keywords(item) and any(
+                    e.value not in (None, "", []) for e in item) for item in seq):
+                unsupported = True
+        elif value not in (None, "", []):
+            unsupported = True
+    status_given = False
+    seq = identifier.get(SPS_SEQUENCE)
+    if seq is not None and len(seq) > 1:
+        raise QueryError(IDENTIFIER_MISMATCH, "the SPS Sequence key must hold one item")
+    if seq is not None and len(seq) == 1:
+        item = seq[0]
+        for keyword in requested_keywords(item):
+            value = _elem_value(item, keyword)
+            if keyword in SPS_COLUMNS:
+                key = parse_key(value, dictionary_VR(keyword))
+                if not key.universal:
+                    status_given |= keyword == "ScheduledProcedureStepStatus"
+                    conditions.append(_value_condition(SPS_COLUMNS[keyword], key,
+                                                       dictionary_VR(keyword)))
+            elif keyword in SPS_PN:
+                condition = _pn_condition(SPS_PN[keyword], value)
+                if condition is not None:
+                    conditions.append(condition)
+            elif keyword == "ScheduledStationAETitle":
+                key = parse_key(value, "AE")
+                if not key.universal:
+                    conditions.append(exists().where(
+                        StationAETitle.sps_pk == ScheduledProcedureStep.id,
+                        _value_condition(StationAETitle.ae_title, key, "AE")))
+            elif keyword not in SPS_HANDLED and value not in (None, "", []) and dictionary_VR(
+                    keyword) != "SQ":
+                unsupported = True
+        conditions += _start_conditions(_elem_value(item, "ScheduledProcedureStepStartDate"),
+                                        _elem_value(item, "ScheduledProcedureStepStartTime"))
+    if not status_given:
+        statuses = settings.worklist_statuses
+        conditions.append(ScheduledProcedureStep.status.in_(statuses) if statuses else false())
+    query = (
+        select(ScheduledProcedureStep, RequestedProcedure, Patient)
+        .join(RequestedProcedure, ScheduledProcedureStep.procedure_pk == RequestedProcedure.id)
+        .join(ImagingOrder, RequestedProcedure.order_pk == ImagingOrder.id)
+        .join(Patient, ImagingOrder.patient_pk == Patient.id)
+        .where(*conditions)
+        .order_by(ScheduledProcedureStep.start_datetime, ScheduledProcedureStep.id)
+    )
+    return query, unsupported
+
+
+def _station_titles(session: Session, sps_ids: list[int]) -> dict[int, list[str]]:
+    rows = session.execute(
+        select(StationAETitle.sps_pk, StationAETitle.ae_title)
+        .where(StationAETitle.sps_pk.in_(sps_ids)).order_by(StationAETitle.position)
+    )
+    out: dict[int, list[str]] = {}
+    for sps_pk, title in rows:
+        out.setdefault(sps_pk, []).append(title)
+    return out
+
+
+def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
+                  zone: str, is_cancelled: Any = None) -> Iterator[tuple[int, Dataset | None]]:
+    """Yield (status, identifier) pairs for pynetdicom's C-FIND handler."""
+    try:
+        query, unsupported = build_query(identifier, settings)
+    except QueryError as exc:
+        log.info("C-FIND refused: 0x%04X %s", exc.status, exc)
+        yield exc.status, None
+        return
+    except Exception as exc:  # an identifier we cannot read
+        log.info("C-FIND identifier not processed: %s", type(exc).__name__)
+        yield UNABLE_TO_PROCESS, None
+        return
+    cap = settings.worklist_max_results
+    if cap:
+        query = query.limit(cap + 1)
+    rows = _stream(session, query, identifier, unsupported, zone, is_cancelled)
+    for sent, (status, ds) in enumerate(rows):
+        if status == CANCELLED:
+            yield status, None
+            return
+        if cap and sent >= cap:
+            log.info("C-FIND result cap %d reached: 0xA700", cap)
+            yield OUT_OF_RESOURCES, None
+            return
+        yield status, ds
+
+
+def _stream(session: Session, query: Any, identifier: Dataset, unsupported: bool, zone: str,
+            is_cancelled: Any) -> Iterator[tuple[int, Dataset | None]]:
+    pending = PENDING_WARNING if unsupported else PENDING
+    batch: list[Any] = []
+    for row in session.execute(query).yield_per(200):
+        batch.append(row)
+        if len(batch) == 200:
+            yield from _emit(session, identifier, batch, pending, zone, is_cancelled)
+            batch = []
+    yield from _emit(session, identifier, batch, pending, zone, is_cancelled)
+
+
+def _emit(session: Session, identifier: Dataset, rows: list[Any], pending: int, zone: str,
+          is_cancelled: Any) -> Iterator[tuple[int, Dataset | None]]:
+    titles = _station_titles(session, [row[0].id for row in rows]) if rows else {}
+    for sps, rp, patient in rows:
+        if is_cancelled is not None and is_cancelled():
+            yield CANCELLED, None
+            return
+        step = dict(sps.attributes or {})
+        step["ScheduledProcedureStepStatus"] = sps.status
+        step["ScheduledStationAETitle"] = titles.get(sps.id, [])
+        merged = {**(patient.attributes or {}), **(rp.attributes or {})}
+        yield pending, build_response(identifier, merged, step,
+                                      patient_charset=patient.specific_character_set,
+                                      zone=zone, start_datetime=sps.start_datetime)

@@ -1,0 +1,148 @@
+"""Order control (HL7 Table 0119 ORC-1 with Table 0038 ORC-5) -> what happens to the
+Scheduled Procedure Steps; the SPS state machine. Pure logic, no I/O.
+
+Checklist D1 (IHE RAD-2/3/4/13 semantics):
+
+======================  ==========================================  ===============
+ORC-1 (ORC-5)           action                                      SPS status
+======================  ==========================================  ===============
+NW (SC or empty)        create requested procedure(s) + steps       SCHEDULED
+NW (IP)                 create an already started step              STARTED
+SN (SC or empty)        filler-originated order: as NW              SCHEDULED
+XO (SC, IP or empty)    update in place (time, station, protocol)   unchanged
+XO (CM)                 mark done                                   COMPLETED
+CA (CA or empty)        cancel; steps already started are kept      CANCELLED
+                        and the rest DISCONTINUED (D6)
+OC (CA or empty)        filler-side cancel (RAD-3), as CA           CANCELLED
+DC (CA, DC or empty)    discontinue the steps not yet performed     DISCONTINUED
+SC (IP/CM/CA/DC)        status change                               STARTED/...
+======================  ==========================================  ===============
+
+Anything else (e.g. ``HD``, or ``NW`` with ORC-5 ``CM``) is refused with AE and an ERR
+at ORC-1 (code 103, "table value not found": the pair is not in our table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from broker.hl7.errors import ErrorCode, field_error
+from broker.models import SPSStatus
+
+
+class OrderAction(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    CANCEL = "cancel"
+    DISCONTINUE = "discontinue"
+    SET_STATUS = "set_status"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one ORC group asks for: the action and, for creation or a status change,
+    the SPS status that results."""
+
+    action: OrderAction
+    status: SPSStatus | None = None
+
+
+_TABLE: dict[tuple[str, str], Decision] = {
+    ("NW", ""): Decision(OrderAction.CREATE, SPSStatus.SCHEDULED),
+    ("NW", "SC"): Decision(OrderAction.CREATE, SPSStatus.SCHEDULED),
+    ("NW", "IP"): Decision(OrderAction.CREATE, SPSStatus.STARTED),
+    ("SN", ""): Decision(OrderAction.CREATE, SPSStatus.SCHEDULED),
+    ("SN", "SC"): Decision(OrderAction.CREATE, SPSStatus.SCHEDULED),
+    ("XO", ""): Decision(OrderAction.UPDATE),
+    ("XO", "SC"): Decision(OrderAction.UPDATE),
+    ("XO", "IP"): Decision(OrderAction.UPDATE),
+    ("XO", "CM"): Decision(OrderAction.SET_STATUS, SPSStatus.COMPLETED),
+    ("CA", ""): Decision(OrderAction.CANCEL, SPSStatus.CANCELLED),
+    ("CA", "CA"): Decision(OrderAction.CANCEL, SPSStatus.CANCELLED),
+    ("OC", ""): Decision(OrderAction.CANCEL, SPSStatus.CANCELLED),
+    ("OC", "CA"): Decision(OrderAction.CANCEL, SPSStatus.CANCELLED),
+    ("DC", ""): Decision(OrderAction.DISCONTINUE, SPSStatus.DISCONTINUED),
+    ("DC", "CA"): Decision(OrderAction.DISCONTINUE, SPSStatus.DISCONTINUED),
+    ("DC", "DC"): Decision(OrderAction.DISCONTINUE, SPSStatus.DISCONTINUED),
+    ("SC", "IP"): Decision(OrderAction.SET_STATUS, SPSStatus.STARTED),
+    ("SC", "CM"): Decision(OrderAction.SET_STATUS, SPSStatus.COMPLETED),
+    ("SC", "CA"): Decision(OrderAction.SET_STATUS, SPSStatus.CANCELLED),
+    ("SC", "DC"): Decision(OrderAction.SET_STATUS, SPSStatus.DISCONTINUED),
+}
+
+# Statuses in which a step is still waiting to be performed (listed on the worklist).
+PENDING = frozenset({SPSStatus.SCHEDULED, SPSStatus.ARRIVED, SPSStatus.READY})
+# Statuses a step never leaves through an order message.
+FINAL = frozenset({SPSStatus.COMPLETED, SPSStatus.CANCELLED, SPSStatus.DISCONTINUED})
+
+_ALLOWED: dict[SPSStatus, frozenset[SPSStatus]] = {
+    SPSStatus.SCHEDULED: frozenset(
+        {SPSStatus.ARRIVED, SPSStatus.READY, SPSStatus.STARTED, SPSStatus.COMPLETED,
+         SPSStatus.CANCELLED, SPSStatus.DISCONTINUED}
+    ),
+    SPSStatus.ARRIVED: frozenset(
+        {SPSStatus.READY, SPSStatus.STARTED, SPSStatus.COMPLETED, SPSStatus.CANCELLED,
+         SPSStatus.DISCONTINUED}
+    ),
+    SPSStatus.READY: frozenset(
+        {SPSStatus.STARTED, SPSStatus.COMPLETED, SPSStatus.CANCELLED, SPSStatus.DISCONTINUED}
+    ),
+    SPSStatus.STARTED: frozenset(
+        {SPSStatus.COMPLETED, SPSStatus.DISCONTINUED, SPSStatus.DEPARTED}
+    ),
+    SPSStatus.DEPARTED: frozenset({SPSStatus.COMPLETED, SPSStatus.DISCONTINUED}),
+}
+
+
+def decide(order_control: str, order_status: str, *, sequence: int = 1) -> Decision:
+    """The decision for one ORC group, or HL7Error at ORC-1 (101 empty, 103 unknown)."""
+    control = order_control.strip().upper()
+    status = order_status.strip().upper()
+    if not control:
+        raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 1,
+                          "ORC-1 order control is required", sequence=sequence)
+    decision = _TABLE.get((control, status))
+    if decision is None:
+        raise field_error(
+            ErrorCode.TABLE_VALUE_NOT_FOUND, "ORC", 1,
+            f"order control {control} with order status {status or '(empty)'} is not supported",
+            sequence=sequence,
+        )
+    return decision
+
+
+def can_transition(current: SPSStatus, new: SPSStatus) -> bool:
+    """Whether a step may move from ``current`` to ``new`` (same status: no-op, allowed)."""
+    return current == new or new in _ALLOWED.get(current, frozenset())
+
+
+PERFORMED = frozenset({SPSStatus.STARTED, SPSStatus.DEPARTED, SPSStatus.COMPLETED})
+
+
+def cancel_outcomes(statuses: list[SPSStatus]) -> list[SPSStatus]:
+    """Where CA/OC leaves the steps of one requested procedure (checklist D6).
+
+    With no step performed, every pending step is CANCELLED (it leaves the worklist).
+    Once a step has started, the procedure cannot be cancelled any more: IHE RAD-13
+    asks for discontinuation, so pending steps become DISCONTINUED and started ones
+    are kept for their MPPS to finish.
+    """
+    started = any(s in PERFORMED for s in statuses)
+    target = SPSStatus.DISCONTINUED if started else SPSStatus.CANCELLED
+    return [target if s in PENDING else s for s in statuses]
+
+
+def discontinue_outcome(current: SPSStatus) -> SPSStatus:
+    """Where DC leaves a step: pending steps are DISCONTINUED; started or final steps
+    keep their status."""
+    return SPSStatus.DISCONTINUED if current in PENDING else current
+
+
+def require_updatable(current: SPSStatus, *, sequence: int = 1) -> None:
+    """XO may change a step only while it is pending or started (D5); a final step is
+    answered 206 "application record locked" at ORC-1."""
+    if current in FINAL:
+        raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,
+                          f"step is {current.value} and can no longer be changed",
+                          sequence=sequence)

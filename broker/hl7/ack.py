@@ -1,0 +1,104 @@
+"""Original-mode acknowledgements (HL7 v2.5.1 Chapter 2, 2.9.2; checklist B1, B4).
+
+Built by hand: this runs for every message on the MLLP hot path, where hl7apy would
+cost milliseconds. Tests parse our ACKs with hl7apy to keep them structurally valid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from broker.hl7.errors import ERROR_TEXT, HL7Error
+from broker.hl7.message import Delimiters, Message
+
+
+def escape(text: str, d: Delimiters) -> str:
+    """HL7 escaping of the delimiters (HL7 2.7); CR/LF become spaces in ST fields."""
+    out = text.replace(d.escape, f"{d.escape}E{d.escape}")
+    for char, code in ((d.field, "F"), (d.component, "S"), (d.subcomponent, "T"),
+                       (d.repetition, "R")):
+        out = out.replace(char, f"{d.escape}{code}{d.escape}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def _is_v25_or_later(version: str) -> bool:
+    parts = version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return True
+    return (major, minor) >= (2, 5)
+
+
+def build_ack(inbound: Message | None, ack_code: str, error: HL7Error | None = None, *,
+              text: str = "", control_id: str | None = None,
+              now: datetime | None = None) -> bytes:
+    """An ACK for ``inbound`` (MSA-1 ``ack_code``; ERR when ``error`` is given).
+
+    MSH-3/4 and MSH-5/6 are the inbound's swapped; MSH-9 is ``ACK^<event>`` for 2.3.x
+    and ``ACK^<event>^ACK`` from 2.5; MSH-10 is new; MSH-11/12 echo the inbound;
+    MSA-2 is the inbound MSH-10. The ERR segment uses ERR-1 (2.3.1) or ERR-2/3/4
+    (2.5+). Segments end with CR only. With no readable inbound message a minimal
+    2.5.1 ACK with an empty MSA-2 is returned.
+    """
+    d = inbound.delimiters if inbound is not None else Delimiters()
+    stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
+    cid = control_id or uuid.uuid4().hex[:20]
+    if inbound is not None:
+        msh = inbound.msh
+        version = inbound.version or "2.5.1"
+        event = inbound.trigger_event
+        sending = (msh.raw_field(5), msh.raw_field(6))
+        receiving = (msh.raw_field(3), msh.raw_field(4))
+        processing = msh.raw_field(11) or "P"
+        charset = d.repetition.join(inbound.msh18) if any(inbound.msh18) else ""
+        inbound_id = msh.raw_field(10)
+        codec = inbound.charset.codec
+    else:
+        version, event, processing, charset, inbound_id = "2.5.1", "", "P", "", ""
+        sending = receiving = ("", "")
+        codec = "ascii"
+    v25 = _is_v25_or_later(version)
+    c = d.component
+    msg_type = f"ACK{c}{event}{c}ACK" if v25 and event else f"ACK{c}{event}" if event else "ACK"
+    msh_fields = ["MSH", d.encoding_characters, sending[0], sending[1], receiving[0],
+                  receiving[1], stamp, "", msg_type, cid, processing, version]
+    if charset:
+        msh_fields += ["", "", "", "", "", charset]
+    segments = [d.field.join(msh_fields)]
+    msa = ["MSA", ack_code, inbound_id]
+    if text or error is not None:
+        msa.append(escape(text or (error.text if error else ""), d))
+    segments.append(d.field.join(msa))
+    if error is not None:
+        segments.append(_err_segment(error, d, v25))
+    body = "\r".join(segments) + "\r"
+    return body.encode(codec if codec != "ascii" else "ascii", errors="replace")
+
+
+def _err_segment(error: HL7Error, d: Delimiters, v25: bool) -> str:
+    loc = error.location
+    name = ERROR_TEXT.get(error.code, "Error")
+    c, s = d.component, d.subcomponent
+    where = ""
+    if loc is not None:
+        parts = [loc.segment, str(loc.sequence), str(loc.field) if loc.field else ""]
+        if loc.component and v25:  # 2.3.1 ERR-1 has no room for the component
+            parts.append(str(loc.component))
+        where = c.join(parts).rstrip(c)
+    if v25:
+        code = c.join([str(error.code), name, "HL70357"])
+        fields = ["ERR", "", where, code, "E", "", "", "", escape(error.text, d)]
+        return d.field.join(fields)
+    location = c.join([where, f"{error.code}{s}{name}{s}HL70357"]) if where else (
+        f"{c}{c}{c}{error.code}{s}{name}{s}HL70357")
+    return d.field.join(["ERR", location])
+
+
+def ack_code_of(ack: bytes) -> str:
+    """MSA-1 of an ACK ('' when absent)."""
+    for segment in ack.replace(b"\n", b"\r").split(b"\r"):
+        if segment.startswith(b"MSA") and len(segment) > 4:
+            return segment[4:].split(segment[3:4])[0].decode("ascii", "replace")
+    return ""

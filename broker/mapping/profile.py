@@ -1,0 +1,242 @@
+"""Mapping profiles: the YAML files in mappings/ that integration engineers edit.
+
+A profile says, for the senders it serves, where each DICOM worklist attribute comes
+from in the HL7 message (``rules``), which modality station gets a step
+(``stations``, ``default_station``) and what a procedure code means (``procedures``).
+``default.yaml`` implements the IHE mapping table (conformance checklist section 10)
+and serves every sender; a profile for one sender may ``extends: default`` and list
+only what differs (a rule replaces the parent's rule for the same attribute).
+
+Validation errors name the file, the key path and what is wrong, e.g.
+``mappings/site.yaml: stations[2].when.modality: Input should be a valid string``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydicom.datadict import tag_for_keyword
+
+Level = Literal["patient", "procedure", "step"]
+Structure = Literal["ORM", "OMI", "ADT"]
+Conversion = Literal[
+    "text", "long_text", "formatted_text", "identifier", "uid", "ae_title",
+    "person_name", "xcn_name", "cn_name", "date", "time", "birth_date",
+    "priority", "sex", "code", "coded_text", "quantity", "allergies", "pregnancy",
+    "location", "issuer_sequence", "hd_issuer_sequence",
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Rule(Strict):
+    """One worklist attribute: its level, HL7 source(s) and conversion.
+
+    ``source`` is an HL7 path (``OBR-4.5``), a list of paths tried in order (the first
+    non-empty wins), or a mapping from message structure (ORM, OMI, ADT) to either.
+    """
+
+    attribute: str
+    level: Level
+    source: str | list[str] | dict[Structure, str | list[str]]
+    convert: Conversion = "text"
+    max_length: int | None = Field(default=None, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attribute")
+    @classmethod
+    def _known_keyword(cls, value: str) -> str:
+        if tag_for_keyword(value) is None:
+            raise ValueError(f"{value!r} is not a DICOM attribute keyword (PS3.6)")
+        return value
+
+    def sources_for(self, structure: str) -> list[str]:
+        source = self.source
+        if isinstance(source, dict):
+            source = source.get(structure, [])  # type: ignore[call-overload]
+        return [source] if isinstance(source, str) else list(source)
+
+
+class StationMatch(Strict):
+    """Conditions of a station rule; each is a value or a ``*``/``?`` pattern, and
+    every condition given must hold."""
+
+    modality: str | None = None
+    procedure_code: str | None = None
+    location: str | None = None
+    sending_application: str | None = None
+    sending_facility: str | None = None
+
+
+class Station(Strict):
+    """Where a matching step is performed: Scheduled Station AE Title(s), Name,
+    Location (PS3.4 Table K.6-1)."""
+
+    ae_title: str | list[str]
+    station_name: str = ""
+    location: str = ""
+
+    @property
+    def ae_titles(self) -> list[str]:
+        return [self.ae_title] if isinstance(self.ae_title, str) else list(self.ae_title)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_length(cls, value: str | list[str]) -> str | list[str]:
+        for title in [value] if isinstance(value, str) else value:
+            if not title or len(title) > 16 or "\\" in title:
+                raise ValueError("an AE title has 1 to 16 characters and no backslash")
+        return value
+
+
+class StationRule(Station):
+    name: str
+    when: StationMatch = Field(default_factory=StationMatch)
+
+
+class Code(Strict):
+    code: str
+    scheme: str
+    meaning: str
+
+
+class CatalogEntry(Strict):
+    """What a requested procedure / protocol code means when the message lacks it."""
+
+    modality: str | None = None
+    description: str | None = None
+    protocol: list[Code] = Field(default_factory=list)
+
+
+class Sender(Strict):
+    application: str = "*"
+    facility: str = "*"
+
+
+class Profile(Strict):
+    name: str
+    description: str = ""
+    extends: str | None = None
+    senders: list[Sender] = Field(default_factory=list)
+    preferred_patient_authority: str = ""
+    default_character_set: str = "ASCII"
+    timezone: str | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    stations: list[StationRule] = Field(default_factory=list)
+    default_station: Station | None = None
+    procedures: dict[str, CatalogEntry] = Field(default_factory=dict)
+
+    def specificity(self, application: str, facility: str) -> int:
+        """How specifically this profile serves a sender (-1: not at all; the profile
+        without senders serves everyone at 0)."""
+        if not self.senders:
+            return 0
+        best = -1
+        for s in self.senders:
+            if fnmatch.fnmatchcase(application, s.application) and fnmatch.fnmatchcase(
+                    facility, s.facility):
+                best = max(best, 1 + (s.application != "*") + (s.facility != "*"))
+        return best
+
+    def rule_for(self, attribute: str) -> Rule | None:
+        return next((r for r in self.rules if r.attribute == attribute), None)
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used; the message names file and key."""
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _read(path: Path) -> tuple[Profile | None, list[str]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        return None, [f"{path}: not valid YAML: {exc}"]
+    if not isinstance(data, dict):
+        return None, [f"{path}: a profile is a mapping of keys"]
+    try:
+        return Profile.model_validate(data), []
+    except ValidationError as exc:
+        return None, [f"{path}: {_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+
+
+def _resolve(profile: Profile, by_name: dict[str, Profile], seen: tuple[str, ...] = ()) -> Profile:
+    if profile.extends is None:
+        return profile
+    if profile.extends in seen or profile.extends not in by_name:
+        raise ProfileError(f"profile {profile.name}: extends unknown or circular profile "
+                           f"{profile.extends!r}")
+    parent = _resolve(by_name[profile.extends], by_name, (*seen, profile.name))
+    own = {r.attribute for r in profile.rules}
+    return profile.model_copy(update={
+        "rules": [*profile.rules, *(r for r in parent.rules if r.attribute not in own)],
+        "stations": [*profile.stations, *parent.stations],
+        "default_station": profile.default_station or parent.default_station,
+        "procedures": {**parent.procedures, **profile.procedures},
+        "timezone": profile.timezone or parent.timezone,
+        "preferred_patient_authority": (profile.preferred_patient_authority
+                                        or parent.preferred_patient_authority),
+    })
+
+
+class ProfileSet:
+    """All profiles of a directory, resolved; picks the profile for a sender."""
+
+    def __init__(self, profiles: list[Profile]) -> None:
+        self.profiles = profiles
+
+    def select(self, application: str, facility: str) -> Profile:
+        scored = [(p.specificity(application, facility), p) for p in self.profiles]
+        scored = [(s, p) for s, p in scored if s >= 0]
+        if not scored:
+            raise ProfileError(f"no mapping profile serves sender {application}/{facility}")
+        return max(scored, key=lambda sp: sp[0])[1]
+
+
+def _load(directory: Path) -> tuple[ProfileSet | None, list[str]]:
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    if not files:
+        return None, [f"{directory}: no *.yaml mapping profiles"]
+    errors: list[str] = []
+    profiles: dict[str, Profile] = {}
+    for path in files:
+        profile, problems = _read(path)
+        errors += problems
+        if profile is not None:
+            if profile.name in profiles:
+                errors.append(f"{path}: name: profile {profile.name!r} is defined twice")
+            profiles[profile.name] = profile
+    resolved = []
+    for profile in profiles.values():
+        try:
+            resolved.append(_resolve(profile, profiles))
+        except ProfileError as exc:
+            errors.append(str(exc))
+    if not errors and not any(p.specificity("", "") == 0 for p in resolved):
+        errors.append(f"{directory}: no profile without `senders` to serve every sender")
+    return (None if errors else ProfileSet(resolved)), errors
+
+
+def check_directory(directory: Path) -> list[str]:
+    """Every problem in the profiles of ``directory`` (empty list: all valid)."""
+    return _load(directory)[1]
+
+
+def load_profiles(directory: Path) -> ProfileSet:
+    """Load and resolve the profiles; raises ProfileError listing every problem."""
+    profiles, errors = _load(directory)
+    if profiles is None:
+        raise ProfileError("; ".join(errors))
+    return profiles

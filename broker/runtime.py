@@ -1,0 +1,74 @@
+"""Process-wide resources, built once per process (DESIGN.md conventions): settings,
+the engine, the session factory and the loaded mapping profiles."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.config import Settings
+from broker.db import make_engine, make_session_factory
+from broker.hl7.message import Message
+from broker.mapping.apply import map_message
+from broker.mapping.profile import ProfileSet, load_profiles
+
+log = logging.getLogger(__name__)
+
+
+def local_zone_name() -> str:
+    """IANA name of the host's zone (used when MWLB_TIMEZONE is empty)."""
+    from tzlocal import get_localzone_name
+
+    return get_localzone_name() or "UTC"
+
+
+class Runtime:
+    """What a broker or worker process needs; create one per process (after fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timezone = settings.timezone or local_zone_name()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def profiles(self) -> ProfileSet:
+        profiles = load_profiles(self.settings.mappings_dir)
+        log.info("mapping profiles loaded from %s", self.settings.mappings_dir)
+        return profiles
+
+    def map(self, msg: Message) -> object:
+        """Map a parsed message with the loaded profiles (the processor's mapper)."""
+        return map_message(msg, self.profiles, timezone=self.timezone)
+
+    def dispose(self) -> None:
+        """Drop pooled connections (after fork, or at shutdown)."""
+        if "engine" in self.__dict__:
+            self.engine.dispose(close=False)
+
+
+_current: Runtime | None = None
+
+
+def set_runtime(runtime: Runtime) -> None:
+    global _current
+    _current = runtime
+
+
+def current_runtime() -> Runtime:
+    """The process's runtime; a bare Celery worker builds it from the environment."""
+    global _current
+    if _current is None:
+        from broker.config import load_settings
+
+        _current = Runtime(load_settings())
+    return _current

@@ -1,0 +1,282 @@
+"""Apply a mapped ORM^O01 / OMI^O23 to orders, requested procedures and steps.
+
+IHE RAD-2/RAD-3 (new orders) and RAD-4/RAD-13 (changes); the ORC-1/ORC-5 semantics
+are decided in :mod:`broker.domain.lifecycle`. Rules this module enforces:
+
+* ADT is authoritative for demographics (checklist C5): an order only creates an
+  unknown patient; it never changes a known one.
+* Orders are found by placer order number (ORC-2, with its namespace), else by filler
+  order number (ORC-3); procedures by Requested Procedure ID; steps by SPS ID or,
+  when the placer sent none, by their position in the message (D3, D5).
+* Identifiers the placer did not send are generated once and kept (D3): accession
+  ``MWB`` + order number (shared by all procedures of the order, D10), RP ID ``RP`` +
+  number, SPS ID ``SPS`` + number, Study Instance UID ``2.25.`` + UUID.
+* NW for a step that exists -> AE 205; XO/CA/DC/SC for an unknown order, procedure or
+  step -> AE 204 (H2: nothing is created, the sender resends in order); changes to a
+  final step -> AE 206.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from broker.domain import lifecycle
+from broker.domain.lifecycle import Decision, OrderAction
+from broker.domain.types import OrderMessage, PatientRecord, ProcedureRecord, StepRecord
+from broker.hl7.errors import ErrorCode, field_error
+from broker.models import (
+    ImagingOrder,
+    InboundMessage,
+    Patient,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+    SPSStatus,
+)
+from broker.services.patients import create_patient, find_patient, survivor
+from broker.services.records import (
+    merge_attributes,
+    set_step_status,
+    sync_procedure,
+    sync_step,
+)
+
+GENERATED_ACCESSION_PREFIX = "MWB"
+
+
+def generate_study_uid() -> str:
+    """A Study Instance UID under the UUID-derived root 2.25 (PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage) -> list[str]:
+    """Apply every procedure and step of ``message``; returns outcome lines (ids only).
+
+    Raises HL7Error for the whole message; the caller rolls everything back then, so a
+    message is applied completely or not at all.
+    """
+    outcome: list[str] = []
+    patient = _patient_for_order(session, message.patient, outcome)
+    sequence = 0
+    for procedure in message.procedures:
+        decisions = []
+        for step in procedure.steps:
+            sequence += 1
+            decisions.append((step, lifecycle.decide(step.order_control, step.order_status,
+                                                     sequence=sequence), sequence))
+        order = _find_order(session, procedure)
+        for step, decision, seq in decisions:
+            order = _apply_step(session, patient, order, procedure, step, decision, seq,
+                                inbound, message.profile, outcome)
+    return outcome
+
+
+def _patient_for_order(session: Session, record: PatientRecord, outcome: list[str]) -> Patient:
+    patient = find_patient(session, record.patient_id, record.issuer)
+    if patient is None:
+        patient = create_patient(session, record)
+        outcome.append(f"patient {patient.id} created from order")
+        return patient
+    current = survivor(session, patient)
+    if current is not patient:
+        outcome.append(f"patient {patient.id} was merged into {current.id}: order applied there")
+    return current
+
+
+def _find_order(session: Session, procedure: ProcedureRecord) -> ImagingOrder | None:
+    clauses = []
+    if procedure.placer_order_number:
+        clauses.append((ImagingOrder.placer_order_number == procedure.placer_order_number)
+                       & (ImagingOrder.placer_issuer == procedure.placer_issuer))
+    if procedure.filler_order_number:
+        clauses.append((ImagingOrder.filler_order_number == procedure.filler_order_number)
+                       & (ImagingOrder.filler_issuer == procedure.filler_issuer))
+    if not clauses:
+        raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 2,
+                          "placer (ORC-2) or filler (ORC-3) order number is required")
+    return session.scalars(select(ImagingOrder).where(or_(*clauses)).limit(1)).first()
+
+
+def _apply_step(
+    session: Session,
+    patient: Patient,
+    order: ImagingOrder | None,
+    procedure: ProcedureRecord,
+    step: StepRecord,
+    decision: Decision,
+    sequence: int,
+    inbound: InboundMessage,
+    profile: str,
+    outcome: list[str],
+) -> ImagingOrder:
+    if decision.action is OrderAction.CREATE:
+        return _create_step(session, patient, order, procedure, step, decision, sequence,
+                            inbound, profile, outcome)
+    if order is None:
+        raise field_error(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "ORC", 2,
+                          "no order with this placer/filler order number", sequence=sequence)
+    rp = _find_procedure(order, procedure)
+    if rp is None:
+        raise field_error(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "OBR", 19,
+                          "no requested procedure with this ID in the order", sequence=sequence)
+    order.last_message_pk = inbound.id
+    if decision.action is OrderAction.CANCEL:
+        _cancel(rp, sequence, outcome)
+    elif decision.action is OrderAction.DISCONTINUE:
+        for sps in rp.steps:
+            new = lifecycle.discontinue_outcome(SPSStatus(sps.status))
+            if set_step_status(sps, new):
+                outcome.append(f"step {sps.sps_id} {new.value}")
+    else:
+        sps = _find_step(rp, step)
+        if sps is None:
+            raise field_error(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "OBR", 20,
+                              "no scheduled procedure step with this ID", sequence=sequence)
+        if decision.action is OrderAction.UPDATE:
+            lifecycle.require_updatable(SPSStatus(sps.status), sequence=sequence)
+            _update(rp, sps, procedure, step)
+            outcome.append(f"step {sps.sps_id} updated")
+        else:
+            assert decision.status is not None
+            current = SPSStatus(sps.status)
+            if not lifecycle.can_transition(current, decision.status):
+                raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 5,
+                                  f"step is {current.value}; cannot become "
+                                  f"{decision.status.value}", sequence=sequence)
+            if set_step_status(sps, decision.status):
+                outcome.append(f"step {sps.sps_id} {decision.status.value}")
+    return order
+
+
+def _create_step(
+    session: Session,
+    patient: Patient,
+    order: ImagingOrder | None,
+    procedure: ProcedureRecord,
+    step: StepRecord,
+    decision: Decision,
+    sequence: int,
+    inbound: InboundMessage,
+    profile: str,
+    outcome: list[str],
+) -> ImagingOrder:
+    if order is None:
+        order = ImagingOrder(
+            patient=patient,
+            placer_order_number=procedure.placer_order_number or None,
+            placer_issuer=procedure.placer_issuer,
+            filler_order_number=procedure.filler_order_number or None,
+            filler_issuer=procedure.filler_issuer,
+            sending_application=inbound.sending_application or "",
+            sending_facility=inbound.sending_facility or "",
+            profile=profile,
+        )
+        session.add(order)
+        session.flush()
+        outcome.append(f"order {order.id} created")
+    elif order.patient_pk != patient.id:
+        raise field_error(ErrorCode.DUPLICATE_KEY_IDENTIFIER, "ORC", 2,
+                          "order number already belongs to another patient", sequence=sequence)
+    order.last_message_pk = inbound.id
+    rp = _find_procedure(order, procedure)
+    if rp is None:
+        rp = _create_procedure(session, order, procedure)
+        outcome.append(f"procedure {rp.requested_procedure_id} created")
+    if _find_step(rp, step) is not None:
+        raise field_error(ErrorCode.DUPLICATE_KEY_IDENTIFIER, "OBR", 20,
+                          "scheduled procedure step already exists", sequence=sequence)
+    assert decision.status is not None
+    sps = ScheduledProcedureStep(
+        procedure=rp,
+        sps_id=step.attributes.get("ScheduledProcedureStepID") or "",
+        placer_step_key=step.placer_step_key,
+        status=decision.status.value,
+        station_rule=step.station_rule,
+        attributes=dict(step.attributes),
+    )
+    session.add(sps)
+    if not sps.sps_id:
+        session.flush()
+        sps.attributes = {**sps.attributes, "ScheduledProcedureStepID": f"SPS{sps.id:07d}"}
+    sync_step(sps)
+    outcome.append(f"step {sps.sps_id} {decision.status.value}")
+    return order
+
+
+def _create_procedure(session: Session, order: ImagingOrder,
+                      procedure: ProcedureRecord) -> RequestedProcedure:
+    attributes = dict(procedure.attributes)
+    if not attributes.get("AccessionNumber"):
+        # Procedures of one order share the accession (checklist D10).
+        shared = next((p.accession_number for p in order.procedures if p.accession_number), "")
+        attributes["AccessionNumber"] = shared or f"{GENERATED_ACCESSION_PREFIX}{order.id:07d}"
+    if not attributes.get("StudyInstanceUID"):
+        attributes["StudyInstanceUID"] = generate_study_uid()
+    rp = RequestedProcedure(order=order, attributes=attributes,
+                            requested_procedure_id=attributes.get("RequestedProcedureID") or "",
+                            study_instance_uid=attributes["StudyInstanceUID"])
+    session.add(rp)
+    if not rp.requested_procedure_id:
+        rp.requested_procedure_id = f"~{uuid.uuid4().hex[:15]}"  # until the id is known
+        session.flush()
+        rp.attributes = {**rp.attributes, "RequestedProcedureID": f"RP{rp.id:07d}"}
+    sync_procedure(rp)
+    session.flush()
+    return rp
+
+
+def _procedure_code(attributes: dict[str, object]) -> str:
+    codes = attributes.get("RequestedProcedureCodeSequence")
+    if isinstance(codes, list) and codes and isinstance(codes[0], dict):
+        return str(codes[0].get("CodeValue", ""))
+    return ""
+
+
+def _find_procedure(order: ImagingOrder, procedure: ProcedureRecord) -> RequestedProcedure | None:
+    rp_id = procedure.attributes.get("RequestedProcedureID")
+    if rp_id:
+        return next((p for p in order.procedures if p.requested_procedure_id == rp_id), None)
+    # Placer sent no RP ID (D3): the order's only procedure, else the one with the
+    # same requested procedure code.
+    if len(order.procedures) == 1:
+        return order.procedures[0]
+    code = _procedure_code(procedure.attributes)
+    matches = [p for p in order.procedures if code and _procedure_code(p.attributes) == code]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _find_step(rp: RequestedProcedure, step: StepRecord) -> ScheduledProcedureStep | None:
+    sps_id = step.attributes.get("ScheduledProcedureStepID")
+    if sps_id:
+        return next((s for s in rp.steps if s.sps_id == sps_id), None)
+    if step.placer_step_key:
+        return next((s for s in rp.steps if s.placer_step_key == step.placer_step_key), None)
+    return None
+
+
+def _update(rp: RequestedProcedure, sps: ScheduledProcedureStep, procedure: ProcedureRecord,
+            step: StepRecord) -> None:
+    """XO: replace what the message sends, keep what it leaves empty (C2); identifiers
+    the broker generated stay as they are (D3)."""
+    keep = {"AccessionNumber", "RequestedProcedureID", "StudyInstanceUID"}
+    rp_update = {k: v for k, v in procedure.attributes.items() if not (k in keep and not v)}
+    rp.attributes = merge_attributes(rp.attributes, rp_update)
+    sync_procedure(rp)
+    sps_update = {k: v for k, v in step.attributes.items()
+                  if not (k == "ScheduledProcedureStepID" and not v)}
+    sps.attributes = merge_attributes(sps.attributes, sps_update)
+    if step.station_rule:
+        sps.station_rule = step.station_rule
+    sync_step(sps)
+
+
+def _cancel(rp: RequestedProcedure, sequence: int, outcome: list[str]) -> None:
+    statuses = [SPSStatus(s.status) for s in rp.steps]
+    if statuses and all(s == SPSStatus.COMPLETED for s in statuses):
+        raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,
+                          "procedure is completed and cannot be cancelled", sequence=sequence)
+    for sps, new in zip(rp.steps, lifecycle.cancel_outcomes(statuses), strict=True):
+        if set_step_status(sps, new):
+            outcome.append(f"step {sps.sps_id} {new.value}")

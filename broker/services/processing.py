@@ -1,0 +1,149 @@
+"""Apply stored inbound messages to patients and orders: the body of the Celery task.
+
+Contract (DESIGN.md; issue 2 §5):
+
+* Takes a message row id; idempotent: a message that is no longer ``received`` is left
+  alone, so a task that runs twice has no double effect.
+* Messages with the same ordering key (the patient, PID-3) are applied strictly in
+  arrival (id) order, however many workers run: each call first applies every earlier
+  pending message of the same patient, under a per-patient lock (PostgreSQL advisory
+  transaction lock; SQLite's BEGIN IMMEDIATE serialises all writers anyway).
+* Each message is applied in one transaction with its new status, outcome and (in
+  application ACK mode) its ACK: all of it or nothing.
+* A content error (HL7Error) rolls back the message's changes and records status
+  ``failed`` with the Table 0357 code, location and text; an unexpected error does
+  the same with code 207. Database errors propagate: the row stays ``received`` and
+  is retried (task retry, sweeper, or the sender's resend).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.db import unit_of_work
+from broker.domain.types import AdtMessage
+from broker.hl7.ack import build_ack
+from broker.hl7.errors import ErrorCode, HL7Error
+from broker.hl7.message import Message, parse
+from broker.models import InboundMessage, MessageStatus
+from broker.services.orders import apply_order
+from broker.services.patients import apply_adt
+
+log = logging.getLogger(__name__)
+
+# Maps a parsed message to domain records; bound to the loaded profiles by the caller.
+Mapper = Callable[[Message], object]
+
+
+def _lock_id(key: str) -> int:
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _lock(session: Session, key: str) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_lock_id(key))))
+
+
+def ordering_key(row: InboundMessage) -> str:
+    return row.ordering_key or f"message:{row.id}"
+
+
+def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper) -> int:
+    """Apply every pending message of the same patient up to and including
+    ``message_pk``, oldest first. Returns how many messages were applied here."""
+    with factory() as session:
+        row = session.get(InboundMessage, message_pk)
+        if row is None or row.status != MessageStatus.RECEIVED.value:
+            return 0
+        key, raw_key = ordering_key(row), row.ordering_key
+    applied = 0
+    while True:
+        with unit_of_work(factory) as session:
+            _lock(session, key)
+            query = select(InboundMessage).where(
+                InboundMessage.status == MessageStatus.RECEIVED.value,
+                InboundMessage.id <= message_pk,
+            )
+            query = (query.where(InboundMessage.ordering_key == raw_key) if raw_key
+                     else query.where(InboundMessage.id == message_pk))
+            pending = session.scalars(
+                query.order_by(InboundMessage.id).limit(1).with_for_update()
+            ).first()
+            if pending is None:
+                return applied
+            apply_message(session, pending, mapper)
+            applied += 1
+
+
+def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None:
+    """Apply one message inside the caller's transaction, recording the result."""
+    row.attempts += 1
+    msg: Message | None = None
+    try:
+        with session.begin_nested():
+            msg = parse(row.raw)
+            mapped = mapper(msg)
+            if isinstance(mapped, AdtMessage):
+                outcome = apply_adt(session, mapped)
+            else:
+                outcome = apply_order(session, mapped, row)  # type: ignore[arg-type]
+            session.flush()
+    except HL7Error as exc:
+        _fail(row, msg, exc)
+        log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
+                 exc.code, exc.location or "")
+        return
+    except SQLAlchemyError:
+        raise
+    except Exception as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        # Class and code location only: an exception's text may quote patient data.
+        log.error("message %s failed: %s at %s:%s", row.id, type(exc).__name__,
+                  where.filename, where.lineno)
+        _fail(row, msg, HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,
+                                 f"internal error ({type(exc).__name__}: {exc})"[:500]))
+        return
+    row.status = MessageStatus.PROCESSED.value
+    row.outcome = "; ".join(outcome)
+    row.error_code = row.error_location = row.error_text = None
+    row.processed_at = datetime.now(UTC)
+    if row.ack is None:
+        row.ack = build_ack(msg, "AA")
+        row.ack_code = "AA"
+    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
+
+
+def _fail(row: InboundMessage, msg: Message | None, error: HL7Error) -> None:
+    row.status = MessageStatus.FAILED.value
+    row.error_code = error.code
+    row.error_location = str(error.location or "")
+    row.error_text = error.text
+    row.processed_at = datetime.now(UTC)
+    if row.ack is None:
+        row.ack = build_ack(msg, error.ack_code, error)
+        row.ack_code = error.ack_code
+
+
+def reset_for_reprocess(session: Session, row: InboundMessage) -> bool:
+    """Put a failed (or processed) message back in the queue.
+
+    An AA already sent stays the ACK replayed for duplicates; an AE/AR is dropped so
+    that the processor stores the ACK of the new outcome. Returns False for rejected
+    messages: they were refused at the door and would be refused again.
+    """
+    if row.status == MessageStatus.REJECTED.value:
+        return False
+    row.status = MessageStatus.RECEIVED.value
+    if row.ack_code != "AA":
+        row.ack = None
+        row.ack_code = None
+    return True

@@ -1,0 +1,55 @@
+"""The Celery application (distributed mode: Redis broker, ``mwl-broker worker``).
+
+Redis carries only "work is waiting" signals; the database is the truth (DESIGN.md).
+Choices, each deliberate:
+
+* ``task_acks_late``: a task is acknowledged after it ran, so a worker killed mid-task
+  does not lose it; ``task_reject_on_worker_lost=True`` requeues it when the child
+  process dies. Tasks are idempotent (they take row ids and skip finished rows), so
+  running twice is harmless.
+* ``worker_prefetch_multiplier=1``: a worker holds one task at a time, so a slow
+  message does not strand others behind it.
+* Redis ``visibility_timeout`` (MWLB_REDIS_VISIBILITY_TIMEOUT, default 1 h) set on the
+  broker transport and for results: an unacknowledged task is redelivered after it.
+  It is far above any task's run time, so a task is not redelivered while running.
+* Results are not stored: callers look at the database rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from broker.config import Settings
+
+app = Celery("mwl_broker", include=["workers.tasks"])
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at the configured broker with the choices above."""
+    transport = {"visibility_timeout": settings.redis_visibility_timeout}
+    app.conf.update(
+        broker_url=settings.celery_broker_url,
+        broker_transport_options=transport,
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_default_queue="mwl_broker",
+    )
+    return app
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A forked child must not reuse the parent's pooled connections.
+    from broker.runtime import current_runtime
+
+    current_runtime().dispose()
