@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from broker.config import Settings, load_settings
 
@@ -275,7 +275,7 @@ def messages_reprocess(
     raise typer.Exit(worst)
 
 
-def _session_factory(config: Path | None):  # type: ignore[no-untyped-def]
+def _session_factory(config: Path | None) -> sessionmaker[Session]:
     from broker.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(_settings(config).database_url))
@@ -303,7 +303,3 @@ def send_hl7(
     if not all_aa:
         raise typer.Exit(1)
 
-
-def main() -> None:  # pragma: no cover - console entry point convenience
-    app()
-    sys.exit(0)

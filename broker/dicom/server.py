@@ -16,7 +16,6 @@ from typing import Any
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.config import Settings
@@ -24,6 +23,9 @@ from broker.dicom.worklist import find_worklist
 
 log = logging.getLogger(__name__)
 
+# SOP classes by UID (PS3.4 A.4, K.4): pynetdicom's sop_class names are dynamic.
+VERIFICATION = "1.2.840.10008.1.1"
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 
 _config.LOG_REQUEST_IDENTIFIERS = False
@@ -42,12 +44,12 @@ class DicomServer:
         self.zone = zone or settings.timezone or local_zone_name()
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = 64
-        for sop_class in (Verification, ModalityWorklistInformationFind):
+        for sop_class in (VERIFICATION, MODALITY_WORKLIST_FIND):
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self._server: Any = None
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 
 class ErrorCode(IntEnum):
@@ -78,6 +79,9 @@ class HL7Error(Exception):
         self.code = int(code)
         self.text = text
         self.location = location
+        # For a message that could not be decoded: a best-effort reading of it (a
+        # broker.hl7.message.Message) so that the answer can still name it.
+        self.partial: Any = None
 
     @property
     def ack_code(self) -> str:

@@ -285,7 +285,12 @@ def parse(raw: bytes, default_charset: str = "ASCII") -> Message:
     try:
         text = raw.decode(codec)
     except UnicodeDecodeError as exc:
-        raise field_error(ErrorCode.DATA_TYPE_ERROR, "MSH", 18,
-                          f"byte at offset {exc.start} is not valid {charset.hl7}") from None
+        error = field_error(ErrorCode.DATA_TYPE_ERROR, "MSH", 18,
+                            f"byte at offset {exc.start} is not valid {charset.hl7}")
+        # The header is still readable: keep a best-effort copy so the ACK can name
+        # the message (MSA-2) and the duplicate key can be stored.
+        lenient = raw.decode(codec, errors="replace").replace("\r\n", "\r").replace("\n", "\r")
+        error.partial = Message(lenient, delimiters, charset, msh18)
+        raise error from None
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     return Message(text, delimiters, charset, msh18)

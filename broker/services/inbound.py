@@ -107,6 +107,7 @@ class Inbox:
             check_header(msg, accept_any_version=self.accept_any_version)
         except HL7Error as exc:
             error = exc
+            msg = msg or exc.partial
         try:
             return self._store(raw, peer, msg, error)
         except SQLAlchemyError as exc:

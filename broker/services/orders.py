@@ -130,10 +130,11 @@ def _apply_step(
             if set_step_status(sps, new):
                 outcome.append(f"step {sps.sps_id} {new.value}")
     else:
-        sps = _find_step(rp, step)
-        if sps is None:
+        found = _find_step(rp, step)
+        if found is None:
             raise field_error(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "OBR", 20,
                               "no scheduled procedure step with this ID", sequence=sequence)
+        sps = found
         if decision.action is OrderAction.UPDATE:
             lifecycle.require_updatable(SPSStatus(sps.status), sequence=sequence)
             _update(rp, sps, procedure, step)
