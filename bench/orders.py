@@ -8,7 +8,7 @@ TEMPLATE = (
     "PV1|1|O|RAD^XR1^^HOSP|||||||||||||||||V{n}^^^HOSP^VN\r"
     "ORC|NW|PLC-{n}^EHR|FIL-{n}^RIS||SC||1^once^^{date}{time}^^R||20250310084500\r"
     "OBR|1|PLC-{n}^EHR|FIL-{n}^RIS|71046^XR CHEST 2 VIEWS^C4^XRCHPA^Chest PA^99HOSP"
-    "|||||||||||||ACC{n}|RP{n}|SPS{n}||||DX|||1^once^^{date}{time}^^R\r"
+    "||||||||||||||ACC{n}|RP{n}|SPS{n}||||DX|||1^once^^{date}{time}^^R\r"
     "ZDS|2.25.{uid}^100^Application^DICOM\r"
 )
 
