@@ -78,6 +78,8 @@ class MLLPServer:
         self.ssl = ssl
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # peer "ip:port" -> socket of each open connection (for health and metrics).
+        self.active: dict[str, socket.socket] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self._port,
@@ -107,6 +109,8 @@ class MLLPServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peername = writer.get_extra_info("peername") or ("?", 0)
         peer = f"{peername[0]}:{peername[1]}"
+        if sock is not None:
+            self.active[peer] = sock
         log.info("MLLP connection from %s", peer)
         try:
             await self._conversation(reader, writer, peer)
@@ -119,6 +123,7 @@ class MLLPServer:
                       type(exc).__name__)
         finally:
             self._connections.discard(task)
+            self.active.pop(peer, None)
             writer.close()
             with contextlib.suppress(Exception):  # the peer may already be gone
                 await writer.wait_closed()

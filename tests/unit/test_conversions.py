@@ -121,7 +121,8 @@ def test_d4_descriptions_are_truncated_with_a_warning_naming_no_value(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        assert len(conv.text("d" * 80, max_length=64, keyword="RequestedProcedureDescription")) == 64
+        cut = conv.text("d" * 80, max_length=64, keyword="RequestedProcedureDescription")
+    assert len(cut) == 64
     assert "RequestedProcedureDescription" in caplog.text and "dddd" not in caplog.text
 
 

@@ -163,8 +163,8 @@ def test_station_rule_by_modality_and_missing_default(tmp_path: Path) -> None:
     step = msg.procedures[0].steps[0]
     assert (step.attributes["ScheduledStationAETitle"], step.station_rule) == (
         ["DX_ROOM1"], "dx-room-1")
-    without = text.replace("  - name: dx-room-1\n    when: {modality: DX}\n    ae_title: DX_ROOM1\n",
-                           "")
+    rule = "  - name: dx-room-1\n    when: {modality: DX}\n    ae_title: DX_ROOM1\n"
+    without = text.replace(rule, "")
     without = without[:without.index("default_station:")] + without[
         without.index("# Procedure catalog"):]
     (site / "default.yaml").write_text(without)
