@@ -89,7 +89,7 @@ def serve(config: ConfigOption = None) -> None:
 
 def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
     mode = "embedded (in-process tasks)" if settings.embedded else "Celery workers"
-    sample = "../shared/spec/samples/05_orm_o01_nw_two_sps.hl7"
+    sample = "tests/data/samples/05_orm_o01_nw_two_sps.hl7"
     print(
         f"mwl-broker listening\n"
         f"  HL7 MLLP         {settings.mllp_host}:{mllp_port}\n"
@@ -98,9 +98,10 @@ def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
         f"Send a first order:\n"
         f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n"
         f"Query the worklist like a modality:\n"
-        f"  findscu -W -aec {settings.ae_title} -k ScheduledProcedureStepSequence[0].Modality=DX"
+        f"  findscu -W -aec {settings.ae_title}"
+        f" -k 'ScheduledProcedureStepSequence[0].Modality=DX'"
         f" -k PatientName -k PatientID -k AccessionNumber"
-        f" -k ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime"
+        f" -k 'ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime'"
         f" localhost {dicom_port}\n",
         flush=True,
     )

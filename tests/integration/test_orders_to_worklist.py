@@ -310,3 +310,23 @@ def loaded_broker(make_broker: Any) -> Any:
     acks = send(broker.mllp_port, sample("05"), sample("09"))
     assert [a.code for a in acks] == ["AA", "AA"]
     return broker
+
+
+def test_a02_transfer_updates_the_location_on_pending_items(make_broker: Any) -> None:
+    """C4: A02 moving 135790 to 4W^412^B -> (0038,0300) on its worklist items."""
+    broker = make_broker()
+    send(broker.mllp_port, sample("05"))
+    a02 = set_field(set_field(sample("03"), "MSH", 9, "ADT^A02^ADT_A02"), "MSH", 10, "A02-1")
+    a02 = set_field(a02, "PID", 3, "135790^^^HOSP&2.16.840.1.113883.3.9999.1&ISO^MR")
+    a02 = set_field(set_field(a02, "PID", 5, "Doe^Jane^Marie^^^^L"), "PID", 7, "19900214")
+    a02 = set_field(set_field(a02, "PID", 8, "F"), "PV1", 3, "4W^412^B^HOSP")
+    assert send(broker.mllp_port, a02)[0].code == "AA"
+    items = findscu(broker.dicom_port, ["PatientID=135790", "CurrentPatientLocation"])
+    assert {ds.CurrentPatientLocation for ds in items} == {"4W^412^B"}
+
+
+def test_e13_timezone_offset_is_returned_never_empty(make_broker: Any) -> None:
+    broker = make_broker(timezone="America/Chicago")
+    send(broker.mllp_port, sample("05"))
+    items = findscu(broker.dicom_port, ["AccessionNumber=ACC0001", "TimezoneOffsetFromUTC"])
+    assert {ds.TimezoneOffsetFromUTC for ds in items} == {"-0500"}  # CDT on 2025-03-10
