@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.config import Settings
 from broker.db import make_engine, make_session_factory
+from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7.message import Message
 from broker.mapping.apply import map_message
 from broker.mapping.profile import ProfileSet, load_profiles
@@ -46,7 +47,7 @@ class Runtime:
         log.info("mapping profiles loaded from %s", self.settings.mappings_dir)
         return profiles
 
-    def map(self, msg: Message) -> object:
+    def map(self, msg: Message) -> OrderMessage | AdtMessage:
         """Map a parsed message with the loaded profiles (the processor's mapper)."""
         return map_message(msg, self.profiles, timezone=self.timezone)
 

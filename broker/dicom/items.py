@@ -33,6 +33,11 @@ SPS_ITEM_KEYWORDS = (
     "ScheduledProcedureStepID", "ScheduledStationName", "ScheduledProcedureStepLocation",
     "ScheduledProcedureStepStatus", "PreMedication", "RequestedContrastAgent",
 )
+# Return Key Type 1 in the SPS item (Table K.6-1): always present, even if we hold nothing.
+SPS_TYPE1_KEYWORDS = frozenset({
+    "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepStartTime", "Modality", "ScheduledProcedureStepID",
+})
 
 
 def requested_keywords(ds: Dataset) -> list[str]:
@@ -74,9 +79,7 @@ def _set(ds: Dataset, keyword: str, attributes: dict[str, Any]) -> None:
 def _sps_item(query_item: Dataset | None, step: dict[str, Any]) -> Dataset:
     wanted = requested_keywords(query_item) if query_item is not None else []
     if not wanted:
-        wanted = [k for k in SPS_ITEM_KEYWORDS if k in step or k in (
-            "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
-            "ScheduledProcedureStepStartTime", "Modality", "ScheduledProcedureStepID")]
+        wanted = [k for k in SPS_ITEM_KEYWORDS if k in step or k in SPS_TYPE1_KEYWORDS]
     item = Dataset()
     for keyword in wanted:
         _set(item, keyword, step)

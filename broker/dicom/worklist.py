@@ -171,6 +171,27 @@ def _elem_value(ds: Dataset, keyword: str) -> Any:
     return None if value is None else str(value)
 
 
+def _level_condition(ds: Dataset, keyword: str, columns: dict[str, Column],
+                     pn_columns: dict[str, tuple[Column, ...]]) -> tuple[bool, Any]:
+    """(is a matching key at this level, its SQL condition or None when universal)."""
+    value = _elem_value(ds, keyword)
+    if keyword in columns:
+        vr = dictionary_VR(keyword)
+        key = parse_key(value, vr)
+        return True, None if key.universal else _value_condition(columns[keyword], key, vr)
+    if keyword in pn_columns:
+        return True, _pn_condition(pn_columns[keyword], value)
+    return False, None
+
+
+def _has_value(ds: Dataset, keyword: str) -> bool:
+    """Whether a key we do not match on carries a value (then 0xFF01, K.2.2.1.1.2)."""
+    if dictionary_VR(keyword) == "SQ":
+        return any(requested_keywords(item) and any(e.value not in (None, "", []) for e in item)
+                   for item in ds[keyword].value or [])
+    return _elem_value(ds, keyword) not in (None, "", [])
+
+
 def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
     """The SELECT for an identifier, and whether an unsupported key was given."""
     conditions: list[ColumnElement[bool]] = [Patient.merged_into_id.is_(None)]
@@ -178,23 +199,10 @@ def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
     for keyword in requested_keywords(identifier):
         if keyword in NEVER_MATCHED or keyword == SPS_SEQUENCE:
             continue
-        value = _elem_value(identifier, keyword)
-        if keyword in TOP_LEVEL_COLUMNS:
-            key = parse_key(value, dictionary_VR(keyword))
-            if not key.universal:
-                conditions.append(_value_condition(TOP_LEVEL_COLUMNS[keyword], key,
-                                                   dictionary_VR(keyword)))
-        elif keyword in TOP_LEVEL_PN:
-            condition = _pn_condition(TOP_LEVEL_PN[keyword], value)
-            if condition is not None:
-                conditions.append(condition)
-        elif dictionary_VR(keyword) == "SQ":
-            seq = identifier[keyword].value
-            if seq and any(requested_keywords(item) and any(
-                    e.value not in (None, "", []) for e in item) for item in seq):
-                unsupported = True
-        elif value not in (None, "", []):
-            unsupported = True
+        known, condition = _level_condition(identifier, keyword, TOP_LEVEL_COLUMNS, TOP_LEVEL_PN)
+        if condition is not None:
+            conditions.append(condition)
+        unsupported |= not known and _has_value(identifier, keyword)
     status_given = False
     seq = identifier.get(SPS_SEQUENCE)
     if seq is not None and len(seq) > 1:
@@ -202,26 +210,18 @@ def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
     if seq is not None and len(seq) == 1:
         item = seq[0]
         for keyword in requested_keywords(item):
-            value = _elem_value(item, keyword)
-            if keyword in SPS_COLUMNS:
-                key = parse_key(value, dictionary_VR(keyword))
+            known, condition = _level_condition(item, keyword, SPS_COLUMNS, SPS_PN)
+            if keyword == "ScheduledStationAETitle":
+                key = parse_key(_elem_value(item, keyword), "AE")
                 if not key.universal:
-                    status_given |= keyword == "ScheduledProcedureStepStatus"
-                    conditions.append(_value_condition(SPS_COLUMNS[keyword], key,
-                                                       dictionary_VR(keyword)))
-            elif keyword in SPS_PN:
-                condition = _pn_condition(SPS_PN[keyword], value)
-                if condition is not None:
-                    conditions.append(condition)
-            elif keyword == "ScheduledStationAETitle":
-                key = parse_key(value, "AE")
-                if not key.universal:
-                    conditions.append(exists().where(
+                    condition = exists().where(
                         StationAETitle.sps_pk == ScheduledProcedureStep.id,
-                        _value_condition(StationAETitle.ae_title, key, "AE")))
-            elif keyword not in SPS_HANDLED and value not in (None, "", []) and dictionary_VR(
-                    keyword) != "SQ":
-                unsupported = True
+                        _value_condition(StationAETitle.ae_title, key, "AE"))
+            if condition is not None:
+                conditions.append(condition)
+                status_given |= keyword == "ScheduledProcedureStepStatus"
+            unsupported |= (keyword not in SPS_HANDLED and dictionary_VR(keyword) != "SQ"
+                            and _has_value(item, keyword))
         conditions += _start_conditions(_elem_value(item, "ScheduledProcedureStepStartDate"),
                                         _elem_value(item, "ScheduledProcedureStepStartTime"))
     if not status_given:

@@ -14,6 +14,7 @@ Converter errors are raised with the location of the field they came from.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
@@ -58,12 +59,20 @@ class Scope:
         return [s for layer in self.layers for s in layer.get(name, [])]
 
 
-@dataclass
-class Context:
+@dataclass(frozen=True)
+class MessageContext:
+    """What every rule of one message is evaluated with."""
+
     zone: str
     v25: bool
-    rule: Rule
     structure: str
+
+
+@dataclass(frozen=True)
+class Context(MessageContext):
+    """A message context plus the rule being evaluated."""
+
+    rule: Rule
 
 
 def _layer(segments: list[Segment]) -> dict[str, list[Segment]]:
@@ -274,12 +283,12 @@ def _evaluate(rule: Rule, scope: Scope, ctx: Context) -> Any:
     return None
 
 
-def _attributes(profile: Profile, level: str, scope: Scope, ctx_base: Context) -> Attributes:
+def _attributes(profile: Profile, level: str, scope: Scope, base: MessageContext) -> Attributes:
     out: Attributes = {}
     for rule in profile.rules:
         if rule.level != level:
             continue
-        ctx = Context(ctx_base.zone, ctx_base.v25, rule, ctx_base.structure)
+        ctx = Context(base.zone, base.v25, base.structure, rule)
         value = _evaluate(rule, scope, ctx)
         if value is not None:
             out[rule.attribute] = value
@@ -305,7 +314,8 @@ def _split(msg: Message) -> _Split:
     return _Split(_layer(head), groups)
 
 
-def _patient(msg: Message, profile: Profile, scope: Scope, ctx: Context) -> PatientRecord:
+def _patient(msg: Message, profile: Profile, scope: Scope,
+             base: MessageContext) -> PatientRecord:
     pid = msg.segment("PID")
     if pid is None:
         raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "PID segment is required",
@@ -327,7 +337,7 @@ def _patient(msg: Message, profile: Profile, scope: Scope, ctx: Context) -> Pati
         exc.location = ErrorLocation("PID", 3)
         raise
     issuer = pid.get(3, 4, 1, repetition=chosen)
-    attributes = _attributes(profile, "patient", scope, ctx)
+    attributes = _attributes(profile, "patient", scope, base)
     attributes["PatientID"] = patient_id
     if issuer:
         attributes["IssuerOfPatientID"] = conv.text(issuer, max_length=64)
@@ -374,8 +384,6 @@ def _station_for(profile: Profile, msg: Message, attrs: Attributes, proc: Attrib
     facts = {"modality": [modality], "procedure_code": [c for c in codes if c],
              "location": [location], "sending_application": [msg.msh.get(3)],
              "sending_facility": [msg.msh.get(4)]}
-    import fnmatch
-
     for rule in profile.stations:
         conditions = rule.when.model_dump(exclude_none=True)
         if all(any(fnmatch.fnmatchcase(v, pattern) for v in facts[key])
@@ -418,8 +426,7 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str) -> OrderMe
     zone = profile.timezone or timezone
     v25 = not msg.version.startswith("2.3") and not msg.version.startswith("2.4")
     split = _split(msg)
-    base = Context(zone, v25, profile.rules[0] if profile.rules else Rule(
-        attribute="PatientID", level="patient", source="PID-3"), structure)
+    base = MessageContext(zone, v25, structure)
     first_group = _layer(split.groups[0]) if split.groups else {}
     patient_scope = Scope([first_group, split.message_layer], msg)
     patient = _patient(msg, profile, patient_scope, base)
@@ -434,8 +441,8 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str) -> OrderMe
     return order
 
 
-def _map_group(msg: Message, profile: Profile, structure: str, base: Context, split: _Split,
-               group: list[Segment], g: int, order: OrderMessage) -> None:
+def _map_group(msg: Message, profile: Profile, structure: str, base: MessageContext,
+               split: _Split, group: list[Segment], g: int, order: OrderMessage) -> None:
     group_layer = _layer(group)
     orc = group[0]
     control, status = orc.get(1).upper(), orc.get(5).upper()

@@ -19,6 +19,7 @@ are decided in :mod:`broker.domain.lifecycle`. Rules this module enforces:
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -51,6 +52,17 @@ def generate_study_uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
 
+@dataclass
+class _Unit:
+    """What every step of one message is applied with."""
+
+    session: Session
+    patient: Patient
+    inbound: InboundMessage
+    profile: str
+    outcome: list[str] = field(default_factory=list)
+
+
 def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage) -> list[str]:
     """Apply every procedure and step of ``message``; returns outcome lines (ids only).
 
@@ -59,6 +71,7 @@ def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage
     """
     outcome: list[str] = []
     patient = _patient_for_order(session, message.patient, outcome)
+    unit = _Unit(session, patient, inbound, message.profile, outcome)
     sequence = 0
     for procedure in message.procedures:
         decisions = []
@@ -68,8 +81,7 @@ def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage
                                                      sequence=sequence), sequence))
         order = _find_order(session, procedure)
         for step, decision, seq in decisions:
-            order = _apply_step(session, patient, order, procedure, step, decision, seq,
-                                inbound, message.profile, outcome)
+            order = _apply_step(unit, order, procedure, step, decision, seq)
     return outcome
 
 
@@ -99,21 +111,11 @@ def _find_order(session: Session, procedure: ProcedureRecord) -> ImagingOrder | 
     return session.scalars(select(ImagingOrder).where(or_(*clauses)).limit(1)).first()
 
 
-def _apply_step(
-    session: Session,
-    patient: Patient,
-    order: ImagingOrder | None,
-    procedure: ProcedureRecord,
-    step: StepRecord,
-    decision: Decision,
-    sequence: int,
-    inbound: InboundMessage,
-    profile: str,
-    outcome: list[str],
-) -> ImagingOrder:
+def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRecord,
+                step: StepRecord, decision: Decision, sequence: int) -> ImagingOrder:
+    outcome = unit.outcome
     if decision.action is OrderAction.CREATE:
-        return _create_step(session, patient, order, procedure, step, decision, sequence,
-                            inbound, profile, outcome)
+        return _create_step(unit, order, procedure, step, decision, sequence)
     if order is None:
         raise field_error(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "ORC", 2,
                           "no order with this placer/filler order number", sequence=sequence)
@@ -121,7 +123,7 @@ def _apply_step(
     if rp is None:
         raise field_error(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "OBR", 19,
                           "no requested procedure with this ID in the order", sequence=sequence)
-    order.last_message_pk = inbound.id
+    order.last_message_pk = unit.inbound.id
     if decision.action is OrderAction.CANCEL:
         _cancel(rp, sequence, outcome)
     elif decision.action is OrderAction.DISCONTINUE:
@@ -151,18 +153,9 @@ def _apply_step(
     return order
 
 
-def _create_step(
-    session: Session,
-    patient: Patient,
-    order: ImagingOrder | None,
-    procedure: ProcedureRecord,
-    step: StepRecord,
-    decision: Decision,
-    sequence: int,
-    inbound: InboundMessage,
-    profile: str,
-    outcome: list[str],
-) -> ImagingOrder:
+def _create_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRecord,
+                 step: StepRecord, decision: Decision, sequence: int) -> ImagingOrder:
+    session, patient, inbound, outcome = unit.session, unit.patient, unit.inbound, unit.outcome
     if order is None:
         order = ImagingOrder(
             patient=patient,
@@ -172,7 +165,7 @@ def _create_step(
             filler_issuer=procedure.filler_issuer,
             sending_application=inbound.sending_application or "",
             sending_facility=inbound.sending_facility or "",
-            profile=profile,
+            profile=unit.profile,
         )
         session.add(order)
         session.flush()

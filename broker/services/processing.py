@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.db import unit_of_work
-from broker.domain.types import AdtMessage
+from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import Message, parse
@@ -40,7 +40,7 @@ from broker.services.patients import apply_adt
 log = logging.getLogger(__name__)
 
 # Maps a parsed message to domain records; bound to the loaded profiles by the caller.
-Mapper = Callable[[Message], object]
+Mapper = Callable[[Message], OrderMessage | AdtMessage]
 
 
 def _lock_id(key: str) -> int:
@@ -95,7 +95,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
             if isinstance(mapped, AdtMessage):
                 outcome = apply_adt(session, mapped)
             else:
-                outcome = apply_order(session, mapped, row)  # type: ignore[arg-type]
+                outcome = apply_order(session, mapped, row)
             session.flush()
     except HL7Error as exc:
         _fail(row, msg, exc)

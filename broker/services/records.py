@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.domain.matching import person_name_key, person_name_keys
+from broker.domain.matching import normalise_time, person_name_key, person_name_keys
 from broker.domain.types import Attributes
 from broker.models import (
     Patient,
@@ -58,13 +58,6 @@ def sync_procedure(rp: RequestedProcedure) -> None:
     rp.priority = _text(a, "RequestedProcedurePriority")
     rp.referring_physician_key = person_name_key(_text(a, "ReferringPhysicianName"))
     rp.requesting_physician_key = person_name_key(_text(a, "RequestingPhysician"))
-
-
-def normalise_time(tm: str) -> str:
-    """DICOM TM to the comparable stored form HHMMSS[.ffffff] (0930 -> 093000)."""
-    whole, _, fraction = tm.replace(":", "").partition(".")
-    whole = (whole + "000000")[:6] if whole else ""
-    return f"{whole}.{fraction}" if fraction and whole else whole
 
 
 def sync_step(sps: ScheduledProcedureStep) -> None:
