@@ -51,12 +51,13 @@ class BrokerApp:
 
             configure(settings)
             self.dispatcher = CeleryDispatcher(factory)
+        self.runtime.dispatcher = self.dispatcher
         inbox = Inbox(factory, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version)
         self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
                                     ack_timeout=settings.application_ack_timeout)
         reader = make_session_factory(make_engine(settings.database_url, readonly=True))
-        self.dicom = DicomServer(settings, reader)
+        self.dicom = DicomServer(settings, reader, writer=factory, dispatcher=self.dispatcher)
         self.dicom.start()
         self.mllp = MLLPServer(
             self.receiver,

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -29,6 +29,35 @@ class AckMode(StrEnum):
 
     APPLICATION = "application"
     STORE = "store"
+
+
+class StorageMode(StrEnum):
+    """What the C-STORE SCP does with an instance once it is indexed."""
+
+    DISCARD = "discard"
+    KEEP = "keep"  # written under storage_dir/<study>/<series>/<sop>.dcm
+    FORWARD = "forward"  # spooled under storage_dir, sent to the PACS, then deleted
+
+
+class Destination(BaseModel):
+    """An EHR endpoint that receives order status messages over MLLP (issue 3 §6)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(description="Short name, used in the outbox and logs.")
+    host: str
+    port: int
+    message_type: str = Field(
+        default="ORM^O01",
+        pattern=r"^(ORM\^O01|OMG\^O19|OMI\^O23)$",
+        description="ORM^O01 (HL7 2.3.1, ORC-1 SC) or OMG^O19 / OMI^O23 (HL7 2.5.1).",
+    )
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    triggers: list[str] = Field(
+        default=["IP", "CM", "DC", "A"],
+        description="Which order statuses to report (Table 0038; A = images available).",
+    )
 
 
 class Settings(BaseSettings):
@@ -82,6 +111,38 @@ class Settings(BaseSettings):
     worklist_statuses: list[str] = Field(
         default=["SCHEDULED", "ARRIVED", "READY"],
         description="SPS statuses listed when the query does not give SPS Status.",
+    )
+    hl7_sending_application: str = Field(
+        default="MWL_BROKER", description="MSH-3 of the messages the broker sends."
+    )
+    hl7_sending_facility: str = Field(default="", description="MSH-4 of outbound messages.")
+    outbound_destinations: list[Destination] = Field(
+        default=[],
+        description="EHR endpoints for order status (JSON list in the environment; "
+        "[[outbound_destinations]] tables in TOML).",
+    )
+    outbound_ack_timeout: float = Field(
+        default=10.0, description="Seconds to wait for the EHR's ACK before retrying."
+    )
+    outbound_retry_max_seconds: float = Field(
+        default=300.0, description="Cap on the exponential back-off between resends."
+    )
+    storage_mode: StorageMode = Field(
+        default=StorageMode.DISCARD, description="discard | keep | forward (C-STORE files)."
+    )
+    storage_dir: Path = Field(
+        default=Path("var/instances"), description="Where kept and spooled instances go."
+    )
+    forward_ae_title: str = Field(default="", description="PACS AE title (storage_mode forward).")
+    forward_host: str = Field(default="", description="PACS host (storage_mode forward).")
+    forward_port: int = Field(default=104, description="PACS port (storage_mode forward).")
+    forward_max_attempts: int = Field(
+        default=10, description="C-STORE forward attempts before an instance is failed."
+    )
+    reconcile_window_hours: float = Field(
+        default=12.0,
+        description="Performed work is matched by patient + modality to steps scheduled "
+        "within this many hours of it (and candidates are searched in it).",
     )
     accept_unknown_hl7_version: bool = Field(
         default=False, description="Accept MSH-12 versions outside 2.3-2.5.1 instead of AR 203."

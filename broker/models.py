@@ -192,6 +192,11 @@ class RequestedProcedure(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
+    # Performed work (issue 3): the order status last reported to the EHR (HL7 Table
+    # 0038: SC, IP, CM, DC) and when images were first seen for this procedure.
+    reported_status: Mapped[str] = mapped_column(String(2), default="SC")
+    images_available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
     order: Mapped[ImagingOrder] = relationship(back_populates="procedures")
     steps: Mapped[list[ScheduledProcedureStep]] = relationship(
         back_populates="procedure", order_by="ScheduledProcedureStep.id"
@@ -256,3 +261,230 @@ class StationAETitle(Base):
     ae_title: Mapped[str] = mapped_column(String(16))
 
     step: Mapped[ScheduledProcedureStep] = relationship(back_populates="station_ae_titles")
+
+
+class DicomRequest(Base):
+    """The DICOM side of the message store: every MPPS N-CREATE/N-SET and IAN N-CREATE
+    received, with its dataset as sent (raw bytes in the presentation context's
+    transfer syntax) and the status we answered, accepted or not."""
+
+    __tablename__ = "dicom_request"
+    __table_args__ = (Index("ix_dicom_request_instance", "sop_instance_uid", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    peer: Mapped[str] = mapped_column(String(100), default="")
+    command: Mapped[str] = mapped_column(String(16))  # N-CREATE | N-SET
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
+    dataset: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    status: Mapped[int] = mapped_column(Integer)
+    error_comment: Mapped[str] = mapped_column(String(1024), default="")
+
+
+class PPSStatus(StrEnum):
+    """Performed Procedure Step Status (0040,0252), PS3.3 C.4.14."""
+
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+
+
+class PerformedProcedureStep(Base):
+    """A Modality Performed Procedure Step SOP Instance (PS3.4 F.7).
+
+    ``attributes`` is the instance in the DICOM JSON model (PS3.18 F.2) as created and
+    updated; ``version`` counts accepted N-CREATE/N-SET requests and ``linked_version``
+    the last one the linking task applied, which makes that task idempotent.
+    """
+
+    __tablename__ = "performed_procedure_step"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    pps_id: Mapped[str] = mapped_column(String(16), default="")
+    performed_station_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    start_datetime: Mapped[str] = mapped_column(String(21), default="")
+    end_datetime: Mapped[str] = mapped_column(String(21), default="")
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    linked_version: Mapped[int] = mapped_column(Integer, default=0)
+    # linked: every Scheduled Step Attributes item found its step(s); unscheduled: went
+    # to the reconciliation inbox.
+    link_state: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    steps: Mapped[list[ScheduledProcedureStep]] = relationship(secondary="mpps_sps_link")
+
+
+class MppsStepLink(Base):
+    """Which scheduled steps an MPPS performs (grouped procedures: several)."""
+
+    __tablename__ = "mpps_sps_link"
+
+    mpps_pk: Mapped[int] = mapped_column(ForeignKey("performed_procedure_step.id"),
+                                         primary_key=True)
+    sps_pk: Mapped[int] = mapped_column(ForeignKey("scheduled_procedure_step.id"),
+                                        primary_key=True, index=True)
+
+
+class StoredInstance(Base):
+    """One composite instance received by C-STORE (PS3.4 Annex B), indexed."""
+
+    __tablename__ = "stored_instance"
+    __table_args__ = (Index("ix_instance_study_pending", "study_instance_uid", "reconciled"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(400), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    study_datetime: Mapped[str] = mapped_column(String(21), default="")
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Where the file is (keep / forward spool); empty once discarded or forwarded.
+    file_path: Mapped[str] = mapped_column(String(400), default="")
+    # none | pending | forwarded | failed (storage_mode = forward)
+    forward_state: Mapped[str] = mapped_column(String(16), default="none")
+    forward_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    forward_error: Mapped[str] = mapped_column(String(400), default="")
+    reconciled: Mapped[bool] = mapped_column(default=False)
+    procedure_pk: Mapped[int | None] = mapped_column(ForeignKey("requested_procedure.id"),
+                                                     index=True)
+
+
+class AvailabilityNotification(Base):
+    """An Instance Availability Notification SOP Instance (PS3.4 Annex R, RAD-49)."""
+
+    __tablename__ = "instance_availability"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    mpps_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reconciled: Mapped[bool] = mapped_column(default=False)
+    procedure_pk: Mapped[int | None] = mapped_column(ForeignKey("requested_procedure.id"))
+
+    instances: Mapped[list[AvailableInstance]] = relationship(
+        back_populates="notification", cascade="all, delete-orphan")
+
+
+class AvailableInstance(Base):
+    """One Referenced SOP item of an IAN: series, instance, availability, where from."""
+
+    __tablename__ = "available_instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notification_pk: Mapped[int] = mapped_column(ForeignKey("instance_availability.id"),
+                                                 index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    availability: Mapped[str] = mapped_column(String(16), default="")
+    retrieve_ae_title: Mapped[str] = mapped_column(String(64), default="")
+
+    notification: Mapped[AvailabilityNotification] = relationship(back_populates="instances")
+
+
+class ReconciliationKind(StrEnum):
+    UNSCHEDULED_MPPS = "unscheduled_mpps"  # F4: no scheduled step referenced or found
+    CANCELLED_ORDER = "cancelled_order"  # MPPS for a step that was cancelled
+    UNMATCHED_STUDY = "unmatched_study"  # instances / IAN matching no order
+    DEMOGRAPHICS = "demographic_mismatch"  # linked, but patient id or name differs
+
+
+class ReconciliationItem(Base):
+    """Work for a person: performed work the broker could not tie to an order on its
+    own, or tied with a discrepancy. ``candidates`` is a ranked list of
+    {"procedure_pk", "accession", "score", "reasons"}."""
+
+    __tablename__ = "reconciliation_item"
+    __table_args__ = (Index("ix_reconciliation_state", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open|linked|dismissed
+    # What it is about: an MPPS, or a study (instances and IANs).
+    mpps_pk: Mapped[int | None] = mapped_column(ForeignKey("performed_procedure_step.id"))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # What was observed (for scoring and for the person looking at it).
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(400), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    station_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    performed_datetime: Mapped[str] = mapped_column(String(21), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    procedure_pk: Mapped[int | None] = mapped_column(ForeignKey("requested_procedure.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class OutboundStatus(StrEnum):
+    PENDING = "pending"  # waiting to be sent (or retried after AR / no answer)
+    SENT = "sent"  # AA received
+    FAILED = "failed"  # AE received (or given up); visible, resendable
+
+
+class OutboundDestinationState(Base):
+    """Per destination sequence counter: taking its row lock while adding to the outbox
+    makes sequence order equal commit order, so the sender keeps order per destination."""
+
+    __tablename__ = "outbound_destination"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_sequence: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class OutboundMessage(Base):
+    """The outbox: order status messages for the EHR, written in the same transaction
+    as the state change that causes them, sent in ``sequence`` order per destination.
+    MSH-10 (``control_id``) is fixed at creation, so a resend is the same message."""
+
+    __tablename__ = "outbound_message"
+    __table_args__ = (
+        UniqueConstraint("destination", "sequence", name="uq_outbound_sequence"),
+        Index("ix_outbound_queue", "destination", "status", "sequence"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(Integer)
+    control_id: Mapped[str] = mapped_column(String(20), unique=True)
+    trigger: Mapped[str] = mapped_column(String(8))  # IP | CM | DC | A (Table 0038)
+    procedure_pk: Mapped[int | None] = mapped_column(ForeignKey("requested_procedure.id"),
+                                                     index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    message_type: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default=OutboundStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str] = mapped_column(String(400), default="")
+    ack: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ack_code: Mapped[str | None] = mapped_column(String(2))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

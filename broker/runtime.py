@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,9 @@ from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7.message import Message
 from broker.mapping.apply import map_message
 from broker.mapping.profile import ProfileSet, load_profiles
+
+if TYPE_CHECKING:
+    from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,20 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timezone = settings.timezone or local_zone_name()
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Where tasks submit follow-up work: set by ``serve``; a worker publishes."""
+        if self._dispatcher is None:
+            from workers.dispatch import CeleryDispatcher
+
+            self._dispatcher = CeleryDispatcher(self.session_factory)
+        return self._dispatcher
+
+    @dispatcher.setter
+    def dispatcher(self, value: Dispatcher) -> None:
+        self._dispatcher = value
 
     @cached_property
     def engine(self) -> Engine:

@@ -1,8 +1,10 @@
-"""How stored messages reach the processor: in-process (embedded) or via Celery.
+"""How committed work reaches the task code: in-process (embedded) or via Celery.
 
-Both dispatchers run :func:`workers.tasks.process_inbound`; they differ only in where.
-``wait`` lets the MLLP listener hold an application-mode ACK until the message has
-been applied.
+Both dispatchers run the task functions of :mod:`workers.tasks`; they differ only in
+where. ``dispatch`` hands over a stored inbound message; ``submit`` any other task by
+name (MPPS linking, study reconciliation, outbound delivery, forwarding), optionally
+after ``countdown`` seconds. ``wait`` lets the MLLP listener hold an application-mode
+ACK until the message has been applied.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,25 +23,53 @@ from broker.models import InboundMessage, MessageStatus
 
 log = logging.getLogger(__name__)
 
+# In-process lanes: network-bound tasks get their own thread so that an EHR or PACS
+# that does not answer never delays order processing.
+LANES = {"deliver_outbound": "outbound", "forward_instances": "forward"}
+
 
 class Dispatcher(Protocol):
     def dispatch(self, message_pk: int) -> None: ...
+
+    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None: ...
 
     def wait(self, message_pk: int, timeout: float) -> bool: ...
 
     def close(self) -> None: ...
 
 
+def _run(task: str, args: tuple[Any, ...]) -> None:
+    from workers.tasks import TASKS
+
+    try:
+        TASKS[task](*args)
+    except Exception as exc:  # the sweeper retries what is still pending
+        log.error("%s%r: error %s; left for the sweeper", task, args, type(exc).__name__)
+
+
 class InProcessDispatcher:
-    """Embedded mode: one processing thread (SQLite has one writer anyway), FIFO."""
+    """Embedded mode: one thread per lane, FIFO; a task already queued and not yet
+    started is not queued twice (tasks are idempotent, a second run would find
+    nothing to do)."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-process")
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._futures: dict[int, Future[None]] = {}
+        self._queued: set[tuple[str, tuple[Any, ...]]] = set()
+        self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _pool(self, task: str) -> ThreadPoolExecutor:
+        lane = LANES.get(task, "work")
+        with self._lock:
+            if lane not in self._pools:
+                self._pools[lane] = ThreadPoolExecutor(max_workers=1,
+                                                       thread_name_prefix=f"mwl-{lane}")
+            return self._pools[lane]
 
     def dispatch(self, message_pk: int) -> None:
-        future = self._pool.submit(self._run, message_pk)
+        future = self._pool("process_inbound").submit(_run, "process_inbound", (message_pk,))
         with self._lock:
             self._futures[message_pk] = future
         future.add_done_callback(lambda _f: self._forget(message_pk, _f))
@@ -49,15 +79,31 @@ class InProcessDispatcher:
             if self._futures.get(message_pk) is future:
                 del self._futures[message_pk]
 
-    @staticmethod
-    def _run(message_pk: int) -> None:
-        from workers.tasks import process_inbound
+    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
+        if countdown > 0:
+            timer = threading.Timer(countdown, self._fire, (task, args))
+            timer.daemon = True
+            with self._lock:
+                self._timers.add(timer)
+            timer.start()
+            return
+        key = (task, args)
+        with self._lock:
+            if key in self._queued or self._closed:
+                return
+            self._queued.add(key)
+        self._pool(task).submit(self._start, key)
 
-        try:
-            process_inbound(message_pk)
-        except Exception as exc:  # the sweeper retries what is still pending
-            log.error("message %s: processing error %s; left for the sweeper",
-                      message_pk, type(exc).__name__)
+    def _fire(self, task: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._timers = {t for t in self._timers if t.is_alive()
+                            and t is not threading.current_thread()}
+        self.submit(task, *args)
+
+    def _start(self, key: tuple[str, tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._queued.discard(key)
+        _run(*key)
 
     def wait(self, message_pk: int, timeout: float) -> bool:
         with self._lock:
@@ -71,7 +117,13 @@ class InProcessDispatcher:
         return True
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        with self._lock:
+            self._closed = True
+            timers, pools = list(self._timers), list(self._pools.values())
+        for timer in timers:
+            timer.cancel()
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=False)
 
 
 class CeleryDispatcher:
@@ -81,9 +133,12 @@ class CeleryDispatcher:
         self.session_factory = session_factory
 
     def dispatch(self, message_pk: int) -> None:
-        from workers.tasks import process_inbound
+        self.submit("process_inbound", message_pk)
 
-        process_inbound.apply_async((message_pk,))
+    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
+        from workers.tasks import TASKS
+
+        TASKS[task].apply_async(args, countdown=countdown or None)
 
     def wait(self, message_pk: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,18 +1,27 @@
-"""Celery tasks. Each takes row ids only and is idempotent (DESIGN.md).
+"""Celery tasks. Each takes row ids (or a study UID / destination name) only and is
+idempotent (DESIGN.md): running one twice finds nothing left to do.
 
 In embedded mode the same functions are called in-process (calling a Celery task
-object runs its body synchronously), so both modes run identical code.
+object runs its body synchronously), so both modes run identical code. Database
+errors are retried with exponential back-off; the sweeper re-dispatches whatever is
+still unfinished if even that is lost.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
+from broker.db import unit_of_work
 from broker.runtime import current_runtime
-from broker.services.processing import process_through
+from broker.services import mpps, outbound, studies
+from broker.services.forward import forward_pending
+from broker.services.processing import lock_key, process_through
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -20,19 +29,85 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF_MAX = 60
 
 
+def _retrying(task: Task, what: str, body: Callable[[], Any]) -> Any:
+    try:
+        return body()
+    except SQLAlchemyError as exc:
+        if task.request.called_directly:
+            raise
+        retries = task.request.retries or 0
+        countdown = min(2**retries, RETRY_BACKOFF_MAX)
+        log.warning("%s: database error (%s), retry in %ss", what, type(exc).__name__,
+                    countdown)
+        raise task.retry(exc=exc, countdown=countdown) from None
+
+
+def _deliver_soon() -> None:
+    runtime = current_runtime()
+    for dest in runtime.settings.outbound_destinations:
+        runtime.dispatcher.submit("deliver_outbound", dest.name)
+
+
 @app.task(name="mwl_broker.process_inbound", bind=True, max_retries=None)
 def process_inbound(self: Task, message_pk: int) -> int:
     """Apply inbound message ``message_pk`` (and any earlier pending message of the
-    same patient). Database errors are retried with exponential backoff; the sweeper
-    re-dispatches anything still pending if even that is lost."""
+    same patient)."""
     runtime = current_runtime()
-    try:
-        return process_through(runtime.session_factory, message_pk, runtime.map)
-    except SQLAlchemyError as exc:
-        if self.request.called_directly:
-            raise
-        retries = self.request.retries or 0
-        countdown = min(2**retries, RETRY_BACKOFF_MAX)
-        log.warning("message %s: database error (%s), retry in %ss", message_pk,
-                    type(exc).__name__, countdown)
-        raise self.retry(exc=exc, countdown=countdown) from None
+    return int(_retrying(self, f"message {message_pk}", lambda: process_through(
+        runtime.session_factory, message_pk, runtime.map)))
+
+
+def _in_transaction(key: str, body: Callable[[Session], str]) -> str:
+    with unit_of_work(current_runtime().session_factory) as session:
+        lock_key(session, key)
+        return body(session)
+
+
+@app.task(name="mwl_broker.link_mpps", bind=True, max_retries=None)
+def link_mpps(self: Task, mpps_pk: int) -> str:
+    """Link MPPS ``mpps_pk`` to its scheduled steps and apply its state."""
+    settings = current_runtime().settings
+    outcome = str(_retrying(self, f"MPPS {mpps_pk}", lambda: _in_transaction(
+        f"mpps:{mpps_pk}", lambda s: mpps.link(s, settings, mpps_pk))))
+    _deliver_soon()
+    return outcome
+
+
+@app.task(name="mwl_broker.reconcile_study", bind=True, max_retries=None)
+def reconcile_study(self: Task, study_instance_uid: str) -> str:
+    """Tie the new instances and IANs of a study to their order."""
+    settings = current_runtime().settings
+    outcome = str(_retrying(self, "study reconciliation", lambda: _in_transaction(
+        f"study:{study_instance_uid}",
+        lambda s: studies.reconcile_study(s, settings, study_instance_uid))))
+    _deliver_soon()
+    return outcome
+
+
+@app.task(name="mwl_broker.deliver_outbound", bind=True, max_retries=None)
+def deliver_outbound(self: Task, destination: str) -> None:
+    """Send the due outbox messages of ``destination``; schedule the next attempt."""
+    runtime = current_runtime()
+    delay = _retrying(self, f"outbound {destination}", lambda: outbound.deliver(
+        runtime.session_factory, runtime.settings, destination))
+    if delay is not None:
+        runtime.dispatcher.submit("deliver_outbound", destination, countdown=max(delay, 0.05))
+
+
+@app.task(name="mwl_broker.forward_instances", bind=True, max_retries=None)
+def forward_instances(self: Task) -> None:
+    """Forward spooled instances to the PACS (storage_mode forward)."""
+    runtime = current_runtime()
+    delay = _retrying(self, "forward", lambda: forward_pending(
+        runtime.session_factory, runtime.settings))
+    if delay is not None:
+        runtime.dispatcher.submit("forward_instances", countdown=delay)
+
+
+TASKS: dict[str, Task] = {
+    "process_inbound": process_inbound,
+    "link_mpps": link_mpps,
+    "reconcile_study": reconcile_study,
+    "deliver_outbound": deliver_outbound,
+    "forward_instances": forward_instances,
+}

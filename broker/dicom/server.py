@@ -1,58 +1,117 @@
-"""The broker's DICOM server: Verification (C-ECHO) and Modality Worklist C-FIND SCP
-(PS3.4 Annex A and K) on one pynetdicom AE.
+"""The broker's DICOM server, one pynetdicom AE (PS3.4):
 
-Each association runs in its own pynetdicom thread; each C-FIND opens one session on
-the read-only engine and closes it when the last response is sent. TCP_NODELAY is set
-on every accepted socket (Nagle costs about 80 ms per association here, DESIGN.md),
-and pynetdicom's identifier logging is off: it is slow and would print patient data.
+* Verification (C-ECHO, Annex A) and Modality Worklist C-FIND (Annex K), read-only;
+* Modality Performed Procedure Step N-CREATE / N-SET (Annex F) and Instance
+  Availability Notification N-CREATE (Annex R): every request is kept in the
+  ``dicom_request`` store with the status answered; an accepted one is committed
+  before its response, and linking runs in a task (issue 3 §1, §4);
+* Storage C-STORE (Annex B) for the common modalities, see :mod:`broker.dicom.storage`.
+
+Handlers are thin: unpack the event, call one service function in one transaction,
+map its result or exception to a status. Each association runs in its own pynetdicom
+thread with its own sessions. TCP_NODELAY is set on every accepted socket (Nagle costs
+about 80 ms per association here, DESIGN.md) and pynetdicom's identifier logging is
+off: it is slow and would print patient data.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, _config, evt
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.config import Settings
+from broker.config import Settings, StorageMode
+from broker.db import unit_of_work
+from broker.dicom.storage import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    STORAGE_SOP_CLASSES,
+    STORAGE_TRANSFER_SYNTAXES,
+    file_path,
+    write_file,
+)
 from broker.dicom.worklist import find_worklist
+from broker.domain.mpps import PROCESSING_FAILURE, MppsError
+from broker.models import DicomRequest
+from broker.services import mpps, studies
+from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
-# SOP classes by UID (PS3.4 A.4, K.4): pynetdicom's sop_class names are dynamic.
+# SOP classes by UID (PS3.4 A.4, K.4, F.7, R.3): pynetdicom's sop_class names are dynamic.
 VERIFICATION = "1.2.840.10008.1.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+MPPS = "1.2.840.10008.3.1.2.3.3"
+INSTANCE_AVAILABILITY = "1.2.840.10008.5.1.4.33"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
+RESOURCE_LIMITATION = 0x0213  # PS3.7 Annex C: the SCU may try again later
 
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def _status(code: int, comment: str, error_id: str = "", tags: list[int] | None = None
+            ) -> Dataset:
+    """A status dataset: Error Comment is LO (64 chars), Error ID SH (16)."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    if error_id:
+        ds.ErrorID = error_id
+    if tags:
+        ds.AttributeIdentifierList = tags
+    return ds
 
 
 class DicomServer:
     """Start/stop the DICOM listener; ``port`` is the bound port (0 = ephemeral)."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 *, zone: str | None = None) -> None:
+                 *, writer: sessionmaker[Session] | None = None,
+                 dispatcher: Dispatcher | None = None, zone: str | None = None) -> None:
         from broker.runtime import local_zone_name
 
         self.settings = settings
         self.session_factory = session_factory
+        self.writer = writer or session_factory
+        self.dispatcher = dispatcher
         self.zone = zone or settings.timezone or local_zone_name()
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = 64
-        for sop_class in (VERIFICATION, MODALITY_WORKLIST_FIND):
+        self.ae.maximum_pdu_size = 0  # no limit on what we receive
+        for sop_class in (VERIFICATION, MODALITY_WORKLIST_FIND, MPPS, INSTANCE_AVAILABILITY):
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        for sop_class in STORAGE_SOP_CLASSES.values():
+            self.ae.add_supported_context(sop_class, STORAGE_TRANSFER_SYNTAXES)
         self._server: Any = None
+        # Studies stored per association: reconciled once the association ends.
+        self._studies: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_N_CREATE, self._on_n_create),
+            (evt.EVT_N_SET, self._on_n_set),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_association_end),
+            (evt.EVT_ABORTED, self._on_association_end),
+            (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
         self._server = self.ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port), block=False,
@@ -67,6 +126,14 @@ class DicomServer:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _submit(self, task: str, *args: Any) -> None:
+        if self.dispatcher is not None:
+            try:
+                self.dispatcher.submit(task, *args)
+            except Exception as exc:  # committed: the sweeper picks it up
+                log.warning("%s not dispatched (%s); left for the sweeper", task,
+                            type(exc).__name__)
 
     @staticmethod
     def _on_connection(event: Any) -> None:
@@ -96,3 +163,121 @@ class DicomServer:
                     count += 1
                 yield status, ds
         log.info("C-FIND from %s: %d item(s)", calling, count)
+
+    # -- MPPS and IAN ------------------------------------------------------------------
+
+    def _request_row(self, event: Any, command: str, sop_class: str, uid: str,
+                     raw: Any) -> DicomRequest:
+        return DicomRequest(
+            calling_ae_title=str(event.assoc.requestor.ae_title)[:16],
+            peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"[:100],
+            command=command, sop_class_uid=sop_class, sop_instance_uid=uid[:64],
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            dataset=raw.getvalue() if raw is not None else b"", status=0)
+
+    def _handle_n(self, event: Any, command: str, sop_class: str, uid: str, raw: Any,
+                  decode: Callable[[], Dataset],
+                  apply: Callable[[Session, Dataset], tuple[str, Any]]) -> int | Dataset:
+        """Decode, apply in one transaction with the request row, dispatch the task;
+        a refusal or failure is stored with its status in a transaction of its own."""
+        record = self._request_row(event, command, sop_class, uid, raw)
+        try:
+            ds = decode()
+            with unit_of_work(self.writer) as session:
+                task, arg = apply(session, ds)
+                session.add(record)
+        except MppsError as exc:
+            return self._refuse(record, exc.status, str(exc), exc.error_id, exc.tags)
+        except SQLAlchemyError as exc:
+            log.error("%s %s: database error %s", command, sop_class, type(exc).__name__)
+            return self._refuse(record, RESOURCE_LIMITATION, "database unavailable, retry")
+        except Exception as exc:  # an attribute list we cannot read
+            log.info("%s: unreadable attribute list (%s)", command, type(exc).__name__)
+            return self._refuse(record, PROCESSING_FAILURE,
+                                f"cannot read the attribute list: {type(exc).__name__}")
+        self._submit(task, arg)
+        return 0x0000
+
+    def _refuse(self, record: DicomRequest, code: int, comment: str, error_id: str = "",
+                tags: list[int] | None = None) -> Dataset:
+        record.status, record.error_comment = code, comment[:1024]
+        log.info("%s %s refused: 0x%04X", record.command, record.sop_instance_uid, code)
+        try:
+            with unit_of_work(self.writer) as session:
+                session.add(record)
+        except SQLAlchemyError as exc:
+            log.error("could not store the refused request: %s", type(exc).__name__)
+        return _status(code, comment, error_id, tags)
+
+    def _on_n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        req = event.request
+        sop_class = str(req.AffectedSOPClassUID)
+        given = str(req.AffectedSOPInstanceUID or "")
+        uid = given or generate_uid()
+        calling = str(event.assoc.requestor.ae_title)
+
+        def apply(session: Session, ds: Dataset) -> tuple[str, Any]:
+            if sop_class == MPPS:
+                row = mpps.create(session, uid, ds, calling)
+                return "link_mpps", row.id
+            notice = studies.record_availability(session, ds, sop_instance_uid=uid,
+                                                 calling_ae_title=calling)
+            return "reconcile_study", notice.study_instance_uid
+
+        status = self._handle_n(event, "N-CREATE", sop_class, uid, req.AttributeList,
+                                lambda: event.attribute_list, apply)
+        if status != 0x0000 or given:
+            return status, None
+        reply = Dataset()
+        reply.AffectedSOPInstanceUID = uid
+        return status, reply
+
+    def _on_n_set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        req = event.request
+        uid = str(req.RequestedSOPInstanceUID or "")
+
+        def apply(session: Session, ds: Dataset) -> tuple[str, Any]:
+            row = mpps.update(session, uid, ds)
+            return "link_mpps", row.id
+
+        status = self._handle_n(event, "N-SET", str(req.RequestedSOPClassUID), uid,
+                                req.ModificationList, lambda: event.modification_list, apply)
+        return status, None
+
+    # -- Storage -----------------------------------------------------------------------
+
+    def _on_store(self, event: Any) -> int:
+        """Index, then keep / spool / discard (PS3.4 B.2.3 statuses)."""
+        req = event.request
+        sop_class, sop = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+        try:
+            ds = event.dataset
+            study, series = str(ds.StudyInstanceUID), str(ds.get("SeriesInstanceUID", ""))
+        except Exception as exc:
+            log.info("C-STORE %s: unreadable dataset (%s)", sop, type(exc).__name__)
+            return CANNOT_UNDERSTAND
+        path = file_path(self.settings, study, series, sop)
+        try:
+            if path is not None:
+                write_file(path, event.encoded_dataset())
+            with unit_of_work(self.writer) as session:
+                studies.index_instance(
+                    session, ds, sop_class_uid=sop_class, sop_instance_uid=sop,
+                    calling_ae_title=str(event.assoc.requestor.ae_title),
+                    transfer_syntax_uid=str(event.context.transfer_syntax),
+                    file_path=str(path or ""),
+                    forward=self.settings.storage_mode is StorageMode.FORWARD)
+        except (OSError, SQLAlchemyError) as exc:
+            log.error("C-STORE %s: not stored (%s)", sop, type(exc).__name__)
+            return OUT_OF_RESOURCES
+        with self._lock:
+            self._studies.setdefault(id(event.assoc), set()).add(study)
+        return 0x0000
+
+    def _on_association_end(self, event: Any) -> None:
+        with self._lock:
+            stored = self._studies.pop(id(event.assoc), set())
+        for study in sorted(stored):
+            self._submit("reconcile_study", study)
+        if stored and self.settings.storage_mode is StorageMode.FORWARD:
+            self._submit("forward_instances")

@@ -48,7 +48,9 @@ def _lock_id(key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _lock(session: Session, key: str) -> None:
+def lock_key(session: Session, key: str) -> None:
+    """Serialise transactions on ``key`` (PostgreSQL transaction advisory lock; SQLite's
+    BEGIN IMMEDIATE already serialises every writer)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(_lock_id(key))))
 
@@ -68,7 +70,7 @@ def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Map
     applied = 0
     while True:
         with unit_of_work(factory) as session:
-            _lock(session, key)
+            lock_key(session, key)
             query = select(InboundMessage).where(
                 InboundMessage.status == MessageStatus.RECEIVED.value,
                 InboundMessage.id <= message_pk,

@@ -1,6 +1,8 @@
 """Re-dispatch committed but unfinished work (DESIGN.md: lost publish, killed worker,
-Redis restart). Messages still ``received`` some time after they arrived are handed to
-the dispatcher again; processing is idempotent, so a second dispatch is harmless."""
+Redis restart): inbound messages still ``received``, MPPS not linked at their latest
+version, instances and IANs not reconciled (some time after they arrived), outbox
+messages due, and instances waiting to be forwarded. Every task is idempotent, so a
+second dispatch is harmless."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.models import InboundMessage, MessageStatus
+from broker.models import (
+    AvailabilityNotification,
+    InboundMessage,
+    MessageStatus,
+    PerformedProcedureStep,
+    StoredInstance,
+)
+from broker.services.outbound import due_destinations
 from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -27,16 +36,42 @@ def pending_messages(session: Session, older_than: timedelta, limit: int = 1000)
     ))
 
 
+def pending_tasks(session: Session, older_than: timedelta,
+                  limit: int = 1000) -> list[tuple[str, tuple[object, ...]]]:
+    """Performed-work tasks committed but unfinished, and outbound/forward work due."""
+    cutoff = datetime.now(UTC) - older_than
+    tasks: list[tuple[str, tuple[object, ...]]] = []
+    for pk in session.scalars(select(PerformedProcedureStep.id).where(
+            PerformedProcedureStep.linked_version < PerformedProcedureStep.version,
+            PerformedProcedureStep.updated_at <= cutoff).limit(limit)):
+        tasks.append(("link_mpps", (pk,)))
+    studies = set(session.scalars(select(StoredInstance.study_instance_uid).where(
+        StoredInstance.reconciled.is_(False), StoredInstance.received_at <= cutoff)
+        .distinct().limit(limit)))
+    studies |= set(session.scalars(select(AvailabilityNotification.study_instance_uid).where(
+        AvailabilityNotification.reconciled.is_(False),
+        AvailabilityNotification.received_at <= cutoff).distinct().limit(limit)))
+    tasks += [("reconcile_study", (uid,)) for uid in sorted(studies)]
+    tasks += [("deliver_outbound", (name,)) for name in due_destinations(session)]
+    if session.scalar(select(StoredInstance.id).where(
+            StoredInstance.forward_state == "pending").limit(1)) is not None:
+        tasks.append(("forward_instances", ()))
+    return tasks
+
+
 def sweep(factory: sessionmaker[Session], dispatcher: Dispatcher,
           older_than: timedelta) -> int:
-    """Dispatch every pending message older than ``older_than``; returns the count."""
+    """Dispatch everything unfinished older than ``older_than``; returns the count."""
     with factory() as session:
         ids = pending_messages(session, older_than)
+        tasks = pending_tasks(session, older_than)
     for pk in ids:
         dispatcher.dispatch(pk)
-    if ids:
-        log.info("sweeper re-dispatched %d pending message(s)", len(ids))
-    return len(ids)
+    for task, args in tasks:
+        dispatcher.submit(task, *args)
+    if ids or tasks:
+        log.info("sweeper re-dispatched %d message(s) and %d task(s)", len(ids), len(tasks))
+    return len(ids) + len(tasks)
 
 
 class Sweeper(threading.Thread):
