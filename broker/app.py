@@ -25,10 +25,10 @@ class BrokerApp:
     """Owns the servers of one broker process; ``start()`` returns once they listen."""
 
     def __init__(self, settings: Settings, *, migrate: bool = True,
-                 sweep_interval: float = 15.0) -> None:
+                 sweep_interval: float | None = None) -> None:
         self.settings = settings
         self.migrate = migrate
-        self.sweep_interval = sweep_interval
+        self.sweep_interval = sweep_interval or settings.sweep_interval
         self.runtime = Runtime(settings)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever,

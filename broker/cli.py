@@ -6,38 +6,27 @@ environment variables (see ``mwl-broker serve --help``).
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
-from broker.config import Settings, load_settings
-
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (keys as in the table below).",
-                 exists=True, dir_okay=False),
-]
-
-
-def _settings_help() -> str:
-    lines = ["Settings (environment variable, default, meaning):"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = ",".join(default) if isinstance(default, list) else str(default)
-        lines.append(f"MWLB_{name.upper()} [{shown or 'empty'}]: {field.description}")
-    return "\n\n".join(lines)
-
+from broker.cli_common import (
+    ConfigOption,
+    configure_logging,
+    console,
+    err_console,
+    safe_url,
+    session_factory,
+    settings_from,
+    settings_help,
+)
+from broker.cli_performed import outbound_app, reconcile_app
+from broker.config import Settings
 
 app = typer.Typer(help="Modality worklist and HL7 integration broker.",
                   no_args_is_help=True, rich_markup_mode=None)
@@ -48,31 +37,18 @@ messages_app = typer.Typer(help="The inbound message store.", no_args_is_help=Tr
 app.add_typer(db_app, name="db")
 app.add_typer(mapping_app, name="mapping")
 app.add_typer(messages_app, name="messages")
+app.add_typer(reconcile_app, name="reconcile")
+app.add_typer(outbound_app, name="outbound")
 
 
-def _configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pynetdicom narrates every PDU at INFO; keep association-level warnings only.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ValueError as exc:
-        err_console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-@app.command(epilog=_settings_help())
+@app.command(epilog=settings_help())
 def serve(config: ConfigOption = None) -> None:
     """Run the MLLP listener and the DICOM worklist server (and, with no Celery broker
     configured, process messages in-process on the embedded database)."""
     from broker.app import BrokerApp
 
-    _configure_logging()
-    settings = _settings(config)
+    configure_logging()
+    settings = settings_from(config)
     broker = BrokerApp(settings)
     try:
         broker.start()
@@ -94,7 +70,7 @@ def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
         f"mwl-broker listening\n"
         f"  HL7 MLLP         {settings.mllp_host}:{mllp_port}\n"
         f"  DICOM MWL/echo   {settings.dicom_host}:{dicom_port}  AE title {settings.ae_title}\n"
-        f"  database         {_safe_url(settings.database_url)}   processing: {mode}\n"
+        f"  database         {safe_url(settings.database_url)}   processing: {mode}\n"
         f"Send a first order:\n"
         f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n"
         f"Query the worklist like a modality:\n"
@@ -105,12 +81,6 @@ def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
         f" localhost {dicom_port}\n",
         flush=True,
     )
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()
@@ -124,8 +94,8 @@ def worker(
     from broker.runtime import Runtime, set_runtime
     from workers.celery_app import configure
 
-    _configure_logging(loglevel)
-    settings = _settings(config)
+    configure_logging(loglevel)
+    settings = settings_from(config)
     if settings.embedded:
         err_console.print("[red]MWLB_CELERY_BROKER_URL is empty:[/red] nothing to work for "
                           "(embedded mode processes in `mwl-broker serve`).")
@@ -146,9 +116,9 @@ def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the schema to the latest revision."""
     from broker.migrations import upgrade
 
-    settings = _settings(config)
+    settings = settings_from(config)
     upgrade(settings.database_url)
-    console.print(f"schema up to date at {_safe_url(settings.database_url)}")
+    console.print(f"schema up to date at {safe_url(settings.database_url)}")
 
 
 @mapping_app.command("check")
@@ -159,7 +129,7 @@ def mapping_check(
     """Validate every profile; errors name the file, the key and what is wrong."""
     from broker.mapping.profile import check_directory
 
-    path = directory or _settings(config).mappings_dir
+    path = directory or settings_from(config).mappings_dir
     errors = check_directory(path)
     if errors:
         for error in errors:
@@ -179,7 +149,7 @@ def mapping_test(
     from broker.mapping.profile import load_profiles
     from broker.runtime import local_zone_name
 
-    settings = _settings(config)
+    settings = settings_from(config)
     profiles = load_profiles(settings.mappings_dir)
     zone = settings.timezone or local_zone_name()
     failed = False
@@ -202,7 +172,7 @@ def messages_list(
     """List stored messages, newest first (ids, types and outcomes; no patient data)."""
     from broker.models import InboundMessage
 
-    factory = _session_factory(config)
+    factory = session_factory(config)
     query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
     if status:
         query = query.where(InboundMessage.status == status)
@@ -221,7 +191,7 @@ def messages_show(message_id: int, config: ConfigOption = None) -> None:
     """Show one message: raw segments, the ACK sent, and the outcome or error."""
     from broker.models import InboundMessage
 
-    factory = _session_factory(config)
+    factory = session_factory(config)
     with factory() as session:
         row = session.get(InboundMessage, message_id)
         if row is None:
@@ -250,8 +220,8 @@ def messages_reprocess(
     from broker.runtime import Runtime, set_runtime
     from broker.services.processing import process_through, reset_for_reprocess
 
-    _configure_logging("WARNING")
-    settings = _settings(config)
+    configure_logging("WARNING")
+    settings = settings_from(config)
     runtime = Runtime(settings)
     set_runtime(runtime)
     factory = runtime.session_factory
@@ -274,12 +244,6 @@ def messages_reprocess(
                                   f"{row.error_location}: {row.error_text}")
                 worst = 1
     raise typer.Exit(worst)
-
-
-def _session_factory(config: Path | None) -> sessionmaker[Session]:
-    from broker.db import make_engine, make_session_factory
-
-    return make_session_factory(make_engine(_settings(config).database_url))
 
 
 @app.command("send-hl7")

@@ -55,8 +55,9 @@ class Destination(BaseModel):
     receiving_application: str = ""
     receiving_facility: str = ""
     triggers: list[str] = Field(
-        default=["IP", "CM", "DC", "A"],
-        description="Which order statuses to report (Table 0038; A = images available).",
+        default=["IP", "CM", "DC", "A", "SC"],
+        description="Which order statuses to report (Table 0038; A = images available; "
+        "SC = back to scheduled after 'incorrect worklist entry').",
     )
 
 
@@ -143,6 +144,11 @@ class Settings(BaseSettings):
         default=12.0,
         description="Performed work is matched by patient + modality to steps scheduled "
         "within this many hours of it (and candidates are searched in it).",
+    )
+    sweep_interval: float = Field(
+        default=15.0,
+        description="Seconds between sweeps that re-dispatch unfinished work (lost task, "
+        "outbound retry due, work queued by the CLI).",
     )
     accept_unknown_hl7_version: bool = Field(
         default=False, description="Accept MSH-12 versions outside 2.3-2.5.1 instead of AR 203."

@@ -363,6 +363,7 @@ class StoredInstance(Base):
     # none | pending | forwarded | failed (storage_mode = forward)
     forward_state: Mapped[str] = mapped_column(String(16), default="none")
     forward_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    forward_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     forward_error: Mapped[str] = mapped_column(String(400), default="")
     reconciled: Mapped[bool] = mapped_column(default=False)
     procedure_pk: Mapped[int | None] = mapped_column(ForeignKey("requested_procedure.id"),

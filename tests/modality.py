@@ -152,9 +152,10 @@ def write_images(directory: Path, count: int, *, accession: str, study_uid: str,
     return paths
 
 
-def storescu(port: int, files: list[Path], *, aet: str = "CT01_AE") -> None:
+def storescu(port: int, files: list[Path], *, aet: str = "CT01_AE",
+             extra: tuple[str, ...] = ()) -> None:
     """Send files with DCMTK ``storescu`` (one association)."""
-    proc = subprocess.run(["storescu", "-aet", aet, "-aec", "MWL_BROKER", "127.0.0.1",
+    proc = subprocess.run(["storescu", "-aet", aet, "-aec", "MWL_BROKER", *extra, "127.0.0.1",
                            str(port), *map(str, files)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, f"storescu failed: {proc.stderr}"

@@ -63,13 +63,13 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
-def _status(code: int, comment: str, error_id: str = "", tags: list[int] | None = None
-            ) -> Dataset:
-    """A status dataset: Error Comment is LO (64 chars), Error ID SH (16)."""
+def _status(code: int, comment: str, error_id: int | None = None,
+            tags: list[int] | None = None) -> Dataset:
+    """A status dataset: Error Comment is LO (64 chars), Error ID US."""
     ds = Dataset()
     ds.Status = code
     ds.ErrorComment = comment[:64]
-    if error_id:
+    if error_id is not None:
         ds.ErrorID = error_id
     if tags:
         ds.AttributeIdentifierList = tags
@@ -187,7 +187,9 @@ class DicomServer:
                 task, arg = apply(session, ds)
                 session.add(record)
         except MppsError as exc:
-            return self._refuse(record, exc.status, str(exc), exc.error_id, exc.tags)
+            # N-CREATE responses carry no Attribute Identifier List (PS3.7 10.1.5.1.6).
+            return self._refuse(record, exc.status, exc.comment, exc.error_id,
+                                exc.tags if command == "N-SET" else None)
         except SQLAlchemyError as exc:
             log.error("%s %s: database error %s", command, sop_class, type(exc).__name__)
             return self._refuse(record, RESOURCE_LIMITATION, "database unavailable, retry")
@@ -198,7 +200,8 @@ class DicomServer:
         self._submit(task, arg)
         return 0x0000
 
-    def _refuse(self, record: DicomRequest, code: int, comment: str, error_id: str = "",
+    def _refuse(self, record: DicomRequest, code: int, comment: str,
+                error_id: int | None = None,
                 tags: list[int] | None = None) -> Dataset:
         record.status, record.error_comment = code, comment[:1024]
         log.info("%s %s refused: 0x%04X", record.command, record.sop_instance_uid, code)

@@ -25,7 +25,7 @@ from broker.models import PPSStatus, SPSStatus
 NO_SUCH_ATTRIBUTE, INVALID_ATTRIBUTE_VALUE = 0x0105, 0x0106
 PROCESSING_FAILURE, DUPLICATE_INSTANCE, NO_SUCH_INSTANCE = 0x0110, 0x0111, 0x0112
 MISSING_ATTRIBUTE, MISSING_ATTRIBUTE_VALUE = 0x0120, 0x0121
-MAY_NO_LONGER_BE_UPDATED = "A710"  # Error ID (0000,0903), Table F.7.2-2
+MAY_NO_LONGER_BE_UPDATED = 0xA710  # Error ID (0000,0903), US, Table F.7.2-2
 
 CREATE_TYPE1 = (
     "ScheduledStepAttributesSequence", "PerformedProcedureStepID",
@@ -56,7 +56,7 @@ class MppsError(Exception):
 
     status: int
     comment: str
-    error_id: str = ""
+    error_id: int | None = None
     tags: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -80,7 +80,7 @@ def check_create(ds: Dataset) -> None:
     """Refuse an N-CREATE attribute list that F.7.2.1 does not allow."""
     missing = [k for k in CREATE_TYPE1 if k not in ds]
     if missing:
-        raise MppsError(MISSING_ATTRIBUTE, "missing Type 1 attribute(s): "
+        raise MppsError(MISSING_ATTRIBUTE, "missing "
                         + ", ".join(_tag_text(k) for k in missing),
                         tags=[int(Tag(k)) for k in missing])
     empty = [k for k in CREATE_TYPE1 if not _has_value(ds, k)]
@@ -88,13 +88,13 @@ def check_create(ds: Dataset) -> None:
         if not _has_value(item, "StudyInstanceUID"):
             empty.append(f"ScheduledStepAttributesSequence[{n}]>StudyInstanceUID")
     if empty:
-        raise MppsError(MISSING_ATTRIBUTE_VALUE, "Type 1 attribute(s) without a value: "
+        raise MppsError(MISSING_ATTRIBUTE_VALUE, "empty "
                         + ", ".join(empty))
     status = str(ds.PerformedProcedureStepStatus).strip()
     if status != PPSStatus.IN_PROGRESS.value:
         raise MppsError(INVALID_ATTRIBUTE_VALUE,
-                        f"N-CREATE needs (0040,0252) PerformedProcedureStepStatus "
-                        f"IN PROGRESS, not {status!r}", tags=[int(Tag(0x0040, 0x0252))])
+                        f"PPS Status (0040,0252) must be IN PROGRESS, not {status[:16]}",
+                        tags=[int(Tag(0x0040, 0x0252))])
 
 
 def check_set(current_status: str, modification: Dataset) -> None:
@@ -105,7 +105,7 @@ def check_set(current_status: str, modification: Dataset) -> None:
                         error_id=MAY_NO_LONGER_BE_UPDATED)
     refused = [elem.keyword for elem in modification if elem.keyword in NOT_SETTABLE]
     if refused:
-        raise MppsError(INVALID_ATTRIBUTE_VALUE, "not allowed in N-SET (Table F.7.2-1): "
+        raise MppsError(INVALID_ATTRIBUTE_VALUE, "not allowed in N-SET: "
                         + ", ".join(_tag_text(k) for k in refused),
                         tags=[int(Tag(k)) for k in refused])
     if "PerformedProcedureStepStatus" in modification:
@@ -133,7 +133,7 @@ def check_final(ds: Dataset) -> None:
     missing = [k for k in FINAL_REQUIRED if not _has_value(ds, k)]
     if missing:
         raise MppsError(MISSING_ATTRIBUTE_VALUE,
-                        "a COMPLETED or DISCONTINUED step needs "
+                        "final state needs "
                         + ", ".join(_tag_text(k) for k in missing),
                         tags=[int(Tag(k)) for k in missing])
 

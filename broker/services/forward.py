@@ -9,7 +9,10 @@ then the instance is ``failed`` (its file kept, visible in the index).
 from __future__ import annotations
 
 import logging
+import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE
@@ -32,10 +35,16 @@ def forward_pending(factory: sessionmaker[Session], settings: Settings) -> float
         rows = list(session.execute(
             select(StoredInstance.id, StoredInstance.file_path, StoredInstance.sop_class_uid,
                    StoredInstance.transfer_syntax_uid, StoredInstance.forward_attempts)
-            .where(StoredInstance.forward_state == "pending")
+            .where(StoredInstance.forward_state == "pending",
+                   StoredInstance.forward_due_at <= datetime.now(UTC))
             .order_by(StoredInstance.id).limit(BATCH)))
     if not rows:
         return None
+    try:  # reachable? (pynetdicom leaks its socket when the connect is refused)
+        socket.create_connection((settings.forward_host, settings.forward_port),
+                                 timeout=10).close()
+    except OSError as exc:
+        return _record(factory, settings, rows, {}, f"PACS not reachable: {type(exc).__name__}")
     contexts = sorted({(r.sop_class_uid, r.transfer_syntax_uid) for r in rows})[:MAX_CONTEXTS]
     ae = AE(ae_title=settings.ae_title)
     for sop_class, syntax in contexts:
@@ -58,8 +67,8 @@ def forward_pending(factory: sessionmaker[Session], settings: Settings) -> float
     return _record(factory, settings, rows, results, error)
 
 
-def _record(factory: sessionmaker[Session], settings: Settings, rows: list, results: dict[int, str],
-            error: str) -> float | None:
+def _record(factory: sessionmaker[Session], settings: Settings, rows: list[Any],
+            results: dict[int, str], error: str) -> float | None:
     retry_in: float | None = None
     with unit_of_work(factory) as session:
         for r in rows:
@@ -78,6 +87,7 @@ def _record(factory: sessionmaker[Session], settings: Settings, rows: list, resu
                 log.warning("instance %s: forward failed for good (%s)", row.id, outcome)
             else:
                 delay = min(2.0 ** row.forward_attempts, 300.0)
+                row.forward_due_at = datetime.now(UTC) + timedelta(seconds=delay)
                 retry_in = delay if retry_in is None else min(retry_in, delay)
     if retry_in is None and len(rows) == BATCH:
         return 0.01  # more waiting behind this batch

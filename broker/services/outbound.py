@@ -135,7 +135,7 @@ def _record(factory: sessionmaker[Session], settings: Settings, pk: int, control
         delay = min(2.0 ** (row.attempts - 1), settings.outbound_retry_max_seconds)
         row.next_attempt_at = now + timedelta(seconds=delay)
         row.last_error = error or (f"{code} from the EHR" if code else "no ACK")
-        log.info("outbound %s to %s: %s; retry in %.0fs", row.id, row.destination,
+        log.info("outbound %s to %s: %s; retry in %.1fs", row.id, row.destination,
                  row.last_error, delay)
         return delay
 

@@ -12,6 +12,7 @@ A matched study whose patient id or name differs from the order opens a
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -65,6 +66,7 @@ def index_instance(session: Session, ds: Dataset, *, sop_class_uid: str,
     row.transfer_syntax_uid = transfer_syntax_uid
     row.file_path = file_path
     row.forward_state = "pending" if forward else "none"
+    row.forward_attempts, row.forward_due_at = 0, datetime.now(UTC)
     if row.procedure_pk is None:
         row.reconciled = False
     session.flush()

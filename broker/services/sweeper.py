@@ -54,7 +54,8 @@ def pending_tasks(session: Session, older_than: timedelta,
     tasks += [("reconcile_study", (uid,)) for uid in sorted(studies)]
     tasks += [("deliver_outbound", (name,)) for name in due_destinations(session)]
     if session.scalar(select(StoredInstance.id).where(
-            StoredInstance.forward_state == "pending").limit(1)) is not None:
+            StoredInstance.forward_state == "pending",
+            StoredInstance.forward_due_at <= datetime.now(UTC)).limit(1)) is not None:
         tasks.append(("forward_instances", ()))
     return tasks
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import MAPPINGS, REDIS_URL
+from tests.ehr import EHREndpoint
 
 CLI = str(Path(sys.executable).with_name("mwl-broker"))
 
@@ -102,3 +103,11 @@ def start_distributed(postgres_url: str, tmp_path: Path) -> Iterator[Any]:
     yield _start
     for procs in started:
         procs.stop()
+
+
+@pytest.fixture
+def ehr() -> Iterator[EHREndpoint]:
+    """A running stand-in EHR (MLLP listener answering AA)."""
+    endpoint = EHREndpoint().start()
+    yield endpoint
+    endpoint.stop()

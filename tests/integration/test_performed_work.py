@@ -5,8 +5,7 @@ EHR (a real MLLP listener) receives the order status messages (issue 3)."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, select
 
 from broker.models import (
-    OutboundMessage,
     ReconciliationItem,
     RequestedProcedure,
     ScheduledProcedureStep,
@@ -35,44 +33,9 @@ from tests.modality import (
     storescu,
     write_images,
 )
+from tests.workflow import STUDY_05, destination, outbox_statuses, step_statuses, wait_until
 
 pytestmark = [pytest.mark.dcmtk]
-
-STUDY_05 = "2.25.310174223949521671785473488595620964685"
-
-
-@pytest.fixture
-def ehr() -> Iterator[EHREndpoint]:
-    endpoint = EHREndpoint().start()
-    yield endpoint
-    endpoint.stop()
-
-
-def destination(port: int, message_type: str = "ORM^O01") -> list[dict[str, Any]]:
-    return [{"name": "ehr", "host": "127.0.0.1", "port": port, "message_type": message_type,
-             "receiving_application": "EHR", "receiving_facility": "HOSP"}]
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or check}")
-
-
-def step_statuses(app: Any) -> dict[str, str]:
-    with app.runtime.session_factory() as session:
-        return dict(session.execute(select(ScheduledProcedureStep.sps_id,
-                                           ScheduledProcedureStep.status)).all())
-
-
-def outbox_statuses(app: Any) -> set[str]:
-    with app.runtime.session_factory() as session:
-        return set(session.scalars(select(OutboundMessage.status)))
-
 
 def walk_the_loop(mllp_port: int, dicom_port: int, ehr: EHREndpoint, tmp_path: Path,
                   statuses: Callable[[], dict[str, str]]) -> list[bytes]:

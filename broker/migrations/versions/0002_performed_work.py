@@ -156,6 +156,7 @@ def upgrade() -> None:
     sa.Column('file_path', sa.String(length=400), nullable=False),
     sa.Column('forward_state', sa.String(length=16), nullable=False),
     sa.Column('forward_attempts', sa.Integer(), nullable=False),
+    sa.Column('forward_due_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('forward_error', sa.String(length=400), nullable=False),
     sa.Column('reconciled', sa.Boolean(), nullable=False),
     sa.Column('procedure_pk', sa.Integer(), nullable=True),

@@ -1,0 +1,178 @@
+"""``mwl-broker reconcile`` and ``mwl-broker outbound``: the reconciliation inbox and the
+outbox to the EHR, for the integration engineer (issue 3 §5, §6).
+
+Listings show ids, accessions and states, never patient names (they are on screen in
+``reconcile show`` only, which a person asks for). A link or resend commits its rows;
+delivery then happens in the broker: published to the workers at once in Celery mode,
+or picked up by the running broker's sweeper (MWLB_SWEEP_INTERVAL) in embedded mode.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from broker.cli_common import ConfigOption, console, err_console, settings_from
+from broker.config import Settings
+
+reconcile_app = typer.Typer(help="Performed work that needs a person: the reconciliation "
+                            "inbox.", no_args_is_help=True)
+outbound_app = typer.Typer(help="Order status messages to the EHR (the outbox).",
+                           no_args_is_help=True)
+
+
+def _nudge(settings: Settings) -> None:
+    if settings.embedded:
+        console.print(f"queued; the running broker sends it within "
+                      f"{settings.sweep_interval:.0f} s")
+        return
+    from broker.runtime import Runtime
+    from workers.celery_app import configure
+    from workers.dispatch import CeleryDispatcher
+
+    configure(settings)
+    dispatcher = CeleryDispatcher(Runtime(settings).session_factory)
+    for dest in settings.outbound_destinations:
+        dispatcher.submit("deliver_outbound", dest.name)
+    console.print("queued; delivery published to the workers")
+
+
+@reconcile_app.command("list")
+def reconcile_list(
+    config: ConfigOption = None,
+    state: Annotated[str, typer.Option(help="open|linked|dismissed|all")] = "open",
+    limit: Annotated[int, typer.Option(help="Most recent N.")] = 50,
+) -> None:
+    """Reconciliation items with their best candidate."""
+    from broker.models import ReconciliationItem
+    from broker.runtime import Runtime
+
+    runtime = Runtime(settings_from(config))
+    query = select(ReconciliationItem).order_by(ReconciliationItem.id.desc()).limit(limit)
+    if state != "all":
+        query = query.where(ReconciliationItem.state == state)
+    table = Table("id", "created", "kind", "state", "accession", "study", "best candidate")
+    with runtime.session_factory() as session:
+        for item in session.scalars(query):
+            best = item.candidates[0] if item.candidates else None
+            table.add_row(str(item.id), item.created_at.strftime("%Y-%m-%d %H:%M"), item.kind,
+                          item.state, item.accession_number, item.study_instance_uid[-24:],
+                          f"{best['accession']} ({best['score']})" if best else "-")
+    console.print(table)
+
+
+@reconcile_app.command("show")
+def reconcile_show(item_id: int, config: ConfigOption = None) -> None:
+    """One item: what was observed and the ranked candidates with their reasons."""
+    from broker.models import ReconciliationItem
+    from broker.runtime import Runtime
+
+    runtime = Runtime(settings_from(config))
+    with runtime.session_factory() as session:
+        item = session.get(ReconciliationItem, item_id)
+        if item is None:
+            err_console.print(f"no reconciliation item {item_id}")
+            raise typer.Exit(1)
+        console.print(f"item {item.id}  {item.kind}  {item.state}  {item.detail}")
+        console.print(f"observed: patient id {item.patient_id!r}, name {item.patient_name!r}, "
+                      f"birth date {item.birth_date!r}, modality {item.modality!r}, station "
+                      f"{item.station_ae_title!r}, at {item.performed_datetime!r}, "
+                      f"accession {item.accession_number!r}", markup=False)
+        table = Table("rank", "accession", "procedure", "score", "why")
+        for n, cand in enumerate(item.candidates, start=1):
+            table.add_row(str(n), str(cand["accession"]), f"#{cand['procedure_pk']}",
+                          str(cand["score"]), ", ".join(cand["reasons"]))
+        console.print(table)
+
+
+@reconcile_app.command("link")
+def reconcile_link(
+    item_id: int,
+    order: Annotated[str, typer.Argument(help="Accession number, or #id of a requested "
+                                               "procedure (as `reconcile show` lists).")],
+    config: ConfigOption = None,
+) -> None:
+    """Tie the item to an order: the same status changes and messages as a direct match."""
+    from broker.db import unit_of_work
+    from broker.runtime import Runtime
+    from broker.services.resolve import ResolveError, link_item
+
+    settings = settings_from(config)
+    runtime = Runtime(settings)
+    try:
+        with unit_of_work(runtime.session_factory) as session:
+            outcome = link_item(session, settings, item_id, order, getpass.getuser())
+    except ResolveError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(outcome)
+    _nudge(settings)
+
+
+@reconcile_app.command("dismiss")
+def reconcile_dismiss(item_id: int, config: ConfigOption = None) -> None:
+    """Close an item without linking it (a test acquisition, say)."""
+    from broker.db import unit_of_work
+    from broker.runtime import Runtime
+    from broker.services.resolve import ResolveError, dismiss_item
+
+    runtime = Runtime(settings_from(config))
+    try:
+        with unit_of_work(runtime.session_factory) as session:
+            console.print(dismiss_item(session, item_id, getpass.getuser()))
+    except ResolveError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@outbound_app.command("list")
+def outbound_list(
+    config: ConfigOption = None,
+    status: Annotated[str | None, typer.Option(help="pending|sent|failed")] = None,
+    limit: Annotated[int, typer.Option(help="Most recent N.")] = 50,
+) -> None:
+    """Outbox messages, newest first: destination, order, status, attempts, last error."""
+    from broker.models import OutboundMessage
+    from broker.runtime import Runtime
+
+    runtime = Runtime(settings_from(config))
+    query = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
+    if status:
+        query = query.where(OutboundMessage.status == status)
+    table = Table("id", "destination", "seq", "MSH-10", "accession", "ORC-5", "status",
+                  "attempts", "ACK", "last error")
+    with runtime.session_factory() as session:
+        for row in session.scalars(query):
+            table.add_row(str(row.id), row.destination, str(row.sequence), row.control_id,
+                          row.accession_number, row.trigger, row.status, str(row.attempts),
+                          row.ack_code or "", row.last_error)
+    console.print(table)
+
+
+@outbound_app.command("resend")
+def outbound_resend(
+    message_ids: Annotated[list[int], typer.Argument(help="Outbox message id(s).")],
+    config: ConfigOption = None,
+) -> None:
+    """Send messages again with their original MSH-10 (failed or already sent ones)."""
+    from broker.db import unit_of_work
+    from broker.runtime import Runtime
+    from broker.services.outbound import resend
+
+    settings = settings_from(config)
+    runtime = Runtime(settings)
+    missing = []
+    with unit_of_work(runtime.session_factory) as session:
+        for pk in message_ids:
+            if resend(session, pk) is None:
+                missing.append(pk)
+    for pk in missing:
+        err_console.print(f"no outbound message {pk}")
+    if len(missing) < len(message_ids):
+        _nudge(settings)
+    if missing:
+        raise typer.Exit(1)
