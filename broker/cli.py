@@ -69,7 +69,8 @@ def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
     print(
         f"mwl-broker listening\n"
         f"  HL7 MLLP         {settings.mllp_host}:{mllp_port}\n"
-        f"  DICOM MWL/echo   {settings.dicom_host}:{dicom_port}  AE title {settings.ae_title}\n"
+        f"  DICOM            {settings.dicom_host}:{dicom_port}  AE title {settings.ae_title}"
+        f" (MWL, MPPS, C-STORE, IAN, echo)\n"
         f"  database         {safe_url(settings.database_url)}   processing: {mode}\n"
         f"Send a first order:\n"
         f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -37,3 +41,17 @@ def step_statuses(app: Any) -> dict[str, str]:
 def outbox_statuses(app: Any) -> set[str]:
     with app.runtime.session_factory() as session:
         return set(session.scalars(select(OutboundMessage.status)))
+
+
+CLI = str(Path(sys.executable).with_name("mwl-broker"))
+
+
+def cli(app: Any, *args: str) -> str:
+    """Run `mwl-broker ARGS` against ``app``'s database and destinations."""
+    dests = [d.model_dump() for d in app.settings.outbound_destinations]
+    env = {"MWLB_DATABASE_URL": app.settings.database_url,
+           "MWLB_OUTBOUND_DESTINATIONS": json.dumps(dests), "PATH": "/usr/bin:/bin",
+           "COLUMNS": "250"}
+    proc = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout

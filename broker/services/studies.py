@@ -23,8 +23,11 @@ from broker.domain.mpps import DUPLICATE_INSTANCE, MppsError
 from broker.models import (
     AvailabilityNotification,
     AvailableInstance,
+    MppsStepLink,
+    PerformedProcedureStep,
     ReconciliationKind,
     RequestedProcedure,
+    ScheduledProcedureStep,
     StoredInstance,
 )
 from broker.services.outbox import report_images
@@ -122,7 +125,7 @@ def reconcile_study(session: Session, settings: Settings, study_instance_uid: st
     if not instances and not notices:
         return "nothing to do"
     obs = _observation(instances, notices)
-    rp = find_procedure(session, settings, obs)
+    rp = _procedure_of_mpps(session, notices) or find_procedure(session, settings, obs)
     if rp is None:
         item = open_item(session, settings, ReconciliationKind.UNMATCHED_STUDY, obs,
                          detail=f"{len(instances)} instance(s), {len(notices)} IAN(s) "
@@ -134,6 +137,21 @@ def reconcile_study(session: Session, settings: Settings, study_instance_uid: st
         return f"unmatched: reconciliation item {item.id}"
     check_demographics(session, settings, rp, obs, what="study")
     return link_study(session, settings, rp, instances, notices)
+
+
+def _procedure_of_mpps(session: Session,
+                       notices: list[AvailabilityNotification]) -> RequestedProcedure | None:
+    """An IAN's Referenced Performed Procedure Step Sequence names the MPPS that made
+    the images (RAD-49): its linked step's procedure is the one."""
+    uids = [uid for notice in notices for uid in notice.mpps_uids if uid]
+    if not uids:
+        return None
+    return session.scalars(
+        select(RequestedProcedure)
+        .join(ScheduledProcedureStep, ScheduledProcedureStep.procedure_pk == RequestedProcedure.id)
+        .join(MppsStepLink, MppsStepLink.sps_pk == ScheduledProcedureStep.id)
+        .join(PerformedProcedureStep, PerformedProcedureStep.id == MppsStepLink.mpps_pk)
+        .where(PerformedProcedureStep.sop_instance_uid.in_(uids)).limit(1)).first()
 
 
 def link_study(session: Session, settings: Settings, rp: RequestedProcedure,

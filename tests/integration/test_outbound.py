@@ -15,7 +15,7 @@ from tests.conftest import sample
 from tests.ehr import EHREndpoint, field
 from tests.integration.hl7util import send
 from tests.modality import MPPS, final, in_progress, n_create, n_set, step_item
-from tests.workflow import STUDY_05, destination, outbox_statuses, step_statuses, wait_until
+from tests.workflow import STUDY_05, cli, destination, outbox_statuses, step_statuses, wait_until
 
 pytestmark = [pytest.mark.dcmtk]
 
@@ -89,23 +89,20 @@ def test_ar_and_silence_are_retried_with_the_same_control_id(make_broker: Any) -
         ehr.stop()
 
 
-def test_ae_fails_the_message_and_the_queue_goes_on(make_broker: Any, tmp_path: Any) -> None:
+def test_ae_fails_the_message_and_the_queue_goes_on(make_broker: Any) -> None:
     ehr = EHREndpoint(answer=lambda m: "AE" if field(m, "ORC", 5) == "IP" else "AA").start()
     try:
-        app = make_broker(outbound_destinations=destination(ehr.port))
+        app = make_broker(outbound_destinations=destination(ehr.port), sweep_interval=0.2)
         perform(app)
         wait_until(lambda: [m.status for m in outbox(app)] == ["failed", "sent"],
                    what="IP failed, CM sent")
         failed = outbox(app)[0]
         assert failed.ack_code == "AE" and "AE" in failed.last_error
-        # `mwl-broker outbound resend` queues it again with the same MSH-10.
+        assert "failed" in cli(app, "outbound", "list", "--status", "failed")
+        # `mwl-broker outbound resend` queues it again with the same MSH-10; the running
+        # broker's sweeper sends it.
         ehr.answer = lambda m: "AA"
-        from broker.db import unit_of_work
-        from broker.services.outbound import resend
-
-        with unit_of_work(app.runtime.session_factory) as session:
-            assert resend(session, failed.id) is not None
-        app.dispatcher.submit("deliver_outbound", "ehr")
+        assert "queued" in cli(app, "outbound", "resend", str(failed.id))
         wait_until(lambda: outbox(app)[0].status == "sent", what="resent")
         assert [field(m, "MSH", 10) for m in ehr.messages()].count(failed.control_id) == 2
     finally:

@@ -4,9 +4,6 @@ mismatch each open an item whose first candidate is the right order; linking it 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +32,10 @@ from tests.modality import (
     storescu,
     write_images,
 )
-from tests.workflow import STUDY_05, destination, step_statuses, wait_until
+from tests.workflow import STUDY_05, cli, destination, step_statuses, wait_until
 
 pytestmark = [pytest.mark.dcmtk]
 
-CLI = str(Path(sys.executable).with_name("mwl-broker"))
 STUDY_09 = "2.25.66162651962910795921398064868634157122"
 
 
@@ -55,15 +51,6 @@ def items(app: Any, kind: str) -> list[ReconciliationItem]:
     with app.runtime.session_factory() as session:
         return list(session.scalars(select(ReconciliationItem).where(
             ReconciliationItem.kind == kind)))
-
-
-def cli(app: Any, *args: str) -> str:
-    dests = [d.model_dump() for d in app.settings.outbound_destinations]
-    env = {"MWLB_DATABASE_URL": app.settings.database_url,
-           "MWLB_OUTBOUND_DESTINATIONS": json.dumps(dests), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 def test_unscheduled_mpps_is_reconciled_to_the_right_order(broker: Any,
@@ -88,6 +75,12 @@ def test_unscheduled_mpps_is_reconciled_to_the_right_order(broker: Any,
     wait_until(lambda: step_statuses(broker)["SPS0003"] == "COMPLETED", what="COMPLETED")
     assert [field(m, "ORC", 5) for m in ehr.wait_for(2)] == ["IP", "CM"]
     assert items(broker, "unscheduled_mpps")[0].state == "linked"
+    listing = cli(broker, "reconcile", "list", "--state", "all")
+    assert "unscheduled_mpps" in listing and "linked" in listing
+    shown = cli(broker, "reconcile", "show", str(found[0].id))
+    assert "ACC0002" in shown and "patient id" in shown
+    outbox = cli(broker, "outbound", "list")
+    assert "ACC0002" in outbox and "sent" in outbox
 
 
 def test_unmatched_study_is_reconciled_by_name_and_time(broker: Any, ehr: EHREndpoint,
@@ -156,3 +149,20 @@ def test_ian_for_an_unknown_study_and_a_repeated_ian(broker: Any) -> None:
     assert n_create(broker.dicom_port, IAN, uid, ds, aet="PACS").Status == 0x0000
     wait_until(lambda: items(broker, "unmatched_study"), what="an item")
     assert n_create(broker.dicom_port, IAN, uid, ds, aet="PACS").Status == 0x0111
+
+
+def test_ian_referencing_the_mpps_finds_the_order(broker: Any, ehr: EHREndpoint) -> None:
+    """RAD-49: a PACS IAN carrying only the Study UID the modality made up and the MPPS
+    reference is tied to the order through the MPPS's linked step."""
+    mpps_uid = generate_uid()
+    ds = in_progress([step_item(accession="ACC0002", rp_id="RP0002", sps_id="SPS0003")],
+                     patient_id="864209", patient_name="O'Brien^Sean^Patrick", modality="CT")
+    assert n_create(broker.dicom_port, MPPS, mpps_uid, ds).Status == 0
+    wait_until(lambda: step_statuses(broker)["SPS0003"] == "STARTED", what="STARTED")
+    notice = availability(generate_uid(), [("1.2.840.10008.5.1.4.1.1.2", generate_uid())],
+                          mpps_uid=mpps_uid)
+    assert n_create(broker.dicom_port, IAN, generate_uid(), notice, aet="PACS").Status == 0
+    messages = ehr.wait_for(2)
+    assert [(field(m, "ORC", 5), field(m, "OBR", 18)) for m in messages] == [
+        ("IP", "ACC0002"), ("A", "ACC0002")]
+    assert items(broker, "unmatched_study") == []
