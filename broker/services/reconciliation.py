@@ -106,12 +106,14 @@ def ranked_candidates(session: Session, settings: Settings,
 def open_item(session: Session, settings: Settings, kind: ReconciliationKind,
               obs: Observation, *, mpps_pk: int | None = None, procedure_pk: int | None = None,
               detail: str = "") -> ReconciliationItem:
-    """The open item of this kind for this MPPS (or study), created if needed."""
-    query = select(ReconciliationItem).where(ReconciliationItem.kind == kind.value,
-                                             ReconciliationItem.state == "open")
+    """The item of this kind for this MPPS (or study), created if there is none yet. An
+    item a person already linked or dismissed is returned as it is, not reopened: a
+    later N-SET or instance of the same work is not a new question."""
+    query = select(ReconciliationItem).where(ReconciliationItem.kind == kind.value)
     query = (query.where(ReconciliationItem.mpps_pk == mpps_pk) if mpps_pk is not None
-             else query.where(ReconciliationItem.study_instance_uid == obs.study_instance_uid))
-    existing = session.scalars(query.limit(1)).first()
+             else query.where(ReconciliationItem.mpps_pk.is_(None),
+                              ReconciliationItem.study_instance_uid == obs.study_instance_uid))
+    existing = session.scalars(query.order_by(ReconciliationItem.id).limit(1)).first()
     if existing is not None:
         return existing
     item = ReconciliationItem(

@@ -25,6 +25,7 @@ from broker.models import (
     AvailableInstance,
     MppsStepLink,
     PerformedProcedureStep,
+    ReconciliationItem,
     ReconciliationKind,
     RequestedProcedure,
     ScheduledProcedureStep,
@@ -125,6 +126,9 @@ def reconcile_study(session: Session, settings: Settings, study_instance_uid: st
     if not instances and not notices:
         return "nothing to do"
     obs = _observation(instances, notices)
+    decided = _linked_by_a_person(session, study_instance_uid)
+    if decided is not None:
+        return link_study(session, settings, decided, instances, notices)
     rp = _procedure_of_mpps(session, notices) or find_procedure(session, settings, obs)
     if rp is None:
         item = open_item(session, settings, ReconciliationKind.UNMATCHED_STUDY, obs,
@@ -137,6 +141,16 @@ def reconcile_study(session: Session, settings: Settings, study_instance_uid: st
         return f"unmatched: reconciliation item {item.id}"
     check_demographics(session, settings, rp, obs, what="study")
     return link_study(session, settings, rp, instances, notices)
+
+
+def _linked_by_a_person(session: Session, study_uid: str) -> RequestedProcedure | None:
+    """Later instances of a study someone linked by hand follow that decision."""
+    item = session.scalars(select(ReconciliationItem).where(
+        ReconciliationItem.study_instance_uid == study_uid,
+        ReconciliationItem.mpps_pk.is_(None), ReconciliationItem.state == "linked",
+        ReconciliationItem.procedure_pk.is_not(None)).order_by(
+        ReconciliationItem.id.desc()).limit(1)).first()
+    return session.get(RequestedProcedure, item.procedure_pk) if item is not None else None
 
 
 def _procedure_of_mpps(session: Session,

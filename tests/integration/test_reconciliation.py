@@ -53,6 +53,12 @@ def items(app: Any, kind: str) -> list[ReconciliationItem]:
             ReconciliationItem.kind == kind)))
 
 
+def linked_instances(app: Any) -> list[int]:
+    with app.runtime.session_factory() as session:
+        return list(session.scalars(select(StoredInstance.procedure_pk).where(
+            StoredInstance.procedure_pk.is_not(None))))
+
+
 def test_unscheduled_mpps_is_reconciled_to_the_right_order(broker: Any,
                                                            ehr: EHREndpoint) -> None:
     uid = generate_uid()
@@ -103,6 +109,12 @@ def test_unmatched_study_is_reconciled_by_name_and_time(broker: Any, ehr: EHREnd
         assert linked == [rp.id, rp.id]
     message = ehr.wait_for(1)[0]
     assert (field(message, "ORC", 5), field(message, "OBR", 18)) == ("A", "ACC0001")
+    # A later series of the same study follows the person's decision: no new item.
+    storescu(broker.dicom_port, write_images(
+        tmp_path / "late", 1, accession="", study_uid=study, patient_id="135791",
+        patient_name="Doe^Jane^Marie", modality="DX", study_datetime=("20250310", "093400")))
+    wait_until(lambda: len(linked_instances(broker)) == 3, what="third instance linked")
+    assert len(items(broker, "unmatched_study")) == 1
 
 
 def test_demographic_mismatch_is_linked_and_flagged(broker: Any, ehr: EHREndpoint) -> None:
