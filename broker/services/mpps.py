@@ -39,7 +39,7 @@ from broker.models import (
     ScheduledProcedureStep,
     SPSStatus,
 )
-from broker.services.outbox import report_procedure
+from broker.services.outbox import lock_procedures, report_procedure
 from broker.services.reconciliation import Observation, check_demographics, open_item
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ def apply_state(session: Session, settings: Settings, row: PerformedProcedureSte
                 ds: Dataset | None = None) -> str:
     """Move the linked steps to the status the MPPS leads to and report the change."""
     ds = ds if ds is not None else stored_dataset(row)
+    lock_procedures(session, {step.procedure_pk for step in row.steps})
     wrong_entry = row.status == PPSStatus.DISCONTINUED.value and is_incorrect_worklist_entry(ds)
     changed, procedures = [], {}
     for step in row.steps:

@@ -24,6 +24,7 @@ from broker.models import (
     OutboundDestinationState,
     OutboundMessage,
     RequestedProcedure,
+    ScheduledProcedureStep,
     SPSStatus,
 )
 
@@ -88,6 +89,21 @@ def _queue(session: Session, settings: Settings, dest: Destination, rp: Requeste
                           message_type=dest.message_type, payload=payload)
     session.add(row)
     return row
+
+
+def lock_procedures(session: Session, procedure_pks: set[int]) -> None:
+    """Take the row locks of these requested procedures and re-read them and their
+    steps: two tasks reporting on one procedure at once (two MPPS of a grouped exam, an
+    MPPS and a study) then report each change once, in order (PostgreSQL; SQLite
+    serialises every writer anyway)."""
+    if not procedure_pks:
+        return
+    fresh = {"populate_existing": True}
+    session.scalars(select(RequestedProcedure).where(RequestedProcedure.id.in_(procedure_pks))
+                    .with_for_update().execution_options(**fresh)).all()
+    session.scalars(select(ScheduledProcedureStep).where(
+        ScheduledProcedureStep.procedure_pk.in_(procedure_pks))
+        .execution_options(**fresh)).all()
 
 
 def report_procedure(session: Session, settings: Settings, rp: RequestedProcedure) -> list[str]:

@@ -31,7 +31,7 @@ from broker.models import (
     ScheduledProcedureStep,
     StoredInstance,
 )
-from broker.services.outbox import report_images
+from broker.services.outbox import lock_procedures, report_images
 from broker.services.reconciliation import (
     Observation,
     check_demographics,
@@ -170,6 +170,7 @@ def _procedure_of_mpps(session: Session,
 
 def link_study(session: Session, settings: Settings, rp: RequestedProcedure,
                instances: list[StoredInstance], notices: list[AvailabilityNotification]) -> str:
+    lock_procedures(session, {rp.id})
     rows: list[StoredInstance | AvailabilityNotification] = [*instances, *notices]
     for row in rows:
         row.procedure_pk = rp.id
