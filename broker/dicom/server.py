@@ -207,7 +207,8 @@ class DicomServer:
                 task, arg = apply(session, ds)
                 session.add(record)
         except MppsError as exc:
-            # N-CREATE responses carry no Attribute Identifier List (PS3.7 10.1.5.1.6).
+            # An N-CREATE response has no Attribute Identifier List field (pynetdicom
+            # drops it): there the Error Comment names the tags.
             return self._refuse(record, exc.status, exc.comment, exc.error_id,
                                 exc.tags if command == "N-SET" else None)
         except SQLAlchemyError as exc:
