@@ -245,6 +245,8 @@ class ScheduledProcedureStep(Base):
     station_ae_titles: Mapped[list[StationAETitle]] = relationship(
         back_populates="step", cascade="all, delete-orphan", order_by="StationAETitle.position"
     )
+    history: Mapped[list[StepStatusChange]] = relationship(
+        cascade="all, delete-orphan", order_by="StepStatusChange.id")
 
 
 class StationAETitle(Base):
@@ -489,3 +491,92 @@ class OutboundMessage(Base):
     ack_code: Mapped[str | None] = mapped_column(String(2))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StepStatusChange(Base):
+    """The history of a scheduled step's status, for the order timeline: what changed
+    it (an HL7 message, an MPPS, a person) and when."""
+
+    __tablename__ = "sps_status_change"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sps_pk: Mapped[int] = mapped_column(ForeignKey("scheduled_procedure_step.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    old_status: Mapped[str] = mapped_column(String(16), default="")
+    new_status: Mapped[str] = mapped_column(String(16))
+    cause: Mapped[str] = mapped_column(String(200), default="")
+
+
+class WorklistQuery(Base):
+    """One Modality Worklist C-FIND as the modality asked it: the identifier (DICOM
+    JSON), who asked, how many items it got. Kept for "why is it not on the worklist?"
+    and the order timeline (issue 4), in the database and never in logs."""
+
+    __tablename__ = "worklist_query"
+    __table_args__ = (Index("ix_worklist_query_calling", "calling_ae_title", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    peer: Mapped[str] = mapped_column(String(100), default="")
+    identifier: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[int] = mapped_column(Integer, default=0)
+    result_count: Mapped[int] = mapped_column(Integer, default=0)
+    duration_ms: Mapped[float] = mapped_column(default=0.0)
+
+
+class WorklistQueryResult(Base):
+    """Which steps a C-FIND returned."""
+
+    __tablename__ = "worklist_query_result"
+
+    query_pk: Mapped[int] = mapped_column(ForeignKey("worklist_query.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    sps_pk: Mapped[int] = mapped_column(ForeignKey("scheduled_procedure_step.id"),
+                                        primary_key=True, index=True)
+
+
+class Role(StrEnum):
+    """What a console user may do: viewers look, operators repair, admins manage."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+class User(Base):
+    """A console user; the password is stored as a scrypt hash (RFC 7914)."""
+
+    __tablename__ = "console_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebSession(Base):
+    """A logged-in browser: the cookie holds a random token, the table its SHA-256."""
+
+    __tablename__ = "web_session"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("console_user.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A token for scripts (``Authorization: Bearer``); stored as its SHA-256."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    user_pk: Mapped[int] = mapped_column(ForeignKey("console_user.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

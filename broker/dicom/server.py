@@ -20,7 +20,9 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -46,7 +48,7 @@ from broker.dicom.storage import (
 )
 from broker.dicom.worklist import find_worklist
 from broker.domain.mpps import PROCESSING_FAILURE, MppsError
-from broker.models import DicomRequest
+from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
 from broker.services import mpps, studies
 from workers.dispatch import Dispatcher
 
@@ -108,6 +110,7 @@ class DicomServer:
         for sop_class in STORAGE_SOP_CLASSES.values():
             self.ae.add_supported_context(sop_class, STORAGE_TRANSFER_SYNTAXES)
         self._server: Any = None
+        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-cfind-log")
         # Studies stored per association: reconciled once the association ends.
         self._studies: dict[int, set[str]] = {}
         self._lock = threading.Lock()
@@ -138,6 +141,7 @@ class DicomServer:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self._recorder.shutdown(wait=True)
 
     def _submit(self, task: str, *args: Any) -> None:
         if self.dispatcher is not None:
@@ -175,14 +179,41 @@ class DicomServer:
                      type(exc).__name__)
             yield 0xC000, None
             return
-        count = 0
+        began = time.perf_counter()
+        returned: list[int] = []
+        final = 0x0000
         with self.session_factory() as session:
             for status, ds in find_worklist(session, identifier, self.settings, zone=self.zone,
-                                            is_cancelled=lambda: event.is_cancelled):
-                if status in (0xFF00, 0xFF01):
-                    count += 1
+                                            is_cancelled=lambda: event.is_cancelled,
+                                            returned=returned):
+                if status not in (0xFF00, 0xFF01):
+                    final = status
                 yield status, ds
-        log.info("C-FIND from %s: %d item(s)", calling, count)
+        log.info("C-FIND from %s: %d item(s)", calling, len(returned))
+        self._recorder.submit(self._record_query, event, identifier, final, returned,
+                              (time.perf_counter() - began) * 1000)
+
+    def _record_query(self, event: Any, identifier: Dataset, status: int, returned: list[int],
+                      duration_ms: float) -> None:
+        """Keep the C-FIND keys and what they returned (issue 4: "why is it not on the
+        worklist?", order timeline); off the response path, in its own thread."""
+        try:
+            keys = identifier.to_json_dict()
+        except Exception:  # an identifier pydicom cannot write as JSON: keep what we can
+            keys = {}
+        try:
+            with unit_of_work(self.writer) as session:
+                query = WorklistQuery(
+                    calling_ae_title=str(event.assoc.requestor.ae_title)[:16],
+                    peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"[:100],
+                    identifier=keys, status=status, result_count=len(returned),
+                    duration_ms=round(duration_ms, 2))
+                session.add(query)
+                session.flush()
+                session.add_all(WorklistQueryResult(query_pk=query.id, sps_pk=pk)
+                                for pk in dict.fromkeys(returned))
+        except SQLAlchemyError as exc:
+            log.warning("C-FIND record not stored: %s", type(exc).__name__)
 
     # -- MPPS and IAN ------------------------------------------------------------------
 

@@ -192,16 +192,20 @@ def _has_value(ds: Dataset, keyword: str) -> bool:
     return _elem_value(ds, keyword) not in (None, "", [])
 
 
-def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
-    """The SELECT for an identifier, and whether an unsupported key was given."""
-    conditions: list[ColumnElement[bool]] = [Patient.merged_into_id.is_(None)]
+Condition = tuple[str, ColumnElement[bool]]
+
+
+def query_conditions(identifier: Dataset, settings: Settings) -> tuple[list[Condition], bool]:
+    """The SQL conditions of an identifier, each named after the key (or rule) it comes
+    from, and whether an unsupported key was given. Raises QueryError."""
+    conditions: list[Condition] = [("patient merged away", Patient.merged_into_id.is_(None))]
     unsupported = False
     for keyword in requested_keywords(identifier):
         if keyword in NEVER_MATCHED or keyword == SPS_SEQUENCE:
             continue
         known, condition = _level_condition(identifier, keyword, TOP_LEVEL_COLUMNS, TOP_LEVEL_PN)
         if condition is not None:
-            conditions.append(condition)
+            conditions.append((keyword, condition))
         unsupported |= not known and _has_value(identifier, keyword)
     status_given = False
     seq = identifier.get(SPS_SEQUENCE)
@@ -218,24 +222,49 @@ def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
                         StationAETitle.sps_pk == ScheduledProcedureStep.id,
                         _value_condition(StationAETitle.ae_title, key, "AE"))
             if condition is not None:
-                conditions.append(condition)
+                conditions.append((keyword, condition))
                 status_given |= keyword == "ScheduledProcedureStepStatus"
             unsupported |= (keyword not in SPS_HANDLED and dictionary_VR(keyword) != "SQ"
                             and _has_value(item, keyword))
-        conditions += _start_conditions(_elem_value(item, "ScheduledProcedureStepStartDate"),
-                                        _elem_value(item, "ScheduledProcedureStepStartTime"))
+        start = _start_conditions(_elem_value(item, "ScheduledProcedureStepStartDate"),
+                                  _elem_value(item, "ScheduledProcedureStepStartTime"))
+        conditions += [("ScheduledProcedureStepStartDate/Time", c) for c in start]
     if not status_given:
         statuses = settings.worklist_statuses
-        conditions.append(ScheduledProcedureStep.status.in_(statuses) if statuses else false())
-    query = (
+        conditions.append(("SPS status not asked: only MWLB_WORKLIST_STATUSES listed",
+                           ScheduledProcedureStep.status.in_(statuses) if statuses else false()))
+    return conditions, unsupported
+
+
+def item_query() -> Any:
+    """Steps with their procedure and patient (the shape of a worklist item)."""
+    return (
         select(ScheduledProcedureStep, RequestedProcedure, Patient)
         .join(RequestedProcedure, ScheduledProcedureStep.procedure_pk == RequestedProcedure.id)
         .join(ImagingOrder, RequestedProcedure.order_pk == ImagingOrder.id)
         .join(Patient, ImagingOrder.patient_pk == Patient.id)
-        .where(*conditions)
-        .order_by(ScheduledProcedureStep.start_datetime, ScheduledProcedureStep.id)
     )
+
+
+def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
+    """The SELECT for an identifier, and whether an unsupported key was given."""
+    conditions, unsupported = query_conditions(identifier, settings)
+    query = item_query().where(*(c for _, c in conditions)).order_by(
+        ScheduledProcedureStep.start_datetime, ScheduledProcedureStep.id)
     return query, unsupported
+
+
+def excluding_keys(session: Session, identifier: Dataset, settings: Settings,
+                   sps_pk: int) -> list[str]:
+    """Which conditions of ``identifier`` step ``sps_pk`` fails ([] = it matches)."""
+    conditions, _ = query_conditions(identifier, settings)
+    out = []
+    for name, condition in conditions:
+        hit = session.execute(item_query().where(ScheduledProcedureStep.id == sps_pk,
+                                                 condition).limit(1)).first()
+        if hit is None:
+            out.append(name)
+    return out
 
 
 def _station_titles(session: Session, sps_ids: list[int]) -> dict[int, list[str]]:
@@ -250,8 +279,10 @@ def _station_titles(session: Session, sps_ids: list[int]) -> dict[int, list[str]
 
 
 def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
-                  zone: str, is_cancelled: Any = None) -> Iterator[tuple[int, Dataset | None]]:
-    """Yield (status, identifier) pairs for pynetdicom's C-FIND handler."""
+                  zone: str, is_cancelled: Any = None,
+                  returned: list[int] | None = None) -> Iterator[tuple[int, Dataset | None]]:
+    """Yield (status, identifier) pairs for pynetdicom's C-FIND handler; the ids of
+    the steps sent are appended to ``returned`` when given."""
     try:
         query, unsupported = build_query(identifier, settings)
     except QueryError as exc:
@@ -265,7 +296,8 @@ def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
     cap = settings.worklist_max_results
     if cap:
         query = query.limit(cap + 1)
-    rows = _stream(session, query, identifier, unsupported, zone, is_cancelled)
+    rows = _stream(session, query, identifier, unsupported, zone, is_cancelled,
+                   returned if returned is not None else [])
     for sent, (status, ds) in enumerate(rows):
         if status == CANCELLED:
             yield status, None
@@ -278,19 +310,19 @@ def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
 
 
 def _stream(session: Session, query: Any, identifier: Dataset, unsupported: bool, zone: str,
-            is_cancelled: Any) -> Iterator[tuple[int, Dataset | None]]:
+            is_cancelled: Any, returned: list[int]) -> Iterator[tuple[int, Dataset | None]]:
     pending = PENDING_WARNING if unsupported else PENDING
     batch: list[Any] = []
     for row in session.execute(query).yield_per(200):
         batch.append(row)
         if len(batch) == 200:
-            yield from _emit(session, identifier, batch, pending, zone, is_cancelled)
+            yield from _emit(session, identifier, batch, pending, zone, is_cancelled, returned)
             batch = []
-    yield from _emit(session, identifier, batch, pending, zone, is_cancelled)
+    yield from _emit(session, identifier, batch, pending, zone, is_cancelled, returned)
 
 
 def _emit(session: Session, identifier: Dataset, rows: list[Any], pending: int, zone: str,
-          is_cancelled: Any) -> Iterator[tuple[int, Dataset | None]]:
+          is_cancelled: Any, returned: list[int]) -> Iterator[tuple[int, Dataset | None]]:
     titles = _station_titles(session, [row[0].id for row in rows]) if rows else {}
     for sps, rp, patient in rows:
         if is_cancelled is not None and is_cancelled():
@@ -300,6 +332,7 @@ def _emit(session: Session, identifier: Dataset, rows: list[Any], pending: int, 
         step["ScheduledProcedureStepStatus"] = sps.status
         step["ScheduledStationAETitle"] = titles.get(sps.id, [])
         merged = {**(patient.attributes or {}), **(rp.attributes or {})}
+        returned.append(sps.id)
         yield pending, build_response(identifier, merged, step,
                                       patient_charset=patient.specific_character_set,
                                       zone=zone, start_datetime=sps.start_datetime)

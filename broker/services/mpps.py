@@ -41,6 +41,7 @@ from broker.models import (
 )
 from broker.services.outbox import lock_procedures, report_procedure
 from broker.services.reconciliation import Observation, check_demographics, open_item
+from broker.services.records import set_step_status
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +181,10 @@ def apply_state(session: Session, settings: Settings, row: PerformedProcedureSte
                       detail=f"MPPS {row.pps_id} performs step {step.sps_id} of a "
                              "cancelled order")
             continue
-        new = step_status_for(row.status, step.status, wrong_entry=wrong_entry)
-        if new != step.status:
-            changed.append(f"SPS {step.sps_id} {step.status}->{new}")
-            step.status = new
-            attrs = dict(step.attributes or {})
-            attrs["ScheduledProcedureStepStatus"] = new
-            step.attributes = attrs
+        old = step.status
+        new = step_status_for(row.status, old, wrong_entry=wrong_entry)
+        if set_step_status(step, SPSStatus(new), cause=f"MPPS {row.id} ({row.status})"):
+            changed.append(f"SPS {step.sps_id} {old}->{new}")
         procedures[step.procedure.id] = step.procedure
     session.flush()
     for rp in procedures.values():

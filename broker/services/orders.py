@@ -35,6 +35,7 @@ from broker.models import (
     RequestedProcedure,
     ScheduledProcedureStep,
     SPSStatus,
+    StepStatusChange,
 )
 from broker.services.patients import create_patient, find_patient, survivor
 from broker.services.records import (
@@ -61,6 +62,11 @@ class _Unit:
     inbound: InboundMessage
     profile: str
     outcome: list[str] = field(default_factory=list)
+
+    @property
+    def cause(self) -> str:
+        """How the step history names this message."""
+        return f"HL7 message {self.inbound.id} (MSH-10 {self.inbound.control_id})"
 
 
 def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage) -> list[str]:
@@ -125,11 +131,11 @@ def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRec
                           "no requested procedure with this ID in the order", sequence=sequence)
     order.last_message_pk = unit.inbound.id
     if decision.action is OrderAction.CANCEL:
-        _cancel(rp, sequence, outcome)
+        _cancel(rp, sequence, outcome, unit.cause)
     elif decision.action is OrderAction.DISCONTINUE:
         for sps in rp.steps:
             new = lifecycle.discontinue_outcome(SPSStatus(sps.status))
-            if set_step_status(sps, new):
+            if set_step_status(sps, new, cause=unit.cause):
                 outcome.append(f"step {sps.sps_id} {new.value}")
     else:
         found = _find_step(rp, step)
@@ -148,7 +154,7 @@ def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRec
                 raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 5,
                                   f"step is {current.value}; cannot become "
                                   f"{decision.status.value}", sequence=sequence)
-            if set_step_status(sps, decision.status):
+            if set_step_status(sps, decision.status, cause=unit.cause):
                 outcome.append(f"step {sps.sps_id} {decision.status.value}")
     return order
 
@@ -190,6 +196,7 @@ def _create_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRe
         station_rule=step.station_rule,
         attributes=dict(step.attributes),
     )
+    sps.history.append(StepStatusChange(new_status=decision.status.value, cause=unit.cause))
     session.add(sps)
     if not sps.sps_id:
         session.flush()
@@ -266,11 +273,11 @@ def _update(rp: RequestedProcedure, sps: ScheduledProcedureStep, procedure: Proc
     sync_step(sps)
 
 
-def _cancel(rp: RequestedProcedure, sequence: int, outcome: list[str]) -> None:
+def _cancel(rp: RequestedProcedure, sequence: int, outcome: list[str], cause: str) -> None:
     statuses = [SPSStatus(s.status) for s in rp.steps]
     if statuses and all(s == SPSStatus.COMPLETED for s in statuses):
         raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,
                           "procedure is completed and cannot be cancelled", sequence=sequence)
     for sps, new in zip(rp.steps, lifecycle.cancel_outcomes(statuses), strict=True):
-        if set_step_status(sps, new):
+        if set_step_status(sps, new, cause=cause):
             outcome.append(f"step {sps.sps_id} {new.value}")

@@ -17,6 +17,7 @@ from broker.models import (
     ScheduledProcedureStep,
     SPSStatus,
     StationAETitle,
+    StepStatusChange,
 )
 
 
@@ -90,10 +91,13 @@ def sync_step(sps: ScheduledProcedureStep) -> None:
     del rows[len(wanted):]
 
 
-def set_step_status(sps: ScheduledProcedureStep, status: SPSStatus) -> bool:
-    """Set the step status (column and attribute); True when it changed."""
+def set_step_status(sps: ScheduledProcedureStep, status: SPSStatus, *, cause: str) -> bool:
+    """Set the step status (column and attribute) and record the change in its history
+    with ``cause`` (ids only); True when it changed."""
     if sps.status == status.value:
         return False
+    sps.history.append(StepStatusChange(old_status=sps.status or "", new_status=status.value,
+                                        cause=cause[:200]))
     sps.status = status.value
     sps.attributes = {**(sps.attributes or {}), "ScheduledProcedureStepStatus": status.value}
     return True
