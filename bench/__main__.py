@@ -34,7 +34,8 @@ PG_ADMIN = os.environ.get("MWLB_TEST_PG_ADMIN_URL",
 
 def start(database_url: str, ack_mode: str) -> BrokerApp:
     settings = Settings(database_url=database_url, mllp_host="127.0.0.1", mllp_port=0,
-                        dicom_host="127.0.0.1", dicom_port=0, mappings_dir=REPO / "mappings",
+                        dicom_host="127.0.0.1", dicom_port=0, http_port=-1,
+                        mappings_dir=REPO / "mappings",
                         timezone="UTC", ack_mode=ack_mode)
     app = BrokerApp(settings, sweep_interval=3600)
     app.start()

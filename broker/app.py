@@ -1,5 +1,6 @@
-"""``mwl-broker serve``: the MLLP listener and the DICOM server in one process, plus
-in-process processing when no Celery broker is configured (the embedded default)."""
+"""``mwl-broker serve``: the MLLP listener, the DICOM server and the web console in one
+process, plus in-process processing when no Celery broker is configured (the embedded
+default)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 import threading
 
 from broker.config import Settings
-from broker.db import make_engine, make_session_factory
 from broker.dicom.server import DicomServer
 from broker.hl7.listener import HL7Receiver
 from broker.hl7.mllp import MLLPServer
@@ -16,6 +16,7 @@ from broker.migrations import upgrade
 from broker.runtime import Runtime, set_runtime
 from broker.services.inbound import Inbox
 from broker.services.sweeper import Sweeper
+from broker.web.server import WebServer
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class BrokerApp:
                       accept_any_version=settings.accept_unknown_hl7_version)
         self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
                                     ack_timeout=settings.application_ack_timeout)
-        reader = make_session_factory(make_engine(settings.database_url, readonly=True))
-        self.dicom = DicomServer(settings, reader, writer=factory, dispatcher=self.dispatcher)
+        self.dicom = DicomServer(settings, self.runtime.reader_factory, writer=factory,
+                                 dispatcher=self.dispatcher)
         self.dicom.start()
         self.mllp = MLLPServer(
             self.receiver,
@@ -71,6 +72,10 @@ class BrokerApp:
         asyncio.run_coroutine_threadsafe(self.mllp.start(), self._loop).result(30)
         self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval)
         self.sweeper.start()
+        self.web: WebServer | None = None
+        if settings.http_port >= 0:
+            self.web = WebServer(self.runtime)
+            self.web.start()
         log.info("broker started: MLLP port %s, DICOM port %s (%s mode)", self.mllp_port,
                  self.dicom_port, "embedded" if settings.embedded else "celery")
 
@@ -82,7 +87,13 @@ class BrokerApp:
     def dicom_port(self) -> int:
         return self.dicom.port
 
+    @property
+    def http_port(self) -> int | None:
+        return self.web.port if self.web is not None else None
+
     def stop(self) -> None:
+        if self.web is not None:
+            self.web.stop()
         self.sweeper.stop()
         asyncio.run_coroutine_threadsafe(self.mllp.close(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)

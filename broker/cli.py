@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import track
 from rich.table import Table
 from sqlalchemy import select
 
@@ -25,6 +26,7 @@ from broker.cli_common import (
     settings_from,
     settings_help,
 )
+from broker.cli_console import register as register_console_commands
 from broker.cli_performed import outbound_app, reconcile_app
 from broker.config import Settings
 
@@ -39,6 +41,7 @@ app.add_typer(mapping_app, name="mapping")
 app.add_typer(messages_app, name="messages")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(outbound_app, name="outbound")
+register_console_commands(app)
 
 
 @app.command(epilog=settings_help())
@@ -47,15 +50,15 @@ def serve(config: ConfigOption = None) -> None:
     configured, process messages in-process on the embedded database)."""
     from broker.app import BrokerApp
 
-    configure_logging()
     settings = settings_from(config)
+    configure_logging(json_lines=settings.log_format == "json")
     broker = BrokerApp(settings)
     try:
         broker.start()
     except Exception as exc:
         err_console.print(f"[red]could not start:[/red] {exc}")
         raise typer.Exit(1) from None
-    _print_banner(settings, broker.mllp_port, broker.dicom_port)
+    _print_banner(settings, broker.mllp_port, broker.dicom_port, broker.http_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -63,15 +66,19 @@ def serve(config: ConfigOption = None) -> None:
     broker.stop()
 
 
-def _print_banner(settings: Settings, mllp_port: int, dicom_port: int) -> None:
+def _print_banner(settings: Settings, mllp_port: int, dicom_port: int,
+                  http_port: int | None) -> None:
     mode = "embedded (in-process tasks)" if settings.embedded else "Celery workers"
     sample = "tests/data/samples/05_orm_o01_nw_two_sps.hl7"
+    web = (f"  web console      http://localhost:{http_port}/  (first admin: "
+           f".venv/bin/mwl-broker users add admin --role admin)\n" if http_port else "")
     print(
         f"mwl-broker listening\n"
         f"  HL7 MLLP         {settings.mllp_host}:{mllp_port}\n"
         f"  DICOM            {settings.dicom_host}:{dicom_port}  AE title {settings.ae_title}"
         f" (MWL, MPPS, C-STORE, IAN, echo)\n"
         f"  database         {safe_url(settings.database_url)}   processing: {mode}\n"
+        f"{web}"
         f"Send a first order:\n"
         f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n"
         f"Query the worklist like a modality:\n"
@@ -227,7 +234,9 @@ def messages_reprocess(
     set_runtime(runtime)
     factory = runtime.session_factory
     worst = 0
-    for pk in message_ids:
+    ids = track(message_ids, description="reprocessing", console=err_console,
+                transient=True) if len(message_ids) > 1 else message_ids
+    for pk in ids:
         with factory() as session, session.begin():
             row = session.get(InboundMessage, pk)
             if row is None or not reset_for_reprocess(session, row):

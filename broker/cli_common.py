@@ -3,6 +3,7 @@ loading with a readable error, logging set-up and a session factory."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -32,9 +33,24 @@ def settings_help() -> str:
     return "\n\n".join(lines)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonLines(logging.Formatter):
+    """One JSON object a line (MWLB_LOG_FORMAT=json) for log collectors. Messages carry
+    ids only, as everywhere in the broker."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+                 "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage(), "thread": record.threadName}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines() if json_lines else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # pynetdicom narrates every PDU at INFO; keep association-level warnings only.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 

@@ -145,6 +145,16 @@ class Settings(BaseSettings):
         description="Performed work is matched by patient + modality to steps scheduled "
         "within this many hours of it (and candidates are searched in it).",
     )
+    http_host: str = Field(default="0.0.0.0", description="Address the web console binds.")
+    http_port: int = Field(
+        default=8080, description="Web console and JSON API port (0 = ephemeral, -1 = off)."
+    )
+    session_idle_minutes: float = Field(
+        default=30.0, description="Console sessions end after this long without a request."
+    )
+    log_format: str = Field(
+        default="text", pattern="^(text|json)$", description="text | json (one object a line)."
+    )
     sweep_interval: float = Field(
         default=15.0,
         description="Seconds between sweeps that re-dispatch unfinished work (lost task, "

@@ -60,6 +60,12 @@ class Runtime:
         return make_session_factory(self.engine)
 
     @cached_property
+    def reader_factory(self) -> sessionmaker[Session]:
+        """Sessions for reading only (worklist queries, the console): on SQLite their
+        transactions never take the write lock, so they never wait for writers."""
+        return make_session_factory(make_engine(self.settings.database_url, readonly=True))
+
+    @cached_property
     def profiles(self) -> ProfileSet:
         profiles = load_profiles(self.settings.mappings_dir)
         log.info("mapping profiles loaded from %s", self.settings.mappings_dir)
@@ -73,6 +79,10 @@ class Runtime:
         """Drop pooled connections (after fork, or at shutdown)."""
         if "engine" in self.__dict__:
             self.engine.dispose(close=False)
+        if "reader_factory" in self.__dict__:
+            bind = self.reader_factory.kw.get("bind")
+            if bind is not None:
+                bind.dispose(close=False)
 
 
 _current: Runtime | None = None

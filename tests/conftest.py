@@ -35,6 +35,14 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def _close_console_clients() -> Iterator[None]:
+    yield
+    from tests.console import close_clients
+
+    close_clients()
+
+
 def sample(name: str) -> bytes:
     """A sample message by number or file name prefix (e.g. '05')."""
     matches = sorted(SAMPLES.glob(f"{name}*.hl7"))
@@ -65,6 +73,8 @@ def broker_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "mllp_port": 0,
         "dicom_host": "127.0.0.1",
         "dicom_port": 0,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
         "mappings_dir": MAPPINGS,
         "timezone": "America/Chicago",
         "mllp_idle_timeout": 30.0,

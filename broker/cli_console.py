@@ -1,0 +1,194 @@
+"""``mwl-broker web``, ``users``, ``echo`` and ``worklist query`` (issue 4 §5)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from broker.cli_common import (
+    ConfigOption,
+    configure_logging,
+    console,
+    err_console,
+    settings_from,
+)
+from broker.models import Role
+
+users_app = typer.Typer(help="Console users (roles viewer, operator, admin).",
+                        no_args_is_help=True)
+worklist_app = typer.Typer(help="Ask a worklist like a modality does.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(users_app, name="users")
+    app.add_typer(worklist_app, name="worklist")
+    app.command("web")(web)
+    app.command("echo")(echo)
+
+
+def web(config: ConfigOption = None) -> None:
+    """Run the web console and JSON API alone (MWLB_HTTP_HOST / MWLB_HTTP_PORT)."""
+    from broker.migrations import upgrade
+    from broker.runtime import Runtime, set_runtime
+    from broker.web.server import WebServer
+
+    settings = settings_from(config)
+    configure_logging(json_lines=settings.log_format == "json")
+    upgrade(settings.database_url)
+    runtime = Runtime(settings)
+    set_runtime(runtime)
+    server = WebServer(runtime)
+    server.start()
+    print(f"mwl-broker console on http://localhost:{server.port}/", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[Role, typer.Option(help="viewer | operator | admin")] = Role.VIEWER,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from standard input.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create a user. There is no default account: create the first admin here."""
+    from broker.db import unit_of_work
+    from broker.migrations import upgrade
+    from broker.runtime import Runtime
+    from broker.web.security import create_user
+
+    settings = settings_from(config)
+    upgrade(settings.database_url)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        with unit_of_work(Runtime(settings).session_factory) as session:
+            create_user(session, name, password, role)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"user {name} created with role {role.value}")
+
+
+@users_app.command("list")
+def users_list(config: ConfigOption = None) -> None:
+    from sqlalchemy import select
+
+    from broker.models import User
+    from broker.runtime import Runtime
+
+    table = Table("name", "role", "created", "last login", "disabled")
+    with Runtime(settings_from(config)).session_factory() as session:
+        for user in session.scalars(select(User).order_by(User.name)):
+            table.add_row(user.name, user.role, user.created_at.strftime("%Y-%m-%d"),
+                          user.last_login_at.strftime("%Y-%m-%d %H:%M")
+                          if user.last_login_at else "-", "yes" if user.disabled else "")
+    console.print(table)
+
+
+def _peer(host: str, port: int | None, config: Any) -> tuple[str, int, str]:
+    settings = settings_from(config)
+    return host, port or settings.dicom_port, settings.ae_title
+
+
+def echo(
+    host: Annotated[str, typer.Option(help="DICOM host.")] = "localhost",
+    port: Annotated[int | None, typer.Option(help="Default: MWLB_DICOM_PORT.")] = None,
+    aec: Annotated[str | None, typer.Option(help="Called AE title (default MWLB_AE_TITLE).")]
+    = None,
+    aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "MWLB_ECHO",
+    config: ConfigOption = None,
+) -> None:
+    """C-ECHO (DICOM Verification): is the AE there and does it accept us?"""
+    from pynetdicom import AE
+
+    host, port_, title = _peer(host, port, config)
+    ae = AE(ae_title=aet)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(host, port_, ae_title=aec or title)
+    if not assoc.is_established:
+        err_console.print(f"[red]association with {aec or title} at {host}:{port_} refused "
+                          f"or failed[/red]")
+        raise typer.Exit(1)
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = getattr(status, "Status", None)
+    if code != 0x0000:
+        err_console.print(f"[red]C-ECHO status {code!r}[/red]")
+        raise typer.Exit(1)
+    console.print(f"C-ECHO {aec or title} at {host}:{port_}: success")
+
+
+@worklist_app.command("query")
+def worklist_query(
+    station: Annotated[str, typer.Option(help="Scheduled Station AE Title key.")] = "",
+    date: Annotated[str, typer.Option(help="SPS Start Date (YYYYMMDD or a range).")] = "",
+    modality: Annotated[str, typer.Option(help="Modality key.")] = "",
+    patient_id: Annotated[str, typer.Option(help="Patient ID key.")] = "",
+    accession: Annotated[str, typer.Option(help="Accession Number key.")] = "",
+    host: Annotated[str, typer.Option(help="DICOM host.")] = "localhost",
+    port: Annotated[int | None, typer.Option(help="Default: MWLB_DICOM_PORT.")] = None,
+    aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "MWLB_QUERY",
+    config: ConfigOption = None,
+) -> None:
+    """Modality Worklist C-FIND with readable output (like `findscu -W`, but friendly)."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+
+    host, port_, title = _peer(host, port, config)
+    ds = Dataset()
+    for keyword, value in (("PatientName", ""), ("PatientID", patient_id),
+                           ("AccessionNumber", accession), ("RequestedProcedureID", ""),
+                           ("StudyInstanceUID", "")):
+        setattr(ds, keyword, value)
+    item = Dataset()
+    for keyword, value in (("ScheduledStationAETitle", station),
+                           ("ScheduledProcedureStepStartDate", date),
+                           ("ScheduledProcedureStepStartTime", ""), ("Modality", modality),
+                           ("ScheduledProcedureStepID", ""),
+                           ("ScheduledProcedureStepDescription", ""),
+                           ("ScheduledProcedureStepStatus", "")):
+        setattr(item, keyword, value)
+    ds.ScheduledProcedureStepSequence = [item]
+    ae = AE(ae_title=aet)
+    ae.add_requested_context("1.2.840.10008.5.1.4.31")
+    assoc = ae.associate(host, port_, ae_title=title)
+    if not assoc.is_established:
+        err_console.print(f"[red]association with {title} at {host}:{port_} failed[/red]")
+        raise typer.Exit(1)
+    table = Table("start", "SPS ID", "modality", "station", "patient", "patient ID",
+                  "accession", "description", "status")
+    final = None
+    try:
+        for status, found in assoc.send_c_find(ds, "1.2.840.10008.5.1.4.31"):
+            code = getattr(status, "Status", None)
+            if found is not None and code in (0xFF00, 0xFF01):
+                step = found.ScheduledProcedureStepSequence[0]
+                table.add_row(f"{step.get('ScheduledProcedureStepStartDate', '')} "
+                              f"{step.get('ScheduledProcedureStepStartTime', '')}",
+                              str(step.get("ScheduledProcedureStepID", "")),
+                              str(step.get("Modality", "")),
+                              str(step.get("ScheduledStationAETitle", "")),
+                              str(found.get("PatientName", "")), str(found.get("PatientID", "")),
+                              str(found.get("AccessionNumber", "")),
+                              str(step.get("ScheduledProcedureStepDescription", "")),
+                              str(step.get("ScheduledProcedureStepStatus", "")))
+            else:
+                final = code
+    finally:
+        assoc.release()
+    console.print(table)
+    console.print(f"{table.row_count} item(s); final status 0x{(final or 0):04X}")
+    if final not in (0x0000, None):
+        raise typer.Exit(1)

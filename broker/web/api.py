@@ -1,0 +1,158 @@
+"""The JSON API (issue 4 §3): one endpoint per console screen and action. Reading needs
+the viewer role, repairing the operator role; OpenAPI documentation at /docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from broker.db import unit_of_work
+from broker.web import actions, mappings, queries
+from broker.web.deps import DB, Operator, Viewer, runtime_of
+from broker.web.security import create_api_token
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+class Ids(BaseModel):
+    ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class LinkRequest(BaseModel):
+    order: str = Field(description="Accession number, or #id of a requested procedure.")
+
+
+class DryRun(BaseModel):
+    message: str = Field(description="One HL7 message (CR, LF or CRLF segment ends).")
+
+
+class TokenRequest(BaseModel):
+    name: str = Field(default="script", max_length=64)
+
+
+def _found(value: Any, what: str) -> Any:
+    if value is None:
+        raise HTTPException(404, f"no such {what}")
+    return value
+
+
+@router.get("/dashboard")
+def dashboard(request: Request, session: DB, user: Viewer) -> dict[str, Any]:
+    """Counters per interface, last activity per AE title, outbound queue, health."""
+    settings = runtime_of(request).settings
+    return {**queries.dashboard(session, settings), "health": queries.health(session, settings)}
+
+
+@router.get("/messages")
+def messages(session: DB, user: Viewer, control_id: str = "", accession: str = "",
+             patient_id: str = "", type: str = "", status: str = "",
+             since: datetime | None = None, until: datetime | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+    """Search the inbound message store."""
+    return queries.search_messages(session, control_id=control_id, accession=accession,
+                                   patient_id=patient_id, message_type=type, status=status,
+                                   since=since, until=until, limit=min(limit, 1000))
+
+
+@router.get("/messages/{message_id}")
+def message(session: DB, user: Viewer, message_id: int) -> dict[str, Any]:
+    """One message: segments and fields with their names, the ACK sent, the outcome."""
+    return dict(_found(queries.message_detail(session, message_id), "message"))
+
+
+@router.post("/messages/{message_id}/reprocess")
+def reprocess_one(request: Request, user: Operator, message_id: int) -> dict[str, Any]:
+    result = actions.reprocess(runtime_of(request), [message_id])[0]
+    if not result["queued"]:
+        raise HTTPException(409, result["reason"])
+    return result
+
+
+@router.post("/messages/reprocess")
+def reprocess_many(request: Request, user: Operator, body: Ids) -> list[dict[str, Any]]:
+    """Reprocess several messages (bulk)."""
+    return actions.reprocess(runtime_of(request), body.ids)
+
+
+@router.get("/worklist")
+def worklist(request: Request, session: DB, user: Viewer, ae_title: str, date: str = "",
+             modality: str = "", status: str = "") -> list[dict[str, Any]]:
+    """The items station ``ae_title`` would get (optionally for a date, modality, status)."""
+    return queries.station_worklist(session, runtime_of(request).settings, ae_title=ae_title,
+                                    date=date, modality=modality, status=status)
+
+
+@router.get("/worklist/items/{sps_pk}")
+def worklist_item(session: DB, user: Viewer, sps_pk: int) -> dict[str, Any]:
+    return dict(_found(queries.item_detail(session, sps_pk), "worklist item"))
+
+
+@router.get("/worklist/items/{sps_pk}/why")
+def why_not(request: Request, session: DB, user: Viewer, sps_pk: int,
+            ae_title: str) -> dict[str, Any]:
+    """Replay the station's latest C-FIND keys against the item: which key excluded it."""
+    _found(queries.item_detail(session, sps_pk), "worklist item")
+    return queries.why_not(session, runtime_of(request).settings, sps_pk, ae_title)
+
+
+@router.get("/timeline/{accession}")
+def timeline(session: DB, user: Viewer, accession: str) -> dict[str, Any]:
+    """Everything that happened to an order, in time order."""
+    return dict(_found(queries.timeline(session, accession), "accession"))
+
+
+@router.get("/reconciliation")
+def reconciliation(session: DB, user: Viewer, state: str = "open") -> list[dict[str, Any]]:
+    return queries.reconciliation_items(session, state)
+
+
+@router.post("/reconciliation/{item_id}/link")
+def reconciliation_link(request: Request, user: Operator, item_id: int,
+                        body: LinkRequest) -> dict[str, str]:
+    try:
+        return {"outcome": actions.link(runtime_of(request), item_id, body.order, user.name)}
+    except actions.ResolveError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.post("/reconciliation/{item_id}/dismiss")
+def reconciliation_dismiss(request: Request, user: Operator, item_id: int) -> dict[str, str]:
+    try:
+        return {"outcome": actions.dismiss(runtime_of(request), item_id, user.name)}
+    except actions.ResolveError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.get("/mappings")
+def mapping_profiles(request: Request, user: Viewer) -> dict[str, Any]:
+    return mappings.profiles(runtime_of(request))
+
+
+@router.post("/mappings/dry-run")
+def mapping_dry_run(request: Request, session: DB, user: Viewer,
+                    body: DryRun) -> dict[str, Any]:
+    """The items a message would produce, and how they differ from what is stored."""
+    return mappings.dry_run(session, runtime_of(request), body.message)
+
+
+@router.get("/outbound")
+def outbound(session: DB, user: Viewer, status: str = "") -> list[dict[str, Any]]:
+    return queries.outbound_messages(session, status)
+
+
+@router.post("/outbound/{message_id}/resend")
+def outbound_resend(request: Request, user: Operator, message_id: int) -> dict[str, Any]:
+    if not actions.resend_outbound(runtime_of(request), message_id):
+        raise HTTPException(404, "no such outbound message")
+    return {"id": message_id, "queued": True}
+
+
+@router.post("/tokens")
+def new_token(request: Request, user: Viewer, body: TokenRequest) -> dict[str, str]:
+    """An API token for the calling user (shown once)."""
+    with unit_of_work(runtime_of(request).session_factory) as session:
+        token = create_api_token(session, user, body.name)
+    return {"token": token, "role": user.role}

@@ -1,0 +1,33 @@
+"""The console application (FastAPI): pages, the JSON API under /api, OpenAPI docs at
+/docs, and /metrics, /healthz, /readyz. ``create_app`` takes the process's Runtime;
+``mwl-broker serve`` runs it beside the MLLP and DICOM servers, ``mwl-broker web``
+alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from broker.runtime import Runtime
+from broker.web import api, ops, pages
+from broker.web.deps import LoginRequired
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="mwl-broker", version="0.1.0",
+                  description="Modality worklist and HL7 integration broker: console API.")
+    app.state.runtime = runtime
+    app.state.metrics = ops.metrics_registry(runtime)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.include_router(api.router)
+    app.include_router(ops.router)
+    app.include_router(pages.router)
+
+    @app.exception_handler(LoginRequired)
+    def _to_login(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse("/login", status_code=303)
+
+    return app

@@ -1,0 +1,86 @@
+"""Request plumbing shared by the API and the pages: a database session per request,
+the current user (session cookie or ``Authorization: Bearer`` token) and role checks
+(issue 4 §2). Every write action declares the role it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from broker.db import unit_of_work
+from broker.models import Role, User
+from broker.runtime import Runtime
+from broker.web.security import has_role, session_user, token_user
+
+COOKIE = "mwlb_session"
+
+
+class LoginRequired(Exception):
+    """A page was asked for without a live session: the app redirects to /login."""
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def db(request: Request) -> Iterator[Session]:
+    """A read-only session per request (writes go through broker.web.actions, each in
+    a transaction of its own, so a request never holds a write lock while it works)."""
+    with runtime_of(request).reader_factory() as session:
+        yield session
+
+
+DB = Annotated[Session, Depends(db)]
+
+
+def _user(request: Request) -> User | None:
+    """The caller, in a short transaction of its own (it records the activity)."""
+    runtime = runtime_of(request)
+    auth = request.headers.get("authorization", "")
+    cookie = request.cookies.get(COOKIE)
+    if not auth.lower().startswith("bearer ") and not cookie:
+        return None
+    with unit_of_work(runtime.session_factory) as session:
+        if auth.lower().startswith("bearer "):
+            return token_user(session, auth[7:].strip())
+        assert cookie is not None
+        return session_user(session, cookie, runtime.settings.session_idle_minutes)
+
+
+def api_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
+    """Dependency: the caller, who must hold ``role`` (401 / 403 otherwise)."""
+
+    def dependency(request: Request) -> User:
+        user = _user(request)
+        if user is None:
+            raise HTTPException(401, "log in or send an API token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not has_role(user, role):
+            raise HTTPException(403, f"this needs the {role.value} role")
+        return user
+
+    return dependency
+
+
+def page_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
+    """Dependency for pages: like :func:`api_user` but sends people to /login."""
+
+    def dependency(request: Request) -> User:
+        user = _user(request)
+        if user is None:
+            raise LoginRequired()
+        if not has_role(user, role):
+            raise HTTPException(403, f"this needs the {role.value} role")
+        return user
+
+    return dependency
+
+
+Viewer = Annotated[User, Depends(api_user(Role.VIEWER))]
+Operator = Annotated[User, Depends(api_user(Role.OPERATOR))]
+PageViewer = Annotated[User, Depends(page_user(Role.VIEWER))]
+PageOperator = Annotated[User, Depends(page_user(Role.OPERATOR))]

@@ -1,0 +1,77 @@
+"""The mappings screen (issue 4 §3): the profiles and their validation state, and a
+dry run: an HL7 message pasted in -> the worklist items it would produce, compared
+field by field with what is stored now for the same steps. Nothing is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.domain.types import AdtMessage
+from broker.hl7.errors import HL7Error
+from broker.hl7.message import parse
+from broker.mapping.apply import map_message, render_items
+from broker.mapping.profile import check_directory
+from broker.models import RequestedProcedure, ScheduledProcedureStep
+from broker.runtime import Runtime
+
+
+def profiles(runtime: Runtime) -> dict[str, Any]:
+    directory = runtime.settings.mappings_dir
+    files = sorted(p.name for p in directory.glob("*") if p.suffix in (".yaml", ".yml", ".toml"))
+    return {"directory": str(directory), "files": files,
+            "errors": [str(e) for e in check_directory(directory)]}
+
+
+def _flat(attrs: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in attrs.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            for n, item in enumerate(value, start=1):
+                out.update(_flat(item, f"{prefix}{key}[{n}]>"))
+        else:
+            out[prefix + key] = "\\".join(map(str, value)) if isinstance(value, list) else str(
+                value)
+    return out
+
+
+def _stored_item(session: Session, accession: str, sps_id: str) -> dict[str, Any] | None:
+    if not accession or not sps_id:
+        return None
+    sps = session.scalars(select(ScheduledProcedureStep).join(RequestedProcedure).where(
+        RequestedProcedure.accession_number == accession,
+        ScheduledProcedureStep.sps_id == sps_id).limit(1)).first()
+    if sps is None:
+        return None
+    rp = sps.procedure
+    return {**(rp.order.patient.attributes or {}), **(rp.attributes or {}),
+            "ScheduledProcedureStepSequence": [sps.attributes or {}]}
+
+
+def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
+    """Map ``message`` with the loaded profiles; never writes."""
+    raw = message.strip().replace("\r\n", "\r").replace("\n", "\r").encode("utf-8")
+    try:
+        msg = parse(raw)
+        mapped = map_message(msg, runtime.profiles, timezone=runtime.timezone)
+    except HL7Error as exc:
+        return {"error": f"{exc.code} at {exc.location or '-'}: {exc.text}", "items": []}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "items": []}
+    if isinstance(mapped, AdtMessage):
+        return {"profile": mapped.profile, "adt": mapped.event,
+                "patient": _flat(mapped.patient.attributes), "items": []}
+    items = []
+    for item in render_items(mapped):
+        new = _flat(item)
+        step = item["ScheduledProcedureStepSequence"][0]
+        stored_item = _stored_item(session, str(item.get("AccessionNumber", "")),
+                                   str(step.get("ScheduledProcedureStepID", "")))
+        stored = _flat(stored_item) if stored_item is not None else {}
+        diff = [{"attribute": key, "stored": stored.get(key, ""), "new": new.get(key, "")}
+                for key in sorted(set(new) | set(stored)) if stored_item is not None
+                and stored.get(key, "") != new.get(key, "")]
+        items.append({"attributes": new, "stored": stored_item is not None, "diff": diff})
+    return {"profile": mapped.profile, "items": items}

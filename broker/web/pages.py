@@ -1,0 +1,191 @@
+"""Server-rendered console pages (Jinja2, a little plain JavaScript, no front-end build).
+Each page shows what the matching JSON API endpoint returns (broker.web.queries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from broker.db import unit_of_work
+from broker.models import User
+from broker.web import actions, mappings, queries
+from broker.web.deps import COOKIE, DB, PageOperator, PageViewer, runtime_of
+from broker.web.security import authenticate, end_session, has_role, start_session
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+router = APIRouter(include_in_schema=False)
+
+
+def render(request: Request, name: str, user: User | None, **context: Any) -> HTMLResponse:
+    from broker.models import Role
+
+    return templates.TemplateResponse(request, name, {
+        "user": user, "operator": user is not None and has_role(user, Role.OPERATOR),
+        "notice": request.query_params.get("notice", ""), **context})
+
+
+def back(url: str, notice: str) -> RedirectResponse:
+    joiner = "&" if "?" in url else "?"
+    return RedirectResponse(f"{url}{joiner}notice={quote(notice)}", status_code=303)
+
+
+@router.get("/login")
+def login_page(request: Request) -> HTMLResponse:
+    return render(request, "login.html", None, error="")
+
+
+@router.post("/login")
+def login(request: Request, name: Annotated[str, Form()],
+          password: Annotated[str, Form()]) -> Response:
+    runtime = runtime_of(request)
+    with unit_of_work(runtime.session_factory) as session:
+        user = authenticate(session, name, password)
+        token = start_session(session, user) if user is not None else None
+    if token is None:
+        return render(request, "login.html", None, error="Wrong name or password.")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    token = request.cookies.get(COOKIE)
+    if token:
+        with unit_of_work(runtime_of(request).session_factory) as session:
+            end_session(session, token)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+@router.get("/")
+def dashboard(request: Request, session: DB, user: PageViewer) -> HTMLResponse:
+    settings = runtime_of(request).settings
+    return render(request, "dashboard.html", user, data=queries.dashboard(session, settings),
+                  health=queries.health(session, settings))
+
+
+@router.get("/messages")
+def messages(request: Request, session: DB, user: PageViewer, control_id: str = "",
+             accession: str = "", patient_id: str = "", type: str = "",
+             status: str = "") -> HTMLResponse:
+    rows = queries.search_messages(session, control_id=control_id, accession=accession,
+                                   patient_id=patient_id, message_type=type, status=status)
+    return render(request, "messages.html", user, rows=rows, filters={
+        "control_id": control_id, "accession": accession, "patient_id": patient_id,
+        "type": type, "status": status})
+
+
+@router.get("/messages/{message_id}")
+def message(request: Request, session: DB, user: PageViewer, message_id: int) -> HTMLResponse:
+    detail = queries.message_detail(session, message_id)
+    if detail is None:
+        raise HTTPException(404, "no such message")
+    return render(request, "message.html", user, m=detail)
+
+
+@router.post("/messages/reprocess")
+def reprocess(request: Request, user: PageOperator,
+              ids: Annotated[list[int], Form()]) -> Response:
+    results = actions.reprocess(runtime_of(request), ids)
+    queued = [str(r["id"]) for r in results if r["queued"]]
+    refused = [str(r["id"]) for r in results if not r["queued"]]
+    notice = (f"queued for reprocessing: {', '.join(queued) or 'none'}"
+              + (f"; refused: {', '.join(refused)}" if refused else ""))
+    target = f"/messages/{ids[0]}" if len(ids) == 1 else "/messages"
+    return back(target, notice)
+
+
+@router.get("/worklist")
+def worklist(request: Request, session: DB, user: PageViewer, ae_title: str = "",
+             date: str = "", modality: str = "", status: str = "") -> HTMLResponse:
+    rows = (queries.station_worklist(session, runtime_of(request).settings, ae_title=ae_title,
+                                     date=date, modality=modality, status=status)
+            if ae_title else [])
+    return render(request, "worklist.html", user, rows=rows, filters={
+        "ae_title": ae_title, "date": date, "modality": modality, "status": status})
+
+
+@router.get("/worklist/items/{sps_pk}")
+def worklist_item(request: Request, session: DB, user: PageViewer, sps_pk: int,
+                  ae_title: str = "") -> HTMLResponse:
+    item = queries.item_detail(session, sps_pk)
+    if item is None:
+        raise HTTPException(404, "no such worklist item")
+    why = (queries.why_not(session, runtime_of(request).settings, sps_pk, ae_title)
+           if ae_title else None)
+    return render(request, "item.html", user, item=item, why=why, ae_title=ae_title)
+
+
+@router.get("/timeline")
+def timeline_search(accession: str = "") -> Response:
+    return RedirectResponse(f"/timeline/{quote(accession)}" if accession else "/messages",
+                            status_code=303)
+
+
+@router.get("/timeline/{accession}")
+def timeline(request: Request, session: DB, user: PageViewer, accession: str) -> HTMLResponse:
+    data = queries.timeline(session, accession)
+    if data is None:
+        raise HTTPException(404, "no order with this accession number")
+    return render(request, "timeline.html", user, t=data)
+
+
+@router.get("/reconciliation")
+def reconciliation(request: Request, session: DB, user: PageViewer,
+                   state: str = "open") -> HTMLResponse:
+    return render(request, "reconciliation.html", user,
+                  items=queries.reconciliation_items(session, state), state=state)
+
+
+@router.post("/reconciliation/{item_id}/link")
+def reconciliation_link(request: Request, user: PageOperator, item_id: int,
+                        order: Annotated[str, Form()]) -> Response:
+    try:
+        notice = actions.link(runtime_of(request), item_id, order, user.name)
+    except actions.ResolveError as exc:
+        notice = f"not linked: {exc}"
+    return back("/reconciliation", notice)
+
+
+@router.post("/reconciliation/{item_id}/dismiss")
+def reconciliation_dismiss(request: Request, user: PageOperator, item_id: int) -> Response:
+    try:
+        notice = actions.dismiss(runtime_of(request), item_id, user.name)
+    except actions.ResolveError as exc:
+        notice = f"not dismissed: {exc}"
+    return back("/reconciliation", notice)
+
+
+@router.get("/mappings")
+def mapping_page(request: Request, user: PageViewer) -> HTMLResponse:
+    return render(request, "mappings.html", user, profiles=mappings.profiles(
+        runtime_of(request)), message="", result=None)
+
+
+@router.post("/mappings")
+def mapping_dry_run(request: Request, session: DB, user: PageViewer,
+                    message: Annotated[str, Form()]) -> HTMLResponse:
+    runtime = runtime_of(request)
+    return render(request, "mappings.html", user, profiles=mappings.profiles(runtime),
+                  message=message, result=mappings.dry_run(session, runtime, message))
+
+
+@router.get("/outbound")
+def outbound(request: Request, session: DB, user: PageViewer, status: str = "") -> HTMLResponse:
+    return render(request, "outbound.html", user,
+                  rows=queries.outbound_messages(session, status), status=status)
+
+
+@router.post("/outbound/{message_id}/resend")
+def outbound_resend(request: Request, user: PageOperator, message_id: int) -> Response:
+    found = actions.resend_outbound(runtime_of(request), message_id)
+    return back("/outbound", f"message {message_id} queued again" if found
+                else f"no outbound message {message_id}")

@@ -1,0 +1,360 @@
+"""What the console shows, as plain data: the JSON API returns it and the pages render
+it, so both always agree (issue 4 §3). Read-only, one session per call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from broker.config import Settings
+from broker.dicom.worklist import build_query, excluding_keys
+from broker.hl7.message import parse
+from broker.models import (
+    DicomRequest,
+    InboundMessage,
+    MppsStepLink,
+    OutboundMessage,
+    PerformedProcedureStep,
+    ReconciliationItem,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+    StepStatusChange,
+    StoredInstance,
+    WorklistQuery,
+    WorklistQueryResult,
+)
+
+
+def _iso(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.isoformat(timespec="seconds")
+
+
+# -- dashboard -------------------------------------------------------------------------
+
+
+def _counts(session: Session, column: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in session.execute(
+        select(column, func.count()).group_by(column))}
+
+
+def oldest_unprocessed_age(session: Session) -> float | None:
+    oldest = session.scalar(select(func.min(InboundMessage.received_at)).where(
+        InboundMessage.status == "received"))
+    if oldest is None:
+        return None
+    aware = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - aware).total_seconds())
+
+
+def last_activity(session: Session) -> list[dict[str, str]]:
+    """Last time each calling AE title was seen, and doing what."""
+    seen: dict[str, tuple[datetime, str]] = {}
+    for table, column, what in (
+            (WorklistQuery, WorklistQuery.at, "worklist query"),
+            (DicomRequest, DicomRequest.received_at, "MPPS / IAN"),
+            (StoredInstance, StoredInstance.received_at, "C-STORE")):
+        for ae, at in session.execute(select(table.calling_ae_title, func.max(column))
+                                      .group_by(table.calling_ae_title)):
+            if at is None:
+                continue
+            aware = at if at.tzinfo else at.replace(tzinfo=UTC)
+            if ae not in seen or aware > seen[ae][0]:
+                seen[ae] = (aware, what)
+    return [{"ae_title": ae, "at": _iso(at), "activity": what}
+            for ae, (at, what) in sorted(seen.items(), key=lambda kv: kv[1][0], reverse=True)]
+
+
+def dashboard(session: Session, settings: Settings) -> dict[str, Any]:
+    inbound = _counts(session, InboundMessage.status)
+    outbound = _counts(session, OutboundMessage.status)
+    age = oldest_unprocessed_age(session)
+    return {
+        "hl7_inbound": {"received": sum(inbound.values()),
+                        "processed": inbound.get("processed", 0),
+                        "failed": inbound.get("failed", 0),
+                        "rejected": inbound.get("rejected", 0),
+                        "queued": inbound.get("received", 0),
+                        "oldest_queued_seconds": age},
+        "dicom": {"worklist_queries": session.scalar(select(func.count(WorklistQuery.id))) or 0,
+                  "mpps": session.scalar(select(func.count(PerformedProcedureStep.id))) or 0,
+                  "instances": session.scalar(select(func.count(StoredInstance.id))) or 0},
+        "outbound": {"pending": outbound.get("pending", 0), "sent": outbound.get("sent", 0),
+                     "failed": outbound.get("failed", 0)},
+        "reconciliation_open": session.scalar(select(func.count(ReconciliationItem.id)).where(
+            ReconciliationItem.state == "open")) or 0,
+        "last_activity": last_activity(session),
+    }
+
+
+def health(session: Session, settings: Settings) -> dict[str, Any]:
+    """Database and (when configured) Redis reachability, oldest queued message."""
+    out: dict[str, Any] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        out["database"] = "ok"
+        out["oldest_unprocessed_seconds"] = oldest_unprocessed_age(session)
+    except Exception as exc:
+        out["database"] = f"down: {type(exc).__name__}"
+    if settings.celery_broker_url:
+        try:
+            import redis
+
+            redis.Redis.from_url(settings.celery_broker_url, socket_timeout=2).ping()
+            out["redis"] = "ok"
+        except Exception as exc:
+            out["redis"] = f"down: {type(exc).__name__}"
+    else:
+        out["redis"] = "not used (embedded)"
+    return out
+
+
+# -- messages --------------------------------------------------------------------------
+
+
+def search_messages(session: Session, *, control_id: str = "", accession: str = "",
+                    patient_id: str = "", message_type: str = "", status: str = "",
+                    since: datetime | None = None, until: datetime | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+    query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
+    if control_id:
+        query = query.where(InboundMessage.control_id == control_id)
+    if accession:
+        query = query.where(InboundMessage.accession_number == accession)
+    if patient_id:
+        # patient_key is "id|authority" of the first PID-3 repetition
+        query = query.where(InboundMessage.patient_key.like(
+            patient_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "|%",
+            escape="\\"))
+    if message_type:
+        query = query.where(InboundMessage.message_type.like(f"{message_type}%"))
+    if status:
+        query = query.where(InboundMessage.status == status)
+    if since:
+        query = query.where(InboundMessage.received_at >= since)
+    if until:
+        query = query.where(InboundMessage.received_at <= until)
+    return [_message_row(row) for row in session.scalars(query)]
+
+
+def _message_row(row: InboundMessage) -> dict[str, Any]:
+    return {"id": row.id, "received_at": _iso(row.received_at), "type": row.message_type,
+            "control_id": row.control_id or "", "sender": row.sending_application or "",
+            "accession": row.accession_number or "", "status": row.status,
+            "ack_code": row.ack_code or "", "attempts": row.attempts,
+            "error": (f"{row.error_code} {row.error_location or ''}: {row.error_text or ''}"
+                      if row.error_code else ""), "outcome": row.outcome or ""}
+
+
+@lru_cache(maxsize=2048)
+def field_name(segment: str, number: int, version: str) -> str:
+    """The HL7 name of a field (from hl7apy's tables), '' when unknown (Z segments)."""
+    from hl7apy import load_reference
+
+    try:
+        ref = load_reference(f"{segment}_{number}", "Field", version)
+    except Exception:
+        return ""
+    name = str(ref[-3]) if isinstance(ref, tuple | list) and len(ref) >= 3 else ""
+    return name.replace("_", " ").capitalize()
+
+
+def message_detail(session: Session, message_pk: int) -> dict[str, Any] | None:
+    row = session.get(InboundMessage, message_pk)
+    if row is None:
+        return None
+    out = _message_row(row)
+    text_raw = row.raw.decode("utf-8", "replace")
+    segments = []
+    try:
+        msg = parse(row.raw)
+        version = msg.version if msg.version in ("2.3.1", "2.4", "2.5", "2.5.1", "2.6") else "2.5"
+        for seg in msg.segments:
+            fields = []
+            for n, value in enumerate(seg.fields):
+                if n and value:  # index 0 is the segment name
+                    fields.append({"n": n, "name": field_name(seg.name, n, version),
+                                   "value": value})
+            segments.append({"name": seg.name, "fields": fields})
+    except Exception as exc:  # shown raw; the parse error is what the user needs
+        out["parse_error"] = type(exc).__name__
+    out.update({"raw": text_raw.replace("\r", "\n").strip(), "segments": segments,
+                "ack": (row.ack or b"").decode("utf-8", "replace").replace("\r", "\n").strip(),
+                "peer": row.peer})
+    return out
+
+
+# -- worklist --------------------------------------------------------------------------
+
+
+def station_worklist(session: Session, settings: Settings, *, ae_title: str, date: str = "",
+                     modality: str = "", status: str = "") -> list[dict[str, Any]]:
+    """The items ``ae_title`` gets for a query on its AE title (+ date, modality,
+    status), as the modality sees them (the same SQL as the C-FIND SCP)."""
+    identifier = Dataset()
+    item = Dataset()
+    item.ScheduledStationAETitle = ae_title
+    item.ScheduledProcedureStepStartDate = date
+    item.Modality = modality
+    item.ScheduledProcedureStepStatus = status
+    identifier.ScheduledProcedureStepSequence = [item]
+    query, _ = build_query(identifier, settings)
+    return [_item_row(sps, rp, patient) for sps, rp, patient in session.execute(query.limit(500))]
+
+
+def _item_row(sps: ScheduledProcedureStep, rp: RequestedProcedure, patient: Any) -> dict[str, Any]:
+    attrs = sps.attributes or {}
+    return {"sps_pk": sps.id, "sps_id": sps.sps_id, "status": sps.status,
+            "start": sps.start_datetime[:14], "modality": sps.modality,
+            "station_ae_titles": [t.ae_title for t in sps.station_ae_titles],
+            "description": str(attrs.get("ScheduledProcedureStepDescription", "")),
+            "accession": rp.accession_number, "requested_procedure_id": rp.requested_procedure_id,
+            "patient_id": patient.patient_id,
+            "patient_name": str((patient.attributes or {}).get("PatientName", ""))}
+
+
+def item_detail(session: Session, sps_pk: int) -> dict[str, Any] | None:
+    sps = session.get(ScheduledProcedureStep, sps_pk)
+    if sps is None:
+        return None
+    rp = sps.procedure
+    patient = rp.order.patient
+    row = _item_row(sps, rp, patient)
+    row["attributes"] = {**(patient.attributes or {}), **(rp.attributes or {}),
+                         "ScheduledProcedureStepSequence": [sps.attributes or {}]}
+    row["station_rule"] = sps.station_rule
+    return row
+
+
+def why_not(session: Session, settings: Settings, sps_pk: int,
+            ae_title: str) -> dict[str, Any]:
+    """Replay ``ae_title``'s latest C-FIND keys against step ``sps_pk``: which key (or
+    rule) excluded it, or that it matches now."""
+    query = session.scalars(select(WorklistQuery).where(
+        WorklistQuery.calling_ae_title == ae_title).order_by(WorklistQuery.id.desc())
+        .limit(1)).first()
+    if query is None:
+        return {"query": None, "verdict": f"{ae_title} has not queried the worklist yet",
+                "excluded_by": []}
+    identifier = Dataset.from_json(query.identifier)
+    excluded = excluding_keys(session, identifier, settings, sps_pk)
+    returned = session.scalar(select(WorklistQueryResult.sps_pk).where(
+        WorklistQueryResult.query_pk == query.id, WorklistQueryResult.sps_pk == sps_pk))
+    keys = {elem.keyword: str(elem.value) for elem in identifier if elem.keyword
+            and elem.VR != "SQ" and elem.value not in (None, "")}
+    for item in identifier.get("ScheduledProcedureStepSequence") or []:
+        keys.update({f"SPS>{e.keyword}": str(e.value) for e in item
+                     if e.keyword and e.VR != "SQ" and e.value not in (None, "")})
+    charset = identifier.get("SpecificCharacterSet")
+    if excluded:
+        verdict = "excluded by " + ", ".join(excluded)
+    elif returned:
+        verdict = "it was returned by that query"
+    else:
+        verdict = "it matches these keys now (it changed after the query, or was created later)"
+    return {"query": {"id": query.id, "at": _iso(query.at), "keys": keys,
+                      "result_count": query.result_count,
+                      "character_set": str(charset) if charset else "default repertoire"},
+            "verdict": verdict, "excluded_by": excluded}
+
+
+# -- timeline --------------------------------------------------------------------------
+
+
+def timeline(session: Session, accession: str) -> dict[str, Any] | None:
+    """Everything that happened to the requested procedure(s) with this accession."""
+    rps = list(session.scalars(select(RequestedProcedure).where(
+        RequestedProcedure.accession_number == accession)))
+    if not rps:
+        return None
+    rp_ids = [rp.id for rp in rps]
+    steps = {s.id: s for rp in rps for s in rp.steps}
+    events: list[dict[str, Any]] = []
+
+    def add(at: datetime | None, kind: str, text_: str, ref: str = "") -> None:
+        events.append({"at": _iso(at), "kind": kind, "text": text_, "ref": ref})
+
+    for msg in session.scalars(select(InboundMessage).where(
+            InboundMessage.accession_number == accession)):
+        add(msg.received_at, "HL7 in", f"{msg.message_type} MSH-10 {msg.control_id}: "
+            f"{msg.status}, ACK {msg.ack_code or '-'}", f"message:{msg.id}")
+    for change in session.scalars(select(StepStatusChange).where(
+            StepStatusChange.sps_pk.in_(list(steps)))):
+        step = steps[change.sps_pk]
+        add(change.at, "step", f"{step.sps_id}: {change.old_status or 'new'} -> "
+            f"{change.new_status} ({change.cause})")
+    for query, sps_pk in session.execute(
+            select(WorklistQuery, WorklistQueryResult.sps_pk)
+            .join(WorklistQueryResult, WorklistQueryResult.query_pk == WorklistQuery.id)
+            .where(WorklistQueryResult.sps_pk.in_(list(steps)))):
+        add(query.at, "C-FIND", f"{steps[sps_pk].sps_id} returned to {query.calling_ae_title}")
+    mpps_rows = list(session.scalars(
+        select(PerformedProcedureStep).join(MppsStepLink)
+        .where(MppsStepLink.sps_pk.in_(list(steps))).distinct()))
+    uids = [m.sop_instance_uid for m in mpps_rows]
+    if uids:
+        for req in session.scalars(select(DicomRequest).where(
+                DicomRequest.sop_instance_uid.in_(uids))):
+            add(req.received_at, "MPPS", f"{req.command} from {req.calling_ae_title}: status "
+                f"0x{req.status:04X} {req.error_comment}".strip())
+    for series, count, first, ae in session.execute(
+            select(StoredInstance.series_instance_uid, func.count(),
+                   func.min(StoredInstance.received_at), func.min(StoredInstance.calling_ae_title))
+            .where(StoredInstance.procedure_pk.in_(rp_ids))
+            .group_by(StoredInstance.series_instance_uid)):
+        add(first, "series", f"{count} instance(s) of series {series} from {ae}")
+    for out in session.scalars(select(OutboundMessage).where(
+            OutboundMessage.procedure_pk.in_(rp_ids))):
+        add(out.created_at, "HL7 out", f"ORC-5 {out.trigger} to {out.destination} MSH-10 "
+            f"{out.control_id}: {out.status}, ACK {out.ack_code or '-'}, "
+            f"{out.attempts} attempt(s)", f"outbound:{out.id}")
+    events.sort(key=lambda e: e["at"])
+    first_rp = rps[0]
+    patient = first_rp.order.patient
+    return {"accession": accession,
+            "patient": {"id": patient.patient_id,
+                        "name": str((patient.attributes or {}).get("PatientName", ""))},
+            "procedures": [{"requested_procedure_id": rp.requested_procedure_id,
+                            "reported_status": rp.reported_status,
+                            "images_available_at": _iso(rp.images_available_at),
+                            "steps": [{"sps_pk": s.id, "sps_id": s.sps_id, "status": s.status,
+                                       "modality": s.modality} for s in rp.steps]}
+                           for rp in rps],
+            "events": events}
+
+
+# -- reconciliation and outbound -------------------------------------------------------
+
+
+def reconciliation_items(session: Session, state: str = "open",
+                         limit: int = 200) -> list[dict[str, Any]]:
+    query = select(ReconciliationItem).order_by(ReconciliationItem.id.desc()).limit(limit)
+    if state != "all":
+        query = query.where(ReconciliationItem.state == state)
+    return [{"id": i.id, "kind": i.kind, "state": i.state, "created_at": _iso(i.created_at),
+             "detail": i.detail, "patient_id": i.patient_id, "patient_name": i.patient_name,
+             "birth_date": i.birth_date, "modality": i.modality,
+             "station_ae_title": i.station_ae_title, "performed": i.performed_datetime,
+             "accession": i.accession_number, "study_instance_uid": i.study_instance_uid,
+             "candidates": i.candidates, "resolved_by": i.resolved_by}
+            for i in session.scalars(query)]
+
+
+def outbound_messages(session: Session, status: str = "", limit: int = 200
+                      ) -> list[dict[str, Any]]:
+    query = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
+    if status:
+        query = query.where(OutboundMessage.status == status)
+    return [{"id": m.id, "destination": m.destination, "sequence": m.sequence,
+             "control_id": m.control_id, "accession": m.accession_number, "status_sent": m.trigger,
+             "status": m.status, "attempts": m.attempts, "ack_code": m.ack_code or "",
+             "last_error": m.last_error, "created_at": _iso(m.created_at),
+             "sent_at": _iso(m.sent_at)}
+            for m in session.scalars(query)]
