@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs or starts what the integration tests talk to: DCMTK's command-line tools
 # (findscu/echoscu/storescu as the modality, wlmscpfs for benchmarks), PostgreSQL,
-# Redis, and docker-compose (to validate docker-compose.yml without an engine).
+# Redis, docker-compose (to validate docker-compose.yml without an engine) and Debian's
+# Chromium (driven by Playwright in the browser tests).
 set -euo pipefail
 
 SUDO=""
@@ -12,6 +13,7 @@ command -v findscu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # browser tests (Playwright)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test-services: installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -105,6 +105,9 @@ class DicomServer:
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = 64
         self.ae.maximum_pdu_size = 0  # no limit on what we receive
+        # An association for another AE title is rejected (PS3.8 A-ASSOCIATE-RJ, reason
+        # "called AE title not recognized"): a modality pointed at the wrong AE learns it.
+        self.ae.require_called_aet = True
         for sop_class in (VERIFICATION, MODALITY_WORKLIST_FIND, MPPS, INSTANCE_AVAILABILITY):
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         for sop_class in STORAGE_SOP_CLASSES.values():

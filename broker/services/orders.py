@@ -66,7 +66,7 @@ class _Unit:
     @property
     def cause(self) -> str:
         """How the step history names this message."""
-        return f"HL7 message {self.inbound.id} (MSH-10 {self.inbound.control_id})"
+        return f"HL7 message {self.inbound.id}, MSH-10 {self.inbound.control_id}"
 
 
 def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage) -> list[str]:

@@ -16,6 +16,7 @@ from broker.mapping.apply import map_message, render_items
 from broker.mapping.profile import check_directory
 from broker.models import RequestedProcedure, ScheduledProcedureStep
 from broker.runtime import Runtime
+from broker.web.queries import flat_attributes
 
 
 def profiles(runtime: Runtime) -> dict[str, Any]:
@@ -23,18 +24,6 @@ def profiles(runtime: Runtime) -> dict[str, Any]:
     files = sorted(p.name for p in directory.glob("*") if p.suffix in (".yaml", ".yml", ".toml"))
     return {"directory": str(directory), "files": files,
             "errors": [str(e) for e in check_directory(directory)]}
-
-
-def _flat(attrs: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in attrs.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            for n, item in enumerate(value, start=1):
-                out.update(_flat(item, f"{prefix}{key}[{n}]>"))
-        else:
-            out[prefix + key] = "\\".join(map(str, value)) if isinstance(value, list) else str(
-                value)
-    return out
 
 
 def _stored_item(session: Session, accession: str, sps_id: str) -> dict[str, Any] | None:
@@ -62,16 +51,18 @@ def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}", "items": []}
     if isinstance(mapped, AdtMessage):
         return {"profile": mapped.profile, "adt": mapped.event,
-                "patient": _flat(mapped.patient.attributes), "items": []}
+                "patient": flat_attributes(mapped.patient.attributes), "items": []}
     items = []
     for item in render_items(mapped):
-        new = _flat(item)
+        new = flat_attributes(item)
         step = item["ScheduledProcedureStepSequence"][0]
         stored_item = _stored_item(session, str(item.get("AccessionNumber", "")),
                                    str(step.get("ScheduledProcedureStepID", "")))
-        stored = _flat(stored_item) if stored_item is not None else {}
-        diff = [{"attribute": key, "stored": stored.get(key, ""), "new": new.get(key, "")}
-                for key in sorted(set(new) | set(stored)) if stored_item is not None
-                and stored.get(key, "") != new.get(key, "")]
+        stored = flat_attributes(stored_item) if stored_item is not None else {}
+        # An attribute the message does not carry is left as it is (C2), so only what
+        # it carries can differ.
+        diff = [{"attribute": key, "stored": stored.get(key, ""), "new": new[key]}
+                for key in sorted(new) if stored_item is not None
+                and stored.get(key, "") != new[key]]
         items.append({"attributes": new, "stored": stored_item is not None, "diff": diff})
     return {"profile": mapped.profile, "items": items}

@@ -220,6 +220,19 @@ def _item_row(sps: ScheduledProcedureStep, rp: RequestedProcedure, patient: Any)
             "patient_name": str((patient.attributes or {}).get("PatientName", ""))}
 
 
+def flat_attributes(attrs: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Keyword dict to display rows; sequence items become "Seq[1]>Keyword"."""
+    out: dict[str, str] = {}
+    for key, value in attrs.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            for n, item in enumerate(value, start=1):
+                out.update(flat_attributes(item, f"{prefix}{key}[{n}]>"))
+        else:
+            out[prefix + key] = "\\".join(map(str, value)) if isinstance(value, list) else str(
+                value)
+    return out
+
+
 def item_detail(session: Session, sps_pk: int) -> dict[str, Any] | None:
     sps = session.get(ScheduledProcedureStep, sps_pk)
     if sps is None:
@@ -227,8 +240,9 @@ def item_detail(session: Session, sps_pk: int) -> dict[str, Any] | None:
     rp = sps.procedure
     patient = rp.order.patient
     row = _item_row(sps, rp, patient)
-    row["attributes"] = {**(patient.attributes or {}), **(rp.attributes or {}),
-                         "ScheduledProcedureStepSequence": [sps.attributes or {}]}
+    row["attributes"] = flat_attributes({
+        **(patient.attributes or {}), **(rp.attributes or {}),
+        "ScheduledProcedureStepSequence": [sps.attributes or {}]})
     row["station_rule"] = sps.station_rule
     return row
 
