@@ -8,10 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
 from broker.db import unit_of_work
+from broker.models import User
 from broker.web import actions, mappings, queries
-from broker.web.deps import DB, Operator, Viewer, runtime_of
+from broker.web.deps import DB, Admin, Operator, Viewer, runtime_of
 from broker.web.security import create_api_token
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -148,6 +150,14 @@ def outbound_resend(request: Request, user: Operator, message_id: int) -> dict[s
     if not actions.resend_outbound(runtime_of(request), message_id):
         raise HTTPException(404, "no such outbound message")
     return {"id": message_id, "queued": True}
+
+
+@router.get("/users")
+def users(session: DB, user: Admin) -> list[dict[str, Any]]:
+    """Console users and their roles (admin)."""
+    return [{"name": u.name, "role": u.role, "disabled": u.disabled,
+             "last_login_at": queries.iso(u.last_login_at)}
+            for u in session.scalars(select(User).order_by(User.name))]
 
 
 @router.post("/tokens")

@@ -82,5 +82,6 @@ def page_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
 
 Viewer = Annotated[User, Depends(api_user(Role.VIEWER))]
 Operator = Annotated[User, Depends(api_user(Role.OPERATOR))]
+Admin = Annotated[User, Depends(api_user(Role.ADMIN))]
 PageViewer = Annotated[User, Depends(page_user(Role.VIEWER))]
 PageOperator = Annotated[User, Depends(page_user(Role.OPERATOR))]

@@ -3,9 +3,11 @@ Each page shows what the matching JSON API endpoint returns (broker.web.queries)
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -72,15 +74,30 @@ def dashboard(request: Request, session: DB, user: PageViewer) -> HTMLResponse:
                   health=queries.health(session, settings))
 
 
+def _moment(value: str) -> datetime | None:
+    """A datetime-local form value (browser local time, taken as the broker's zone)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(422, f"not a date and time: {value!r}") from None
+
+
 @router.get("/messages")
 def messages(request: Request, session: DB, user: PageViewer, control_id: str = "",
-             accession: str = "", patient_id: str = "", type: str = "",
-             status: str = "") -> HTMLResponse:
-    rows = queries.search_messages(session, control_id=control_id, accession=accession,
-                                   patient_id=patient_id, message_type=type, status=status)
+             accession: str = "", patient_id: str = "", type: str = "", status: str = "",
+             since: str = "", until: str = "") -> HTMLResponse:
+    zone = ZoneInfo(runtime_of(request).timezone)
+    start, end = _moment(since), _moment(until)
+    rows = queries.search_messages(
+        session, control_id=control_id, accession=accession, patient_id=patient_id,
+        message_type=type, status=status,
+        since=start.replace(tzinfo=zone) if start else None,
+        until=end.replace(tzinfo=zone) if end else None)
     return render(request, "messages.html", user, rows=rows, filters={
         "control_id": control_id, "accession": accession, "patient_id": patient_id,
-        "type": type, "status": status})
+        "type": type, "status": status, "since": since, "until": until})
 
 
 @router.get("/messages/{message_id}")
@@ -105,7 +122,9 @@ def reprocess(request: Request, user: PageOperator,
 
 @router.get("/worklist")
 def worklist(request: Request, session: DB, user: PageViewer, ae_title: str = "",
-             date: str = "", modality: str = "", status: str = "") -> HTMLResponse:
+             date: str | None = None, modality: str = "", status: str = "") -> HTMLResponse:
+    if date is None:  # first visit: today's list, as a modality asks for it each morning
+        date = datetime.now(ZoneInfo(runtime_of(request).timezone)).strftime("%Y%m%d")
     rows = (queries.station_worklist(session, runtime_of(request).settings, ae_title=ae_title,
                                      date=date, modality=modality, status=status)
             if ae_title else [])

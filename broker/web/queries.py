@@ -30,7 +30,7 @@ from broker.models import (
 )
 
 
-def _iso(value: datetime | None) -> str:
+def iso(value: datetime | None) -> str:
     if value is None:
         return ""
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -68,7 +68,7 @@ def last_activity(session: Session) -> list[dict[str, str]]:
             aware = at if at.tzinfo else at.replace(tzinfo=UTC)
             if ae not in seen or aware > seen[ae][0]:
                 seen[ae] = (aware, what)
-    return [{"ae_title": ae, "at": _iso(at), "activity": what}
+    return [{"ae_title": ae, "at": iso(at), "activity": what}
             for ae, (at, what) in sorted(seen.items(), key=lambda kv: kv[1][0], reverse=True)]
 
 
@@ -145,7 +145,7 @@ def search_messages(session: Session, *, control_id: str = "", accession: str = 
 
 
 def _message_row(row: InboundMessage) -> dict[str, Any]:
-    return {"id": row.id, "received_at": _iso(row.received_at), "type": row.message_type,
+    return {"id": row.id, "received_at": iso(row.received_at), "type": row.message_type,
             "control_id": row.control_id or "", "sender": row.sending_application or "",
             "accession": row.accession_number or "", "status": row.status,
             "ack_code": row.ack_code or "", "attempts": row.attempts,
@@ -273,7 +273,7 @@ def why_not(session: Session, settings: Settings, sps_pk: int,
         verdict = "it was returned by that query"
     else:
         verdict = "it matches these keys now (it changed after the query, or was created later)"
-    return {"query": {"id": query.id, "at": _iso(query.at), "keys": keys,
+    return {"query": {"id": query.id, "at": iso(query.at), "keys": keys,
                       "result_count": query.result_count,
                       "character_set": str(charset) if charset else "default repertoire"},
             "verdict": verdict, "excluded_by": excluded}
@@ -293,7 +293,7 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
     events: list[dict[str, Any]] = []
 
     def add(at: datetime | None, kind: str, text_: str, ref: str = "") -> None:
-        events.append({"at": _iso(at), "kind": kind, "text": text_, "ref": ref})
+        events.append({"at": iso(at), "kind": kind, "text": text_, "ref": ref})
 
     for msg in session.scalars(select(InboundMessage).where(
             InboundMessage.accession_number == accession)):
@@ -337,7 +337,7 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
                         "name": str((patient.attributes or {}).get("PatientName", ""))},
             "procedures": [{"requested_procedure_id": rp.requested_procedure_id,
                             "reported_status": rp.reported_status,
-                            "images_available_at": _iso(rp.images_available_at),
+                            "images_available_at": iso(rp.images_available_at),
                             "steps": [{"sps_pk": s.id, "sps_id": s.sps_id, "status": s.status,
                                        "modality": s.modality} for s in rp.steps]}
                            for rp in rps],
@@ -352,7 +352,7 @@ def reconciliation_items(session: Session, state: str = "open",
     query = select(ReconciliationItem).order_by(ReconciliationItem.id.desc()).limit(limit)
     if state != "all":
         query = query.where(ReconciliationItem.state == state)
-    return [{"id": i.id, "kind": i.kind, "state": i.state, "created_at": _iso(i.created_at),
+    return [{"id": i.id, "kind": i.kind, "state": i.state, "created_at": iso(i.created_at),
              "detail": i.detail, "patient_id": i.patient_id, "patient_name": i.patient_name,
              "birth_date": i.birth_date, "modality": i.modality,
              "station_ae_title": i.station_ae_title, "performed": i.performed_datetime,
@@ -369,6 +369,6 @@ def outbound_messages(session: Session, status: str = "", limit: int = 200
     return [{"id": m.id, "destination": m.destination, "sequence": m.sequence,
              "control_id": m.control_id, "accession": m.accession_number, "status_sent": m.trigger,
              "status": m.status, "attempts": m.attempts, "ack_code": m.ack_code or "",
-             "last_error": m.last_error, "created_at": _iso(m.created_at),
-             "sent_at": _iso(m.sent_at)}
+             "last_error": m.last_error, "created_at": iso(m.created_at),
+             "sent_at": iso(m.sent_at)}
             for m in session.scalars(query)]

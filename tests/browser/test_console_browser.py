@@ -97,6 +97,8 @@ def test_operator_walks_the_console(console: tuple[Any, Page], tmp_path: Path) -
     # A station's worklist, an item, and why the CT's MR query did not list it.
     page.get_by_role("link", name="Worklist").click()
     page.get_by_label("Station AE title").fill("CT01_AE")
+    expect(page.get_by_label("Date")).not_to_have_value("")  # today's list by default
+    page.get_by_label("Date").fill("")  # the samples are scheduled in 2025: any date
     page.get_by_role("button", name="Show").click()
     expect(page.locator("tbody tr")).to_have_count(2)
     shot(page, "05-worklist-CT01_AE")

@@ -49,6 +49,14 @@ def test_session_idle_timeout(make_broker: Any) -> None:
     assert viewer.get("/api/dashboard").status_code == 401
 
 
+def test_only_admins_list_users(broker: Any) -> None:
+    assert client(broker, "operator").get("/api/users").status_code == 403
+    users = client(broker, "admin").get("/api/users").json()
+    assert {(u["name"], u["role"]) for u in users} == {
+        ("viewer", "viewer"), ("operator", "operator"), ("admin", "admin")}
+    assert all("password" not in str(u) for u in users)
+
+
 def test_api_token_for_scripts(broker: Any) -> None:
     token = client(broker, "operator").post("/api/tokens", json={"name": "nightly"}).json()
     assert token["token"].startswith("mwlb_") and token["role"] == "operator"
