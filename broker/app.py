@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 
 from broker.config import Settings
@@ -14,6 +15,8 @@ from broker.hl7.listener import HL7Receiver
 from broker.hl7.mllp import MLLPServer
 from broker.migrations import upgrade
 from broker.runtime import Runtime, set_runtime
+from broker.security.access import check_startup
+from broker.security.tls import server_context
 from broker.services.inbound import Inbox
 from broker.services.sweeper import Sweeper
 from broker.web.server import WebServer
@@ -27,6 +30,8 @@ class BrokerApp:
 
     def __init__(self, settings: Settings, *, migrate: bool = True,
                  sweep_interval: float | None = None) -> None:
+        for warning in check_startup(settings):  # raises when a deployment is left open
+            log.warning("access control: %s", warning)
         self.settings = settings
         self.migrate = migrate
         self.sweep_interval = sweep_interval or settings.sweep_interval
@@ -54,22 +59,22 @@ class BrokerApp:
             self.dispatcher = CeleryDispatcher(factory)
         self.runtime.dispatcher = self.dispatcher
         inbox = Inbox(factory, settings.ack_mode,
-                      accept_any_version=settings.accept_unknown_hl7_version)
+                      accept_any_version=settings.accept_unknown_hl7_version,
+                      allowed_senders=settings.hl7_allowed_senders)
         self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
                                     ack_timeout=settings.application_ack_timeout)
         self.dicom = DicomServer(settings, self.runtime.reader_factory, writer=factory,
                                  dispatcher=self.dispatcher)
-        self.dicom.start()
-        self.mllp = MLLPServer(
-            self.receiver,
-            host=settings.mllp_host,
-            port=settings.mllp_port,
-            max_frame_bytes=settings.mllp_max_frame_bytes,
-            idle_timeout=settings.mllp_idle_timeout,
-            frame_timeout=settings.mllp_frame_timeout,
-        )
+        tls = server_context(settings)
+        self.dicom.start(tls)
+        self.mllp = self._mllp_server(settings.mllp_port, None)
+        self.mllp_tls: MLLPServer | None = None
+        if tls is not None and settings.mllp_tls_port >= 0:
+            self.mllp_tls = self._mllp_server(settings.mllp_tls_port, tls)
         self._loop_thread.start()
-        asyncio.run_coroutine_threadsafe(self.mllp.start(), self._loop).result(30)
+        for server in (self.mllp, self.mllp_tls):
+            if server is not None:
+                asyncio.run_coroutine_threadsafe(server.start(), self._loop).result(30)
         self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval)
         self.sweeper.start()
         self.web: WebServer | None = None
@@ -78,6 +83,18 @@ class BrokerApp:
             self.web.start()
         log.info("broker started: MLLP port %s, DICOM port %s (%s mode)", self.mllp_port,
                  self.dicom_port, "embedded" if settings.embedded else "celery")
+
+    def _mllp_server(self, port: int, tls: ssl.SSLContext | None) -> MLLPServer:
+        settings = self.settings
+        return MLLPServer(
+            self.receiver,
+            host=settings.mllp_host,
+            port=port,
+            max_frame_bytes=settings.mllp_max_frame_bytes,
+            idle_timeout=settings.mllp_idle_timeout,
+            frame_timeout=settings.mllp_frame_timeout,
+            ssl=tls,
+        )
 
     @property
     def mllp_port(self) -> int:
@@ -95,7 +112,9 @@ class BrokerApp:
         if self.web is not None:
             self.web.stop()
         self.sweeper.stop()
-        asyncio.run_coroutine_threadsafe(self.mllp.close(), self._loop).result(30)
+        for server in (self.mllp, self.mllp_tls):
+            if server is not None:
+                asyncio.run_coroutine_threadsafe(server.close(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(10)
         self._loop.close()

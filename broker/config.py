@@ -61,6 +61,28 @@ class Destination(BaseModel):
     )
 
 
+class AllowedAE(BaseModel):
+    """A DICOM peer allowed to associate: its calling AE title, from these hosts (IP
+    addresses or networks; empty = any), with this certificate subject CN when it
+    comes over TLS (empty = any trusted certificate)."""
+
+    model_config = {"extra": "forbid"}
+
+    ae_title: str
+    hosts: list[str] = []
+    certificate_subject: str = ""
+
+
+class AllowedSender(BaseModel):
+    """An HL7 sender allowed to deliver: MSH-3 (and MSH-4 when given) from these hosts."""
+
+    model_config = {"extra": "forbid"}
+
+    sending_application: str
+    sending_facility: str = ""
+    hosts: list[str] = []
+
+
 class Settings(BaseSettings):
     """All broker settings. Field docs double as ``mwl-broker serve --help`` text."""
 
@@ -91,6 +113,33 @@ class Settings(BaseSettings):
     dicom_host: str = Field(default="0.0.0.0", description="Address the DICOM server binds.")
     dicom_port: int = Field(default=11112, description="DICOM port (0 = ephemeral).")
     ae_title: str = Field(default="MWL_BROKER", description="The broker's DICOM AE title.")
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the broker: enables the TLS ports."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the broker.")
+    tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle that client certificates are checked against."
+    )
+    tls_require_client_cert: bool = Field(
+        default=False, description="Mutual TLS: refuse TLS clients without a trusted certificate."
+    )
+    mllp_tls_port: int = Field(default=12575, description="MLLP over TLS port (-1 = off).")
+    dicom_tls_port: int = Field(default=2762, description="DICOM over TLS port (-1 = off).")
+    dicom_allowed_calling: list[AllowedAE] = Field(
+        default=[],
+        description="DICOM peers allowed to associate (JSON list of {ae_title, hosts, "
+        "certificate_subject}); empty = any (see allow_open_access).",
+    )
+    hl7_allowed_senders: list[AllowedSender] = Field(
+        default=[],
+        description="HL7 senders allowed (JSON list of {sending_application, "
+        "sending_facility, hosts}); empty = any (see allow_open_access).",
+    )
+    allow_open_access: bool = Field(
+        default=False,
+        description="Start in distributed mode with empty allow-lists (open to anyone). The "
+        "embedded quick start is open without it.",
+    )
     timezone: str = Field(
         default="",
         description="IANA zone worklist times are given in (empty: the host's local zone).",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,8 @@ from broker.dicom.storage import (
 from broker.dicom.worklist import find_worklist
 from broker.domain.mpps import PROCESSING_FAILURE, MppsError
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
+from broker.security.access import calling_allowed
+from broker.security.tls import certificate_cn
 from broker.services import mpps, studies
 from workers.dispatch import Dispatcher
 
@@ -113,14 +116,17 @@ class DicomServer:
         for sop_class in STORAGE_SOP_CLASSES.values():
             self.ae.add_supported_context(sop_class, STORAGE_TRANSFER_SYNTAXES)
         self._server: Any = None
+        self._tls_server: Any = None
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-cfind-log")
         # Studies stored per association: reconciled once the association ends.
         self._studies: dict[int, set[str]] = {}
         self._lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self, tls_context: ssl.SSLContext | None = None) -> None:
+        """Listen on MWLB_DICOM_PORT, and on MWLB_DICOM_TLS_PORT with ``tls_context``."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_DATA_RECV, self._on_data),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),
@@ -135,16 +141,42 @@ class DicomServer:
             (self.settings.dicom_host, self.settings.dicom_port), block=False,
             evt_handlers=handlers)
         log.info("DICOM server %s listening on port %s", self.settings.ae_title, self.port)
+        if tls_context is not None and self.settings.dicom_tls_port >= 0:
+            self._tls_server = self.ae.start_server(
+                (self.settings.dicom_host, self.settings.dicom_tls_port), block=False,
+                evt_handlers=handlers, ssl_context=tls_context)
+            log.info("DICOM TLS on port %s", self.tls_port)
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        return int(self._tls_server.server_address[1]) if self._tls_server else None
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None
         self._recorder.shutdown(wait=True)
+
+    def _on_requested(self, event: Any) -> None:
+        """Access control before negotiation (issue 5 §6): a calling AE title that is not
+        allowed from this address (or with this certificate) is rejected with PS3.8
+        result 1, source 1, reason 3 "calling AE title not recognized"."""
+        calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        cn = certificate_cn(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
+        if not calling_allowed(self.settings.dicom_allowed_calling, calling, address, cn):
+            log.warning("association from %s at %s rejected: calling AE title not allowed "
+                        "from there", calling, address)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is out
+            # and the transport is closed, else the peer may only see the socket close.
+            event.assoc.kill()
 
     def _submit(self, task: str, *args: Any) -> None:
         if self.dispatcher is not None:

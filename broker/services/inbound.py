@@ -19,17 +19,19 @@ search and ordering); mapping happens in the processor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.config import AckMode
+from broker.config import AckMode, AllowedSender
 from broker.hl7.ack import build_ack
-from broker.hl7.errors import ErrorCode, HL7Error, field_error
+from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
 from broker.hl7.message import Message, parse
 from broker.models import InboundMessage, MessageStatus
+from broker.security.access import peer_ip, sender_allowed
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,12 @@ class Inbox:
     call)."""
 
     def __init__(self, session_factory: sessionmaker[Session], ack_mode: AckMode,
-                 *, accept_any_version: bool = False) -> None:
+                 *, accept_any_version: bool = False,
+                 allowed_senders: Sequence[AllowedSender] = ()) -> None:
         self.session_factory = session_factory
         self.ack_mode = ack_mode
         self.accept_any_version = accept_any_version
+        self.allowed_senders = list(allowed_senders)
 
     def receive(self, raw: bytes, peer: str) -> Received:
         msg: Message | None = None
@@ -105,6 +109,7 @@ class Inbox:
         try:
             msg = parse(raw)
             check_header(msg, accept_any_version=self.accept_any_version)
+            self._check_sender(msg, peer)
         except HL7Error as exc:
             error = exc
             msg = msg or exc.partial
@@ -115,6 +120,17 @@ class Inbox:
             return Received(None, build_ack(msg, "AR", HL7Error(
                 ErrorCode.APPLICATION_INTERNAL_ERROR,
                 "message store unavailable; nothing was kept, please resend")))
+
+    def _check_sender(self, msg: Message, peer: str) -> None:
+        """Issue 5 §6: MSH-3/MSH-4 must be allowed from the peer's address: else AR 207
+        (the message is kept, as rejected, for whoever investigates)."""
+        application, facility = msg.msh.get(3), msg.msh.get(4)
+        if not sender_allowed(self.allowed_senders, application, facility, peer_ip(peer)):
+            log.warning("HL7 sender %s/%s from %s not allowed: AR", application, facility,
+                        peer_ip(peer))
+            raise HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,  # 207 answers AR
+                           "sender (MSH-3/MSH-4) not allowed from this address",
+                           ErrorLocation("MSH", 3))
 
     def _store(self, raw: bytes, peer: str, msg: Message | None,
                error: HL7Error | None) -> Received:

@@ -87,6 +87,7 @@ def start_distributed(postgres_url: str, tmp_path: Path) -> Iterator[Any]:
             "MWLB_DICOM_HOST": "127.0.0.1",
             "MWLB_DICOM_PORT": str(dicom_port),
             "MWLB_HTTP_HOST": "127.0.0.1",
+            "MWLB_ALLOW_OPEN_ACCESS": "true",
             "MWLB_HTTP_PORT": str(free_port()),
             "MWLB_MAPPINGS_DIR": str(MAPPINGS),
             "MWLB_TIMEZONE": "America/Chicago",

@@ -1,0 +1,92 @@
+"""Who may talk to the broker (issue 5 §6).
+
+* DICOM: a calling AE title must be on MWLB_DICOM_ALLOWED_CALLING, from one of its hosts
+  and, over TLS, with its certificate subject CN when one is given; otherwise the
+  association is rejected with PS3.8 Table 9-21 result 1 (permanent), source 1 (service
+  user), reason 3 "calling AE title not recognized". The called AE title must be ours
+  (reason 7), which pynetdicom checks.
+* HL7: MSH-3 (and MSH-4 when listed) must be on MWLB_HL7_ALLOWED_SENDERS from one of its
+  hosts; otherwise AR with ERR 207 and the message is stored as rejected.
+* Empty lists mean open: the embedded quick start runs so; a distributed deployment
+  must fill them or say MWLB_ALLOW_OPEN_ACCESS=true (see :func:`check_startup`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from broker.config import AllowedAE, AllowedSender, Settings
+
+
+class AccessConfigurationError(RuntimeError):
+    """Distributed mode with nothing that closes the doors."""
+
+
+def host_allowed(peer_ip: str, hosts: Sequence[str]) -> bool:
+    """Whether ``peer_ip`` is one of ``hosts`` (addresses or networks; empty = any)."""
+    if not hosts:
+        return True
+    try:
+        address = ipaddress.ip_address(peer_ip.split("%")[0])
+    except ValueError:
+        return False
+    for host in hosts:
+        try:
+            if address in ipaddress.ip_network(host, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def calling_allowed(allowed: Sequence[AllowedAE], ae_title: str, peer_ip: str,
+                    certificate_cn: str | None) -> bool:
+    """DICOM: may ``ae_title`` associate from ``peer_ip`` (with this certificate)?"""
+    if not allowed:
+        return True
+    title = ae_title.strip()
+    for entry in allowed:
+        if entry.ae_title.strip() != title or not host_allowed(peer_ip, entry.hosts):
+            continue
+        if entry.certificate_subject and certificate_cn is not None \
+                and certificate_cn != entry.certificate_subject:
+            continue
+        return True
+    return False
+
+
+def sender_allowed(allowed: Sequence[AllowedSender], application: str, facility: str,
+                   peer_ip: str) -> bool:
+    """HL7: may MSH-3/MSH-4 deliver from ``peer_ip``?"""
+    if not allowed:
+        return True
+    for entry in allowed:
+        if entry.sending_application != application:
+            continue
+        if entry.sending_facility and entry.sending_facility != facility:
+            continue
+        if host_allowed(peer_ip, entry.hosts):
+            return True
+    return False
+
+
+def check_startup(settings: Settings) -> list[str]:
+    """Refuse an open distributed deployment; returns warnings for an open embedded one."""
+    open_parts = [name for name, allowed in (("DICOM", settings.dicom_allowed_calling),
+                                              ("HL7", settings.hl7_allowed_senders))
+                  if not allowed]
+    if not open_parts or settings.allow_open_access:
+        return []
+    if not settings.embedded:
+        raise AccessConfigurationError(
+            f"{' and '.join(open_parts)} open to any peer: set MWLB_DICOM_ALLOWED_CALLING / "
+            "MWLB_HL7_ALLOWED_SENDERS (README, 'Access control'), or MWLB_ALLOW_OPEN_ACCESS="
+            "true to run open on purpose")
+    return [f"{part} is open to any peer (embedded quick start); see README 'Access control'"
+            for part in open_parts]
+
+
+def peer_ip(peer: str) -> str:
+    """The address of an "ip:port" peer string (IPv6 addresses keep their colons)."""
+    return peer.rsplit(":", 1)[0] if ":" in peer else peer
