@@ -75,14 +75,14 @@ class Runtime:
         """Map a parsed message with the loaded profiles (the processor's mapper)."""
         return map_message(msg, self.profiles, timezone=self.timezone)
 
-    def dispose(self) -> None:
-        """Drop pooled connections (after fork, or at shutdown)."""
-        if "engine" in self.__dict__:
-            self.engine.dispose(close=False)
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop pooled connections: at shutdown ``close`` them; after a fork
+        (``close=False``) only forget the parent's without touching its sockets."""
+        engines = [self.engine] if "engine" in self.__dict__ else []
         if "reader_factory" in self.__dict__:
-            bind = self.reader_factory.kw.get("bind")
-            if bind is not None:
-                bind.dispose(close=False)
+            engines.append(self.reader_factory.kw["bind"])
+        for engine in engines:
+            engine.dispose(close=close)
 
 
 _current: Runtime | None = None

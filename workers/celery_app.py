@@ -52,4 +52,4 @@ def _after_fork(**_: Any) -> None:
     # A forked child must not reuse the parent's pooled connections.
     from broker.runtime import current_runtime
 
-    current_runtime().dispose()
+    current_runtime().dispose(close=False)

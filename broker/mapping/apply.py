@@ -491,6 +491,7 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
         obr = scope.first("OBR")
         placer = orc.get(2, 1) or (obr.get(2, 1) if obr is not None else "")
         filler = orc.get(3, 1) or (obr.get(3, 1) if obr is not None else "")
+        _check_entity_identifiers(orc, g)
         key = (placer, filler, proc.get("RequestedProcedureID", ""),
                proc.get("AccessionNumber", ""))
         last = order.procedures[-1] if order.procedures else None
@@ -501,6 +502,16 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
         else:
             order.procedures.append(ProcedureRecord(
                 placer, orc.get(2, 2), filler, orc.get(3, 2), proc, [record]))
+
+
+def _check_entity_identifiers(orc: Segment, g: int) -> None:
+    """D4: placer/filler order numbers and their namespace ids are LO (64) in DICOM."""
+    for number in (2, 3):
+        for component in (1, 2):
+            if len(orc.get(number, component)) > 64:
+                raise field_error(ErrorCode.DATA_TYPE_ERROR, "ORC", number,
+                                  f"ORC-{number}.{component} is longer than 64 characters",
+                                  component=component, sequence=g)
 
 
 def _check_start(attrs: Attributes, structure: str, g: int, *, required: bool) -> None:

@@ -12,8 +12,10 @@ Contract (DESIGN.md; issue 2 §5):
   application ACK mode) its ACK: all of it or nothing.
 * A content error (HL7Error) rolls back the message's changes and records status
   ``failed`` with the Table 0357 code, location and text; an unexpected error does
-  the same with code 207. Database errors propagate: the row stays ``received`` and
-  is retried (task retry, sweeper, or the sender's resend).
+  the same with code 207, and so does data the database refuses (DataError,
+  IntegrityError: it would fail again on every retry). Other database errors are
+  transient and propagate: the row stays ``received`` and is retried (task retry with
+  back-off, then the sweeper, or the sender's resend).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.db import unit_of_work
@@ -103,6 +105,14 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
         _fail(row, msg, exc)
         log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
                  exc.code, exc.location or "")
+        return
+    except (DataError, IntegrityError) as exc:
+        # Not transient: the same message would fail the same way on every retry (a
+        # value the database refuses). Fail it, keeping the reason, instead of looping.
+        log.error("message %s (MSH-10 %s): the database refuses its data (%s)", row.id,
+                  row.control_id, type(exc).__name__)
+        _fail(row, msg, HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,
+                                 f"the database refused the data ({type(exc).__name__})"))
         return
     except SQLAlchemyError:
         raise

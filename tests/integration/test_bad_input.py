@@ -153,3 +153,41 @@ def test_application_ack_mode_answers_with_the_outcome(make_broker: Any) -> None
     broker = make_broker(ack_mode="application")
     [ack] = send(broker.mllp_port, sample("06"))
     assert ack.code == "AE" and "204" in ack.err
+
+
+@pytest.mark.postgres
+def test_too_long_order_namespace_is_ae_102(make_broker: Any, postgres_url: str) -> None:
+    """Found by hand: ORC-2.2 over 64 characters reached PostgreSQL (DataError)."""
+    broker = make_broker(database_url=postgres_url)
+    message = sample("05")
+    for occurrence in (0, 1):
+        message = set_field(message, "ORC", 2, "PLC-1001^" + "E" * 65, occurrence=occurrence)
+    [ack] = send(broker.mllp_port, message)
+    assert ack.code == "AE" and "ORC^1^2^102" in ack.err  # 2.3.1 ERR-1: no component
+    assert count(broker, ScheduledProcedureStep) == 0
+
+
+def test_data_the_database_refuses_fails_the_message_instead_of_looping(
+        make_broker: Any) -> None:
+    """A database refusal that would repeat on every retry (an integrity or data error)
+    fails the message with 207 and its reason; it does not retry forever."""
+    broker = make_broker()
+    engine = create_engine(broker.settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_orders BEFORE INSERT ON imaging_order "
+                          "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"))
+    [ack] = send(broker.mllp_port, sample("05"))
+    assert ack.code == "AR" and "^207&" in ack.err
+    [row] = stored(broker)
+    assert (row.status, row.error_code, row.attempts) == ("failed", 207, 1)
+    assert "IntegrityError" in (row.error_text or "")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_orders"))
+    engine.dispose()
+    from broker.services.processing import process_through, reset_for_reprocess
+
+    with broker.runtime.session_factory() as session, session.begin():
+        live = session.get(InboundMessage, row.id)
+        assert live is not None and reset_for_reprocess(session, live)
+    process_through(broker.runtime.session_factory, row.id, broker.runtime.map)
+    assert count(broker, ScheduledProcedureStep) == 2
