@@ -75,7 +75,8 @@ class BrokerApp:
         for server in (self.mllp, self.mllp_tls):
             if server is not None:
                 asyncio.run_coroutine_threadsafe(server.start(), self._loop).result(30)
-        self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval)
+        self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval,
+                               retention_days=settings.retention_days)
         self.sweeper.start()
         self.web: WebServer | None = None
         if settings.http_port >= 0:

@@ -129,6 +129,31 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print(f"schema up to date at {safe_url(settings.database_url)}")
 
 
+@db_app.command("prune")
+def db_prune(
+    config: ConfigOption = None,
+    days: Annotated[float | None, typer.Option(help="Default: MWLB_RETENTION_DAYS.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete what is past retention (see README, 'Durability'); the sweeper also does
+    it hourly when MWLB_RETENTION_DAYS is set."""
+    from broker.db import unit_of_work
+    from broker.runtime import Runtime
+    from broker.services.retention import prune
+
+    settings = settings_from(config)
+    retention = settings.retention_days if days is None else days
+    if retention <= 0:
+        err_console.print("retention is 0 (keep everything): give --days or set "
+                          "MWLB_RETENTION_DAYS")
+        raise typer.Exit(2)
+    with unit_of_work(Runtime(settings).session_factory) as session:
+        counts = prune(session, retention, dry_run=dry_run)
+    verb = "would prune" if dry_run else "pruned"
+    console.print(f"{verb} (older than {retention:g} days): "
+                  + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
 @mapping_app.command("check")
 def mapping_check(
     directory: Annotated[Path | None, typer.Argument(help="Default: MWLB_MAPPINGS_DIR.")] = None,

@@ -204,6 +204,11 @@ class Settings(BaseSettings):
     log_format: str = Field(
         default="text", pattern="^(text|json)$", description="text | json (one object a line)."
     )
+    retention_days: float = Field(
+        default=0.0,
+        description="Prune processed/rejected messages, worklist query records, DICOM "
+        "request records and sent outbound messages older than this (0 = keep all).",
+    )
     sweep_interval: float = Field(
         default=15.0,
         description="Seconds between sweeps that re-dispatch unfinished work (lost task, "

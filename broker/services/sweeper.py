@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.db import unit_of_work
 from broker.models import (
     AvailabilityNotification,
     InboundMessage,
@@ -21,6 +22,7 @@ from broker.models import (
     StoredInstance,
 )
 from broker.services.outbound import due_destinations
+from broker.services.retention import prune
 from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -76,20 +78,38 @@ def sweep(factory: sessionmaker[Session], dispatcher: Dispatcher,
 
 
 class Sweeper(threading.Thread):
-    """Runs :func:`sweep` at start (everything pending) and then every ``interval``."""
+    """Runs :func:`sweep` at start (everything pending) and then every ``interval``;
+    prunes past ``retention_days`` once an hour (broker.services.retention)."""
+
+    PRUNE_EVERY = timedelta(hours=1)
 
     def __init__(self, factory: sessionmaker[Session], dispatcher: Dispatcher,
-                 interval: float = 15.0, grace: float = 30.0) -> None:
+                 interval: float = 15.0, grace: float = 30.0,
+                 retention_days: float = 0.0) -> None:
         super().__init__(name="mwl-sweeper", daemon=True)
         self.factory, self.dispatcher = factory, dispatcher
         self.interval, self.grace = interval, grace
+        self.retention_days = retention_days
+        self._pruned_at: datetime | None = None
         self._stop_event = threading.Event()
+
+    def _prune(self) -> None:
+        now = datetime.now(UTC)
+        if self.retention_days <= 0 or (
+                self._pruned_at is not None and now - self._pruned_at < self.PRUNE_EVERY):
+            return
+        with unit_of_work(self.factory) as session:
+            counts = prune(session, self.retention_days, now=now)
+        self._pruned_at = now
+        if any(counts.values()):
+            log.info("retention: pruned %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
 
     def run(self) -> None:
         older_than = timedelta(0)
         while not self._stop_event.is_set():
             try:
                 sweep(self.factory, self.dispatcher, older_than)
+                self._prune()
             except Exception as exc:  # the database may be down; try again later
                 log.warning("sweeper pass failed: %s", type(exc).__name__)
             older_than = timedelta(seconds=self.grace)
