@@ -9,7 +9,10 @@ import logging
 import ssl
 import threading
 
+from broker.audit import hooks as audit
+from broker.audit.syslog import AuditExporter, SyslogSender
 from broker.config import Settings
+from broker.db import unit_of_work
 from broker.dicom.server import DicomServer
 from broker.hl7.listener import HL7Receiver
 from broker.hl7.mllp import MLLPServer
@@ -40,6 +43,7 @@ class BrokerApp:
         self._loop_thread = threading.Thread(target=self._loop.run_forever,
                                              name="mwl-mllp-loop", daemon=True)
         self.dispatcher: Dispatcher
+        self.audit_exporter: AuditExporter | None = None
         self.mllp: MLLPServer
         self.dicom: DicomServer
 
@@ -82,6 +86,13 @@ class BrokerApp:
         if settings.http_port >= 0:
             self.web = WebServer(self.runtime)
             self.web.start()
+        with unit_of_work(factory) as session:
+            audit.application(session, settings, start=True)
+        if settings.audit_syslog_url:
+            ca = str(settings.audit_syslog_ca_file) if settings.audit_syslog_ca_file else None
+            self.audit_exporter = AuditExporter(
+                factory, SyslogSender(settings.audit_syslog_url, ca_file=ca))
+            self.audit_exporter.start()
         log.info("broker started: MLLP port %s, DICOM port %s (%s mode)", self.mllp_port,
                  self.dicom_port, "embedded" if settings.embedded else "celery")
 
@@ -110,6 +121,13 @@ class BrokerApp:
         return self.web.port if self.web is not None else None
 
     def stop(self) -> None:
+        try:
+            with unit_of_work(self.runtime.session_factory) as session:
+                audit.application(session, self.settings, start=False)
+        except Exception as exc:  # the database may be down: still stop
+            log.error("application stop not audited: %s", type(exc).__name__)
+        if self.audit_exporter is not None:
+            self.audit_exporter.stop()
         if self.web is not None:
             self.web.stop()
         self.sweeper.stop()

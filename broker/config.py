@@ -204,6 +204,14 @@ class Settings(BaseSettings):
     log_format: str = Field(
         default="text", pattern="^(text|json)$", description="text | json (one object a line)."
     )
+    audit_syslog_url: str = Field(
+        default="",
+        description="IHE ATNA audit export: udp://, tcp:// or tls://host:port (empty = audit "
+        "table only).",
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        default=None, description="CA bundle that the tls:// audit receiver is checked against."
+    )
     retention_days: float = Field(
         default=0.0,
         description="Prune processed/rejected messages, worklist query records, DICOM "

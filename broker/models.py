@@ -580,3 +580,24 @@ class ApiToken(Base):
     user_pk: Mapped[int] = mapped_column(ForeignKey("console_user.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One audit record (DICOM PS3.15 A.5, IHE ATNA): written in the transaction of the
+    action it records; ``message`` is the DICOM audit message XML. ``exported`` is set
+    once the syslog receiver has it, so the table is also the buffer while it is down."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_export", "exported", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    event_id: Mapped[str] = mapped_column(String(16))  # DCM code, e.g. 110112 Query
+    event_name: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(1))  # C R U D E
+    outcome: Mapped[int] = mapped_column(Integer, default=0)  # 0 4 8 12
+    user: Mapped[str] = mapped_column(String(128), default="")
+    address: Mapped[str] = mapped_column(String(100), default="")
+    detail: Mapped[str] = mapped_column(String(400), default="")
+    message: Mapped[str] = mapped_column(Text)
+    exported: Mapped[bool] = mapped_column(default=False)

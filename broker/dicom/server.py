@@ -37,6 +37,7 @@ from pynetdicom import AE, _config, evt
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.audit import hooks as audit
 from broker.config import Settings, StorageMode
 from broker.db import unit_of_work
 from broker.dicom.storage import (
@@ -119,7 +120,7 @@ class DicomServer:
         self._tls_server: Any = None
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-cfind-log")
         # Studies stored per association: reconciled once the association ends.
-        self._studies: dict[int, set[str]] = {}
+        self._studies: dict[int, dict[str, list[Any]]] = {}
         self._lock = threading.Lock()
 
     def start(self, tls_context: ssl.SSLContext | None = None) -> None:
@@ -173,6 +174,13 @@ class DicomServer:
         if not calling_allowed(self.settings.dicom_allowed_calling, calling, address, cn):
             log.warning("association from %s at %s rejected: calling AE title not allowed "
                         "from there", calling, address)
+            try:
+                with unit_of_work(self.writer) as session:
+                    audit.security_alert(session, calling, address,
+                                         "DICOM association rejected: calling AE title not "
+                                         "allowed from this address or certificate")
+            except SQLAlchemyError as exc:
+                log.error("security alert not recorded: %s", type(exc).__name__)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is out
             # and the transport is closed, else the peer may only see the socket close.
@@ -247,6 +255,8 @@ class DicomServer:
                 session.flush()
                 session.add_all(WorklistQueryResult(query_pk=query.id, sps_pk=pk)
                                 for pk in dict.fromkeys(returned))
+                audit.worklist_query(session, query.calling_ae_title,
+                                     str(event.assoc.requestor.address), identifier, status)
         except SQLAlchemyError as exc:
             log.warning("C-FIND record not stored: %s", type(exc).__name__)
 
@@ -309,6 +319,8 @@ class DicomServer:
         def apply(session: Session, ds: Dataset) -> tuple[str, Any]:
             if sop_class == MPPS:
                 row = mpps.create(session, uid, ds, calling)
+                audit.procedure_record(session, calling, str(event.assoc.requestor.address),
+                                       "N-CREATE", row.patient_id, row.study_instance_uid)
                 return "link_mpps", row.id
             notice = studies.record_availability(session, ds, sop_instance_uid=uid,
                                                  calling_ae_title=calling)
@@ -328,6 +340,9 @@ class DicomServer:
 
         def apply(session: Session, ds: Dataset) -> tuple[str, Any]:
             row = mpps.update(session, uid, ds)
+            audit.procedure_record(session, str(event.assoc.requestor.ae_title),
+                                   str(event.assoc.requestor.address), "N-SET", row.patient_id,
+                                   row.study_instance_uid)
             return "link_mpps", row.id
 
         status = self._handle_n(event, "N-SET", str(req.RequestedSOPClassUID), uid,
@@ -361,12 +376,23 @@ class DicomServer:
             log.error("C-STORE %s: not stored (%s)", sop, type(exc).__name__)
             return OUT_OF_RESOURCES
         with self._lock:
-            self._studies.setdefault(id(event.assoc), set()).add(study)
+            stored = self._studies.setdefault(id(event.assoc), {})
+            entry = stored.setdefault(study, [0, str(ds.get("PatientID", ""))])
+            entry[0] += 1
         return 0x0000
 
     def _on_association_end(self, event: Any) -> None:
         with self._lock:
-            stored = self._studies.pop(id(event.assoc), set())
+            stored = self._studies.pop(id(event.assoc), {})
+        if stored:
+            try:
+                with unit_of_work(self.writer) as session:
+                    for study, (count, patient_id) in stored.items():
+                        audit.instances_received(
+                            session, str(event.assoc.requestor.ae_title),
+                            str(event.assoc.requestor.address), study, patient_id, count)
+            except SQLAlchemyError as exc:
+                log.error("instances-transferred audit not recorded: %s", type(exc).__name__)
         for study in sorted(stored):
             self._submit("reconcile_study", study)
         if stored and self.settings.storage_mode is StorageMode.FORWARD:

@@ -26,7 +26,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.audit import hooks as audit
 from broker.config import AckMode, AllowedSender
+from broker.db import unit_of_work
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
 from broker.hl7.message import Message, parse
@@ -128,6 +130,12 @@ class Inbox:
         if not sender_allowed(self.allowed_senders, application, facility, peer_ip(peer)):
             log.warning("HL7 sender %s/%s from %s not allowed: AR", application, facility,
                         peer_ip(peer))
+            try:
+                with unit_of_work(self.session_factory) as session:
+                    audit.security_alert(session, f"{application}|{facility}", peer_ip(peer),
+                                         "HL7 sender not allowed from this address")
+            except SQLAlchemyError as exc:
+                log.error("security alert not recorded: %s", type(exc).__name__)
             raise HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,  # 207 answers AR
                            "sender (MSH-3/MSH-4) not allowed from this address",
                            ErrorLocation("MSH", 3))

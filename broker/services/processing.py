@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.audit import hooks as audit
 from broker.db import unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7.ack import build_ack
@@ -100,6 +101,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
                 outcome = apply_adt(session, mapped)
             else:
                 outcome = apply_order(session, mapped, row)
+            audit.hl7_applied(session, row, mapped)
             session.flush()
     except HL7Error as exc:
         _fail(row, msg, exc)

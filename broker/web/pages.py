@@ -13,11 +13,18 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from broker.audit import hooks as audit
 from broker.db import unit_of_work
 from broker.models import User
 from broker.web import actions, mappings, queries
 from broker.web.deps import COOKIE, DB, PageOperator, PageViewer, runtime_of
-from broker.web.security import authenticate, end_session, has_role, start_session
+from broker.web.security import (
+    authenticate,
+    end_session,
+    has_role,
+    session_user,
+    start_session,
+)
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -45,9 +52,12 @@ def login_page(request: Request) -> HTMLResponse:
 def login(request: Request, name: Annotated[str, Form()],
           password: Annotated[str, Form()]) -> Response:
     runtime = runtime_of(request)
+    address = request.client.host if request.client else ""
     with unit_of_work(runtime.session_factory) as session:
         user = authenticate(session, name, password)
         token = start_session(session, user) if user is not None else None
+        audit.user_authentication(session, name[:64], address, login=True,
+                                  ok=token is not None)
     if token is None:
         return render(request, "login.html", None, error="Wrong name or password.")
     response = RedirectResponse("/", status_code=303)
@@ -61,7 +71,12 @@ def logout(request: Request) -> Response:
     token = request.cookies.get(COOKIE)
     if token:
         with unit_of_work(runtime_of(request).session_factory) as session:
+            user = session_user(session, token, runtime_of(request).settings.session_idle_minutes)
             end_session(session, token)
+            if user is not None:
+                audit.user_authentication(session, user.name,
+                                          request.client.host if request.client else "",
+                                          login=False, ok=True)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE)
     return response
