@@ -66,7 +66,8 @@ class BrokerApp:
                       accept_any_version=settings.accept_unknown_hl7_version,
                       allowed_senders=settings.hl7_allowed_senders)
         self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
-                                    ack_timeout=settings.application_ack_timeout)
+                                    ack_timeout=settings.application_ack_timeout,
+                                    failpoint=settings.failpoint)
         self.dicom = DicomServer(settings, self.runtime.reader_factory, writer=factory,
                                  dispatcher=self.dispatcher)
         tls = server_context(settings)
@@ -80,6 +81,7 @@ class BrokerApp:
             if server is not None:
                 asyncio.run_coroutine_threadsafe(server.start(), self._loop).result(30)
         self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval,
+                               grace=settings.sweep_grace,
                                retention_days=settings.retention_days)
         self.sweeper.start()
         self.web: WebServer | None = None

@@ -217,6 +217,16 @@ class Settings(BaseSettings):
         description="Prune processed/rejected messages, worklist query records, DICOM "
         "request records and sent outbound messages older than this (0 = keep all).",
     )
+    sweep_grace: float = Field(
+        default=30.0,
+        description="Seconds a committed message may wait for its task before the sweeper "
+        "dispatches it again.",
+    )
+    failpoint: str = Field(
+        default="",
+        description="Durability tests only: 'crash-after-commit:N' ends the process abruptly "
+        "after the N-th stored message is committed, before its task is published.",
+    )
     sweep_interval: float = Field(
         default=15.0,
         description="Seconds between sweeps that re-dispatch unfinished work (lost task, "

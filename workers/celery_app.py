@@ -9,6 +9,11 @@ Choices, each deliberate:
   running twice is harmless.
 * ``worker_prefetch_multiplier=1``: a worker holds one task at a time, so a slow
   message does not strand others behind it.
+* ``worker_cancel_long_running_tasks_on_connection_loss``: when Redis goes away, the
+  tasks in flight are cancelled (and redelivered, they are idempotent) instead of
+  acknowledged later on the dead connection, which crashed the worker's consumer
+  ("Unrecoverable error: AttributeError ... hostname" in kombu) in the Redis-restart
+  fault test.
 * Redis ``visibility_timeout`` (MWLB_REDIS_VISIBILITY_TIMEOUT, default 1 h) set on the
   broker transport and for results: an unacknowledged task is redelivered after it.
   It is far above any task's run time, so a task is not redelivered while running.
@@ -38,6 +43,7 @@ def configure(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,

@@ -1,0 +1,281 @@
+"""A production-shaped broker of our own for fault tests: a PostgreSQL instance and a
+Redis instance started for the test (so they can be stopped and restarted without
+touching the machine's services), `mwl-broker serve` and `mwl-broker worker` processes,
+and MLLP clients that resend whatever did not get AA."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from bench.orders import order
+from broker.hl7.client import MLLPClient
+from tests.conftest import MAPPINGS
+from tests.integration.conftest import CLI, free_port
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+
+
+def _as_postgres(*args: str) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+
+
+class Postgres:
+    """initdb + pg_ctl in a temporary directory, trust auth on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        # Outside pytest's private (0700) tmp tree: the postgres user must reach it.
+        self.dir = Path(tempfile.mkdtemp(prefix="mwlb-faults-pg-"))
+        self.dir.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        subprocess.run(_as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir / "data"),
+                                    "-A", "trust", "-U", "postgres", "--no-sync"),
+                       check=True, capture_output=True)
+        self.start()
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE mwlb")
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mwlb"
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-w", "-l",
+            str(self.dir / "log"), "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on "
+            "-c max_connections=200", "start"), check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"),
+                                    "-m", mode, "-w", "stop"), check=False, capture_output=True)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=mwlb") as c:
+            return list(c.execute(sql).fetchall())
+
+
+class Redis:
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.dir = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind",
+                                      "127.0.0.1", "--save", "", "--appendonly", "no",
+                                      "--dir", str(self.dir)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # its queue is gone, as after a crash
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Broker:
+    """`serve` and `worker` as child processes, each in its own process group."""
+
+    def __init__(self, root: Path, pg: Postgres, redis: Redis, **settings: str) -> None:
+        self.root = root
+        self.mllp_port, self.dicom_port = free_port(), free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MWLB_")},
+            "MWLB_DATABASE_URL": pg.url, "MWLB_CELERY_BROKER_URL": redis.url,
+            "MWLB_MLLP_HOST": "127.0.0.1", "MWLB_MLLP_PORT": str(self.mllp_port),
+            "MWLB_DICOM_HOST": "127.0.0.1", "MWLB_DICOM_PORT": str(self.dicom_port),
+            "MWLB_HTTP_PORT": "-1", "MWLB_MAPPINGS_DIR": str(MAPPINGS),
+            "MWLB_TIMEZONE": "UTC", "MWLB_ALLOW_OPEN_ACCESS": "true",
+            "MWLB_SWEEP_INTERVAL": "1", "MWLB_SWEEP_GRACE": "5",
+            "MWLB_APPLICATION_ACK_TIMEOUT": "5",
+            **{f"MWLB_{k.upper()}": v for k, v in settings.items()},
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.runs = 0
+
+    def start(self, name: str, **extra_env: str) -> None:
+        self.runs += 1
+        args = {"worker": ["worker", "--concurrency", "2", "--loglevel", "INFO"],
+                "serve": ["serve"]}[name]
+        with (self.root / f"{name}-{self.runs}.log").open("wb") as log:
+            self.procs[name] = subprocess.Popen([CLI, *args], env={**self.env, **extra_env},
+                                                stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        pattern = "ready." if name == "worker" else "mwl-broker listening"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if pattern in (self.root / f"{name}-{self.runs}.log").read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                raise AssertionError(f"{name} exited: {self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not start: {self.output()}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process and its children (a worker with its pool)."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(20)
+
+    def kill_worker_child(self) -> int:
+        proc = self.procs["worker"]
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert children, "the worker has no pool process"
+        os.kill(int(children[0]), signal.SIGKILL)
+        return int(children[0])
+
+    def wait_exit(self, name: str, timeout: float) -> None:
+        proc = self.procs[name]
+        proc.wait(timeout)
+        self.procs.pop(name)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            with_group = True
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                with_group = False
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                if with_group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+    def output(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.root.glob("*.log")))
+
+
+@dataclass
+class Burst:
+    """Several MLLP clients sending distinct orders, each resending until AA."""
+
+    port: int
+    orders: range
+    clients: int = 4
+    acked: dict[int, float] = field(default_factory=dict)
+    refused: list[tuple[int, str, float]] = field(default_factory=list)
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, args=(k,), daemon=True)
+                         for k in range(self.clients)]
+
+    def start(self) -> Burst:
+        self.started = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        for thread in self._threads:
+            thread.join(max(0.1, timeout - (time.monotonic() - self.started)))
+        alive = [t for t in self._threads if t.is_alive()]
+        assert not alive, f"burst not finished: {len(self.acked)} AA of {len(self.orders)}"
+        self.finished = time.monotonic()
+
+    def _client(self, k: int) -> None:
+        mine = [n for n in self.orders if n % self.clients == k]
+        client: MLLPClient | None = None
+        for n in mine:
+            while True:
+                with self._lock:
+                    self.attempts += 1
+                sent_at = time.monotonic()
+                try:
+                    if client is None:
+                        client = MLLPClient("127.0.0.1", self.port, timeout=10)
+                        client.connect()
+                    ack = client.send(order(n))
+                except OSError as exc:
+                    if client is not None:
+                        client.close()
+                    client = None
+                    with self._lock:
+                        self.refused.append((n, type(exc).__name__, sent_at))
+                    time.sleep(0.2)
+                    continue
+                code = ack.split(b"MSA|", 1)[1][:2].decode() if b"MSA|" in ack else "??"
+                if code == "AA":
+                    with self._lock:
+                        self.acked[n] = sent_at
+                    break
+                with self._lock:
+                    self.refused.append((n, code, sent_at))
+                if code == "AE":  # content errors would never succeed: record and stop
+                    self.errors.append(f"order {n}: AE")
+                    break
+                time.sleep(0.2)
+        if client is not None:
+            client.close()
+
+
+def outcome(pg: Postgres, burst: Burst, drain_started: float, timeout: float = 180
+            ) -> dict[str, object]:
+    """Wait until every AA'd message is applied; return the figures for the report."""
+    expected = len(burst.orders)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [(pending,)] = pg.query("SELECT count(*) FROM inbound_message WHERE status='received'")
+        [(steps,)] = pg.query("SELECT count(*) FROM scheduled_procedure_step")
+        if pending == 0 and steps >= expected:
+            break
+        time.sleep(0.25)
+    drain = time.monotonic() - drain_started
+    [(steps,)] = pg.query("SELECT count(*) FROM scheduled_procedure_step")
+    [(distinct,)] = pg.query("SELECT count(DISTINCT placer_order_number) FROM imaging_order")
+    applied_ids = {int(str(r[0])[1:]) for r in pg.query(
+        "SELECT control_id FROM inbound_message WHERE status='processed'")}
+    not_applied = sorted(set(burst.acked) - applied_ids)
+    return {"sent": expected, "attempts": burst.attempts, "aa": len(burst.acked),
+            "applied": len(applied_ids), "steps": steps, "duplicated": steps - distinct,
+            "lost": len(not_applied), "lost_ids": not_applied[:10],
+            "drain_seconds": round(drain, 1)}
+
+
+def report(name: str, figures: dict[str, object]) -> None:
+    """Append one row to test-artifacts/faults.jsonl (the closing note's table)."""
+    out = Path(__file__).resolve().parents[2] / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    with (out / "faults.jsonl").open("a") as fh:
+        fh.write(json.dumps({"fault": name, **figures}) + "\n")
