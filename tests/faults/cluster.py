@@ -112,6 +112,7 @@ class Broker:
 
     def __init__(self, root: Path, pg: Postgres, redis: Redis, **settings: str) -> None:
         self.root = root
+        self.pg = pg
         self.mllp_port, self.dicom_port = free_port(), free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("MWLB_")},
@@ -126,6 +127,42 @@ class Broker:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.runs = 0
+        # Like `restart: unless-stopped` in docker-compose.yml: a process that exits by
+        # itself (not killed by the test) is started again.
+        self.supervised: set[str] = set()
+        self.restarts: list[str] = []
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._stopping = False
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        """Restart a supervised process that exited, and (a liveness probe) a worker that
+        is alive but has left committed work waiting for 30 s while the database is up:
+        kombu can leave the consumer dead after a Redis restart ("Unrecoverable error:
+        AttributeError ... hostname", README notes)."""
+        while not self._stopping:
+            for name in list(self.supervised):
+                proc = self.procs.get(name)
+                if proc is None or self._stopping:
+                    continue
+                if proc.poll() is not None:
+                    self.restarts.append(f"{name} exited with {proc.returncode}")
+                    self.start(name)
+                elif name == "worker" and self._stuck():
+                    self.restarts.append("worker alive but not consuming: restarted")
+                    self.kill(name)
+                    self.start(name)
+                    self.supervise(name)
+            time.sleep(0.5)
+
+    def _stuck(self) -> bool:
+        try:
+            [(age,)] = self.pg.query(
+                "SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0) "
+                "FROM inbound_message WHERE status = 'received'")
+        except psycopg.Error:
+            return False  # the database is down: that is another test's fault
+        return float(age) > 30
 
     def start(self, name: str, **extra_env: str) -> None:
         self.runs += 1
@@ -145,8 +182,12 @@ class Broker:
             time.sleep(0.1)
         raise AssertionError(f"{name} did not start: {self.output()}")
 
+    def supervise(self, name: str) -> None:
+        self.supervised.add(name)
+
     def kill(self, name: str) -> None:
         """SIGKILL the process and its children (a worker with its pool)."""
+        self.supervised.discard(name)
         proc = self.procs.pop(name)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(20)
@@ -160,11 +201,14 @@ class Broker:
         return int(children[0])
 
     def wait_exit(self, name: str, timeout: float) -> None:
+        self.supervised.discard(name)
         proc = self.procs[name]
         proc.wait(timeout)
         self.procs.pop(name)
 
     def stop(self) -> None:
+        self._stopping = True
+        self.supervised.clear()
         for name in list(self.procs):
             proc = self.procs.pop(name)
             with_group = True

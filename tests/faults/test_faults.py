@@ -36,6 +36,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def start(cluster: dict[str, Any], first: int, **serve_env: str) -> Burst:
     broker: Broker = cluster["broker"]
     broker.start("worker")
+    broker.supervise("worker")
     broker.start("serve", **serve_env)
     return Burst(broker.mllp_port, range(first, first + ORDERS)).start()
 
@@ -50,6 +51,7 @@ def until(burst: Burst, fraction: float, timeout: float = 120) -> None:
 def check(name: str, cluster: dict[str, Any], burst: Burst) -> dict[str, object]:
     burst.join(300)
     figures = outcome(cluster["pg"], burst, burst.finished)
+    figures["process_restarts"] = len(cluster["broker"].restarts)
     report(name, figures)
     broker: Broker = cluster["broker"]
     assert burst.errors == [], broker.output()
@@ -73,6 +75,7 @@ def test_whole_worker_killed_and_restarted(cluster: dict[str, Any]) -> None:
     cluster["broker"].kill("worker")
     time.sleep(3)
     cluster["broker"].start("worker")
+    cluster["broker"].supervise("worker")
     check("whole worker kill -9, restarted", cluster, burst)
 
 
