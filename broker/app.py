@@ -108,6 +108,7 @@ class BrokerApp:
             idle_timeout=settings.mllp_idle_timeout,
             frame_timeout=settings.mllp_frame_timeout,
             ssl=tls,
+            max_connections_per_ip=settings.mllp_max_connections_per_ip,
         )
 
     @property

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     mllp_frame_timeout: float = Field(
         default=30.0, description="Seconds allowed from a start block to its end block."
     )
+    mllp_max_connections_per_ip: int = Field(
+        default=50, description="Open MLLP connections allowed per client IP address (0 = no cap)."
+    )
     dicom_host: str = Field(default="0.0.0.0", description="Address the DICOM server binds.")
     dicom_port: int = Field(default=11112, description="DICOM port (0 = ephemeral).")
     ae_title: str = Field(default="MWL_BROKER", description="The broker's DICOM AE title.")

@@ -70,7 +70,8 @@ class MLLPServer:
 
     def __init__(self, handler: Handler, *, host: str, port: int, max_frame_bytes: int,
                  idle_timeout: float, frame_timeout: float,
-                 ssl: ssl_module.SSLContext | None = None) -> None:
+                 ssl: ssl_module.SSLContext | None = None,
+                 max_connections_per_ip: int = 0) -> None:
         self.handler = handler
         self.host, self._port = host, port
         self.max_frame_bytes = max_frame_bytes
@@ -80,6 +81,8 @@ class MLLPServer:
         self._connections: set[asyncio.Task[None]] = set()
         # peer "ip:port" -> socket of each open connection (for health and metrics).
         self.active: dict[str, socket.socket] = {}
+        self.max_connections_per_ip = max_connections_per_ip
+        self._per_ip: dict[str, int] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self._port,
@@ -109,6 +112,16 @@ class MLLPServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peername = writer.get_extra_info("peername") or ("?", 0)
         peer = f"{peername[0]}:{peername[1]}"
+        ip = str(peername[0])
+        if self.max_connections_per_ip and self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
+            log.info("MLLP connection from %s refused: %d already open from that address", ip,
+                     self.max_connections_per_ip)
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         if sock is not None:
             self.active[peer] = sock
         log.info("MLLP connection from %s", peer)
@@ -124,6 +137,9 @@ class MLLPServer:
         finally:
             self._connections.discard(task)
             self.active.pop(peer, None)
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]
             writer.close()
             with contextlib.suppress(Exception):  # the peer may already be gone
                 await writer.wait_closed()
