@@ -27,6 +27,9 @@ from workers.celery_app import app
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX = 60
+# Bounded: about 8 minutes of back-off, then the task gives up and the row stays
+# unfinished, where the sweeper finds it again and /readyz reports its age.
+TASK_MAX_RETRIES = 10
 
 
 def _retrying(task: Task, what: str, body: Callable[[], Any]) -> Any:
@@ -39,6 +42,10 @@ def _retrying(task: Task, what: str, body: Callable[[], Any]) -> Any:
         countdown = min(2**retries, RETRY_BACKOFF_MAX)
         log.warning("%s: database error (%s), retry in %ss", what, type(exc).__name__,
                     countdown)
+        if retries >= TASK_MAX_RETRIES:
+            log.error("%s: database error (%s), giving up after %d retries; left for the "
+                      "sweeper", what, type(exc).__name__, retries)
+            return None
         raise task.retry(exc=exc, countdown=countdown) from None
 
 
@@ -48,13 +55,13 @@ def _deliver_soon() -> None:
         runtime.dispatcher.submit("deliver_outbound", dest.name)
 
 
-@app.task(name="mwl_broker.process_inbound", bind=True, max_retries=None)
+@app.task(name="mwl_broker.process_inbound", bind=True, max_retries=TASK_MAX_RETRIES)
 def process_inbound(self: Task, message_pk: int) -> int:
     """Apply inbound message ``message_pk`` (and any earlier pending message of the
     same patient)."""
     runtime = current_runtime()
     return int(_retrying(self, f"message {message_pk}", lambda: process_through(
-        runtime.session_factory, message_pk, runtime.map)))
+        runtime.session_factory, message_pk, runtime.map)) or 0)
 
 
 def _in_transaction(key: str, body: Callable[[Session], str]) -> str:
@@ -63,7 +70,7 @@ def _in_transaction(key: str, body: Callable[[Session], str]) -> str:
         return body(session)
 
 
-@app.task(name="mwl_broker.link_mpps", bind=True, max_retries=None)
+@app.task(name="mwl_broker.link_mpps", bind=True, max_retries=TASK_MAX_RETRIES)
 def link_mpps(self: Task, mpps_pk: int) -> str:
     """Link MPPS ``mpps_pk`` to its scheduled steps and apply its state."""
     settings = current_runtime().settings
@@ -73,7 +80,7 @@ def link_mpps(self: Task, mpps_pk: int) -> str:
     return outcome
 
 
-@app.task(name="mwl_broker.reconcile_study", bind=True, max_retries=None)
+@app.task(name="mwl_broker.reconcile_study", bind=True, max_retries=TASK_MAX_RETRIES)
 def reconcile_study(self: Task, study_instance_uid: str) -> str:
     """Tie the new instances and IANs of a study to their order."""
     settings = current_runtime().settings
@@ -84,7 +91,7 @@ def reconcile_study(self: Task, study_instance_uid: str) -> str:
     return outcome
 
 
-@app.task(name="mwl_broker.deliver_outbound", bind=True, max_retries=None)
+@app.task(name="mwl_broker.deliver_outbound", bind=True, max_retries=TASK_MAX_RETRIES)
 def deliver_outbound(self: Task, destination: str) -> None:
     """Send the due outbox messages of ``destination``; schedule the next attempt."""
     runtime = current_runtime()
@@ -94,7 +101,7 @@ def deliver_outbound(self: Task, destination: str) -> None:
         runtime.dispatcher.submit("deliver_outbound", destination, countdown=max(delay, 0.05))
 
 
-@app.task(name="mwl_broker.forward_instances", bind=True, max_retries=None)
+@app.task(name="mwl_broker.forward_instances", bind=True, max_retries=TASK_MAX_RETRIES)
 def forward_instances(self: Task) -> None:
     """Forward spooled instances to the PACS (storage_mode forward)."""
     runtime = current_runtime()
