@@ -21,9 +21,15 @@ from broker.runtime import Runtime, set_runtime
 from broker.security.access import check_startup
 from broker.security.tls import server_context
 from broker.services.inbound import Inbox
+from broker.services.message_store import MessageStoreWriter
 from broker.services.sweeper import Sweeper
 from broker.web.server import WebServer
-from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
+from workers.dispatch import (
+    BackgroundDispatcher,
+    CeleryDispatcher,
+    Dispatcher,
+    InProcessDispatcher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +66,10 @@ class BrokerApp:
             from workers.celery_app import configure
 
             configure(settings)
-            self.dispatcher = CeleryDispatcher(factory)
+            self.dispatcher = BackgroundDispatcher(CeleryDispatcher(factory))
         self.runtime.dispatcher = self.dispatcher
-        inbox = Inbox(factory, settings.ack_mode,
+        self.store_writer = MessageStoreWriter(self.runtime.engine)
+        inbox = Inbox(self.store_writer, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version,
                       allowed_senders=settings.hl7_allowed_senders)
         self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
@@ -141,6 +148,7 @@ class BrokerApp:
         self._loop_thread.join(10)
         self._loop.close()
         self.receiver.close()
+        self.store_writer.close()
         self.dispatcher.close()
         self.dicom.stop()
         self.runtime.dispose()

@@ -64,6 +64,25 @@ def process_inbound(self: Task, message_pk: int) -> int:
         runtime.session_factory, message_pk, runtime.map)) or 0)
 
 
+@app.task(name="mwl_broker.process_inbound_batch")
+def process_inbound_batch(message_pks: list[int]) -> int:
+    """Apply several stored messages, in order: what the serve process publishes when
+    messages arrive faster than it could publish one task each (one Redis round trip
+    for many wake-ups, issue 6). A message that meets a database error is handed to its
+    own :func:`process_inbound` task, with that task's retries."""
+    runtime = current_runtime()
+    applied = 0
+    for message_pk in message_pks:
+        try:
+            process_through(runtime.session_factory, message_pk, runtime.map)
+            applied += 1
+        except SQLAlchemyError as exc:
+            log.warning("message %s: database error (%s), retried on its own", message_pk,
+                        type(exc).__name__)
+            runtime.dispatcher.submit("process_inbound", message_pk, countdown=1)
+    return applied
+
+
 def _in_transaction(key: str, body: Callable[[Session], str]) -> str:
     with unit_of_work(current_runtime().session_factory) as session:
         lock_key(session, key)
@@ -113,6 +132,7 @@ def forward_instances(self: Task) -> None:
 
 TASKS: dict[str, Task] = {
     "process_inbound": process_inbound,
+    "process_inbound_batch": process_inbound_batch,
     "link_mpps": link_mpps,
     "reconcile_study": reconcile_study,
     "deliver_outbound": deliver_outbound,

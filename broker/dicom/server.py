@@ -17,6 +17,8 @@ off: it is slow and would print patient data.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import logging
 import socket
 import ssl
@@ -28,18 +30,24 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
 )
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import encode
+from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.audit import hooks as audit
 from broker.config import Settings, StorageMode
 from broker.db import unit_of_work
+from broker.dicom.encoder import ResponsePlan, Unsupported
+from broker.dicom.encoder import encode_item as encode_plan_item
+from broker.dicom.responses import PendingWriter
 from broker.dicom.storage import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -48,7 +56,7 @@ from broker.dicom.storage import (
     file_path,
     write_file,
 )
-from broker.dicom.worklist import find_worklist
+from broker.dicom.worklist import WorklistItem, find_worklist
 from broker.domain.mpps import PROCESSING_FAILURE, MppsError
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
 from broker.security.access import calling_allowed
@@ -91,6 +99,23 @@ def _quick_ack(sock: socket.socket) -> None:
     if quickack is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+
+
+class _Contexts(list[Any]):
+    """The supported presentation contexts of a running server. pynetdicom deep-copies
+    them for every association (PS3.8 negotiation then changes the copy); with some
+    forty storage classes times their transfer syntaxes that is hundreds of UID objects
+    re-validated per association, a large part of a short C-FIND's cost (issue 6
+    profile). UIDs are immutable, so a copy of each context with its own transfer
+    syntax list is the same thing, made far faster."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        out = []
+        for context in self:
+            twin = copy.copy(context)
+            twin._transfer_syntax = list(context._transfer_syntax)
+            out.append(twin)
+        return out
 
 
 class DicomServer:
@@ -141,11 +166,13 @@ class DicomServer:
         self._server = self.ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port), block=False,
             evt_handlers=handlers)
+        self._server.contexts = _Contexts(self._server.contexts)
         log.info("DICOM server %s listening on port %s", self.settings.ae_title, self.port)
         if tls_context is not None and self.settings.dicom_tls_port >= 0:
             self._tls_server = self.ae.start_server(
                 (self.settings.dicom_host, self.settings.dicom_tls_port), block=False,
                 evt_handlers=handlers, ssl_context=tls_context)
+            self._tls_server.contexts = _Contexts(self._tls_server.contexts)
             log.info("DICOM TLS on port %s", self.tls_port)
 
     @property
@@ -213,7 +240,10 @@ class DicomServer:
         return 0x0000
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
-        """PS3.4 K.4.1.3: pending responses, then pynetdicom sends the final status."""
+        """PS3.4 K.4.1.3: the pending responses are written by a
+        :class:`~broker.dicom.responses.PendingWriter` (their identifiers encoded
+        straight from the stored attributes where :mod:`broker.dicom.encoder` can),
+        then the final status goes back to pynetdicom, which sends it."""
         calling = event.assoc.requestor.ae_title
         try:
             identifier = event.identifier
@@ -225,16 +255,44 @@ class DicomServer:
         began = time.perf_counter()
         returned: list[int] = []
         final = 0x0000
+        syntax = UID(str(event.context.transfer_syntax))
+        encode_item = self._item_encoder(identifier, syntax)
+        writer = PendingWriter(event.assoc, event.context.context_id, MODALITY_WORKLIST_FIND,
+                               event.request.MessageID)
         with self.session_factory() as session:
-            for status, ds in find_worklist(session, identifier, self.settings, zone=self.zone,
-                                            is_cancelled=lambda: event.is_cancelled,
-                                            returned=returned):
-                if status not in (0xFF00, 0xFF01):
+            for status, item in find_worklist(session, identifier, self.settings,
+                                              is_cancelled=lambda: event.is_cancelled,
+                                              returned=returned):
+                if item is None:
                     final = status
-                yield status, ds
+                    break
+                writer.pending(status, encode_item(item))
+        writer.flush()
         log.info("C-FIND from %s: %d item(s)", calling, len(returned))
         self._recorder.submit(self._record_query, event, identifier, final, returned,
                               (time.perf_counter() - began) * 1000)
+        yield final, None
+
+    def _item_encoder(self, identifier: Dataset, syntax: UID) -> Callable[[WorklistItem], bytes]:
+        """Encode items with the query's plan, or with pydicom where the plan declines."""
+        general = functools.partial(encode, is_implicit_vr=syntax.is_implicit_VR,
+                                    is_little_endian=syntax.is_little_endian,
+                                    deflated=syntax.is_deflated)
+        plan: ResponsePlan | None = None
+        if syntax.is_little_endian and not syntax.is_deflated:
+            with contextlib.suppress(Unsupported):
+                plan = ResponsePlan.from_query(identifier, implicit=syntax.is_implicit_VR)
+
+        def encode_item(item: WorklistItem) -> bytes:
+            if plan is not None:
+                with contextlib.suppress(Unsupported):
+                    return encode_plan_item(plan, item, self.zone)
+            data = general(item.dataset(identifier, self.zone))
+            if not data:
+                raise ValueError("response identifier could not be encoded")
+            return bytes(data)
+
+        return encode_item
 
     def _record_query(self, event: Any, identifier: Dataset, status: int, returned: list[int],
                       duration_ms: float) -> None:
@@ -253,8 +311,9 @@ class DicomServer:
                     duration_ms=round(duration_ms, 2))
                 session.add(query)
                 session.flush()
-                session.add_all(WorklistQueryResult(query_pk=query.id, sps_pk=pk)
-                                for pk in dict.fromkeys(returned))
+                if returned:  # one executemany, not an ORM object per step
+                    session.execute(insert(WorklistQueryResult), [
+                        {"query_pk": query.id, "sps_pk": pk} for pk in dict.fromkeys(returned)])
                 audit.worklist_query(session, query.calling_ae_title,
                                      str(event.assoc.requestor.address), identifier, status)
         except SQLAlchemyError as exc:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
+import orjson
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, Text, and_, cast, exists, false, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from broker.config import Settings
@@ -236,20 +239,44 @@ def query_conditions(identifier: Dataset, settings: Settings) -> tuple[list[Cond
     return conditions, unsupported
 
 
-def item_query() -> Any:
+# The attribute columns are read as JSON text and decoded by decode_attributes().
+ITEM_COLUMNS = (
+    ScheduledProcedureStep.id, ScheduledProcedureStep.status,
+    ScheduledProcedureStep.start_datetime,
+    cast(ScheduledProcedureStep.attributes, Text).label("step_attributes"),
+    cast(RequestedProcedure.attributes, Text).label("procedure_attributes"),
+    cast(Patient.attributes, Text).label("patient_attributes"),
+    Patient.specific_character_set.label("charset"),
+)
+BATCH = 500
+
+
+@lru_cache(maxsize=32768)
+def decode_attributes(text: str | None) -> dict[str, Any]:
+    """Stored attributes JSON -> dict, memoised on the text itself (so an update,
+    which changes the text, is never served stale). Modalities ask for the same
+    items again and again; decoding them was the largest cost of a C-FIND. The dict
+    is shared: callers must copy it before changing anything."""
+    return orjson.loads(text) if text else {}
+
+
+def item_query(columns: tuple[Any, ...] | None = None) -> Any:
     """Steps with their procedure and patient (the shape of a worklist item)."""
     return (
-        select(ScheduledProcedureStep, RequestedProcedure, Patient)
+        select(*(columns or (ScheduledProcedureStep, RequestedProcedure, Patient)))
         .join(RequestedProcedure, ScheduledProcedureStep.procedure_pk == RequestedProcedure.id)
         .join(ImagingOrder, RequestedProcedure.order_pk == ImagingOrder.id)
         .join(Patient, ImagingOrder.patient_pk == Patient.id)
     )
 
 
-def build_query(identifier: Dataset, settings: Settings) -> tuple[Any, bool]:
-    """The SELECT for an identifier, and whether an unsupported key was given."""
+def build_query(identifier: Dataset, settings: Settings, *,
+                columns: tuple[Any, ...] | None = ITEM_COLUMNS) -> tuple[Any, bool]:
+    """The SELECT for an identifier, and whether an unsupported key was given. The
+    C-FIND SCP selects plain columns (ITEM_COLUMNS: this is the hot path of every
+    query); ``columns=None`` selects the (step, procedure, patient) entities."""
     conditions, unsupported = query_conditions(identifier, settings)
-    query = item_query().where(*(c for _, c in conditions)).order_by(
+    query = item_query(columns).where(*(c for _, c in conditions)).order_by(
         ScheduledProcedureStep.start_datetime, ScheduledProcedureStep.id)
     return query, unsupported
 
@@ -267,22 +294,45 @@ def excluding_keys(session: Session, identifier: Dataset, settings: Settings,
     return out
 
 
-def _station_titles(session: Session, sps_ids: list[int]) -> dict[int, list[str]]:
-    rows = session.execute(
-        select(StationAETitle.sps_pk, StationAETitle.ae_title)
-        .where(StationAETitle.sps_pk.in_(sps_ids)).order_by(StationAETitle.position)
-    )
-    out: dict[int, list[str]] = {}
-    for sps_pk, title in rows:
-        out.setdefault(sps_pk, []).append(title)
-    return out
+@dataclass(frozen=True)
+class WorklistItem:
+    """One matching step as stored: its status, start and the JSON text of its step,
+    requested procedure and patient attributes. ``step`` (the SPS item attributes with
+    the authoritative status and station AE titles) and ``merged`` (patient and
+    procedure attributes) are decoded when first asked for."""
+
+    sps_pk: int
+    status: str
+    start_datetime: str
+    patient_charset: str
+    step_text: str
+    procedure_text: str
+    patient_text: str
+
+    @cached_property
+    def step(self) -> dict[str, Any]:
+        step = dict(decode_attributes(self.step_text))
+        step["ScheduledProcedureStepStatus"] = self.status
+        step["ScheduledStationAETitle"] = station_titles(step)
+        return step
+
+    @cached_property
+    def merged(self) -> dict[str, Any]:
+        return {**decode_attributes(self.patient_text),
+                **decode_attributes(self.procedure_text)}
+
+    def dataset(self, query: Dataset, zone: str) -> Dataset:
+        return build_response(query, self.merged, self.step,
+                              patient_charset=self.patient_charset, zone=zone,
+                              start_datetime=self.start_datetime)
 
 
 def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
-                  zone: str, is_cancelled: Any = None,
-                  returned: list[int] | None = None) -> Iterator[tuple[int, Dataset | None]]:
-    """Yield (status, identifier) pairs for pynetdicom's C-FIND handler; the ids of
-    the steps sent are appended to ``returned`` when given."""
+                  is_cancelled: Any = None,
+                  returned: list[int] | None = None) -> Iterator[tuple[int, WorklistItem | None]]:
+    """Yield (status, item) pairs: pending statuses with their item, then at most one
+    final status without (cancel, out of resources, or a refusal); the ids of the
+    steps yielded are appended to ``returned`` when given."""
     try:
         query, unsupported = build_query(identifier, settings)
     except QueryError as exc:
@@ -296,9 +346,9 @@ def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
     cap = settings.worklist_max_results
     if cap:
         query = query.limit(cap + 1)
-    rows = _stream(session, query, identifier, unsupported, zone, is_cancelled,
+    rows = _stream(session, query, unsupported, is_cancelled,
                    returned if returned is not None else [])
-    for sent, (status, ds) in enumerate(rows):
+    for sent, (status, item) in enumerate(rows):
         if status == CANCELLED:
             yield status, None
             return
@@ -306,33 +356,27 @@ def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
             log.info("C-FIND result cap %d reached: 0xA700", cap)
             yield OUT_OF_RESOURCES, None
             return
-        yield status, ds
+        yield status, item
 
 
-def _stream(session: Session, query: Any, identifier: Dataset, unsupported: bool, zone: str,
-            is_cancelled: Any, returned: list[int]) -> Iterator[tuple[int, Dataset | None]]:
+def _stream(session: Session, query: Any, unsupported: bool, is_cancelled: Any,
+            returned: list[int]) -> Iterator[tuple[int, WorklistItem | None]]:
     pending = PENDING_WARNING if unsupported else PENDING
-    batch: list[Any] = []
-    for row in session.execute(query).yield_per(200):
-        batch.append(row)
-        if len(batch) == 200:
-            yield from _emit(session, identifier, batch, pending, zone, is_cancelled, returned)
-            batch = []
-    yield from _emit(session, identifier, batch, pending, zone, is_cancelled, returned)
-
-
-def _emit(session: Session, identifier: Dataset, rows: list[Any], pending: int, zone: str,
-          is_cancelled: Any, returned: list[int]) -> Iterator[tuple[int, Dataset | None]]:
-    titles = _station_titles(session, [row[0].id for row in rows]) if rows else {}
-    for sps, rp, patient in rows:
+    rows = session.connection().execute(query.execution_options(yield_per=BATCH))
+    for row in rows:
         if is_cancelled is not None and is_cancelled():
             yield CANCELLED, None
             return
-        step = dict(sps.attributes or {})
-        step["ScheduledProcedureStepStatus"] = sps.status
-        step["ScheduledStationAETitle"] = titles.get(sps.id, [])
-        merged = {**(patient.attributes or {}), **(rp.attributes or {})}
-        returned.append(sps.id)
-        yield pending, build_response(identifier, merged, step,
-                                      patient_charset=patient.specific_character_set,
-                                      zone=zone, start_datetime=sps.start_datetime)
+        returned.append(row.id)
+        yield pending, WorklistItem(row.id, row.status, row.start_datetime, row.charset,
+                                    row.step_attributes or "", row.procedure_attributes or "",
+                                    row.patient_attributes or "")
+
+
+def station_titles(step: dict[str, Any]) -> list[str]:
+    """The step's AE titles as the station_ae_title rows hold them (one value or a
+    list in the stored attributes, empty values dropped; see services.records)."""
+    titles = step.get("ScheduledStationAETitle") or []
+    if isinstance(titles, str):
+        titles = [titles]
+    return [str(title) for title in titles if title]

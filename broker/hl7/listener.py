@@ -1,7 +1,9 @@
 """The MLLP listener's message handler: store, then answer (checklist B1-B2).
 
 ``store`` ACK mode answers as soon as the row (with its AA) is committed and hands the
-message to the processor. ``application`` mode hands it over and waits for the
+message to the processor. Parsing happens on the event loop (it takes tens of
+microseconds); only the commit is waited for, off the loop, in the group-commit
+writer. ``application`` mode hands it over and waits for the
 processor's ACK (AA, or AE/AR with the ERR naming the field). If processing has not
 finished within MWLB_APPLICATION_ACK_TIMEOUT the message is still safely stored, so
 the listener answers AA on the store alone (and records that AA for duplicate replay);
@@ -47,7 +49,7 @@ class HL7Receiver:
 
     async def __call__(self, raw: bytes, peer: str) -> bytes | None:
         loop = asyncio.get_running_loop()
-        received = await loop.run_in_executor(self._pool, self.inbox.receive, raw, peer)
+        received = await self.inbox.receive_async(raw, peer)
         pk = received.message_pk
         if pk is None:  # the store failed: AR 207
             return received.ack

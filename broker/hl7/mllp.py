@@ -154,7 +154,8 @@ class MLLPServer:
             if frame_deadline is not None:
                 timeout = min(timeout, frame_deadline - loop.time())
             try:
-                data = await asyncio.wait_for(reader.read(65536), max(timeout, 0))
+                async with asyncio.timeout(max(timeout, 0)):  # no task per read, unlike wait_for
+                    data = await reader.read(65536)
             except TimeoutError:
                 reason = "frame deadline" if frame_deadline is not None else "idle timeout"
                 log.info("MLLP connection %s closed: %s", peer, reason)

@@ -8,7 +8,8 @@ Contract (DESIGN.md "Non-negotiable behaviour", checklist B1-B3, H1):
    stored for it is replayed and no new work is done.
 3. AA is only ever sent after the row (raw bytes + dedup key) is committed. In
    ``store`` ACK mode the AA is written into that same row, so one commit suffices; in
-   ``application`` mode the processor writes the ACK with the outcome.
+   ``application`` mode the processor writes the ACK with the outcome. Rows are
+   committed in groups by :mod:`broker.services.message_store`.
 4. When the database cannot commit, the answer is AR with ERR 207 and nothing is kept,
    so the sender's resend is processed as new.
 
@@ -18,22 +19,24 @@ search and ordering); mapping happens in the processor.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from broker.audit import hooks as audit
 from broker.config import AckMode, AllowedSender
-from broker.db import unit_of_work
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
 from broker.hl7.message import Message, parse
-from broker.models import InboundMessage, MessageStatus
+from broker.models import MessageStatus
 from broker.security.access import peer_ip, sender_allowed
+from broker.services.message_store import MessageStoreWriter, Pending
 
 log = logging.getLogger(__name__)
 
@@ -94,121 +97,103 @@ def _accession(msg: Message) -> str | None:
 
 
 class Inbox:
-    """Stores inbound messages; one instance per process, thread-safe (a session per
-    call)."""
+    """Stores inbound messages; one instance per process, thread-safe. ``prepare``
+    (parsing, header checks, the row's values) is pure work; storing goes through the
+    group-commit writer (:mod:`broker.services.message_store`)."""
 
-    def __init__(self, session_factory: sessionmaker[Session], ack_mode: AckMode,
+    def __init__(self, writer: MessageStoreWriter, ack_mode: AckMode,
                  *, accept_any_version: bool = False,
                  allowed_senders: Sequence[AllowedSender] = ()) -> None:
-        self.session_factory = session_factory
+        self.writer = writer
         self.ack_mode = ack_mode
         self.accept_any_version = accept_any_version
         self.allowed_senders = list(allowed_senders)
 
     def receive(self, raw: bytes, peer: str) -> Received:
+        """Store one message and say what to answer (blocks until committed)."""
+        msg, pending = self.prepare(raw, peer)
+        return self.outcome(msg, pending, self.writer.store(pending).result())
+
+    async def receive_async(self, raw: bytes, peer: str) -> Received:
+        """:meth:`receive` for the MLLP event loop: only the commit is waited for."""
+        msg, pending = self.prepare(raw, peer)
+        stored = await asyncio.wrap_future(self.writer.store(pending))
+        return self.outcome(msg, pending, stored)
+
+    def prepare(self, raw: bytes, peer: str) -> tuple[Message | None, Pending]:
         msg: Message | None = None
         error: HL7Error | None = None
+        alert: Callable[[Session], None] | None = None
         try:
             msg = parse(raw)
             check_header(msg, accept_any_version=self.accept_any_version)
-            self._check_sender(msg, peer)
+            alert = self._refused_sender(msg, peer)
+            if alert is not None:
+                error = HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,  # 207 answers AR
+                                 "sender (MSH-3/MSH-4) not allowed from this address",
+                                 ErrorLocation("MSH", 3))
         except HL7Error as exc:
             error = exc
             msg = msg or exc.partial
-        try:
-            return self._store(raw, peer, msg, error)
-        except SQLAlchemyError as exc:
-            log.error("message store unavailable (%s): answering AR 207", type(exc).__name__)
+        values = _row_values(raw, peer, msg)
+        if error is not None:
+            values.update(status=MessageStatus.REJECTED.value, error_code=error.code,
+                          error_text=error.text, error_location=str(error.location or ""),
+                          ack=build_ack(msg, error.ack_code, error), ack_code=error.ack_code)
+        elif self.ack_mode is AckMode.STORE:
+            values.update(ack=build_ack(msg, "AA"), ack_code="AA")
+        return msg, Pending(values, alert)
+
+    def outcome(self, msg: Message | None, pending: Pending,
+                stored: tuple[int, bytes | None, bool] | None) -> Received:
+        if stored is None:  # the database could not commit: nothing was kept
             return Received(None, build_ack(msg, "AR", HL7Error(
                 ErrorCode.APPLICATION_INTERNAL_ERROR,
                 "message store unavailable; nothing was kept, please resend")))
+        pk, ack, new = stored
+        values = pending.values
+        if not new:
+            log.info("duplicate of message %s (MSH-10 %s): replaying its ACK", pk,
+                     values.get("control_id"))
+            return Received(pk, ack)
+        log.info("stored message %s type %s MSH-10 %s status %s", pk,
+                 values.get("message_type"), values.get("control_id"), values["status"])
+        return Received(pk, ack, new=values["status"] == MessageStatus.RECEIVED.value)
 
-    def _check_sender(self, msg: Message, peer: str) -> None:
-        """Issue 5 §6: MSH-3/MSH-4 must be allowed from the peer's address: else AR 207
-        (the message is kept, as rejected, for whoever investigates)."""
+    def _refused_sender(self, msg: Message, peer: str) -> Callable[[Session], None] | None:
+        """Issue 5 §6: MSH-3/MSH-4 must be allowed from the peer's address. For a
+        refused sender, the security alert to store beside the rejected message."""
         application, facility = msg.msh.get(3), msg.msh.get(4)
-        if not sender_allowed(self.allowed_senders, application, facility, peer_ip(peer)):
-            log.warning("HL7 sender %s/%s from %s not allowed: AR", application, facility,
-                        peer_ip(peer))
-            try:
-                with unit_of_work(self.session_factory) as session:
-                    audit.security_alert(session, f"{application}|{facility}", peer_ip(peer),
-                                         "HL7 sender not allowed from this address")
-            except SQLAlchemyError as exc:
-                log.error("security alert not recorded: %s", type(exc).__name__)
-            raise HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,  # 207 answers AR
-                           "sender (MSH-3/MSH-4) not allowed from this address",
-                           ErrorLocation("MSH", 3))
-
-    def _store(self, raw: bytes, peer: str, msg: Message | None,
-               error: HL7Error | None) -> Received:
-        key = _dedup_key(msg)
-        for attempt in range(2):
-            with self.session_factory() as session:
-                if key is not None:
-                    existing = _find_duplicate(session, key)
-                    if existing is not None:
-                        log.info("duplicate of message %s (MSH-10 %s): replaying its ACK",
-                                 existing.id, key[2])
-                        return Received(existing.id, existing.ack)
-                row = _new_row(raw, peer, msg)
-                if error is not None:
-                    row.status = MessageStatus.REJECTED.value
-                    row.error_code, row.error_text = error.code, error.text
-                    row.error_location = str(error.location or "")
-                    row.ack = build_ack(msg, error.ack_code, error)
-                    row.ack_code = error.ack_code
-                elif self.ack_mode is AckMode.STORE:
-                    row.ack = build_ack(msg, "AA")
-                    row.ack_code = "AA"
-                session.add(row)
-                try:
-                    session.commit()
-                except IntegrityError:
-                    # A racing connection stored the same message first: look again and
-                    # replay its ACK. A second conflict is not a race: report it.
-                    session.rollback()
-                    if attempt or key is None:
-                        raise
-                    continue
-                log.info("stored message %s type %s MSH-10 %s status %s",
-                         row.id, row.message_type, row.control_id, row.status)
-                return Received(row.id, row.ack, new=row.status == MessageStatus.RECEIVED.value)
-        raise AssertionError("unreachable")  # pragma: no cover
+        if sender_allowed(self.allowed_senders, application, facility, peer_ip(peer)):
+            return None
+        log.warning("HL7 sender %s/%s from %s not allowed: AR", application, facility,
+                    peer_ip(peer))
+        return functools.partial(audit.security_alert, who=f"{application}|{facility}",
+                                 address=peer_ip(peer),
+                                 what="HL7 sender not allowed from this address")
 
 
-def _dedup_key(msg: Message | None) -> tuple[str, str, str] | None:
-    if msg is None or not msg.control_id:
-        return None
-    return (msg.msh.get(3), msg.msh.get(4), msg.control_id)
-
-
-def _find_duplicate(session: Session, key: tuple[str, str, str]) -> InboundMessage | None:
-    app, facility, control_id = key
-    return session.scalars(
-        select(InboundMessage).where(
-            InboundMessage.sending_application == app,
-            InboundMessage.sending_facility == facility,
-            InboundMessage.control_id == control_id,
-        )
-    ).first()
-
-
-def _new_row(raw: bytes, peer: str, msg: Message | None) -> InboundMessage:
-    row = InboundMessage(raw=raw, peer=peer, status=MessageStatus.RECEIVED.value, attempts=0)
+def _row_values(raw: bytes, peer: str, msg: Message | None) -> dict[str, Any]:
+    """Column values of the message store row (header fields for search and order)."""
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "raw": raw, "peer": peer[:100], "status": MessageStatus.RECEIVED.value,
+        "attempts": 0, "received_at": now, "updated_at": now, "ack": None, "ack_code": None,
+        "sending_application": None, "sending_facility": None, "control_id": None,
+        "receiving_application": None, "receiving_facility": None, "message_type": "",
+        "version": "", "message_datetime": "", "patient_key": None, "ordering_key": "",
+        "accession_number": None, "error_code": None, "error_text": None,
+        "error_location": None,
+    }
     if msg is None:
         return row
     msh = msg.msh
-    row.sending_application = msh.get(3)
-    row.sending_facility = msh.get(4)
-    row.receiving_application = msh.get(5)
-    row.receiving_facility = msh.get(6)
-    row.control_id = msg.control_id or None
-    row.message_type = msg.message_type[:20]
-    row.version = msg.version[:20]
-    row.message_datetime = msh.get(7, 1)[:32]
     key = patient_key(msg)
-    row.patient_key = key[:200] or None
-    row.ordering_key = key[:200]
-    row.accession_number = _accession(msg)
+    row.update(
+        sending_application=msh.get(3), sending_facility=msh.get(4),
+        receiving_application=msh.get(5), receiving_facility=msh.get(6),
+        control_id=msg.control_id or None, message_type=msg.message_type[:20],
+        version=msg.version[:20], message_datetime=msh.get(7, 1)[:32],
+        patient_key=key[:200] or None, ordering_key=key[:200],
+        accession_number=_accession(msg))
     return row

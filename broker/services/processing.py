@@ -87,6 +87,8 @@ def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Map
                 return applied
             apply_message(session, pending, mapper)
             applied += 1
+            if pending.id == message_pk:  # nothing later can be pending before it
+                return applied
 
 
 def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None:

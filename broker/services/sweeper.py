@@ -2,23 +2,26 @@
 Redis restart): inbound messages still ``received``, MPPS not linked at their latest
 version, instances and IANs not reconciled (some time after they arrived), outbox
 messages due, and instances waiting to be forwarded. Every task is idempotent, so a
-second dispatch is harmless."""
+second dispatch is harmless. The same thread does the housekeeping: retention and
+the SQLite planner statistics."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.db import unit_of_work
+from broker.db import refresh_planner_statistics, unit_of_work
 from broker.models import (
     AvailabilityNotification,
     InboundMessage,
     MessageStatus,
     PerformedProcedureStep,
+    ScheduledProcedureStep,
     StoredInstance,
 )
 from broker.services.outbound import due_destinations
@@ -79,9 +82,12 @@ def sweep(factory: sessionmaker[Session], dispatcher: Dispatcher,
 
 class Sweeper(threading.Thread):
     """Runs :func:`sweep` at start (everything pending) and then every ``interval``;
-    prunes past ``retention_days`` once an hour (broker.services.retention)."""
+    prunes past ``retention_days`` once an hour (broker.services.retention); refreshes
+    the SQLite planner statistics at start, hourly, and whenever the number of steps
+    has doubled since the last time (broker.db.refresh_planner_statistics)."""
 
     PRUNE_EVERY = timedelta(hours=1)
+    ANALYZE_EVERY = timedelta(hours=1)
 
     def __init__(self, factory: sessionmaker[Session], dispatcher: Dispatcher,
                  interval: float = 15.0, grace: float = 30.0,
@@ -91,6 +97,7 @@ class Sweeper(threading.Thread):
         self.interval, self.grace = interval, grace
         self.retention_days = retention_days
         self._pruned_at: datetime | None = None
+        self._analyzed: tuple[datetime, int] | None = None  # when, with how many steps
         self._stop_event = threading.Event()
 
     def _prune(self) -> None:
@@ -104,12 +111,27 @@ class Sweeper(threading.Thread):
         if any(counts.values()):
             log.info("retention: pruned %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
 
+    def _analyze(self) -> None:
+        now = datetime.now(UTC)
+        with self.factory() as session:
+            steps = session.scalar(select(func.count()).select_from(ScheduledProcedureStep))
+            engine = session.get_bind()
+        steps = int(steps or 0)
+        if self._analyzed is not None:
+            when, count = self._analyzed
+            if now - when < self.ANALYZE_EVERY and steps < 2 * count + 100:
+                return
+        if refresh_planner_statistics(cast(Engine, engine)):
+            log.info("planner statistics refreshed (%d steps)", steps)
+        self._analyzed = (now, steps)
+
     def run(self) -> None:
         older_than = timedelta(0)
         while not self._stop_event.is_set():
             try:
                 sweep(self.factory, self.dispatcher, older_than)
                 self._prune()
+                self._analyze()
             except Exception as exc:  # the database may be down; try again later
                 log.warning("sweeper pass failed: %s", type(exc).__name__)
             older_than = timedelta(seconds=self.grace)

@@ -205,7 +205,7 @@ def station_worklist(session: Session, settings: Settings, *, ae_title: str, dat
     item.Modality = modality
     item.ScheduledProcedureStepStatus = status
     identifier.ScheduledProcedureStepSequence = [item]
-    query, _ = build_query(identifier, settings)
+    query, _ = build_query(identifier, settings, columns=None)
     return [_item_row(sps, rp, patient) for sps, rp, patient in session.execute(query.limit(500))]
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from broker.app import BrokerApp
 from broker.hl7.client import MLLPClient
-from broker.models import InboundMessage
+from broker.models import AuditEvent, InboundMessage
 from broker.security.access import AccessConfigurationError
 from tests.conftest import broker_settings, sample
 from tests.integration.hl7util import Ack, send, set_field
@@ -170,6 +170,10 @@ def test_hl7_sender_bound_to_address(make_broker: Any) -> None:
         kept = session.scalars(select(InboundMessage).where(
             InboundMessage.control_id.in_(["R1", "R2"]))).all()
         assert {m.status for m in kept} == {"rejected"}  # the raw input stays in the store
+        alerts = session.scalars(select(AuditEvent).where(AuditEvent.event_id == "110113")
+                                 ).all()
+        assert len(alerts) == 2  # a security alert beside each refused message
+        assert all("ROGUE" in a.message or "LAB" in a.message for a in alerts)
 
 
 def test_distributed_mode_does_not_start_open(tmp_path: Path) -> None:

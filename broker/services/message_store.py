@@ -1,0 +1,170 @@
+"""Durable storing of inbound messages with group commit (the MLLP hot path, issue 6).
+
+One writer thread owns one database connection. Messages from every MLLP connection
+queue up; the writer takes what is waiting (up to MAX_BATCH) and stores it in one
+transaction, so concurrent senders share a commit (its fsync) instead of each paying
+for one. A caller gets its result only after that commit: AA is still only sent for
+a committed message (checklist B2).
+
+Each row is one ``INSERT ... ON CONFLICT (MSH-3, MSH-4, MSH-10) DO NOTHING RETURNING
+id``; no id back means a duplicate, whose id and stored ACK are then read and replayed
+(H1). If a batch fails, each of its messages is stored again in a transaction of its
+own, so one message the database refuses cannot take the others with it; a message
+that still cannot be stored gets ``None`` (the caller answers AR 207, nothing is
+kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from broker.models import InboundMessage
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+DEDUP_COLUMNS = ("sending_application", "sending_facility", "control_id")
+
+
+@dataclass
+class Pending:
+    """A message ready to store: its column values (ACK included when already known)
+    and, for a refused sender, a security alert written in the same transaction."""
+
+    values: dict[str, Any]
+    alert: Callable[[Session], None] | None = None
+    result: Future[tuple[int, bytes | None, bool] | None] = field(default_factory=Future)
+
+
+class MessageStoreWriter:
+    """Stores :class:`Pending` messages; ``store`` returns a future of (id, stored
+    ACK, whether this call stored it) or None when the database failed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._statements = _Statements(engine)
+        self._queue: queue.Queue[Pending | None] = queue.Queue()
+        self._conn: Connection | None = None  # held, not checked out (and pinged) per batch
+        self._thread = threading.Thread(target=self._run, name="mwl-store", daemon=True)
+        self._thread.start()
+
+    def store(self, pending: Pending) -> Future[tuple[int, bytes | None, bool] | None]:
+        self._queue.put(pending)
+        return pending.result
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+        self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        """After a failure (or at close) the next batch starts on a fresh connection."""
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _write(self, batch: list[Pending]) -> None:
+        try:
+            conn = self._connection()
+            with conn.begin():
+                results = self._insert_batch(conn, batch)
+        except Exception as exc:  # SQLAlchemy's, or the driver's own (raw cursor)
+            self._discard_connection()
+            if len(batch) == 1:
+                log.error("message store unavailable (%s)", type(exc).__name__)
+                batch[0].result.set_result(None)
+                return
+            for pending in batch:  # find the one the database refuses, keep the rest
+                self._write([pending])
+            return
+        for pending, result in zip(batch, results, strict=True):
+            pending.result.set_result(result)
+
+    def _insert_batch(self, conn: Connection,
+                      batch: list[Pending]) -> list[tuple[int, bytes | None, bool]]:
+        for pending in batch:
+            if pending.alert is not None:
+                with Session(bind=conn) as session:
+                    pending.alert(session)
+                    session.flush()
+        cursor = conn.connection.cursor()
+        try:
+            return [self._statements.store(cursor, pending.values) for pending in batch]
+        finally:
+            cursor.close()
+
+
+class _Statements:
+    """The two statements of the hot path as driver SQL, written once per process.
+    Through the SQL expression layer each cost about half a millisecond of Python here,
+    more than the database took (issue 6 profile). Values pass through the columns'
+    own bind processors, so they are stored exactly as the ORM would store them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.dialect = engine.dialect
+        self._insert_sql: str | None = None
+        self._columns: list[str] = []
+        self._processors: dict[str, Callable[[Any], Any]] = {}
+        for column in InboundMessage.__table__.columns:
+            processor = column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
+            if processor is not None:
+                self._processors[column.key] = processor
+        where = " AND ".join(f"{c} = {self._mark(c)}" for c in DEDUP_COLUMNS)
+        self._select_sql = f"SELECT id, ack FROM inbound_message WHERE {where}"
+
+    def _mark(self, name: str) -> str:
+        return f"%({name})s" if self.dialect.paramstyle == "pyformat" else f":{name}"
+
+    def store(self, cursor: Any, values: dict[str, Any]) -> tuple[int, bytes | None, bool]:
+        if self._insert_sql is None:
+            self._columns = sorted(values)
+            marks = ", ".join(self._mark(c) for c in self._columns)
+            self._insert_sql = (
+                f"INSERT INTO inbound_message ({', '.join(self._columns)}) VALUES ({marks}) "
+                f"ON CONFLICT ({', '.join(DEDUP_COLUMNS)}) DO NOTHING RETURNING id")
+        params = {c: values[c] for c in self._columns}
+        for name, processor in self._processors.items():
+            if name in params:
+                params[name] = processor(params[name])
+        cursor.execute(self._insert_sql, params)
+        row = cursor.fetchone()
+        if row is not None:
+            return int(row[0]), values.get("ack"), True
+        cursor.execute(self._select_sql, {c: params[c] for c in DEDUP_COLUMNS})
+        pk, ack = cursor.fetchone()
+        return int(pk), bytes(ack) if ack is not None else None, False
