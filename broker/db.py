@@ -10,7 +10,6 @@ mmap, a larger page cache for readers) because worklist queries sort wide rows.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,51 +71,9 @@ def _configure_sqlite(engine: Engine, readonly: bool) -> None:
             cur.execute(f"PRAGMA cache_size=-{SQLITE_READER_CACHE_KIB}")
         cur.close()
 
-    if readonly:
-        @event.listens_for(engine, "begin")
-        def _on_read(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
-        return
-    lock = _write_lock(str(engine.url.database))
-
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Writers of this process queue on a lock first: SQLite's own busy handler
-        # sleeps with growing pauses (up to 100 ms), which made ACK p99 jump whenever
-        # processing and the message store wrote at once. The wait is bounded, after
-        # which SQLite's busy timeout applies as before.
-        held = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-        conn.info["mwlb_write_lock"] = held
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            _release(conn)
-            raise
-
-    def _release(conn: Any) -> None:
-        if conn.info.pop("mwlb_write_lock", False):
-            lock.release()
-
-    event.listen(engine, "commit", _release)
-    event.listen(engine, "rollback", _release)
-
-    def _release_record(_dbapi_conn: Any, record: Any, *_: Any) -> None:
-        # A connection invalidated or returned mid-transaction must not keep the lock.
-        if record is not None and record.info.pop("mwlb_write_lock", False):
-            lock.release()
-
-    event.listen(engine, "checkin", _release_record)
-    event.listen(engine, "invalidate", _release_record)
-
-
-_WRITE_LOCKS: dict[str, threading.Lock] = {}
-_WRITE_LOCKS_GUARD = threading.Lock()
-
-
-def _write_lock(database: str) -> threading.Lock:
-    """One lock per SQLite file per process, shared by every engine on it."""
-    with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(database, threading.Lock())
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def is_sqlite(engine: Engine) -> bool:
