@@ -217,6 +217,8 @@ class ScheduledProcedureStep(Base):
         Index("ix_sps_status_start", "status", "start_datetime"),
         Index("ix_sps_modality_start", "modality", "start_datetime"),
         Index("ix_sps_date", "start_date"),
+        # A broad query reads steps in start order and stops at the result cap.
+        Index("ix_sps_start", "start_datetime", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

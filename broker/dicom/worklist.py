@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, Text, and_, cast, exists, false, or_, select
+from sqlalchemy import ColumnElement, Text, and_, cast, false, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from broker.config import Settings
@@ -221,9 +221,11 @@ def query_conditions(identifier: Dataset, settings: Settings) -> tuple[list[Cond
             if keyword == "ScheduledStationAETitle":
                 key = parse_key(_elem_value(item, keyword), "AE")
                 if not key.universal:
-                    condition = exists().where(
-                        StationAETitle.sps_pk == ScheduledProcedureStep.id,
-                        _value_condition(StationAETitle.ae_title, key, "AE"))
+                    # IN (subquery), not a correlated EXISTS: the planner can then start
+                    # from the station's steps instead of testing every step of the day.
+                    condition = ScheduledProcedureStep.id.in_(
+                        select(StationAETitle.sps_pk).where(
+                            _value_condition(StationAETitle.ae_title, key, "AE")))
             if condition is not None:
                 conditions.append((keyword, condition))
                 status_given |= keyword == "ScheduledProcedureStepStatus"
