@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.batching import take_batch
 from broker.models import InboundMessage, MessageStatus
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,10 @@ class BackgroundDispatcher:
     """Publishes from a thread of its own, for the serve process: a Redis round trip
     per task would otherwise hold up the MLLP event loop (issue 6 profile: most of its
     time). Inbound messages waiting together are published as one
-    ``process_inbound_batch`` task (a publish costs about 0.6 ms of CPU here, more than
-    storing the message). The work is committed before it is handed over, so a task
+    ``process_inbound_batch`` task (a publish costs 0.6-1 ms of CPU here, more than
+    storing the message); when the last publish was less than LINGER ago, the publisher
+    waits LINGER for more to gather, so a burst costs a few publishes while a lone
+    message goes out at once. The work is committed before it is handed over, so a task
     not yet published when the process dies is re-dispatched by the sweeper; ``close``
     publishes what is still queued."""
 
@@ -192,16 +195,7 @@ class BackgroundDispatcher:
         while (item := self._queue.get()) is not None:
             if time.monotonic() - self._last_publish < self.LINGER:
                 time.sleep(self.LINGER)
-            items = [item]
-            while len(items) < self.MAX_COALESCED:
-                try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if following is None:
-                    self._queue.put(None)  # stop once these are out
-                    break
-                items.append(following)
+            items = take_batch(self._queue, item, self.MAX_COALESCED)
             inbound = [args[0] for task, args, countdown in items
                        if task == "process_inbound" and not countdown]
             if len(inbound) > 1:

@@ -41,7 +41,6 @@ LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN"
                       "UT", "UV"})
 TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH",
                       "ST", "TM", "UC", "UI", "UR", "UT"})
-ITEM, UNDEFINED = 0xFFFEE000, 0xFFFFFFFF
 
 
 class Unsupported(Exception):

@@ -87,7 +87,7 @@ class PendingWriter:
         self._sop_class_uid, self._message_id = sop_class_uid, message_id
         self._buffer: list[bytes] = []
         self._size = 0
-        self._written = 0
+        self._flushed = False
 
     def pending(self, status: int, identifier: bytes) -> None:
         command = self._commands.get(status)
@@ -97,11 +97,11 @@ class PendingWriter:
         frame = frame_message(self._context_id, command, identifier, self._max_pdu)
         self._buffer.append(frame)
         self._size += len(frame)
-        if self._size >= FLUSH_BYTES or not self._written:
+        if self._size >= FLUSH_BYTES or not self._flushed:
             self.flush()
 
     def flush(self) -> None:
         if self._buffer:
             self._socket.send(b"".join(self._buffer))
-            self._written += len(self._buffer)
+            self._flushed = True
             self._buffer, self._size = [], 0

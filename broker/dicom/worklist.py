@@ -44,6 +44,7 @@ from broker.domain.matching import (
     pn_group_key,
     upper_time_bound,
 )
+from broker.domain.types import station_ae_titles
 from broker.models import (
     ImagingOrder,
     Patient,
@@ -315,7 +316,7 @@ class WorklistItem:
     def step(self) -> dict[str, Any]:
         step = dict(decode_attributes(self.step_text))
         step["ScheduledProcedureStepStatus"] = self.status
-        step["ScheduledStationAETitle"] = station_titles(step)
+        step["ScheduledStationAETitle"] = station_ae_titles(step)
         return step
 
     @cached_property
@@ -374,11 +375,3 @@ def _stream(session: Session, query: Any, unsupported: bool, is_cancelled: Any,
                                     row.step_attributes or "", row.procedure_attributes or "",
                                     row.patient_attributes or "")
 
-
-def station_titles(step: dict[str, Any]) -> list[str]:
-    """The step's AE titles as the station_ae_title rows hold them (one value or a
-    list in the stored attributes, empty values dropped; see services.records)."""
-    titles = step.get("ScheduledStationAETitle") or []
-    if isinstance(titles, str):
-        titles = [titles]
-    return [str(title) for title in titles if title]

@@ -21,6 +21,15 @@ from typing import Any
 Attributes = dict[str, Any]
 
 
+def station_ae_titles(step: Attributes) -> list[str]:
+    """The Scheduled Station AE Titles of SPS attributes as a list: the stored value is
+    one title or a list of them; empty values are dropped."""
+    titles = step.get("ScheduledStationAETitle") or []
+    if isinstance(titles, str):
+        titles = [titles]
+    return [str(title) for title in titles if title]
+
+
 @dataclass
 class PatientRecord:
     """Patient-level attributes (Patient Identification/Demographic/Medical modules,

@@ -49,7 +49,7 @@ class HL7Receiver:
 
     async def __call__(self, raw: bytes, peer: str) -> bytes | None:
         loop = asyncio.get_running_loop()
-        received = await self.inbox.receive_async(raw, peer)
+        received = await self.inbox.receive(raw, peer)
         pk = received.message_pk
         if pk is None:  # the store failed: AR 207
             return received.ack

@@ -109,13 +109,9 @@ class Inbox:
         self.accept_any_version = accept_any_version
         self.allowed_senders = list(allowed_senders)
 
-    def receive(self, raw: bytes, peer: str) -> Received:
-        """Store one message and say what to answer (blocks until committed)."""
-        msg, pending = self.prepare(raw, peer)
-        return self.outcome(msg, pending, self.writer.store(pending).result())
-
-    async def receive_async(self, raw: bytes, peer: str) -> Received:
-        """:meth:`receive` for the MLLP event loop: only the commit is waited for."""
+    async def receive(self, raw: bytes, peer: str) -> Received:
+        """Store one message and say what to answer; on the MLLP event loop, only
+        the commit is waited for."""
         msg, pending = self.prepare(raw, peer)
         stored = await asyncio.wrap_future(self.writer.store(pending))
         return self.outcome(msg, pending, stored)

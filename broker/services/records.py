@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.domain.matching import normalise_time, person_name_key, person_name_keys
-from broker.domain.types import Attributes
+from broker.domain.types import Attributes, station_ae_titles
 from broker.models import (
     Patient,
     RequestedProcedure,
@@ -77,10 +77,7 @@ def sync_step(sps: ScheduledProcedureStep) -> None:
     )
     sps.station_name = _text(a, "ScheduledStationName")
     sps.location = _text(a, "ScheduledProcedureStepLocation")
-    titles = a.get("ScheduledStationAETitle", [])
-    if isinstance(titles, str):
-        titles = [titles] if titles else []
-    wanted = [str(t) for t in titles if t]
+    wanted = station_ae_titles(a)
     rows = sps.station_ae_titles
     # Update rows in place (same primary key), then add or drop the tail: a delete and
     # re-insert of one key in a single flush would collide.

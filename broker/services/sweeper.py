@@ -15,7 +15,7 @@ from typing import cast
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.db import refresh_planner_statistics, unit_of_work
+from broker.db import is_sqlite, refresh_planner_statistics, unit_of_work
 from broker.models import (
     AvailabilityNotification,
     InboundMessage,
@@ -114,15 +114,17 @@ class Sweeper(threading.Thread):
     def _analyze(self) -> None:
         now = datetime.now(UTC)
         with self.factory() as session:
-            steps = session.scalar(select(func.count()).select_from(ScheduledProcedureStep))
-            engine = session.get_bind()
-        steps = int(steps or 0)
+            engine = cast(Engine, session.get_bind())
+            if not is_sqlite(engine):  # PostgreSQL's autovacuum keeps its statistics
+                return
+            steps = int(session.scalar(
+                select(func.count()).select_from(ScheduledProcedureStep)) or 0)
         if self._analyzed is not None:
             when, count = self._analyzed
             if now - when < self.ANALYZE_EVERY and steps < 2 * count + 100:
                 return
-        if refresh_planner_statistics(cast(Engine, engine)):
-            log.info("planner statistics refreshed (%d steps)", steps)
+        refresh_planner_statistics(engine)
+        log.info("planner statistics refreshed (%d steps)", steps)
         self._analyzed = (now, steps)
 
     def run(self) -> None:
