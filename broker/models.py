@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -65,15 +66,19 @@ class SPSStatus(StrEnum):
 class InboundMessage(Base):
     """The message store: every HL7 message received, raw, with the ACK we sent.
 
-    (sending_application, sending_facility, control_id) = (MSH-3, MSH-4, MSH-10) is the
-    duplicate-detection key (checklist H1); it is unique so that two connections racing
-    with the same message cannot both store it.
+    A message is a duplicate of a stored one when (sending_application,
+    sending_facility, control_id) = (MSH-3, MSH-4, MSH-10) match AND its content does
+    (``content_hash``: the message without MSH-7, see
+    :func:`broker.services.inbound.content_hash`). The four are unique together, so two
+    connections racing with the same message cannot both store it, while a sender that
+    reuses a control id for new content has each message stored (and flagged).
     """
 
     __tablename__ = "inbound_message"
     __table_args__ = (
         UniqueConstraint(
-            "sending_application", "sending_facility", "control_id", name="uq_inbound_dedup"
+            "sending_application", "sending_facility", "control_id", "content_hash",
+            name="uq_inbound_dedup"
         ),
         Index("ix_inbound_ordering", "ordering_key", "status", "id"),
         Index("ix_inbound_status_received", "status", "received_at"),
@@ -107,6 +112,13 @@ class InboundMessage(Base):
     error_text: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str | None] = mapped_column(Text)  # what processing did, for people
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    # The sender used this MSH-10 before for other content (stored as a new message).
+    control_id_reused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Adjustments made to accept the message (broker.hl7.warnings), as a JSON list of
+    # {code, location, text}; NULL when there were none.
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    warning_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Patient(Base):

@@ -7,10 +7,12 @@ cost milliseconds. Tests parse our ACKs with hl7apy to keep them structurally va
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
-from broker.hl7.errors import ERROR_TEXT, HL7Error
+from broker.hl7.errors import ERROR_TEXT, ErrorLocation, HL7Error
 from broker.hl7.message import Delimiters, Message
+from broker.hl7.warnings import HL7Warning
 
 
 def escape(text: str, d: Delimiters) -> str:
@@ -33,8 +35,12 @@ def _is_v25_or_later(version: str) -> bool:
 
 def build_ack(inbound: Message | None, ack_code: str, error: HL7Error | None = None, *,
               text: str = "", control_id: str | None = None,
-              now: datetime | None = None) -> bytes:
+              now: datetime | None = None, warnings: Sequence[HL7Warning] = ()) -> bytes:
     """An ACK for ``inbound`` (MSA-1 ``ack_code``; ERR when ``error`` is given).
+
+    ``warnings`` (adjustments made to accept the message) follow as ERR segments of
+    severity W (ERR-4) from v2.5; v2.3.x ERR has no severity, so there they are only
+    kept in the message store.
 
     MSH-3/4 and MSH-5/6 are the inbound's swapped; MSH-9 is ``ACK^<event>`` for 2.3.x
     and ``ACK^<event>^ACK`` from 2.5; MSH-10 is new; MSH-11/12 echo the inbound;
@@ -72,14 +78,17 @@ def build_ack(inbound: Message | None, ack_code: str, error: HL7Error | None = N
         msa.append(escape(text or (error.text if error else ""), d))
     segments.append(d.field.join(msa))
     if error is not None:
-        segments.append(_err_segment(error, d, v25))
+        segments.append(_err_segment(error.code, error.text, error.location, d, v25))
+    if v25:
+        segments += [_err_segment(w.code, w.text, w.location, d, v25, severity="W")
+                     for w in warnings]
     body = "\r".join(segments) + "\r"
     return body.encode(codec if codec != "ascii" else "ascii", errors="replace")
 
 
-def _err_segment(error: HL7Error, d: Delimiters, v25: bool) -> str:
-    loc = error.location
-    name = ERROR_TEXT.get(error.code, "Error")
+def _err_segment(code: int, text: str, loc: ErrorLocation | None, d: Delimiters, v25: bool,
+                 severity: str = "E") -> str:
+    name = ERROR_TEXT.get(code, "Error")
     c, s = d.component, d.subcomponent
     where = ""
     if loc is not None:
@@ -88,11 +97,11 @@ def _err_segment(error: HL7Error, d: Delimiters, v25: bool) -> str:
             parts.append(str(loc.component))
         where = c.join(parts).rstrip(c)
     if v25:
-        code = c.join([str(error.code), name, "HL70357"])
-        fields = ["ERR", "", where, code, "E", "", "", "", escape(error.text, d)]
+        coded = c.join([str(code), name, "HL70357"])
+        fields = ["ERR", "", where, coded, severity, "", "", "", escape(text, d)]
         return d.field.join(fields)
-    location = c.join([where, f"{error.code}{s}{name}{s}HL70357"]) if where else (
-        f"{c}{c}{c}{error.code}{s}{name}{s}HL70357")
+    location = c.join([where, f"{code}{s}{name}{s}HL70357"]) if where else (
+        f"{c}{c}{c}{code}{s}{name}{s}HL70357")
     return d.field.join(["ERR", location])
 
 

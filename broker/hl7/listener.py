@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.hl7.ack import build_ack
 from broker.hl7.message import parse
+from broker.hl7.warnings import from_json
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
 from workers.dispatch import Dispatcher
@@ -86,7 +87,8 @@ class HL7Receiver:
                 row = session.get(InboundMessage, pk)
                 if row is not None and row.ack is not None:
                     return row.ack
-                ack = build_ack(parse(raw), "AA")
+                ack = build_ack(parse(raw), "AA",
+                                warnings=from_json(row.warnings if row is not None else None))
                 session.execute(
                     update(InboundMessage)
                     .where(InboundMessage.id == pk, InboundMessage.ack.is_(None))

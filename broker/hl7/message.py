@@ -13,12 +13,14 @@ characters) so that callers can tell "clear this value" from "not sent" (empty).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from broker.hl7 import charsets
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
+from broker.hl7.warnings import HL7Warning
 
 NULL = '""'
 _PATH = re.compile(r"^([A-Z0-9]{3})-(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
@@ -164,6 +166,8 @@ class Message:
         self.delimiters = delimiters
         self.charset = charset
         self.msh18 = msh18
+        # Adjustments made to read the message (framing, charset); see broker.hl7.warnings.
+        self.warnings: list[HL7Warning] = []
         self.segments = [Segment(s, self) for s in text.split("\r") if s.strip()]
         self._escape_re = re.compile(
             re.escape(delimiters.escape) + r"([^" + re.escape(delimiters.escape) + r"\r]*)"
@@ -294,3 +298,21 @@ def parse(raw: bytes, default_charset: str = "ASCII") -> Message:
         raise error from None
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     return Message(text, delimiters, charset, msh18)
+
+
+def content_hash(raw: bytes) -> str:
+    """SHA-256 of a message's content for duplicate detection (HL7 v2.5.1 2.10.1:
+    a resent message keeps its MSH-10): the bytes with MSH-7 (the time of sending,
+    which a resend may renew) left out, segment ends normalised to CR, and framing
+    that carries no content (a byte order mark, blank lines, white space at either
+    end) ignored."""
+    text = raw.removeprefix(b"\xef\xbb\xbf").strip()
+    segments = [s for s in text.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+                if s.strip()]
+    if segments and segments[0].startswith(b"MSH") and len(segments[0]) > 3:
+        separator = segments[0][3:4]
+        fields = segments[0].split(separator)
+        if len(fields) > 6:
+            fields[6] = b""
+            segments[0] = separator.join(fields)
+    return hashlib.sha256(b"\r".join(segments)).hexdigest()

@@ -4,8 +4,12 @@ Contract (DESIGN.md "Non-negotiable behaviour", checklist B1-B3, H1):
 
 1. The raw bytes are stored whatever they hold: unreadable or unsupported messages are
    stored with status ``rejected`` and answered AR with an ERR naming the field.
-2. A message whose (MSH-3, MSH-4, MSH-10) is already stored is a duplicate: the ACK
-   stored for it is replayed and no new work is done.
+2. A message whose (MSH-3, MSH-4, MSH-10) and content (everything but MSH-7, see
+   :func:`broker.hl7.message.content_hash`) are already stored is a duplicate: the ACK
+   stored for it is replayed and no new work is done. The same key with other content
+   is a new message (senders reset their counters): it is stored and processed, and
+   flagged with a warning (Table 0357 code 205) so the reuse is visible. An ACK is
+   therefore only ever replayed to the message it was built for.
 3. AA is only ever sent after the row (raw bytes + dedup key) is committed. In
    ``store`` ACK mode the AA is written into that same row, so one commit suffices; in
    ``application`` mode the processor writes the ACK with the outcome. Rows are
@@ -33,7 +37,8 @@ from broker.audit import hooks as audit
 from broker.config import AckMode, AllowedSender
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
-from broker.hl7.message import Message, parse
+from broker.hl7.message import Message, content_hash, parse
+from broker.hl7.warnings import CONTROL_ID_REUSED, HL7Warning, to_json
 from broker.models import MessageStatus
 from broker.security.access import peer_ip, sender_allowed
 from broker.services.message_store import MessageStoreWriter, Pending
@@ -132,13 +137,25 @@ class Inbox:
             error = exc
             msg = msg or exc.partial
         values = _row_values(raw, peer, msg)
+        warnings = list(msg.warnings) if msg is not None else []
+        _set_warnings(values, warnings)
         if error is not None:
             values.update(status=MessageStatus.REJECTED.value, error_code=error.code,
                           error_text=error.text, error_location=str(error.location or ""),
                           ack=build_ack(msg, error.ack_code, error), ack_code=error.ack_code)
         elif self.ack_mode is AckMode.STORE:
-            values.update(ack=build_ack(msg, "AA"), ack_code="AA")
-        return msg, Pending(values, alert)
+            values.update(ack=build_ack(msg, "AA", warnings=warnings), ack_code="AA")
+
+        def on_reuse(row: dict[str, Any]) -> None:
+            log.warning("sender %s/%s reused MSH-10 %s for another message: stored as new",
+                        row["sending_application"], row["sending_facility"],
+                        row["control_id"])
+            warnings.append(CONTROL_ID_REUSED)
+            _set_warnings(row, warnings)
+            if row["ack_code"] == "AA":
+                row["ack"] = build_ack(msg, "AA", warnings=warnings)
+
+        return msg, Pending(values, alert, on_reuse)
 
     def outcome(self, msg: Message | None, pending: Pending,
                 stored: tuple[int, bytes | None, bool] | None) -> Received:
@@ -169,6 +186,10 @@ class Inbox:
                                  what="HL7 sender not allowed from this address")
 
 
+def _set_warnings(row: dict[str, Any], warnings: list[HL7Warning]) -> None:
+    row.update(warnings=to_json(warnings), warning_count=len(warnings))
+
+
 def _row_values(raw: bytes, peer: str, msg: Message | None) -> dict[str, Any]:
     """Column values of the message store row (header fields for search and order)."""
     now = datetime.now(UTC)
@@ -179,7 +200,8 @@ def _row_values(raw: bytes, peer: str, msg: Message | None) -> dict[str, Any]:
         "receiving_application": None, "receiving_facility": None, "message_type": "",
         "version": "", "message_datetime": "", "patient_key": None, "ordering_key": "",
         "accession_number": None, "error_code": None, "error_text": None,
-        "error_location": None,
+        "error_location": None, "content_hash": content_hash(raw),
+        "control_id_reused": False, "warnings": None, "warning_count": 0,
     }
     if msg is None:
         return row

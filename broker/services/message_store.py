@@ -6,12 +6,16 @@ transaction, so concurrent senders share a commit (its fsync) instead of each pa
 for one. A caller gets its result only after that commit: AA is still only sent for
 a committed message (checklist B2).
 
-Each row is one ``INSERT ... ON CONFLICT (MSH-3, MSH-4, MSH-10) DO NOTHING RETURNING
-id``; no id back means a duplicate, whose id and stored ACK are then read and replayed
-(H1). If a batch fails, each of its messages is stored again in a transaction of its
-own, so one message the database refuses cannot take the others with it; a message
-that still cannot be stored gets ``None`` (the caller answers AR 207, nothing is
-kept).
+Each message first reads the stored messages with its (MSH-3, MSH-4, MSH-10): one
+with the same content hash makes it a duplicate, whose id and stored ACK are replayed
+and nothing is stored; others mean the sender reused the control id for new content,
+which is stored as a new message and flagged (``Pending.on_reuse``). Then one ``INSERT
+... ON CONFLICT (MSH-3, MSH-4, MSH-10, content hash) DO NOTHING RETURNING id``; no id
+back means a racing connection stored the same message first: a duplicate too.
+
+If a batch fails, each of its messages is stored again in a transaction of its own,
+so one message the database refuses cannot take the others with it; a message that
+still cannot be stored gets ``None`` (the caller answers AR 207, nothing is kept).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,16 +39,19 @@ from broker.models import InboundMessage
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
-DEDUP_COLUMNS = ("sending_application", "sending_facility", "control_id")
+KEY_COLUMNS = ("sending_application", "sending_facility", "control_id")
+DEDUP_COLUMNS = (*KEY_COLUMNS, "content_hash")
 
 
 @dataclass
 class Pending:
-    """A message ready to store: its column values (ACK included when already known)
-    and, for a refused sender, a security alert written in the same transaction."""
+    """A message ready to store: its column values (ACK included when already known);
+    for a refused sender, a security alert written in the same transaction; and what
+    to change in the values when the control id turns out to be reused."""
 
     values: dict[str, Any]
     alert: Callable[[Session], None] | None = None
+    on_reuse: Callable[[dict[str, Any]], None] | None = None
     result: Future[tuple[int, bytes | None, bool] | None] = field(default_factory=Future)
 
 
@@ -115,7 +122,7 @@ class MessageStoreWriter:
                     session.flush()
         cursor = conn.connection.cursor()
         try:
-            return [self._statements.store(cursor, pending.values) for pending in batch]
+            return [self._statements.store(cursor, pending) for pending in batch]
         finally:
             cursor.close()
 
@@ -135,27 +142,53 @@ class _Statements:
             processor = column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
             if processor is not None:
                 self._processors[column.key] = processor
-        where = " AND ".join(f"{c} = {self._mark(c)}" for c in DEDUP_COLUMNS)
-        self._select_sql = f"SELECT id, ack FROM inbound_message WHERE {where}"
+        where = " AND ".join(f"{c} = {self._mark(c)}" for c in KEY_COLUMNS)
+        self._select_sql = (f"SELECT id, content_hash, ack FROM inbound_message WHERE {where} "
+                            "ORDER BY id")
 
     def _mark(self, name: str) -> str:
         return f"%({name})s" if self.dialect.paramstyle == "pyformat" else f":{name}"
 
-    def store(self, cursor: Any, values: dict[str, Any]) -> tuple[int, bytes | None, bool]:
+    def store(self, cursor: Any, pending: Pending) -> tuple[int, bytes | None, bool]:
+        values = pending.values
+        if values.get("control_id") is not None:
+            stored = self._stored(cursor, pending)
+            if stored is not None:
+                return stored
         if self._insert_sql is None:
             self._columns = sorted(values)
             marks = ", ".join(self._mark(c) for c in self._columns)
             self._insert_sql = (
                 f"INSERT INTO inbound_message ({', '.join(self._columns)}) VALUES ({marks}) "
                 f"ON CONFLICT ({', '.join(DEDUP_COLUMNS)}) DO NOTHING RETURNING id")
-        params = {c: values[c] for c in self._columns}
-        for name, processor in self._processors.items():
-            if name in params:
-                params[name] = processor(params[name])
+        params = self._params(values, self._columns)
         cursor.execute(self._insert_sql, params)
         row = cursor.fetchone()
         if row is not None:
             return int(row[0]), values.get("ack"), True
-        cursor.execute(self._select_sql, {c: params[c] for c in DEDUP_COLUMNS})
-        pk, ack = cursor.fetchone()
-        return int(pk), bytes(ack) if ack is not None else None, False
+        stored = self._stored(cursor, pending)
+        if stored is None:  # cannot happen: the conflicting row is visible now
+            raise RuntimeError("message store: conflicting row not found")
+        return stored
+
+    def _stored(self, cursor: Any, pending: Pending) -> tuple[int, bytes | None, bool] | None:
+        """The stored duplicate of the message (same key and content), if any; a stored
+        message with the same key and other content marks it as reusing the key."""
+        values = pending.values
+        cursor.execute(self._select_sql, self._params(values, KEY_COLUMNS))
+        rows = cursor.fetchall()
+        for pk, digest, ack in rows:
+            if digest == values["content_hash"]:
+                return int(pk), bytes(ack) if ack is not None else None, False
+        if rows and not values.get("control_id_reused"):
+            values["control_id_reused"] = True
+            if pending.on_reuse is not None:
+                pending.on_reuse(values)
+        return None
+
+    def _params(self, values: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+        params = {c: values[c] for c in columns}
+        for name, processor in self._processors.items():
+            if name in params:
+                params[name] = processor(params[name])
+        return params

@@ -33,9 +33,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
+from broker.hl7 import warnings
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import Message, parse
+from broker.hl7.warnings import HL7Warning
 from broker.models import InboundMessage, MessageStatus
 from broker.services.orders import apply_order
 from broker.services.patients import apply_adt
@@ -96,7 +98,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
     row.attempts += 1
     msg: Message | None = None
     try:
-        with session.begin_nested():
+        with session.begin_nested(), warnings.collecting() as found:
             msg = parse(row.raw)
             mapped = mapper(msg)
             if isinstance(mapped, AdtMessage):
@@ -132,10 +134,23 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
     row.outcome = "; ".join(outcome)
     row.error_code = row.error_location = row.error_text = None
     row.processed_at = datetime.now(UTC)
+    all_warnings = record_warnings(row, msg.warnings if msg else [], found)
     if row.ack is None:
-        row.ack = build_ack(msg, "AA")
+        row.ack = build_ack(msg, "AA", warnings=all_warnings)
         row.ack_code = "AA"
     log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
+
+
+def record_warnings(row: InboundMessage, read: list[HL7Warning],
+                    found: list[HL7Warning]) -> list[HL7Warning]:
+    """Every adjustment made to accept the message, kept on the row and returned for
+    the ACK: a reused control id, those of reading it, those of mapping it. They are
+    worked out again on each attempt, so reprocessing replaces the earlier list."""
+    merged = [warnings.CONTROL_ID_REUSED] if row.control_id_reused else []
+    merged += [w for w in [*read, *found] if w not in merged]
+    row.warnings = warnings.to_json(merged)
+    row.warning_count = len(merged)
+    return merged
 
 
 def _fail(row: InboundMessage, msg: Message | None, error: HL7Error) -> None:
