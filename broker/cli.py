@@ -29,6 +29,7 @@ from broker.cli_common import (
 from broker.cli_console import register as register_console_commands
 from broker.cli_performed import outbound_app, reconcile_app
 from broker.config import Settings
+from broker.hl7.warnings import from_json
 
 app = typer.Typer(help="Modality worklist and HL7 integration broker.",
                   no_args_is_help=True, rich_markup_mode=None)
@@ -200,6 +201,8 @@ def mapping_test(
 def messages_list(
     config: ConfigOption = None,
     status: Annotated[str | None, typer.Option(help="received|processed|failed|rejected")] = None,
+    warnings: Annotated[bool, typer.Option("--warnings", help="Only messages with warnings.")
+                        ] = False,
     limit: Annotated[int, typer.Option(help="Most recent N.")] = 50,
 ) -> None:
     """List stored messages, newest first (ids, types and outcomes; no patient data)."""
@@ -209,13 +212,16 @@ def messages_list(
     query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
     if status:
         query = query.where(InboundMessage.status == status)
-    table = Table("id", "received", "type", "MSH-10", "status", "ACK", "error")
+    if warnings:
+        query = query.where(InboundMessage.warning_count > 0)
+    table = Table("id", "received", "type", "MSH-10", "status", "ACK", "warnings", "error")
     with factory() as session:
         for row in session.scalars(query):
             error = f"{row.error_code} {row.error_location or ''} {row.error_text or ''}".strip()
             table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
                           row.message_type, row.control_id or "", row.status,
-                          row.ack_code or "", error if row.error_code else "")
+                          row.ack_code or "", str(row.warning_count or ""),
+                          error if row.error_code else "")
     console.print(table)
 
 
@@ -236,6 +242,8 @@ def messages_show(message_id: int, config: ConfigOption = None) -> None:
             console.print(f"error {row.error_code} at {row.error_location}: {row.error_text}")
         if row.outcome:
             console.print(f"outcome: {row.outcome}")
+        for warning in from_json(row.warnings):
+            console.print(f"warning {warning}", markup=False)
         console.print("--- message", markup=False)
         print(row.raw.decode("utf-8", "replace").replace("\r", "\n"))
         if row.ack:

@@ -52,11 +52,13 @@ def dashboard(request: Request, session: DB, user: Viewer) -> dict[str, Any]:
 def messages(session: DB, user: Viewer, control_id: str = "", accession: str = "",
              patient_id: str = "", type: str = "", status: str = "",
              since: datetime | None = None, until: datetime | None = None,
-             limit: int = 100) -> list[dict[str, Any]]:
-    """Search the inbound message store."""
+             warnings: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    """Search the inbound message store (``warnings=true``: only messages accepted
+    with adjustments)."""
     return queries.search_messages(session, control_id=control_id, accession=accession,
                                    patient_id=patient_id, message_type=type, status=status,
-                                   since=since, until=until, limit=min(limit, 1000))
+                                   since=since, until=until, with_warnings=warnings,
+                                   limit=min(limit, 1000))
 
 
 @router.get("/messages/{message_id}")

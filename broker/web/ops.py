@@ -49,6 +49,14 @@ class BrokerCollector(Collector):
             if code:
                 acks.add_metric([code], count)
         yield acks
+        warned, reused = session.execute(select(
+            func.count(InboundMessage.id).filter(InboundMessage.warning_count > 0),
+            func.count(InboundMessage.id).filter(InboundMessage.control_id_reused))).one()
+        yield CounterMetricFamily("mwlb_hl7_messages_with_warnings",
+                                  "Messages accepted with adjustments (warnings)", value=warned)
+        yield CounterMetricFamily("mwlb_hl7_control_id_reused",
+                                  "Messages whose MSH-10 the sender had used for other content",
+                                  value=reused)
         queued = session.scalar(select(func.count(InboundMessage.id)).where(
             InboundMessage.status == "received")) or 0
         yield GaugeMetricFamily("mwlb_hl7_queue_depth", "Stored messages not yet applied",

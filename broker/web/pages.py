@@ -102,17 +102,18 @@ def _moment(value: str) -> datetime | None:
 @router.get("/messages")
 def messages(request: Request, session: DB, user: PageViewer, control_id: str = "",
              accession: str = "", patient_id: str = "", type: str = "", status: str = "",
-             since: str = "", until: str = "") -> HTMLResponse:
+             since: str = "", until: str = "", warnings: str = "") -> HTMLResponse:
     zone = ZoneInfo(runtime_of(request).timezone)
     start, end = _moment(since), _moment(until)
     rows = queries.search_messages(
         session, control_id=control_id, accession=accession, patient_id=patient_id,
         message_type=type, status=status,
         since=start.replace(tzinfo=zone) if start else None,
-        until=end.replace(tzinfo=zone) if end else None)
+        until=end.replace(tzinfo=zone) if end else None, with_warnings=bool(warnings))
     return render(request, "messages.html", user, rows=rows, filters={
         "control_id": control_id, "accession": accession, "patient_id": patient_id,
-        "type": type, "status": status, "since": since, "until": until})
+        "type": type, "status": status, "since": since, "until": until,
+        "warnings": warnings})
 
 
 @router.get("/messages/{message_id}")

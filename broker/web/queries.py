@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from broker.config import Settings
 from broker.dicom.worklist import build_query, excluding_keys
 from broker.hl7.message import parse
+from broker.hl7.warnings import from_json
 from broker.models import (
     DicomRequest,
     InboundMessage,
@@ -82,6 +83,9 @@ def dashboard(session: Session, settings: Settings) -> dict[str, Any]:
                         "failed": inbound.get("failed", 0),
                         "rejected": inbound.get("rejected", 0),
                         "queued": inbound.get("received", 0),
+                        "with_warnings": session.scalar(
+                            select(func.count(InboundMessage.id))
+                            .where(InboundMessage.warning_count > 0)) or 0,
                         "oldest_queued_seconds": age},
         "dicom": {"worklist_queries": session.scalar(select(func.count(WorklistQuery.id))) or 0,
                   "mpps": session.scalar(select(func.count(PerformedProcedureStep.id))) or 0,
@@ -122,8 +126,10 @@ def health(session: Session, settings: Settings) -> dict[str, Any]:
 def search_messages(session: Session, *, control_id: str = "", accession: str = "",
                     patient_id: str = "", message_type: str = "", status: str = "",
                     since: datetime | None = None, until: datetime | None = None,
-                    limit: int = 100) -> list[dict[str, Any]]:
+                    with_warnings: bool = False, limit: int = 100) -> list[dict[str, Any]]:
     query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
+    if with_warnings:
+        query = query.where(InboundMessage.warning_count > 0)
     if control_id:
         query = query.where(InboundMessage.control_id == control_id)
     if accession:
@@ -150,7 +156,9 @@ def _message_row(row: InboundMessage) -> dict[str, Any]:
             "accession": row.accession_number or "", "status": row.status,
             "ack_code": row.ack_code or "", "attempts": row.attempts,
             "error": (f"{row.error_code} {row.error_location or ''}: {row.error_text or ''}"
-                      if row.error_code else ""), "outcome": row.outcome or ""}
+                      if row.error_code else ""), "outcome": row.outcome or "",
+            "warnings": [str(w) for w in from_json(row.warnings)],
+            "control_id_reused": bool(row.control_id_reused)}
 
 
 @lru_cache(maxsize=2048)
