@@ -178,22 +178,45 @@ def mapping_test(
                                                 exists=True, dir_okay=False)],
     config: ConfigOption = None,
 ) -> None:
-    """Print the worklist items the message(s) would produce. Touches no database."""
-    from broker.mapping.apply import mapping_test as render
+    """Dry run of live processing: print the worklist items each message would produce,
+    its warnings and the ACK the broker would send. Order state is checked against
+    the configured database without writing to it (exit 1 unless every ACK is AA)."""
+    from broker.domain.types import AdtMessage, OrderMessage
+    from broker.hl7.client import read_hl7_file
+    from broker.hl7.message import Message
+    from broker.mapping.apply import map_message
     from broker.mapping.profile import load_profiles
+    from broker.mapping.render import describe
     from broker.runtime import local_zone_name
+    from broker.services.dry_run import dry_run, dry_run_database
 
     settings = settings_from(config)
     profiles = load_profiles(settings.mappings_dir)
     zone = settings.timezone or local_zone_name()
-    failed = False
-    for path in files:
-        try:
-            print(render(path, profiles, zone))
-        except Exception as exc:  # an HL7Error names the field; show it and go on
-            err_console.print(f"[red]{path}:[/red] {exc}")
-            failed = True
-    if failed:
+
+    def mapper(msg: Message) -> OrderMessage | AdtMessage:
+        return map_message(msg, profiles, timezone=zone)
+
+    refused = False
+    with dry_run_database(settings) as (factory, where):
+        console.print(f"order state: {where}", markup=False)
+        for path in files:
+            for raw in read_hl7_file(path):
+                result = dry_run(raw, factory, mapper,
+                                 accept_any_version=settings.accept_unknown_hl7_version)
+                msg = result.message
+                console.print(f"== {path.name}: {msg.message_type if msg else '?'} MSH-10 "
+                              f"{msg.control_id if msg else '?'}"
+                              + (f" (profile {result.mapped.profile})" if result.mapped else ""),
+                              markup=False)
+                if result.mapped is not None:
+                    print("\n".join(describe(result.mapped)))
+                for warning in result.warnings:
+                    console.print(f"warning {warning}", markup=False)
+                console.print(f"ACK {result.ack_code}"
+                              + (f": {result.error}" if result.error else ""), markup=False)
+                refused |= not result.accepted
+    if refused:
         raise typer.Exit(1)
 
 

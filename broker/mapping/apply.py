@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path as FilePath
 from typing import Any
 
 from broker.domain.types import (
@@ -28,9 +27,8 @@ from broker.domain.types import (
     ProcedureRecord,
     StepRecord,
 )
-from broker.hl7.client import read_hl7_file
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
-from broker.hl7.message import NULL, Message, Path, Segment, parse
+from broker.hl7.message import NULL, Message, Path, Segment
 from broker.mapping import conversions as conv
 from broker.mapping.profile import Profile, ProfileSet, Rule, Station
 
@@ -544,49 +542,3 @@ def render_items(order: OrderMessage) -> list[Attributes]:
             item["ScheduledProcedureStepSequence"] = [step.attributes]
             items.append(item)
     return items
-
-
-def _show(value: Any, indent: str) -> list[str]:
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        lines = []
-        for n, item in enumerate(value, start=1):
-            lines.append(f"{indent}item {n}:")
-            for key, sub in item.items():
-                shown = _show(sub, indent + "    ")
-                if len(shown) == 1 and not shown[0].startswith(indent + "    item"):
-                    lines.append(f"{indent}  {key}: {shown[0].strip()}")
-                else:
-                    lines.append(f"{indent}  {key}:")
-                    lines += shown
-        return lines
-    if isinstance(value, list):
-        return [indent + "\\".join(str(v) for v in value)]
-    return [indent + repr(value) if isinstance(value, str) and not value else indent + str(value)]
-
-
-def mapping_test(path: FilePath, profiles: ProfileSet, timezone: str) -> str:
-    """Readable listing of what each message in ``path`` maps to (no database)."""
-    out: list[str] = []
-    for raw in read_hl7_file(path):
-        msg = parse(raw)
-        mapped = map_message(msg, profiles, timezone=timezone)
-        out.append(f"== {path.name}: {msg.message_type} MSH-10 {msg.control_id} "
-                   f"(profile {mapped.profile})")
-        if isinstance(mapped, AdtMessage):
-            out.append(f"ADT {mapped.event}: patient {mapped.patient.patient_id}"
-                       + (f", merges {mapped.prior_patient[0]}" if mapped.prior_patient else ""))
-            for key, value in mapped.patient.attributes.items():
-                out.append(f"  {key}: " + "\n".join(_show(value, "    ")).strip())
-            continue
-        items = render_items(mapped)
-        for n, (item, step) in enumerate(
-                zip(items, [s for p in mapped.procedures for s in p.steps], strict=True),
-                start=1):
-            out.append(f"-- worklist item {n} (ORC-1 {step.order_control}, station rule "
-                       f"{step.station_rule or '-'})")
-            for key, value in item.items():
-                shown = _show(value, "    ")
-                out.append(f"  {key}: {shown[0].strip()}" if len(shown) == 1 else f"  {key}:")
-                if len(shown) > 1:
-                    out += shown
-    return "\n".join(out)

@@ -136,7 +136,7 @@ class Inbox:
         except HL7Error as exc:
             error = exc
             msg = msg or exc.partial
-        values = _row_values(raw, peer, msg)
+        values = row_values(raw, peer, msg)
         warnings = list(msg.warnings) if msg is not None else []
         _set_warnings(values, warnings)
         if error is not None:
@@ -190,7 +190,7 @@ def _set_warnings(row: dict[str, Any], warnings: list[HL7Warning]) -> None:
     row.update(warnings=to_json(warnings), warning_count=len(warnings))
 
 
-def _row_values(raw: bytes, peer: str, msg: Message | None) -> dict[str, Any]:
+def row_values(raw: bytes, peer: str, msg: Message | None) -> dict[str, Any]:
     """Column values of the message store row (header fields for search and order)."""
     now = datetime.now(UTC)
     row: dict[str, Any] = {

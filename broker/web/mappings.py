@@ -1,6 +1,7 @@
-"""The mappings screen (issue 4 §3): the profiles and their validation state, and a
-dry run: an HL7 message pasted in -> the worklist items it would produce, compared
-field by field with what is stored now for the same steps. Nothing is written."""
+"""The mappings screen: the profiles and their validation state, and a dry run: an HL7
+message pasted in -> the ACK live processing would send, its warnings, and the
+worklist items it would produce, compared field by field with what is stored now for
+the same steps. Nothing is written."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.domain.types import AdtMessage
-from broker.hl7.errors import HL7Error
-from broker.hl7.message import parse
-from broker.mapping.apply import map_message, render_items
+from broker.mapping.apply import render_items
 from broker.mapping.profile import check_directory
 from broker.models import RequestedProcedure, ScheduledProcedureStep
 from broker.runtime import Runtime
+from broker.services.dry_run import dry_run as run_dry
 from broker.web.queries import flat_attributes
 
 
@@ -40,19 +40,21 @@ def _stored_item(session: Session, accession: str, sps_id: str) -> dict[str, Any
 
 
 def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
-    """Map ``message`` with the loaded profiles; never writes."""
+    """Run ``message`` through live processing against the current state and roll it
+    back (:mod:`broker.services.dry_run`): the ACK it would get, its warnings, and
+    the items it would produce compared with what is stored now. Never writes."""
     raw = message.strip().replace("\r\n", "\r").replace("\n", "\r").encode("utf-8")
-    try:
-        msg = parse(raw)
-        mapped = map_message(msg, runtime.profiles, timezone=runtime.timezone)
-    except HL7Error as exc:
-        return {"error": f"{exc.code} at {exc.location or '-'}: {exc.text}", "items": []}
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}", "items": []}
+    result = run_dry(raw, runtime.session_factory, runtime.map,
+                     accept_any_version=runtime.settings.accept_unknown_hl7_version)
+    out: dict[str, Any] = {"ack_code": result.ack_code, "error": result.error,
+                           "warnings": result.warnings, "items": []}
+    mapped = result.mapped
+    if mapped is None:  # refused before or while mapping
+        return out
+    out["profile"] = mapped.profile
     if isinstance(mapped, AdtMessage):
-        return {"profile": mapped.profile, "adt": mapped.event,
-                "patient": flat_attributes(mapped.patient.attributes), "items": []}
-    items = []
+        return {**out, "adt": mapped.event,
+                "patient": flat_attributes(mapped.patient.attributes)}
     for item in render_items(mapped):
         new = flat_attributes(item)
         step = item["ScheduledProcedureStepSequence"][0]
@@ -64,5 +66,6 @@ def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
         diff = [{"attribute": key, "stored": stored.get(key, ""), "new": new[key]}
                 for key in sorted(new) if stored_item is not None
                 and stored.get(key, "") != new[key]]
-        items.append({"attributes": new, "stored": stored_item is not None, "diff": diff})
-    return {"profile": mapped.profile, "items": items}
+        out["items"].append({"attributes": new, "stored": stored_item is not None,
+                             "diff": diff})
+    return out

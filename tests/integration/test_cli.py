@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from tests.conftest import MAPPINGS, SAMPLES, sample
 from tests.dcmtk import findscu, sps
-from tests.integration.hl7util import send
+from tests.integration.hl7util import send, set_all, set_field
 
 CLI = str(Path(sys.executable).with_name("mwl-broker"))
 
@@ -60,13 +60,14 @@ def test_mapping_check_names_file_and_key(tmp_path: Path) -> None:
     assert profile.name in proc.stderr and "unexpected_key" in proc.stderr
 
 
-def test_mapping_test_prints_items_without_touching_a_database(tmp_path: Path) -> None:
+def test_mapping_test_prints_items_and_the_ack_without_creating_a_database(
+        tmp_path: Path) -> None:
     db = tmp_path / "never.db"
     proc = run("mapping", "test", str(SAMPLES / "05_orm_o01_nw_two_sps.hl7"),
                env={"MWLB_DATABASE_URL": f"sqlite:///{db}", "MWLB_TIMEZONE": "UTC",
                     "MWLB_MAPPINGS_DIR": str(MAPPINGS)})
     assert "SPS0001" in proc.stdout and "SPS0002" in proc.stdout
-    assert "ACC0001" in proc.stdout
+    assert "ACC0001" in proc.stdout and "ACK AA" in proc.stdout
     assert not db.exists()
 
 
@@ -97,3 +98,51 @@ def test_reprocess_applies_a_failed_message(make_broker: Any) -> None:
     # The sender's resend of ORM0006 now gets the new outcome.
     [resent] = send(broker.mllp_port, sample("06"))
     assert resent.code == "AA"
+
+
+def _dry_run(tmp_path: Path, message: bytes, database_url: str | None = None,
+             ok: bool = True) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "message.hl7"
+    path.write_bytes(message)
+    url = database_url or f"sqlite:///{tmp_path / 'never.db'}"
+    return run("mapping", "test", str(path), ok=ok,
+               env={"MWLB_DATABASE_URL": url, "MWLB_TIMEZONE": "UTC",
+                    "MWLB_MAPPINGS_DIR": str(MAPPINGS)})
+
+
+def test_mapping_test_refuses_what_live_processing_refuses(tmp_path: Path) -> None:
+    """The dry run is the live pipeline: an event live processing does not take, an
+    ORC-1/ORC-5 pair outside the table, and an SC for an order never seen are refused
+    with the ACK live processing would send, and the exit status says so."""
+    unsupported = set_field(sample("03"), "MSH", 9, "ADT^A31^ADT_A05")
+    proc = _dry_run(tmp_path, unsupported, ok=False)
+    assert proc.returncode == 1 and "ACK AR: 201 at MSH^1^9" in proc.stdout
+    final = set_all(sample("05"), "ORC", 5, "CM")
+    proc = _dry_run(tmp_path, final, ok=False)
+    assert proc.returncode == 1 and "ACK AE: 103 at ORC^1^1" in proc.stdout
+    status = set_all(set_all(sample("06"), "ORC", 1, "SC"), "ORC", 5, "IP")
+    proc = _dry_run(tmp_path, status, ok=False)
+    assert proc.returncode == 1 and "ACK AE: 204" in proc.stdout
+    assert "as on a new, empty broker" in proc.stdout
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_mapping_test_checks_order_state_without_writing(make_broker: Any,
+                                                         tmp_path: Path) -> None:
+    """With the broker's database, an SC for an order it holds is accepted; nothing
+    the dry run did is kept."""
+    broker = make_broker()
+    assert send(broker.mllp_port, sample("05"))[0].code == "AA"
+    status = set_all(set_all(sample("06"), "ORC", 1, "SC"), "ORC", 5, "IP")
+    proc = _dry_run(tmp_path, status, broker.settings.database_url)
+    assert "checked read-only against" in proc.stdout and "ACK AA" in proc.stdout
+    engine = create_engine(broker.settings.database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM inbound_message")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM outbound_message")).scalar() == 0
+    engine.dispose()
+    assert {sps(ds).ScheduledProcedureStepStatus
+            for ds in findscu(broker.dicom_port, [
+                "AccessionNumber=ACC0001",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus"])
+            } == {"SCHEDULED"}

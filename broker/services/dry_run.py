@@ -1,0 +1,124 @@
+"""A dry run of the live pipeline: what the broker would answer to a message, and why,
+without keeping anything.
+
+The message goes through exactly what live processing runs: reading it (framing,
+charset), the checks of receipt (version, event, processing id: HL7 v2.5.1 2.9.2), the
+mapping with its warnings, and the order and patient rules applied against the
+database's current state (an SC or XO for an order the broker never saw is refused
+as it would be live). The rules run in a transaction that is always rolled back, so
+nothing is written. Without a database the rules run on an empty schema in memory,
+and the result says so: rules that depend on stored orders answer as on a new broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from broker.config import Settings
+from broker.db import make_engine, make_session_factory
+from broker.domain.types import AdtMessage, OrderMessage
+from broker.hl7.ack import ack_code_of, build_ack
+from broker.hl7.errors import HL7Error
+from broker.hl7.message import Message, parse
+from broker.hl7.warnings import from_json
+from broker.models import Base, InboundMessage
+from broker.services.inbound import check_header, row_values
+from broker.services.processing import Mapper, apply_message
+
+
+@dataclass
+class DryRun:
+    """The answer live processing would give, and what it would do."""
+
+    ack_code: str
+    ack: bytes
+    error: str = ""  # "code at location: text", "" when accepted
+    warnings: list[str] = field(default_factory=list)
+    outcome: str = ""
+    message: Message | None = None
+    mapped: OrderMessage | AdtMessage | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.ack_code == "AA"
+
+
+def _error_text(error: HL7Error) -> str:
+    return f"{error.code} at {error.location or '-'}: {error.text}"
+
+
+def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
+            accept_any_version: bool = False) -> DryRun:
+    """Run ``raw`` through receipt and processing on ``factory``'s database, then roll
+    everything back."""
+    try:
+        msg = parse(raw)
+        check_header(msg, accept_any_version=accept_any_version)
+    except HL7Error as exc:
+        partial = exc.partial if isinstance(exc.partial, Message) else None
+        ack = build_ack(partial, exc.ack_code, exc)
+        return DryRun(exc.ack_code, ack, _error_text(exc), message=partial)
+    mapped: list[OrderMessage | AdtMessage] = []
+
+    def keeping(message: Message) -> OrderMessage | AdtMessage:
+        mapped.append(mapper(message))
+        return mapped[-1]
+
+    with factory() as session:
+        try:
+            row = InboundMessage(**row_values(raw, "dry run", msg))
+            session.add(row)
+            session.flush()
+            apply_message(session, row, keeping)
+            ack = row.ack or b""
+            result = DryRun(ack_code_of(ack), ack, message=msg,
+                            mapped=mapped[-1] if mapped else None,
+                            warnings=[str(w) for w in from_json(row.warnings)],
+                            outcome=row.outcome or "")
+            if row.error_code:
+                result.error = f"{row.error_code} at {row.error_location or '-'}: " \
+                               f"{row.error_text}"
+            return result
+        finally:
+            session.rollback()
+
+
+@contextmanager
+def dry_run_database(settings: Settings) -> Iterator[tuple[sessionmaker[Session], str]]:
+    """Sessions for a dry run, and a line saying which order state they hold: the
+    configured database when it exists and has the broker's schema (never created
+    by a dry run), else an empty schema in memory."""
+    url = make_url(settings.database_url)
+    engine: Engine | None = None
+    where = "none: checked as on a new, empty broker"
+    sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (None, "",
+                                                                               ":memory:")
+    if not sqlite_file or Path(str(url.database)).exists():
+        try:
+            engine = make_engine(settings.database_url)
+            if "inbound_message" in inspect(engine).get_table_names():
+                where = f"checked read-only against {url.render_as_string(hide_password=True)}"
+            else:
+                engine.dispose()
+                engine = None
+        except SQLAlchemyError as exc:
+            where = f"database unreachable ({type(exc).__name__}): checked as on an empty broker"
+            if engine is not None:
+                engine.dispose()
+            engine = None
+    if engine is None:
+        engine = create_engine("sqlite://", poolclass=StaticPool)
+        Base.metadata.create_all(engine)
+    try:
+        yield make_session_factory(engine), where
+    finally:
+        engine.dispose()
