@@ -19,7 +19,9 @@ SC (IP/CM/CA/DC)        status change                               STARTED/...
 ======================  ==========================================  ===============
 
 Anything else (e.g. ``HD``, or ``NW`` with ORC-5 ``CM``) is refused with AE and an ERR
-at ORC-1 (code 103, "table value not found": the pair is not in our table).
+at ORC-1 (code 103, "table value not found": the pair is not in our table). An ORC-5
+that is no Table 0038 value at all (``Final``, ``F``) says nothing we can act on: it is
+read as empty, with a warning, so the order control alone decides.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from broker.hl7.errors import ErrorCode, field_error
+from broker.hl7.errors import ErrorCode, ErrorLocation, field_error
+from broker.hl7.warnings import TABLE_VALUE, warn
 from broker.models import SPSStatus
 
 
@@ -71,6 +74,9 @@ _TABLE: dict[tuple[str, str], Decision] = {
     ("SC", "DC"): Decision(OrderAction.SET_STATUS, SPSStatus.DISCONTINUED),
 }
 
+# HL7 Table 0038 order status values (v2.5.1 4.5.1.5).
+ORDER_STATUSES = frozenset({"A", "CA", "CM", "DC", "ER", "HD", "IP", "RP", "SC"})
+
 # Statuses in which a step is still waiting to be performed (listed on the worklist).
 PENDING = frozenset({SPSStatus.SCHEDULED, SPSStatus.ARRIVED, SPSStatus.READY})
 # Statuses a step never leaves through an order message.
@@ -102,6 +108,10 @@ def decide(order_control: str, order_status: str, *, sequence: int = 1) -> Decis
     if not control:
         raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 1,
                           "ORC-1 order control is required", sequence=sequence)
+    if status and status not in ORDER_STATUSES:
+        warn(TABLE_VALUE, "ORC-5 is not an HL7 Table 0038 order status: ignored",
+             ErrorLocation("ORC", 5, sequence=sequence))
+        status = ""
     decision = _TABLE.get((control, status))
     if decision is None:
         raise field_error(

@@ -82,3 +82,16 @@ def test_final_steps_cannot_be_updated() -> None:
     with pytest.raises(HL7Error) as err:
         require_updatable(S.COMPLETED)
     assert err.value.code == 206
+
+
+def test_an_order_status_outside_table_0038_is_ignored_with_a_warning() -> None:
+    """Epic-style ``NW`` with ORC-5 ``Final``: not a Table 0038 value, so the order
+    control alone decides; a real status that does not fit (NW + CM) stays refused."""
+    from broker.hl7 import warnings
+
+    with warnings.collecting() as found:
+        decision = decide("NW", "Final", sequence=2)
+    assert decision.action is OrderAction.CREATE
+    assert [(w.code, str(w.location)) for w in found] == [(103, "ORC^2^5")]
+    with pytest.raises(HL7Error):
+        decide("NW", "CM")
