@@ -3,7 +3,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY broker ./broker
 COPY workers ./workers
-COPY mappings ./mappings
 RUN pip install --no-cache-dir .
 EXPOSE 2575 11112
 CMD ["mwl-broker", "serve"]

@@ -160,8 +160,10 @@ def mapping_check(
     directory: Annotated[Path | None, typer.Argument(help="Default: MWLB_MAPPINGS_DIR.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Validate every profile; errors name the file, the key and what is wrong."""
-    from broker.mapping.profile import check_directory
+    """Validate every profile, the packaged default included; errors name the file, the
+    key and what is wrong."""
+    from broker.mapping import PACKAGED_PROFILES
+    from broker.mapping.profile import check_directory, profile_files
 
     path = directory or settings_from(config).mappings_dir
     errors = check_directory(path)
@@ -170,6 +172,9 @@ def mapping_check(
             err_console.print(f"[red]error[/red] {error}")
         raise typer.Exit(1)
     console.print(f"{path}: all profiles valid")
+    for name, file in profile_files(path).items():
+        packaged = " (packaged)" if file.parent == PACKAGED_PROFILES else ""
+        console.print(f"  {name}: {file}{packaged}", highlight=False, soft_wrap=True)
 
 
 @mapping_app.command("test")

@@ -27,7 +27,7 @@ ConfigOption = Annotated[
 def settings_help() -> str:
     lines = ["Settings (environment variable, default, meaning):"]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         shown = ",".join(default) if isinstance(default, list) else str(default)
         lines.append(f"MWLB_{name.upper()} [{shown or 'empty'}]: {field.description}")
     return "\n\n".join(lines)

@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from broker.mapping import PACKAGED_PROFILES
+
 
 class AckMode(StrEnum):
     """When the MLLP listener answers AA (see README, "ACK modes").
@@ -81,6 +83,13 @@ class AllowedSender(BaseModel):
     sending_application: str
     sending_facility: str = ""
     hosts: list[str] = []
+
+
+def default_mappings_dir() -> Path:
+    """``./mappings`` when that directory exists (a checkout, or a site keeping its
+    profiles next to where the broker runs), else the profiles in the package."""
+    local = Path("mappings")
+    return local if local.is_dir() else PACKAGED_PROFILES
 
 
 class Settings(BaseSettings):
@@ -148,7 +157,10 @@ class Settings(BaseSettings):
         description="IANA zone worklist times are given in (empty: the host's local zone).",
     )
     mappings_dir: Path = Field(
-        default=Path("mappings"), description="Directory of mapping profiles (YAML)."
+        default_factory=default_mappings_dir,
+        description="Directory of site mapping profiles (YAML), used with the packaged "
+        "`default` profile (a site file named default replaces it). Default: ./mappings "
+        "when it exists, else the packaged profiles alone.",
     )
     ack_mode: AckMode = Field(
         default=AckMode.APPLICATION, description="application | store (see README)."

@@ -68,7 +68,8 @@ class Runtime:
     @cached_property
     def profiles(self) -> ProfileSet:
         profiles = load_profiles(self.settings.mappings_dir)
-        log.info("mapping profiles loaded from %s", self.settings.mappings_dir)
+        log.info("mapping profiles for %s: %s", self.settings.mappings_dir,
+                 ", ".join(f"{name} ({path})" for name, path in profiles.files.items()))
         return profiles
 
     def map(self, msg: Message) -> OrderMessage | AdtMessage:

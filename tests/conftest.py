@@ -20,7 +20,8 @@ from broker.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "samples"
-MAPPINGS = REPO / "mappings"
+# The packaged profiles (the default one): tests copy and edit default.yaml from here.
+MAPPINGS = REPO / "broker" / "mapping" / "profiles"
 PG_ADMIN_URL = os.environ.get(
     "MWLB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

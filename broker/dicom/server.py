@@ -4,7 +4,9 @@
 * Modality Performed Procedure Step N-CREATE / N-SET (Annex F) and Instance
   Availability Notification N-CREATE (Annex R): every request is kept in the
   ``dicom_request`` store with the status answered; an accepted one is committed
-  before its response, and linking runs in a task (issue 3 §1, §4);
+  before its response, and linking runs in a task (issue 3 §1, §4), except that an
+  MPPS N-CREATE naming its steps unambiguously links them and takes them off the
+  worklist in its own transaction (:func:`broker.services.mpps.create`);
 * Storage C-STORE (Annex B) for the common modalities, see :mod:`broker.dicom.storage`.
 
 Handlers are thin: unpack the event, call one service function in one transaction,

@@ -1,4 +1,4 @@
-"""Mapping profiles: the YAML files in mappings/ that integration engineers edit.
+"""Mapping profiles: YAML files that integration engineers edit.
 
 A profile says, for the senders it serves, where each DICOM worklist attribute comes
 from in the HL7 message (``rules``), which modality station gets a step
@@ -6,6 +6,11 @@ from in the HL7 message (``rules``), which modality station gets a step
 ``default.yaml`` implements the IHE mapping table (conformance checklist section 10)
 and serves every sender; a profile for one sender may ``extends: default`` and list
 only what differs (a rule replaces the parent's rule for the same attribute).
+
+``default.yaml`` ships in the package (:data:`broker.mapping.PACKAGED_PROFILES`) and is
+always loaded, so the broker runs from any directory and a site directory
+(``MWLB_MAPPINGS_DIR``) holds only its own profiles: they may ``extends: default``
+without a copy of it, and a site profile named ``default`` replaces the packaged one.
 
 Validation errors name the file, the key path and what is wrong, e.g.
 ``mappings/site.yaml: stations[2].when.modality: Input should be a valid string``.
@@ -20,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydicom.datadict import tag_for_keyword
+
+from broker.mapping import PACKAGED_PROFILES
 
 Level = Literal["patient", "procedure", "step"]
 Structure = Literal["ORM", "OMI", "ADT"]
@@ -192,10 +199,12 @@ def _resolve(profile: Profile, by_name: dict[str, Profile], seen: tuple[str, ...
 
 
 class ProfileSet:
-    """All profiles of a directory, resolved; picks the profile for a sender."""
+    """All profiles in effect, resolved; picks the profile for a sender. ``files``
+    gives the file each profile was read from."""
 
-    def __init__(self, profiles: list[Profile]) -> None:
+    def __init__(self, profiles: list[Profile], files: dict[str, Path] | None = None) -> None:
         self.profiles = profiles
+        self.files = files or {}
 
     def select(self, application: str, facility: str) -> Profile:
         scored = [(p.specificity(application, facility), p) for p in self.profiles]
@@ -205,19 +214,32 @@ class ProfileSet:
         return max(scored, key=lambda sp: sp[0])[1]
 
 
-def _load(directory: Path) -> tuple[ProfileSet | None, list[str]]:
-    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
-    if not files:
-        return None, [f"{directory}: no *.yaml mapping profiles"]
-    errors: list[str] = []
-    profiles: dict[str, Profile] = {}
-    for path in files:
+def _read_directory(directory: Path, errors: list[str]) -> dict[str, tuple[Profile, Path]]:
+    profiles: dict[str, tuple[Profile, Path]] = {}
+    for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
         profile, problems = _read(path)
         errors += problems
         if profile is not None:
             if profile.name in profiles:
                 errors.append(f"{path}: name: profile {profile.name!r} is defined twice")
-            profiles[profile.name] = profile
+            profiles[profile.name] = (profile, path)
+    return profiles
+
+
+def _load(directory: Path) -> tuple[ProfileSet | None, list[str], dict[str, Path]]:
+    """The packaged profiles, then those of ``directory``: a site profile replaces the
+    packaged profile of the same name."""
+    if not directory.is_dir():
+        return None, [f"{directory}: no such directory of mapping profiles"], {}
+    errors: list[str] = []
+    found = {}
+    if directory.resolve() != PACKAGED_PROFILES:
+        found = _read_directory(PACKAGED_PROFILES, errors)
+    found.update(_read_directory(directory, errors))
+    profiles = {name: profile for name, (profile, _path) in found.items()}
+    files = {name: path for name, (_profile, path) in found.items()}
+    if not profiles and not errors:
+        return None, [f"{directory}: no *.yaml mapping profiles"], files
     resolved = []
     for profile in profiles.values():
         try:
@@ -226,17 +248,25 @@ def _load(directory: Path) -> tuple[ProfileSet | None, list[str]]:
             errors.append(str(exc))
     if not errors and not any(p.specificity("", "") == 0 for p in resolved):
         errors.append(f"{directory}: no profile without `senders` to serve every sender")
-    return (None if errors else ProfileSet(resolved)), errors
+    return (None if errors else ProfileSet(resolved, files)), errors, files
 
 
 def check_directory(directory: Path) -> list[str]:
-    """Every problem in the profiles of ``directory`` (empty list: all valid)."""
+    """Every problem in the profiles of ``directory`` with the packaged ones (empty
+    list: all valid)."""
     return _load(directory)[1]
 
 
+def profile_files(directory: Path) -> dict[str, Path]:
+    """Which file each profile in effect for ``directory`` comes from (packaged ones
+    included), whether or not they are valid."""
+    return _load(directory)[2]
+
+
 def load_profiles(directory: Path) -> ProfileSet:
-    """Load and resolve the profiles; raises ProfileError listing every problem."""
-    profiles, errors = _load(directory)
+    """Load and resolve the packaged profiles and those of ``directory``; raises
+    ProfileError listing every problem."""
+    profiles, errors, _files = _load(directory)
     if profiles is None:
         raise ProfileError("; ".join(errors))
     return profiles

@@ -8,6 +8,15 @@ ID + Requested Procedure ID + Accession Number, else the Study Instance UID), ap
 the status the MPPS leads to, queues the order status messages, and sends what it
 cannot tie to an order to the reconciliation inbox. It is idempotent: it applies
 ``version`` once (``linked_version``).
+
+When an N-CREATE names its steps unambiguously (:func:`named_steps`), :func:`create`
+does the linking part in the N-CREATE's own transaction (PS3.4 F.7.2.1): the link rows
+and the move of the steps to STARTED are committed before the response, so the step
+is off the worklist when the modality hears back and a second modality cannot pick up
+the same exam (IHE RAD TF-2 4.6, Modality Procedure Step In Progress: the Order Filler
+/ Department System Scheduler records the step as started). The task then finds the
+MPPS ``linked`` and does only what remains: reconciliation items, the demographics
+check and the order status report, each once.
 """
 
 from __future__ import annotations
@@ -72,7 +81,15 @@ def stored_dataset(row: PerformedProcedureStep) -> Dataset:
 
 def create(session: Session, sop_instance_uid: str, ds: Dataset,
            calling_ae_title: str) -> PerformedProcedureStep:
-    """Store a new MPPS instance (F1, F2); raises MppsError to refuse."""
+    """Store a new MPPS instance (F1, F2); raises MppsError to refuse.
+
+    When :func:`named_steps` finds the referenced steps, they are linked and moved to
+    the status the MPPS leads to (:func:`move_steps`) here, in the caller's
+    transaction, before the N-CREATE response (PS3.4 F.7.2.1); ``link_state`` is then
+    ``linked`` and ``linked_version`` stays 0, so the linking task still runs and does
+    the rest (:func:`apply_state`). Otherwise ``link_state`` stays ``pending`` and the
+    task links as for any MPPS.
+    """
     check_create(ds)
     exists = session.scalar(select(PerformedProcedureStep.id).where(
         PerformedProcedureStep.sop_instance_uid == sop_instance_uid))
@@ -83,6 +100,11 @@ def create(session: Session, sop_instance_uid: str, ds: Dataset,
     _columns(row, ds)
     session.add(row)
     session.flush()
+    steps = named_steps(session, ds)
+    if steps:
+        _add_links(session, row, steps)
+        changed, _cancelled = move_steps(session, row, ds)
+        log.info("MPPS %s linked on N-CREATE: %s", row.id, "; ".join(changed) or "no change")
     return row
 
 
@@ -101,31 +123,86 @@ def update(session: Session, sop_instance_uid: str,
     return row
 
 
+_STEPS = select(ScheduledProcedureStep).join(
+    RequestedProcedure, ScheduledProcedureStep.procedure_pk == RequestedProcedure.id)
+
+
+def _by_identifiers(session: Session, item: Dataset) -> list[ScheduledProcedureStep]:
+    """The steps matching every one of the item's SPS ID, Requested Procedure ID and
+    Accession Number that is given (none given: no step)."""
+    sps_id, rp_id = _text(item, "ScheduledProcedureStepID"), _text(item, "RequestedProcedureID")
+    accession = _text(item, "AccessionNumber")
+    conditions = []
+    if sps_id:
+        conditions.append(ScheduledProcedureStep.sps_id == sps_id)
+    if rp_id:
+        conditions.append(RequestedProcedure.requested_procedure_id == rp_id)
+    if accession:
+        conditions.append(RequestedProcedure.accession_number == accession)
+    if not conditions:
+        return []
+    return list(session.scalars(_STEPS.where(*conditions).order_by(ScheduledProcedureStep.id)))
+
+
+def _by_study(session: Session, item: Dataset) -> list[ScheduledProcedureStep]:
+    study_uid = _text(item, "StudyInstanceUID")
+    if not study_uid:
+        return []
+    return list(session.scalars(_STEPS.where(
+        RequestedProcedure.study_instance_uid == study_uid).order_by(ScheduledProcedureStep.id)))
+
+
 def _steps_for_item(session: Session, item: Dataset, modality: str
                     ) -> list[ScheduledProcedureStep]:
-    sps_id, rp_id = _text(item, "ScheduledProcedureStepID"), _text(item, "RequestedProcedureID")
-    accession, study_uid = _text(item, "AccessionNumber"), _text(item, "StudyInstanceUID")
-    query = select(ScheduledProcedureStep).join(
-        RequestedProcedure, ScheduledProcedureStep.procedure_pk == RequestedProcedure.id)
-    steps: list[ScheduledProcedureStep] = []
-    if sps_id or rp_id or accession:
-        conditions = []
-        if sps_id:
-            conditions.append(ScheduledProcedureStep.sps_id == sps_id)
-        if rp_id:
-            conditions.append(RequestedProcedure.requested_procedure_id == rp_id)
-        if accession:
-            conditions.append(RequestedProcedure.accession_number == accession)
-        steps = list(session.scalars(query.where(*conditions).order_by(
-            ScheduledProcedureStep.id)))
-    if not steps and study_uid:
-        steps = list(session.scalars(query.where(
-            RequestedProcedure.study_instance_uid == study_uid).order_by(
-            ScheduledProcedureStep.id)))
-    if not sps_id and len(steps) > 1 and modality:
+    steps = _by_identifiers(session, item)
+    if not steps:
+        steps = _by_study(session, item)
+    if not _text(item, "ScheduledProcedureStepID") and len(steps) > 1 and modality:
         same = [s for s in steps if s.modality == modality]
         steps = same or steps
     return steps
+
+
+def named_steps(session: Session, ds: Dataset) -> list[ScheduledProcedureStep]:
+    """The steps an N-CREATE references unambiguously, or ``[]`` to leave it to the task.
+
+    Unambiguous means every Scheduled Step Attributes Sequence item (PS3.4 Table
+    F.7.2-1) picks exactly one step by its own keys, with none of the task's guesses:
+
+    * an item giving an Accession Number or a Requested Procedure ID: the steps matching
+      all of its SPS ID, Requested Procedure ID and Accession Number that are given must
+      be exactly one (an SPS ID alone is not enough: a step is identified within its
+      Requested Procedure, which the other two name);
+    * an item giving none of the three (an unscheduled-looking reference): its Study
+      Instance UID must belong to exactly one step.
+
+    No fallback from identifiers that match nothing to the Study Instance UID and no
+    narrowing by modality: those cases, an item finding no step or several, and an SPS
+    ID without its procedure, are ambiguous and the whole MPPS is left to the task. The
+    steps found are those the task would link for the same references.
+    """
+    found: dict[int, ScheduledProcedureStep] = {}
+    for item in ds.get("ScheduledStepAttributesSequence") or []:
+        if _text(item, "AccessionNumber") or _text(item, "RequestedProcedureID"):
+            steps = _by_identifiers(session, item)
+        elif _text(item, "ScheduledProcedureStepID"):
+            return []
+        else:
+            steps = _by_study(session, item)
+        if len(steps) != 1:
+            return []
+        found.setdefault(steps[0].id, steps[0])
+    return list(found.values())
+
+
+def _add_links(session: Session, row: PerformedProcedureStep,
+               steps: list[ScheduledProcedureStep]) -> None:
+    """Link ``row`` to ``steps`` (MppsStepLink rows) and mark it ``linked``."""
+    for step in steps:
+        session.add(MppsStepLink(mpps_pk=row.id, sps_pk=step.id))
+    row.link_state = "linked"
+    session.flush()
+    session.refresh(row, ["steps"])
 
 
 def observation(row: PerformedProcedureStep, ds: Dataset) -> Observation:
@@ -151,42 +228,56 @@ def link(session: Session, settings: Settings, mpps_pk: int) -> str:
             for step in _steps_for_item(session, item, row.modality):
                 found.setdefault(step.id, step)
         if found:
-            for step in found.values():
-                session.add(MppsStepLink(mpps_pk=row.id, sps_pk=step.id))
-            row.link_state = "linked"
+            _add_links(session, row, list(found.values()))
         else:
             row.link_state = "unscheduled"
             open_item(session, settings, ReconciliationKind.UNSCHEDULED_MPPS,
                       observation(row, ds), mpps_pk=row.id,
                       detail=f"MPPS {row.pps_id or row.sop_instance_uid}: no scheduled "
                              "step referenced or found")
-        session.flush()
-        session.refresh(row, ["steps"])
+            session.flush()
     outcome = apply_state(session, settings, row, ds)
     row.linked_version = row.version
     return outcome
+
+
+def move_steps(session: Session, row: PerformedProcedureStep, ds: Dataset
+               ) -> tuple[list[str], list[ScheduledProcedureStep]]:
+    """Move ``row``'s linked steps to the status its state leads to (F3, F6).
+
+    Takes the row locks of their requested procedures first and re-reads the steps, so
+    a concurrent order change is seen, not overwritten. Each change is recorded in the
+    step's history with the MPPS as cause; a step already there is not touched, which
+    makes a second call a no-op. Cancelled steps are left as they are and returned for
+    the caller to report. Returns the changes made (for the log) and those steps.
+    """
+    lock_procedures(session, {step.procedure_pk for step in row.steps})
+    wrong_entry = row.status == PPSStatus.DISCONTINUED.value and is_incorrect_worklist_entry(ds)
+    changed, cancelled = [], []
+    for step in row.steps:
+        if step.status == SPSStatus.CANCELLED.value:
+            cancelled.append(step)
+            continue
+        old = step.status
+        new = step_status_for(row.status, old, wrong_entry=wrong_entry)
+        if set_step_status(step, SPSStatus(new), cause=f"MPPS {row.id} ({row.status})"):
+            changed.append(f"SPS {step.sps_id} {old}->{new}")
+    session.flush()
+    return changed, cancelled
 
 
 def apply_state(session: Session, settings: Settings, row: PerformedProcedureStep,
                 ds: Dataset | None = None) -> str:
     """Move the linked steps to the status the MPPS leads to and report the change."""
     ds = ds if ds is not None else stored_dataset(row)
-    lock_procedures(session, {step.procedure_pk for step in row.steps})
-    wrong_entry = row.status == PPSStatus.DISCONTINUED.value and is_incorrect_worklist_entry(ds)
-    changed, procedures = [], {}
-    for step in row.steps:
-        if step.status == SPSStatus.CANCELLED.value:
-            open_item(session, settings, ReconciliationKind.CANCELLED_ORDER,
-                      observation(row, ds), mpps_pk=row.id,
-                      detail=f"MPPS {row.pps_id} performs step {step.sps_id} of a "
-                             "cancelled order")
-            continue
-        old = step.status
-        new = step_status_for(row.status, old, wrong_entry=wrong_entry)
-        if set_step_status(step, SPSStatus(new), cause=f"MPPS {row.id} ({row.status})"):
-            changed.append(f"SPS {step.sps_id} {old}->{new}")
-        procedures[step.procedure.id] = step.procedure
-    session.flush()
+    changed, cancelled = move_steps(session, row, ds)
+    for step in cancelled:
+        open_item(session, settings, ReconciliationKind.CANCELLED_ORDER,
+                  observation(row, ds), mpps_pk=row.id,
+                  detail=f"MPPS {row.pps_id} performs step {step.sps_id} of a "
+                         "cancelled order")
+    procedures = {step.procedure.id: step.procedure for step in row.steps
+                  if step not in cancelled}
     for rp in procedures.values():
         check_demographics(session, settings, rp, observation(row, ds),
                            what=f"MPPS {row.pps_id}", mpps_pk=row.id)

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.domain.types import AdtMessage
+from broker.mapping import PACKAGED_PROFILES
 from broker.mapping.apply import render_items
-from broker.mapping.profile import check_directory
+from broker.mapping.profile import check_directory, profile_files
 from broker.models import RequestedProcedure, ScheduledProcedureStep
 from broker.runtime import Runtime
 from broker.services.dry_run import dry_run as run_dry
@@ -22,6 +23,9 @@ from broker.web.queries import flat_attributes
 def profiles(runtime: Runtime) -> dict[str, Any]:
     directory = runtime.settings.mappings_dir
     files = sorted(p.name for p in directory.glob("*") if p.suffix in (".yaml", ".yml", ".toml"))
+    if directory.resolve() != PACKAGED_PROFILES:  # the packaged profiles not replaced
+        files += [f"{p.name} (packaged)" for p in profile_files(directory).values()
+                  if p.parent == PACKAGED_PROFILES]
     return {"directory": str(directory), "files": files,
             "errors": [str(e) for e in check_directory(directory)]}
 

@@ -11,12 +11,21 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from broker.models import DicomRequest, PerformedProcedureStep
+from broker.models import (
+    DicomRequest,
+    MppsStepLink,
+    OutboundMessage,
+    PerformedProcedureStep,
+    ScheduledProcedureStep,
+    StepStatusChange,
+)
 from tests.conftest import sample
 from tests.dcmtk import findscu, sps
+from tests.ehr import EHREndpoint, field
 from tests.integration.hl7util import send
 from tests.modality import MPPS, final, in_progress, n_create, n_set, step_item
-from tests.workflow import STUDY_05, step_statuses, wait_until
+from tests.workflow import STUDY_05, destination, step_statuses, wait_until
+from workers.tasks import link_mpps
 
 SPS1 = step_item(accession="ACC0001", rp_id="RP0001", sps_id="SPS0001", study_uid=STUDY_05)
 
@@ -171,3 +180,104 @@ def test_started_steps_can_stay_on_the_worklist(make_broker: Any) -> None:
         "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus"])
     assert sorted((sps(ds).ScheduledProcedureStepID, sps(ds).ScheduledProcedureStepStatus)
                   for ds in items) == [("SPS0001", "STARTED"), ("SPS0002", "SCHEDULED")]
+
+
+class HeldTasks:
+    """Stands in for the DICOM server's dispatcher and keeps every task it is handed
+    until :meth:`release`: the linking task cannot run in the meantime, whatever the
+    timing (the sweeper only re-dispatches after MWLB_SWEEP_GRACE, 30 s)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.held: list[tuple[str, tuple[Any, ...]]] = []
+        app.dicom.dispatcher = self
+
+    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
+        self.held.append((task, args))
+
+    def release(self) -> None:
+        self.app.dicom.dispatcher = self.app.dispatcher
+        for task, args in self.held:
+            self.app.dispatcher.submit(task, *args)
+
+
+def history(app: Any, sps_id: str) -> list[tuple[str, str, str]]:
+    with app.runtime.session_factory() as session:
+        return [tuple(r) for r in session.execute(
+            select(StepStatusChange.old_status, StepStatusChange.new_status,
+                   StepStatusChange.cause)
+            .join(ScheduledProcedureStep, StepStatusChange.sps_pk == ScheduledProcedureStep.id)
+            .where(ScheduledProcedureStep.sps_id == sps_id).order_by(StepStatusChange.id))]
+
+
+def links(app: Any) -> list[tuple[int, int]]:
+    with app.runtime.session_factory() as session:
+        return [tuple(r) for r in session.execute(select(MppsStepLink.mpps_pk,
+                                                          MppsStepLink.sps_pk))]
+
+
+def reported(app: Any) -> list[str]:
+    with app.runtime.session_factory() as session:
+        return list(session.scalars(select(OutboundMessage.trigger)
+                                    .order_by(OutboundMessage.sequence)))
+
+
+def test_n_create_takes_the_step_off_the_worklist_before_its_response(
+        make_broker: Any, ehr: EHREndpoint) -> None:
+    """An unambiguous reference (SPS ID + RP ID + Accession) is linked and the step
+    STARTED in the N-CREATE's transaction: another modality's C-FIND right after the
+    response no longer sees it SCHEDULED, with the linking task not run yet. The task
+    then does the rest once: the IP report, no second link or history entry."""
+    app = make_broker(outbound_destinations=destination(ehr.port))
+    assert [a.code for a in send(app.mllp_port, sample("05"))] == ["AA"]
+    held = HeldTasks(app)
+    uid = generate_uid()
+    assert n_create(app.dicom_port, MPPS, uid, in_progress([SPS1]), aet="CT01_AE").Status == 0
+
+    step_keys = ["ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+                 "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus"]
+    listed = findscu(app.dicom_port, ["AccessionNumber=ACC0001", *step_keys], aet="DX02_AE")
+    assert [(sps(ds).ScheduledProcedureStepID, sps(ds).ScheduledProcedureStepStatus)
+            for ds in listed] == [("SPS0002", "SCHEDULED")]
+    scheduled = findscu(app.dicom_port, [
+        "AccessionNumber=ACC0001", step_keys[0], f"{step_keys[1]}=SCHEDULED"], aet="DX02_AE")
+    assert [sps(ds).ScheduledProcedureStepID for ds in scheduled] == ["SPS0002"]
+    started = findscu(app.dicom_port, [
+        "AccessionNumber=ACC0001", step_keys[0], f"{step_keys[1]}=STARTED"], aet="DX02_AE")
+    assert [sps(ds).ScheduledProcedureStepID for ds in started] == ["SPS0001"]
+
+    row = stored(app, uid)
+    assert held.held == [("link_mpps", (row.id,))], "the task has not run"
+    assert (row.link_state, row.linked_version, row.version) == ("linked", 0, 1)
+    cause = f"MPPS {row.id} (IN PROGRESS)"
+    assert history(app, "SPS0001")[-1] == ("SCHEDULED", "STARTED", cause)
+    assert len(links(app)) == 1
+    assert reported(app) == [], "the order status report is the task's"
+
+    held.release()
+    assert settle(app) == {"SPS0001": "STARTED", "SPS0002": "SCHEDULED"}
+    assert [field(m, "ORC", 5) for m in ehr.wait_for(1)] == ["IP"]
+    assert link_mpps(row.id) == "nothing to do"  # run again, here: no second effect
+    assert reported(app) == ["IP"] and len(ehr.messages()) == 1
+    assert [h for h in history(app, "SPS0001") if h[2] == cause] == [
+        ("SCHEDULED", "STARTED", cause)]
+    assert len(links(app)) == 1
+
+    assert n_set(app.dicom_port, uid, final("COMPLETED")).Status == 0
+    assert settle(app)["SPS0001"] == "COMPLETED"
+    assert history(app, "SPS0001")[-2:] == [("SCHEDULED", "STARTED", cause),
+                                            ("STARTED", "COMPLETED", f"MPPS {row.id} (COMPLETED)")]
+
+
+def test_an_ambiguous_reference_is_left_to_the_task(broker: Any) -> None:
+    """An Accession Number alone names two steps here: the N-CREATE only stores the MPPS,
+    and the linking task picks the step (by modality, DX: both) as before."""
+    held = HeldTasks(broker)
+    uid = generate_uid()
+    ds = in_progress([step_item(accession="ACC0001", study_uid=STUDY_05)])
+    assert n_create(broker.dicom_port, MPPS, uid, ds).Status == 0
+    assert step_statuses(broker) == {"SPS0001": "SCHEDULED", "SPS0002": "SCHEDULED"}
+    assert stored(broker, uid).link_state == "pending" and links(broker) == []
+    held.release()
+    assert settle(broker) == {"SPS0001": "STARTED", "SPS0002": "STARTED"}
+    assert stored(broker, uid).link_state == "linked" and len(links(broker)) == 2
