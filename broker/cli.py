@@ -178,6 +178,8 @@ def mapping_test(
     config: ConfigOption = None,
 ) -> None:
     """Print the worklist items the message(s) would produce. Touches no database."""
+    from datetime import UTC, datetime
+
     from broker.mapping.apply import mapping_test as render
     from broker.mapping.profile import load_profiles
     from broker.runtime import local_zone_name
@@ -188,7 +190,7 @@ def mapping_test(
     failed = False
     for path in files:
         try:
-            print(render(path, profiles, zone))
+            print(render(path, profiles, zone, received_at=datetime.now(UTC)))
         except Exception as exc:  # an HL7Error names the field; show it and go on
             err_console.print(f"[red]{path}:[/red] {exc}")
             failed = True

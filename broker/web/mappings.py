@@ -4,6 +4,7 @@ field by field with what is stored now for the same steps. Nothing is written.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -44,7 +45,8 @@ def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
     raw = message.strip().replace("\r\n", "\r").replace("\n", "\r").encode("utf-8")
     try:
         msg = parse(raw)
-        mapped = map_message(msg, runtime.profiles, timezone=runtime.timezone)
+        mapped = map_message(msg, runtime.profiles, timezone=runtime.timezone,
+                             received_at=datetime.now(UTC))
     except HL7Error as exc:
         return {"error": f"{exc.code} at {exc.location or '-'}: {exc.text}", "items": []}
     except Exception as exc:
