@@ -186,6 +186,8 @@ def mapping_test(
     """Dry run of live processing: print the worklist items each message would produce,
     its warnings and the ACK the broker would send. Order state is checked against
     the configured database without writing to it (exit 1 unless every ACK is AA)."""
+    from datetime import datetime
+
     from broker.domain.types import AdtMessage, OrderMessage
     from broker.hl7.client import read_hl7_file
     from broker.hl7.message import Message
@@ -199,8 +201,9 @@ def mapping_test(
     profiles = load_profiles(settings.mappings_dir)
     zone = settings.timezone or local_zone_name()
 
-    def mapper(msg: Message) -> OrderMessage | AdtMessage:
-        return map_message(msg, profiles, timezone=zone)
+    def mapper(msg: Message, *, received_at: datetime | None = None
+               ) -> OrderMessage | AdtMessage:
+        return map_message(msg, profiles, timezone=zone, received_at=received_at)
 
     refused = False
     with dry_run_database(settings) as (factory, where):

@@ -4,6 +4,7 @@ the engine, the session factory and the loaded mapping profiles."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -72,9 +73,12 @@ class Runtime:
                  ", ".join(f"{name} ({path})" for name, path in profiles.files.items()))
         return profiles
 
-    def map(self, msg: Message) -> OrderMessage | AdtMessage:
-        """Map a parsed message with the loaded profiles (the processor's mapper)."""
-        return map_message(msg, self.profiles, timezone=self.timezone)
+    def map(self, msg: Message, *,
+            received_at: datetime | None = None) -> OrderMessage | AdtMessage:
+        """Map a parsed message with the loaded profiles (the processor's mapper);
+        ``received_at`` is the message's receipt time (None: now)."""
+        return map_message(msg, self.profiles, timezone=self.timezone,
+                           received_at=received_at)
 
     def dispose(self, *, close: bool = True) -> None:
         """Drop pooled connections: at shutdown ``close`` them; after a fork

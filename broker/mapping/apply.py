@@ -9,15 +9,34 @@ Message structure (HL7 v2.3.1 ORM^O01, v2.5.1 OMI^O23, IHE RAD-2/RAD-4):
 
 A rule's source path is looked up in the step's own segments first (IPC), then its
 order group (ORC, TQ1, OBR, NTE, OBX), then the message (MSH, PID, PV1, AL1, Z...).
-Converter errors are raised with the location of the field they came from.
+Converter errors are raised, and converter warnings recorded, with the location of the
+field they came from.
+
+Reading a field (HL7 v2.5.1 2.5.3, 2.7; chapter 2A data types):
+
+* Coded values, identifiers and timestamps (ID, IS, CWE/CE code, EI, HD, TS) whose
+  rule names no component are read from their first component, and from a component
+  its first non-empty sub-component, trimmed of spaces: PID-8 ``F^`` is F, OBR-24
+  `` MR`` is MR. An identifier that loses other non-empty parts this way is kept with
+  a warning.
+* A field of nothing but spaces and delimiters (``^^^``, `` ``) is not sent: the
+  stored value is left alone. Only the HL7 explicit null ``""`` clears it.
+* Structured values (names XPN/XCN/CN, locations PL, codes CE/CWE, HD) are split at
+  the sub-component delimiter before unescaping, so a raw ``&`` never reaches DICOM
+  while an escaped ``\\T\\`` is still a literal ``&``. Free text (ST, TX, FT and the
+  text component of a code) has no sub-components: an unescaped ``&`` there is the
+  sender's own ampersand and is kept as one.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from broker.domain.types import (
     AdtMessage,
@@ -27,13 +46,23 @@ from broker.domain.types import (
     ProcedureRecord,
     StepRecord,
 )
+from broker.hl7 import warnings
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
 from broker.hl7.message import NULL, Message, Path, Segment
+from broker.hl7.warnings import DATA_TYPE, REQUIRED_FIELD, located, warn
 from broker.mapping import conversions as conv
 from broker.mapping.profile import Profile, ProfileSet, Rule, Station
 
 STRUCTURES = {"ORM": "ORM", "OMI": "OMI", "ADT": "ADT"}
 CREATING = {"NW", "SN"}
+START_DATE, START_TIME = "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"
+
+# Conversions of values not needed to schedule the exam: a malformed one (a birth
+# date ``1990505``, a bad timestamp, a weight that is not a number or has an unknown
+# unit) is dropped with a warning and the order is accepted. ``priority`` and ``sex``
+# drop a code outside their HL7 table themselves. Everything else (identifiers, UIDs,
+# the scheduled start) is refused naming the field.
+DROPPABLE = frozenset({"birth_date", "date", "time", "quantity"})
 
 
 @dataclass
@@ -59,11 +88,13 @@ class Scope:
 
 @dataclass(frozen=True)
 class MessageContext:
-    """What every rule of one message is evaluated with."""
+    """What every rule of one message is evaluated with (``received_at``: when the
+    broker received the message, the scheduled start of an order without one)."""
 
     zone: str
     v25: bool
     structure: str
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -80,19 +111,112 @@ def _layer(segments: list[Segment]) -> dict[str, list[Segment]]:
     return out
 
 
-def _raw(scope: Scope, path: Path) -> str | None:
+# -- reading fields -------------------------------------------------------------------
+
+def _parts(seg: Segment, number: int, repetition: int = 0) -> list[list[str]]:
+    """One repetition of a field as components of unescaped sub-components: split at
+    the delimiters first, then unescape each part (HL7 v2.5.1 2.7), so an escaped
+    delimiter stays inside its part."""
+    reps = seg.repetitions(number)
+    if repetition >= len(reps):
+        return []
+    d = seg.delimiters
+    if seg.name == "MSH" and number <= 2:
+        return [[reps[repetition]]]
+    return [[seg.message.unescape(s) for s in c.split(d.subcomponent)]
+            for c in reps[repetition].split(d.component)]
+
+
+def _blank(seg: Segment, text: str) -> bool:
+    """Nothing but spaces and delimiters: "not sent" (never a clear)."""
+    d = seg.delimiters
+    return not text.strip(" " + d.component + d.subcomponent + d.repetition)
+
+
+def _text_of(parts: list[str]) -> str:
+    """A free-text component: an unescaped ``&`` in it is the sender's own character."""
+    return "&".join(p for p in parts if p.strip()).strip()
+
+
+def _sub(seg: Segment | None, number: int, component: int, sub: int = 1,
+         repetition: int = 0) -> str:
+    """One sub-component (1-based), trimmed; '' when absent."""
+    if seg is None:
+        return ""
+    parts = _parts(seg, number, repetition)
+    if component > len(parts) or sub > len(parts[component - 1]):
+        return ""
+    return parts[component - 1][sub - 1].strip()
+
+
+def _first(seg: Segment | None, number: int, component: int = 1, repetition: int = 0) -> str:
+    """A component's value: its first non-empty sub-component, trimmed."""
+    if seg is None:
+        return ""
+    parts = _parts(seg, number, repetition)
+    return conv.first_part(parts[component - 1]) if component <= len(parts) else ""
+
+
+def _read_value(scope: Scope, path: Path) -> tuple[str | None, bool]:
+    """A coded value, identifier or timestamp at ``path``: ``(value, dropped)``.
+
+    The value is None when not sent, ``""`` (the explicit null) to clear, else the
+    first component (when the path names none) and its first non-empty sub-component
+    (when the path names none), trimmed. ``dropped`` says other non-empty parts were
+    left out."""
+    seg = scope.first(path.segment)
+    if seg is None:
+        return None, False
+    raw = seg.raw_field(path.field)
+    if raw == NULL:
+        return NULL, False
+    if _blank(seg, raw):
+        return None, False
+    parts = _parts(seg, path.field)
+    index = (path.component or 1) - 1
+    if index >= len(parts):
+        return None, False
+    subs = parts[index]
+    if path.subcomponent:
+        chosen = subs[path.subcomponent - 1].strip() if path.subcomponent <= len(subs) else ""
+        others: list[str] = []
+    else:
+        chosen = conv.first_part(subs)
+        others = [s for s in subs if s.strip()][1:]
+    if not path.component:
+        others += [s for comp in parts[1:] for s in comp if s.strip()]
+    if not chosen:
+        return None, False
+    return chosen, bool(others)
+
+
+def _raw_text(scope: Scope, path: Path) -> str | None:
+    """Free text at ``path`` (whole field, component or sub-component), delimiters
+    inside it kept as the characters they are; None when blank."""
     seg = scope.first(path.segment)
     if seg is None:
         return None
-    return seg.get(path.field, path.component, path.subcomponent)
+    raw = seg.raw_field(path.field)
+    if raw == NULL and not path.component:
+        return NULL
+    value = seg.get(path.field, path.component, path.subcomponent)
+    if not value or _blank(seg, value):
+        return None
+    return value
 
 
-def _scalar(fn: Callable[[str, Context], Any]) -> Callable[[Scope, Path, Context], Any]:
-    """A converter of one string value: empty -> None, ``""`` -> ""."""
+# -- converters -----------------------------------------------------------------------
+
+def _limit(ctx: Context, default: int) -> int:
+    return ctx.rule.max_length or default
+
+
+def _text_scalar(fn: Callable[[str, Context], Any]) -> Callable[[Scope, Path, Context], Any]:
+    """A converter of free text: blank -> None, ``""`` -> ""."""
 
     def convert(scope: Scope, path: Path, ctx: Context) -> Any:
-        raw = _raw(scope, path)
-        if not raw:
+        raw = _raw_text(scope, path)
+        if raw is None:
             return None
         if raw == NULL:
             return ""
@@ -101,84 +225,122 @@ def _scalar(fn: Callable[[str, Context], Any]) -> Callable[[Scope, Path, Context
     return convert
 
 
-def _limit(ctx: Context, default: int) -> int:
-    return ctx.rule.max_length or default
+def _scalar(fn: Callable[[str, Context], Any], *,
+            identifier: bool = False) -> Callable[[Scope, Path, Context], Any]:
+    """A converter of one coded value, identifier or timestamp: not sent -> None,
+    ``""`` -> ""; an identifier whose other parts were dropped is kept with a warning."""
+
+    def convert(scope: Scope, path: Path, ctx: Context) -> Any:
+        value, dropped = _read_value(scope, path)
+        if value is None:
+            return None
+        if value == NULL:
+            return ""
+        if dropped and identifier:
+            warn(DATA_TYPE, f"{ctx.rule.attribute}: only the first component or "
+                            "sub-component of the field was used")
+        return fn(value, ctx)
+
+    return convert
 
 
-def _components(scope: Scope, path: Path, rep: int = 0) -> list[str] | None:
+def _name_field(scope: Scope, path: Path) -> Segment | str | None:
+    """The segment holding a name field; ``""`` for the explicit null, None when blank."""
     seg = scope.first(path.segment)
     if seg is None:
         return None
-    comps = seg.components(path.field, rep)
-    return comps or None
+    raw = seg.raw_field(path.field)
+    if raw == NULL:
+        return ""
+    return None if _blank(seg, raw) else seg
 
 
 def _person_name(scope: Scope, path: Path, ctx: Context) -> Any:
-    seg = scope.first(path.segment)
-    if seg is None:
-        return None
-    reps = seg.repetitions(path.field)
-    if not reps or not any(reps):
-        return None
-    if reps == [NULL]:
-        return ""
-    return conv.person_name([seg.components(path.field, i) for i in range(len(reps))],
-                            v25=ctx.v25)
+    seg = _name_field(scope, path)
+    if not isinstance(seg, Segment):
+        return seg
+    structured = [_parts(seg, path.field, i) for i, r in enumerate(seg.repetitions(path.field))
+                  if not _blank(seg, r)]
+    return conv.person_name(structured, v25=ctx.v25, keyword=ctx.rule.attribute) or None
 
 
 def _xcn_name(scope: Scope, path: Path, ctx: Context) -> Any:
-    comps = _components(scope, path)
-    if not comps or not any(comps):
+    seg = _name_field(scope, path)
+    if not isinstance(seg, Segment):
+        return seg
+    return conv.xcn_name(_parts(seg, path.field), keyword=ctx.rule.attribute) or None
+
+
+def _cn_name(scope: Scope, path: Path, ctx: Context) -> Any:
+    seg = _name_field(scope, path)
+    if not isinstance(seg, Segment):
+        return seg
+    parts = _parts(seg, path.field)
+    index = (path.component or 1) - 1
+    if index >= len(parts):
         return None
-    return "" if comps == [NULL] else conv.xcn_name(comps)
+    return conv.cn_subcomponents(parts[index], keyword=ctx.rule.attribute) or None
 
 
 def _code(scope: Scope, path: Path, ctx: Context) -> Any:
-    comps = _components(scope, path)
-    if not comps or not any(comps):
+    seg = scope.first(path.segment)
+    if seg is None or _blank(seg, seg.raw_field(path.field)):
         return None
+    comps = _parts(seg, path.field)
     # Which components hold value, scheme and meaning: CE 1/3/2, or the alternate
     # identifier 4/6/5 (OBR-4 protocol in ORM); may differ per message structure.
     order = ctx.rule.params.get("components", [1, 3, 2])
     if isinstance(order, dict):
         order = order.get(ctx.structure, [1, 3, 2])
-    padded = [*comps, *[""] * 9]
-    value, scheme, meaning = (padded[i - 1] for i in order)
-    item = conv.code_item(value, meaning, scheme, keyword=ctx.rule.attribute)
+    padded: list[list[str]] = [*comps, *[[""]] * 9]
+    value_parts, scheme_parts, meaning_parts = (padded[i - 1] for i in order)
+    item = conv.code_item(conv.first_part(value_parts), _text_of(meaning_parts),
+                          conv.first_part(scheme_parts), keyword=ctx.rule.attribute)
     return [item] if item else None
 
 
+def _coded_text_value(parts: list[list[str]]) -> str:
+    """CE/CWE as text: its text component (CE.2), else its identifier (CE.1)."""
+    text = _text_of(parts[1]) if len(parts) > 1 else ""
+    return text or (conv.first_part(parts[0]) if parts else "")
+
+
 def _coded_text(scope: Scope, path: Path, ctx: Context) -> Any:
-    comps = _components(scope, path)
-    if not comps or not any(comps):
+    seg = scope.first(path.segment)
+    if seg is None or _blank(seg, seg.raw_field(path.field)):
         return None
-    chosen = comps[1] if len(comps) > 1 and comps[1] else comps[0]
-    return conv.text(chosen, max_length=_limit(ctx, 64), keyword=ctx.rule.attribute)
+    if seg.raw_field(path.field) == NULL:
+        return ""
+    chosen = _coded_text_value(_parts(seg, path.field))
+    if not chosen:
+        return None
+    return conv.text(chosen, max_length=_limit(ctx, 64), keyword=ctx.rule.attribute,
+                     on_overflow=ctx.rule.overflow)
 
 
 def _formatted_text(scope: Scope, path: Path, ctx: Context) -> Any:
     parts = [s.get(path.field) for s in scope.all(path.segment)]
-    parts = [p for p in parts if p and p != NULL]
+    parts = [p for p in parts if p and p != NULL and p.strip()]
     if not parts:
         return None
     return conv.long_text("\r\n".join(parts), max_length=_limit(ctx, 10240),
-                          keyword=ctx.rule.attribute)
+                          keyword=ctx.rule.attribute, on_overflow=ctx.rule.overflow)
 
 
 def _quantity(scope: Scope, path: Path, ctx: Context) -> Any:
     codes = set(ctx.rule.params.get("codes", []))
     table = conv.HEIGHT_TO_M if ctx.rule.params.get("kind") == "height" else conv.WEIGHT_TO_KG
     for obx in scope.everywhere("OBX"):
-        if obx.get(3, 1) in codes and obx.get(5):
-            return conv.quantity(obx.get(5), obx.get(6, 1), table, keyword=ctx.rule.attribute)
+        value = _first(obx, path.field, path.component or 1)
+        if _first(obx, 3) in codes and value and value != NULL:
+            return conv.quantity(value, _first(obx, 6), table, keyword=ctx.rule.attribute)
     return None
 
 
 def _allergies(scope: Scope, path: Path, ctx: Context) -> Any:
     values = []
     for seg in scope.everywhere(path.segment):
-        comps = seg.components(path.field)
-        chosen = (comps[1] if len(comps) > 1 and comps[1] else comps[0]) if comps else ""
+        chosen = _coded_text_value(_parts(seg, path.field))
         if chosen and chosen != NULL:
             values.append(conv.text(chosen, max_length=64, keyword=ctx.rule.attribute))
     return values or None
@@ -188,34 +350,51 @@ def _pregnancy(scope: Scope, path: Path, ctx: Context) -> Any:
     seg = scope.first(path.segment)
     if seg is None:
         return None
-    codes = {r.upper() for r in seg.repetitions(path.field)}
+    codes = {_first(seg, path.field, 1, i).upper()
+             for i in range(len(seg.repetitions(path.field)))}
     return 3 if "B6" in codes else None
 
 
 def _location(scope: Scope, path: Path, ctx: Context) -> Any:
-    comps = _components(scope, path)
-    if not comps or not any(comps):
+    """PL: point of care ^ room ^ bed, each its first sub-component (PL.1 may be HD
+    from v2.7)."""
+    seg = scope.first(path.segment)
+    if seg is None or _blank(seg, seg.raw_field(path.field)):
         return None
-    if comps == [NULL]:
+    if seg.raw_field(path.field) == NULL:
         return ""
-    joined = "^".join(c.split("&")[0] for c in comps[:3]).rstrip("^")
-    return conv.text(joined, max_length=_limit(ctx, 64), keyword=ctx.rule.attribute)
+    comps = _parts(seg, path.field)
+    joined = "^".join(conv.first_part(c) for c in comps[:3]).rstrip("^")
+    if not joined.strip("^"):
+        return None
+    return conv.text(joined, max_length=_limit(ctx, 64), keyword=ctx.rule.attribute,
+                     on_overflow=ctx.rule.overflow)
 
 
 def _issuer_sequence(scope: Scope, path: Path, ctx: Context) -> Any:
-    raw = _raw(scope, path)
-    if not raw or raw == NULL:
+    """An HD in sub-components (CX.4): namespace & universal id & universal id type."""
+    seg = scope.first(path.segment)
+    if seg is None:
         return None
-    subs = [*raw.split("&"), "", ""]
+    parts = _parts(seg, path.field)
+    index = (path.component or 1) - 1
+    subs = [*(parts[index] if index < len(parts) else []), "", "", ""]
+    subs = [s.strip() for s in subs]
+    if not any(subs) or subs[0] == NULL:
+        return None
     return [_hd_item(subs[0], subs[1], subs[2])]
 
 
 def _hd_issuer_sequence(scope: Scope, path: Path, ctx: Context) -> Any:
-    comps = _components(scope, path)
-    if not comps or len(comps) < 2 or not any(comps[1:4]):
+    """EI.2-4 (namespace ^ universal id ^ type) as an issuer sequence item."""
+    seg = scope.first(path.segment)
+    if seg is None:
         return None
-    padded = [*comps, "", "", ""]
-    return [_hd_item(padded[1], padded[2], padded[3])]
+    padded = [*_parts(seg, path.field), [""], [""], [""], [""]]
+    hd = [conv.first_part(c) for c in padded[1:4]]
+    if not any(hd):
+        return None
+    return [_hd_item(hd[0], hd[1], hd[2])]
 
 
 def _hd_item(namespace: str, universal: str, universal_type: str) -> Attributes:
@@ -229,24 +408,27 @@ def _hd_item(namespace: str, universal: str, universal_type: str) -> Attributes:
 
 
 CONVERTERS: dict[str, Callable[[Scope, Path, Context], Any]] = {
-    "text": _scalar(lambda v, c: conv.text(v, max_length=_limit(c, 64),
-                                           keyword=c.rule.attribute)),
-    "long_text": _scalar(lambda v, c: conv.long_text(v, max_length=_limit(c, 10240),
-                                                     keyword=c.rule.attribute)),
+    "text": _text_scalar(lambda v, c: conv.text(
+        v, max_length=_limit(c, 64), keyword=c.rule.attribute, on_overflow=c.rule.overflow)),
+    "long_text": _text_scalar(lambda v, c: conv.long_text(
+        v, max_length=_limit(c, 10240), keyword=c.rule.attribute,
+        on_overflow=c.rule.overflow)),
     "formatted_text": _formatted_text,
-    "identifier": _scalar(lambda v, c: conv.identifier(v, max_length=_limit(c, 16),
-                                                       keyword=c.rule.attribute)),
-    "ae_title": _scalar(lambda v, c: conv.identifier(v, max_length=16,
-                                                     keyword=c.rule.attribute)),
-    "uid": _scalar(lambda v, c: conv.uid(v, keyword=c.rule.attribute)),
+    "identifier": _scalar(lambda v, c: conv.identifier(
+        v, max_length=_limit(c, 16), keyword=c.rule.attribute, on_overflow=c.rule.overflow),
+        identifier=True),
+    "ae_title": _scalar(lambda v, c: conv.identifier(
+        v, max_length=16, keyword=c.rule.attribute, on_overflow=c.rule.overflow),
+        identifier=True),
+    "uid": _scalar(lambda v, c: conv.uid(v, keyword=c.rule.attribute), identifier=True),
     "person_name": _person_name,
     "xcn_name": _xcn_name,
-    "cn_name": _scalar(lambda v, c: conv.cn_subcomponents(v)),
+    "cn_name": _cn_name,
     "date": _scalar(lambda v, c: conv.date(v, c.zone, keyword=c.rule.attribute)),
     "time": _scalar(lambda v, c: conv.time(v, c.zone, keyword=c.rule.attribute)),
-    "birth_date": _scalar(lambda v, c: conv.birth_date(v)),
-    "priority": _scalar(lambda v, c: conv.priority(v)),
-    "sex": _scalar(lambda v, c: conv.sex(v)),
+    "birth_date": _scalar(lambda v, c: conv.birth_date(v, keyword=c.rule.attribute)),
+    "priority": _scalar(lambda v, c: conv.priority(v, keyword=c.rule.attribute)),
+    "sex": _scalar(lambda v, c: conv.sex(v, keyword=c.rule.attribute)),
     "code": _code,
     "coded_text": _coded_text,
     "quantity": _quantity,
@@ -266,15 +448,110 @@ def _sequence_of(scope: Scope, seg_name: str) -> int:
     return next((i + 1 for i, s in enumerate(same) if s is seg), 1)
 
 
-def _evaluate(rule: Rule, scope: Scope, ctx: Context) -> Any:
-    for text_path in rule.sources_for(ctx.structure):
-        path = Path.parse(text_path)
+def _where(scope: Scope, path: Path) -> ErrorLocation:
+    return ErrorLocation(path.segment, path.field, path.component,
+                         _sequence_of(scope, path.segment))
+
+
+@contextmanager
+def _located(location: ErrorLocation) -> Iterator[None]:
+    """Warnings raised inside get ``location`` unless they carry their own."""
+    with warnings.collecting() as inner:
         try:
-            value = CONVERTERS[rule.convert](scope, path, ctx)
+            yield
+        finally:
+            located(inner, 0, location)
+    for found in inner:
+        warn(found.code, found.text, found.location)
+
+
+# -- scheduled start --------------------------------------------------------------------
+
+def _receipt(ctx: MessageContext) -> datetime:
+    """The receipt time in the zone in force (a naive stored time is UTC)."""
+    at = ctx.received_at if ctx.received_at.tzinfo else ctx.received_at.replace(tzinfo=UTC)
+    return at.astimezone(ZoneInfo(ctx.zone)).replace(tzinfo=None)
+
+
+def _start(scope: Scope, paths: list[Path], ctx: Context) -> tuple[str, str] | None:
+    """The scheduled start (DA, TM) from a chain of TS sources, or None when none has
+    a value.
+
+    The first source with a value is the chosen one: a malformed value there (not a
+    TS, or less than a day) is refused with AE 102 naming it. With a time of day it is
+    the start (a warning names it when earlier sources were empty). A date-only value
+    keeps its date; the time of day comes from the first later source with a time on
+    that same date, else from the receipt time when the message arrived that day, else
+    it is the start of the day; each with a warning.
+    """
+    chosen: tuple[str, Path] | None = None
+    for i, path in enumerate(paths):
+        value, _ = _read_value(scope, path)
+        if not value or value == NULL:
+            continue
+        where = _where(scope, path)
+        if chosen is None:
+            try:
+                with _located(where):
+                    moment, digits = conv.local_datetime(value, ctx.zone,
+                                                         keyword="scheduled start")
+            except HL7Error as exc:
+                exc.location = where
+                raise
+            if digits < 8:
+                raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
+                               "scheduled start needs at least a date (YYYYMMDD)", where)
+            if digits >= 12:
+                if i:
+                    warn(REQUIRED_FIELD, f"scheduled start: {', '.join(map(str, paths[:i]))} "
+                                         f"empty; taken from {path}", where)
+                return conv.dicom_date(moment), conv.dicom_time(moment, digits)
+            chosen = (conv.dicom_date(moment), path)
+            continue
+        try:
+            with warnings.collecting():  # not the chosen source: its quirks don't matter
+                moment, digits = conv.local_datetime(value, ctx.zone)
+        except HL7Error:
+            continue
+        if digits >= 12 and conv.dicom_date(moment) == chosen[0]:
+            warn(DATA_TYPE, f"scheduled start in {chosen[1]} has no time of day; time "
+                            f"taken from {path}", _where(scope, chosen[1]))
+            return chosen[0], conv.dicom_time(moment, digits)
+    if chosen is None:
+        return None
+    return chosen[0], _time_for_date(chosen[0], str(chosen[1]), _where(scope, chosen[1]), ctx)
+
+
+def _time_for_date(day: str, source: str, where: ErrorLocation, ctx: MessageContext) -> str:
+    receipt = _receipt(ctx)
+    if conv.dicom_date(receipt) == day:
+        warn(DATA_TYPE, f"scheduled start in {source} has no time of day; time of receipt "
+                        "used", where)
+        return receipt.strftime("%H%M%S")
+    warn(DATA_TYPE, f"scheduled start in {source} has no time of day; start of the day "
+                    "used", where)
+    return "000000"
+
+
+# -- rules ----------------------------------------------------------------------------
+
+def _evaluate(rule: Rule, scope: Scope, ctx: Context) -> Any:
+    sources = rule.sources_for(ctx.structure)
+    if rule.convert in ("start_date", "start_time"):
+        start = _start(scope, [Path.parse(p) for p in sources], ctx)
+        return None if start is None else start[0 if rule.convert == "start_date" else 1]
+    for text_path in sources:
+        path = Path.parse(text_path)
+        where = _where(scope, path)
+        try:
+            with _located(where):
+                value = CONVERTERS[rule.convert](scope, path, ctx)
         except HL7Error as exc:
             if exc.location is None:
-                exc.location = ErrorLocation(path.segment, path.field, path.component,
-                                             _sequence_of(scope, path.segment))
+                exc.location = where
+            if rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME):
+                warn(exc.code, f"{exc.text}; value not used", exc.location)
+                continue
             raise
         if value is not None:
             return value
@@ -286,11 +563,12 @@ def _attributes(profile: Profile, level: str, scope: Scope, base: MessageContext
     for rule in profile.rules:
         if rule.level != level:
             continue
-        ctx = Context(base.zone, base.v25, base.structure, rule)
+        ctx = Context(base.zone, base.v25, base.structure, base.received_at, rule)
         value = _evaluate(rule, scope, ctx)
         if value is not None:
             out[rule.attribute] = value
     return out
+
 
 
 @dataclass
@@ -322,34 +600,39 @@ def _patient(msg: Message, profile: Profile, scope: Scope,
     chosen = 0
     if profile.preferred_patient_authority:
         for i in range(len(reps)):
-            if pid.get(3, 4, 1, repetition=i) == profile.preferred_patient_authority:
+            if _sub(pid, 3, 4, 1, i) == profile.preferred_patient_authority:
                 chosen = i
                 break
-    patient_id = pid.get(3, 1, repetition=chosen) if reps else ""
+    patient_id = _first(pid, 3, 1, chosen) if reps else ""
     if not patient_id or patient_id == NULL:
         raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "PID", 3,
                           "PID-3 patient identifier is required")
+    id_parts = _parts(pid, 3, chosen)[0]
+    if sum(1 for p in id_parts if p.strip()) > 1:
+        warn(DATA_TYPE, "PatientID: only the first sub-component of CX.1 was used",
+             ErrorLocation("PID", 3, 1))
     try:
         conv.identifier(patient_id, max_length=64, keyword="PatientID")
     except HL7Error as exc:
         exc.location = ErrorLocation("PID", 3)
         raise
-    issuer = pid.get(3, 4, 1, repetition=chosen)
+    issuer = _sub(pid, 3, 4, 1, chosen)
     attributes = _attributes(profile, "patient", scope, base)
     attributes["PatientID"] = patient_id
     if issuer:
-        attributes["IssuerOfPatientID"] = conv.text(issuer, max_length=64)
-        qualifiers = _hd_item("", pid.get(3, 4, 2, repetition=chosen),
-                              pid.get(3, 4, 3, repetition=chosen))
-        if pid.get(3, 5, repetition=chosen):
-            qualifiers["IdentifierTypeCode"] = conv.text(pid.get(3, 5, repetition=chosen),
-                                                         max_length=16)
+        with _located(ErrorLocation("PID", 3, 4)):
+            attributes["IssuerOfPatientID"] = conv.text(issuer, max_length=64,
+                                                        keyword="IssuerOfPatientID")
+            qualifiers = _hd_item("", _sub(pid, 3, 4, 2, chosen), _sub(pid, 3, 4, 3, chosen))
+            if _first(pid, 3, 5, chosen):
+                qualifiers["IdentifierTypeCode"] = conv.text(
+                    _first(pid, 3, 5, chosen), max_length=16, keyword="IdentifierTypeCode")
         if qualifiers:
             attributes["IssuerOfPatientIDQualifiersSequence"] = [qualifiers]
     others = [
-        {"PatientID": pid.get(3, 1, repetition=i),
-         "IssuerOfPatientID": pid.get(3, 4, 1, repetition=i), "TypeOfPatientID": "TEXT"}
-        for i in range(len(reps)) if i != chosen and pid.get(3, 1, repetition=i)
+        {"PatientID": _first(pid, 3, 1, i),
+         "IssuerOfPatientID": _sub(pid, 3, 4, 1, i), "TypeOfPatientID": "TEXT"}
+        for i in range(len(reps)) if i != chosen and _first(pid, 3, 1, i)
     ]
     if others:
         attributes["OtherPatientIDsSequence"] = others
@@ -376,9 +659,8 @@ def _station_for(profile: Profile, msg: Message, attrs: Attributes, proc: Attrib
              _first_code(attrs.get("ScheduledProtocolCodeSequence"))]
     obr = scope.first("OBR")
     if obr is not None:
-        codes.append(obr.get(4, 1))
-    pv1 = scope.first("PV1")
-    location = pv1.get(3, 1) if pv1 is not None else ""
+        codes.append(_first(obr, 4))
+    location = _first(scope.first("PV1"), 3)
     facts = {"modality": [modality], "procedure_code": [c for c in codes if c],
              "location": [location], "sending_application": [msg.msh.get(3)],
              "sending_facility": [msg.msh.get(4)]}
@@ -414,8 +696,14 @@ def _apply_catalog(profile: Profile, proc: Attributes, step: Attributes) -> None
                  "CodeMeaning": c.meaning} for c in entry.protocol]
 
 
-def map_message(msg: Message, profiles: ProfileSet, *, timezone: str) -> OrderMessage | AdtMessage:
-    """Map one parsed message with the profile that serves its sender."""
+def map_message(msg: Message, profiles: ProfileSet, *, timezone: str,
+                received_at: datetime | None = None) -> OrderMessage | AdtMessage:
+    """Map one parsed message with the profile that serves its sender.
+
+    ``received_at`` is when the broker received the message (the stored row's time):
+    an order without a scheduled start is scheduled then under the profile's
+    ``missing_start: receipt``. None (a dry run) means now.
+    """
     structure = STRUCTURES.get(msg.message_code.upper())
     if structure is None:
         raise field_error(ErrorCode.UNSUPPORTED_MESSAGE_TYPE, "MSH", 9,
@@ -424,7 +712,7 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str) -> OrderMe
     zone = profile.timezone or timezone
     v25 = not msg.version.startswith("2.3") and not msg.version.startswith("2.4")
     split = _split(msg)
-    base = MessageContext(zone, v25, structure)
+    base = MessageContext(zone, v25, structure, received_at or datetime.now(UTC))
     first_group = _layer(split.groups[0]) if split.groups else {}
     patient_scope = Scope([first_group, split.message_layer], msg)
     patient = _patient(msg, profile, patient_scope, base)
@@ -463,7 +751,7 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
         _apply_catalog(profile, proc, attrs)
         record = StepRecord(control, status, step_key, attrs)
         if control in CREATING or control == "XO":
-            _check_start(attrs, structure, g, required=control in CREATING)
+            _ensure_start(attrs, profile, base, g, required=control in CREATING)
             if not attrs.get("ScheduledStationAETitle"):
                 station, rule_name = _station_for(profile, msg, attrs, proc, scope)
                 if station is None:
@@ -487,8 +775,8 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
         if date and time:
             record.start_datetime = f"{date}{time}"
         obr = scope.first("OBR")
-        placer = orc.get(2, 1) or (obr.get(2, 1) if obr is not None else "")
-        filler = orc.get(3, 1) or (obr.get(3, 1) if obr is not None else "")
+        placer = _first(orc, 2) or _first(obr, 2)
+        filler = _first(orc, 3) or _first(obr, 3)
         _check_entity_identifiers(orc, g)
         key = (placer, filler, proc.get("RequestedProcedureID", ""),
                proc.get("AccessionNumber", ""))
@@ -499,37 +787,55 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
             last.steps.append(record)
         else:
             order.procedures.append(ProcedureRecord(
-                placer, orc.get(2, 2), filler, orc.get(3, 2), proc, [record]))
+                placer, _first(orc, 2, 2), filler, _first(orc, 3, 2), proc, [record]))
 
 
 def _check_entity_identifiers(orc: Segment, g: int) -> None:
     """D4: placer/filler order numbers and their namespace ids are LO (64) in DICOM."""
     for number in (2, 3):
         for component in (1, 2):
-            if len(orc.get(number, component)) > 64:
+            if len(_first(orc, number, component)) > 64:
                 raise field_error(ErrorCode.DATA_TYPE_ERROR, "ORC", number,
                                   f"ORC-{number}.{component} is longer than 64 characters",
                                   component=component, sequence=g)
 
 
-def _check_start(attrs: Attributes, structure: str, g: int, *, required: bool) -> None:
-    if required and not (attrs.get("ScheduledProcedureStepStartDate")
-                         and attrs.get("ScheduledProcedureStepStartTime")):
-        segment, number = ("TQ1", 7) if structure == "OMI" else ("ORC", 7)
+def _ensure_start(attrs: Attributes, profile: Profile, base: MessageContext, g: int, *,
+                  required: bool) -> None:
+    """A creating order (NW/SN) needs a scheduled start (SPS Start Date/Time are Return
+    Key Type 1, PS3.4 Table K.6-1). With none in any source, ``missing_start:
+    receipt`` schedules it at the receipt time in the zone in force, with a warning;
+    ``reject`` refuses it with AE 101 at ORC-7 (ORM) / TQ1-7 (OMI). A change (XO)
+    without a start keeps the stored one."""
+    if not required or (attrs.get(START_DATE) and attrs.get(START_TIME)):
+        return
+    segment, number = ("TQ1", 7) if base.structure == "OMI" else ("ORC", 7)
+    where = ErrorLocation(segment, number, sequence=g)
+    if profile.start_policy == "reject":
         raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, segment, number,
                           "scheduled start date and time are required", sequence=g)
+    if attrs.get(START_DATE):  # a profile with a date rule but no time rule
+        attrs[START_TIME] = _time_for_date(str(attrs[START_DATE]), START_DATE, where, base)
+        return
+    receipt = _receipt(base)
+    attrs[START_DATE] = conv.dicom_date(receipt)
+    attrs[START_TIME] = receipt.strftime("%H%M%S")
+    rule = profile.rule_for(START_DATE)
+    tried = ", ".join(rule.sources_for(base.structure)) if rule else f"{segment}-{number}"
+    warn(REQUIRED_FIELD, f"no scheduled start in {tried}: scheduled at the time the "
+                         "message was received", where)
 
 
 def _adt(msg: Message, profile: Profile, patient: PatientRecord) -> AdtMessage:
     event = msg.trigger_event.upper()
-    when = msg.get("EVN-2.1") or msg.msh.get(7, 1)
+    when = _first(msg.segment("EVN"), 2) or _first(msg.msh, 7)
     prior = None
     mrg = msg.segment("MRG")
     if event == "A40":
-        if mrg is None or not mrg.get(1, 1):
+        if mrg is None or not _first(mrg, 1):
             raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "MRG", 1,
                               "MRG-1 prior patient identifier is required")
-        prior = (mrg.get(1, 1), mrg.get(1, 4, 1))
+        prior = (_first(mrg, 1), _sub(mrg, 1, 4, 1))
     return AdtMessage(profile.name, event, when, patient, prior)
 
 

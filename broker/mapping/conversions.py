@@ -4,50 +4,78 @@ and A5, D4, H6, H7). Pure functions of text; no I/O.
 Each returns the DICOM value, ``""`` for the HL7 explicit null (clear the stored
 value), or ``None`` when the source is empty (leave the stored value unchanged).
 Problems a sender must fix raise :class:`HL7Error` naming the field (the caller adds
-the location); values merely too long for a description are truncated with a warning
-that names the attribute, never the value.
+the location); adjustments (a description cut to its VR length, a code outside its
+HL7 table dropped, a local time skipped by DST) are recorded with
+:func:`broker.hl7.warnings.warn`, naming the attribute and what was done, never the
+value. The caller gives those warnings the location of the field they came from.
+
+Composite values arrive already split: a *component* is a ``str`` (already decoded),
+or a sequence of its sub-components (HL7 v2.5.1 2.5.3: ``&`` separates them; each
+part already unescaped, so an escaped ``\\T\\`` is a literal ``&`` inside a part).
 """
 
 from __future__ import annotations
 
-import logging
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import NULL
+from broker.hl7.warnings import DATA_TYPE, TABLE_VALUE, warn
 
-log = logging.getLogger(__name__)
+Overflow = Literal["reject", "truncate"]
+Component = str | Sequence[str]
+
+
+def first_part(component: Component) -> str:
+    """The value of a component: itself when already a string, else its first
+    non-empty sub-component (FN: the surname, or the first part the sender filled,
+    HL7 v2.5.1 2A.2.26), trimmed of spaces."""
+    if isinstance(component, str):
+        return component.strip()
+    return next((p.strip() for p in component if p.strip()), "")
 
 UID_SYNTAX = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))+$")
 TS_SYNTAX = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
 
 
-def text(value: str, *, max_length: int = 64, keyword: str = "") -> str:
+def _overflow(value: str, max_length: int, keyword: str, on_overflow: Overflow) -> str:
+    """A value longer than its VR allows (PS3.5 6.2): refused (AE 102) or cut with a
+    warning, as the rule's ``on_overflow`` says."""
+    if len(value) <= max_length:
+        return value
+    name = keyword or "value"
+    if on_overflow == "reject":
+        raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
+                       f"{name} is longer than {max_length} characters")
+    warn(DATA_TYPE, f"{name} longer than {max_length} characters: truncated")
+    return value[:max_length]
+
+
+def text(value: str, *, max_length: int = 64, keyword: str = "",
+         on_overflow: Overflow = "truncate") -> str:
     """A description (LO/SH/ST/LT): ``\\`` (the DICOM value delimiter) becomes ``/``,
-    control characters become spaces, and overflow is truncated with a warning (D4)."""
+    control characters become spaces, and overflow is truncated with a warning (D4)
+    unless the rule says ``on_overflow: reject``."""
     cleaned = value.replace("\\", "/").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-    if len(cleaned) > max_length:
-        log.warning("%s longer than %d characters: truncated", keyword or "value", max_length)
-        cleaned = cleaned[:max_length].rstrip()
-    return cleaned
+    return _overflow(cleaned, max_length, keyword, on_overflow).rstrip()
 
 
-def long_text(value: str, *, max_length: int = 10240, keyword: str = "") -> str:
+def long_text(value: str, *, max_length: int = 10240, keyword: str = "",
+              on_overflow: Overflow = "truncate") -> str:
     """Formatted text (FT -> LT): line breaks kept as CR LF (``\\.br\\``), no other
     change; LT may contain ``\\``."""
-    if len(value) > max_length:
-        log.warning("%s longer than %d characters: truncated", keyword or "value", max_length)
-        value = value[:max_length]
-    return value
+    return _overflow(value, max_length, keyword, on_overflow)
 
 
-def identifier(value: str, *, max_length: int = 16, keyword: str = "") -> str:
-    """An identifier (SH/LO/CS/AE): overflow is refused, never truncated (D4)."""
-    if len(value) > max_length:
-        raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
-                       f"{keyword or 'identifier'} is longer than {max_length} characters")
+def identifier(value: str, *, max_length: int = 16, keyword: str = "",
+               on_overflow: Overflow = "reject") -> str:
+    """An identifier (SH/LO/CS/AE): overflow is refused, never truncated (D4; cutting
+    an id can merge two orders), unless the rule says ``on_overflow: truncate``."""
+    value = _overflow(value, max_length, keyword or "identifier", on_overflow)
     if "\\" in value:
         raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
                        f"{keyword or 'identifier'} contains a backslash")
@@ -70,69 +98,88 @@ def _join_pn(components: list[str]) -> str:
     return "^".join(components).rstrip("^")
 
 
-def xpn_group(components: list[str], *, v25: bool = False) -> str:
+PN_GROUP_LENGTH = 64  # PS3.5 6.2: 64 characters per PN component group
+
+
+def _pn_group(value: str, keyword: str) -> str:
+    if len(value) <= PN_GROUP_LENGTH:
+        return value
+    warn(DATA_TYPE, f"{keyword or 'name'} longer than {PN_GROUP_LENGTH} characters per "
+                    "component group: truncated")
+    return value[:PN_GROUP_LENGTH].rstrip("^ ")
+
+
+def xpn_group(components: Sequence[Component], *, v25: bool = False) -> str:
     """One XPN repetition -> one PN component group (M1).
 
     XPN: family^given^middle^suffix^prefix^degree^type^representation. PN:
     family^given^middle^prefix^suffix; the degree is appended to the suffix
-    (``Jr`` + ``PhD`` -> ``Jr PhD``). In v2.5 XPN.1 is FN and its first
-    sub-component is the surname.
+    (``Jr`` + ``PhD`` -> ``Jr PhD``). XPN.1 is FN from v2.4 (surname & own surname
+    prefix & own surname & ...; HL7 v2.5.1 2A.2.26) and ``family & last name prefix``
+    in v2.3: in every version the family name is its first non-empty sub-component
+    (``&&SMITH`` -> ``SMITH``); the other components keep their first sub-component.
+    ``v25`` is accepted for compatibility and changes nothing.
     """
-    comps = [*components, *[""] * 8][:8]
-    family = comps[0].split("&")[0] if v25 else comps[0]
+    comps = [first_part(c) for c in [*components, *[""] * 8][:8]]
     suffix = " ".join(p for p in (comps[3], comps[5]) if p)
-    parts = [family, comps[1], comps[2], comps[4], suffix]
+    parts = [comps[0], comps[1], comps[2], comps[4], suffix]
     return _join_pn([_pn_component(p) for p in parts])
 
 
-def person_name(repetitions: list[list[str]], *, v25: bool = False) -> str:
+def person_name(repetitions: Sequence[Sequence[Component]], *, v25: bool = False,
+                keyword: str = "PatientName") -> str:
     """PID-5 (all repetitions) -> PN with component groups (M1, A7).
 
     Repetitions whose XPN.8 name representation is A (alphabetic), I (ideographic) or
     P (phonetic) fill the three PN groups; without XPN.8 the legal name (type L, else
-    the first repetition) is the alphabetic group.
+    the first repetition) is the alphabetic group. A group over 64 characters is cut
+    with a warning.
     """
     if not repetitions:
         return ""
     groups = {"A": "", "I": "", "P": ""}
-    with_repr = [r for r in repetitions if len(r) > 7 and r[7] in groups]
+    with_repr = [r for r in repetitions if len(r) > 7 and first_part(r[7]) in groups]
     if with_repr:
         for rep in with_repr:
-            if not groups[rep[7]]:
-                groups[rep[7]] = xpn_group(rep, v25=v25)
+            if not groups[first_part(rep[7])]:
+                groups[first_part(rep[7])] = _pn_group(xpn_group(rep), keyword)
         value = f"{groups['A']}={groups['I']}={groups['P']}"
         return value.rstrip("=")
-    legal = next((r for r in repetitions if len(r) > 6 and r[6] == "L"), repetitions[0])
-    return xpn_group(legal, v25=v25)
+    legal = next((r for r in repetitions if len(r) > 6 and first_part(r[6]) == "L"),
+                 repetitions[0])
+    return _pn_group(xpn_group(legal), keyword)
 
 
-def xcn_name(components: list[str]) -> str:
+def xcn_name(components: Sequence[Component], *, keyword: str = "") -> str:
     """XCN (id^family^given^middle^suffix^prefix^degree) -> PN (M1): the ID is
-    dropped and the name handled like XPN."""
+    dropped and the name handled like XPN (XCN.2 is FN, HL7 v2.5.1 2A.2.89)."""
     comps = [*components, *[""] * 7][:7]
-    return xpn_group([comps[1], comps[2], comps[3], comps[4], comps[5], comps[6]])
+    return _pn_group(xpn_group([comps[1], comps[2], comps[3], comps[4], comps[5], comps[6]]),
+                     keyword)
 
 
-def cn_subcomponents(value: str) -> str:
+def cn_subcomponents(value: Component, *, keyword: str = "") -> str:
     """OBR-34's first component as CN sub-components (``T001&Nguyen&Anna``) -> PN
-    ``Nguyen^Anna``."""
-    subs = [*value.split("&"), *[""] * 7][:7]
-    return xpn_group([subs[1], subs[2], subs[3], subs[4], subs[5], subs[6]])
+    ``Nguyen^Anna``. A string is split at ``&``; a sequence is taken as the parts."""
+    subs = [*(value.split("&") if isinstance(value, str) else value), *[""] * 7][:7]
+    return _pn_group(xpn_group([subs[1], subs[2], subs[3], subs[4], subs[5], subs[6]]),
+                     keyword)
 
 
 def _parse_ts(value: str, keyword: str) -> tuple[datetime, bool, int]:
     """(naive datetime, has offset, digits of precision) for an HL7 TS/DTM."""
     match = TS_SYNTAX.match(value.strip())
     if not match:
-        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword}: not an HL7 timestamp")
+        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword or 'value'}: not an HL7 timestamp")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
-    digits = len(value.split("+")[0].split("-")[0].split(".")[0])
+    digits = len(value.strip().split("+")[0].split("-")[0].split(".")[0])
     try:
         parsed = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0),
                           int(minute or 0), int(second or 0),
                           int(float(fraction) * 1_000_000) if fraction else 0)
     except ValueError:
-        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword}: not a valid date/time") from None
+        raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
+                       f"{keyword or 'value'}: not a valid date/time") from None
     if offset:
         sign = 1 if offset[0] == "+" else -1
         delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
@@ -143,44 +190,31 @@ def _parse_ts(value: str, keyword: str) -> tuple[datetime, bool, int]:
 def local_datetime(value: str, zone: str, *, keyword: str = "") -> tuple[datetime, int]:
     """An HL7 TS in the broker's zone (H6): a TS with an offset is converted; one
     without is taken as local already. A local time that does not exist (skipped by
-    a DST change) is moved forward, with a warning."""
+    a DST change) is moved forward, with a warning. A date-only TS (fewer than 12
+    digits) is a calendar date and is never shifted by its offset."""
     parsed, has_offset, digits = _parse_ts(value, keyword)
     tz = ZoneInfo(zone)
+    if digits < 12:
+        naive, _, _ = _parse_ts(value.strip()[:digits], keyword)
+        return naive, digits
     if has_offset:
         aware = parsed.replace(tzinfo=ZoneInfo("UTC")).astimezone(tz)
         return aware.replace(tzinfo=None), digits
     round_trip = parsed.replace(tzinfo=tz).astimezone(ZoneInfo("UTC")).astimezone(tz)
     if round_trip.replace(tzinfo=None) != parsed:
-        log.warning("%s: local time does not exist (DST change); moved to %s",
-                    keyword or "time", round_trip.strftime("%H:%M"))
+        warn(DATA_TYPE, f"{keyword or 'time'}: local time does not exist (DST change); "
+                        "moved forward by the DST gap")
         return round_trip.replace(tzinfo=None), digits
     return parsed, digits
 
 
-def date(value: str, zone: str, *, keyword: str = "") -> str:
-    """TS -> DA ``YYYYMMDD`` (M2); fewer than 8 digits is a data type error."""
-    moment, digits = local_datetime(value, zone, keyword=keyword)
-    if digits < 8:
-        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword}: date needs YYYYMMDD")
+def dicom_date(moment: datetime) -> str:
+    """DA ``YYYYMMDD``."""
     return moment.strftime("%Y%m%d")
 
 
-def birth_date(value: str) -> str:
-    """PID-7 -> DA: the first 8 digits, no time zone shift (a date of birth is a date)."""
-    digits = value.strip()[:8]
-    if not re.fullmatch(r"\d{8}", digits):
-        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, "PatientBirthDate: needs YYYYMMDD")
-    return digits
-
-
-def time(value: str, zone: str, *, keyword: str = "", require_time: bool = True) -> str:
-    """TS -> TM ``HHMM[SS[.ffffff]]`` in the broker's zone (M2, H6). A date-only value
-    where a start time is required is refused (SPS Start Time is Return Key Type 1)."""
-    moment, digits = local_datetime(value, zone, keyword=keyword)
-    if digits < 12:
-        if require_time:
-            raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword}: time of day is missing")
-        return ""
+def dicom_time(moment: datetime, digits: int = 14) -> str:
+    """TM ``HHMM[SS[.ffffff]]`` at the precision the HL7 value had."""
     if digits < 14:
         return moment.strftime("%H%M")
     out = moment.strftime("%H%M%S")
@@ -189,18 +223,62 @@ def time(value: str, zone: str, *, keyword: str = "", require_time: bool = True)
     return out
 
 
+def date(value: str, zone: str, *, keyword: str = "") -> str:
+    """TS -> DA ``YYYYMMDD`` (M2); fewer than 8 digits is a data type error."""
+    moment, digits = local_datetime(value, zone, keyword=keyword)
+    if digits < 8:
+        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword or 'value'}: date needs YYYYMMDD")
+    return dicom_date(moment)
+
+
+def birth_date(value: str, *, keyword: str = "PatientBirthDate") -> str:
+    """PID-7 -> DA: the first 8 digits, no time zone shift (a date of birth is a date);
+    anything else (``1990505``, ``19900231``) is a data type error."""
+    digits = value.strip()[:8]
+    if not re.fullmatch(r"\d{8}", digits):
+        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword}: needs YYYYMMDD")
+    try:
+        datetime.strptime(digits, "%Y%m%d")
+    except ValueError:
+        raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword}: not a valid date") from None
+    return digits
+
+
+def time(value: str, zone: str, *, keyword: str = "", require_time: bool = True) -> str:
+    """TS -> TM ``HHMM[SS[.ffffff]]`` in the broker's zone (M2, H6). A date-only value
+    where a time is required is refused (SPS Start Time is Return Key Type 1)."""
+    moment, digits = local_datetime(value, zone, keyword=keyword)
+    if digits < 12:
+        if require_time:
+            raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
+                           f"{keyword or 'value'}: time of day is missing")
+        return ""
+    return dicom_time(moment, digits)
+
+
 PRIORITIES = {"S": "STAT", "A": "HIGH", "P": "HIGH", "C": "HIGH", "R": "ROUTINE", "T": "MEDIUM"}
 
 
-def priority(value: str) -> str:
-    """ORC-7.6 / TQ1-9 -> Requested Procedure Priority (M4); unknown -> empty."""
-    return PRIORITIES.get(value.strip().upper(), "")
+def priority(value: str, *, keyword: str = "RequestedProcedurePriority") -> str | None:
+    """ORC-7.6 / TQ1-9 (HL7 Table 0027) -> Requested Procedure Priority (M4). A code
+    outside the table is dropped (None: the stored priority is kept) with a warning."""
+    found = PRIORITIES.get(value.strip().upper())
+    if found is None:
+        warn(TABLE_VALUE, f"{keyword}: code not in HL7 Table 0027: not used")
+    return found
 
 
-def sex(value: str) -> str:
-    """PID-8 -> Patient's Sex (M5): M, F, O kept; A, N -> O; anything else empty."""
-    v = value.strip().upper()
-    return v if v in ("M", "F", "O") else "O" if v in ("A", "N") else ""
+SEXES = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}
+
+
+def sex(value: str, *, keyword: str = "PatientSex") -> str | None:
+    """PID-8 (HL7 Table 0001) -> Patient's Sex (M5): M, F, O kept; A, N -> O; U
+    (unknown) -> empty. A code outside the table is dropped (None: the stored sex is
+    kept) with a warning."""
+    found = SEXES.get(value.strip().upper())
+    if found is None:
+        warn(TABLE_VALUE, f"{keyword}: code not in HL7 Table 0001: not used")
+    return found
 
 
 def code_item(value: str, meaning: str, scheme: str, *, keyword: str = "") -> dict[str, str] | None:
@@ -227,7 +305,8 @@ def decimal_string(number: float) -> str:
 
 
 def quantity(value: str, unit: str, table: dict[str, float], *, keyword: str) -> str:
-    """OBX-5 with its OBX-6 unit -> kg or m as DS (weight g/lb -> kg, height cm -> m)."""
+    """OBX-5 with its OBX-6 unit -> kg or m as DS (weight g/lb -> kg, height cm -> m).
+    Not a number is a data type error (102), an unknown unit a table error (103)."""
     try:
         number = float(value)
     except ValueError:

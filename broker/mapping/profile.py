@@ -34,8 +34,15 @@ Conversion = Literal[
     "text", "long_text", "formatted_text", "identifier", "uid", "ae_title",
     "person_name", "xcn_name", "cn_name", "date", "time", "birth_date",
     "priority", "sex", "code", "coded_text", "quantity", "allergies", "pregnancy",
-    "location", "issuer_sequence", "hd_issuer_sequence",
+    "location", "issuer_sequence", "hd_issuer_sequence", "start_date", "start_time",
 ]
+Overflow = Literal["reject", "truncate"]
+MissingStart = Literal["receipt", "reject"]
+
+# Conversions whose over-long values are refused by default: identifiers (PS3.5 6.2
+# VR lengths), where a cut value could merge two orders. Every other conversion cuts
+# descriptive text with a warning.
+REJECT_OVERFLOW: frozenset[str] = frozenset({"identifier", "uid", "ae_title"})
 
 
 class Strict(BaseModel):
@@ -47,6 +54,11 @@ class Rule(Strict):
 
     ``source`` is an HL7 path (``OBR-4.5``), a list of paths tried in order (the first
     non-empty wins), or a mapping from message structure (ORM, OMI, ADT) to either.
+
+    ``on_overflow`` says what a value longer than ``max_length`` (or its VR's length,
+    PS3.5 6.2) becomes: ``reject`` (AE 102 naming the field) or ``truncate`` (cut,
+    with a warning); None is the default of the conversion: ``reject`` for
+    ``identifier``, ``uid`` and ``ae_title``, ``truncate`` for everything else.
     """
 
     attribute: str
@@ -54,7 +66,15 @@ class Rule(Strict):
     source: str | list[str] | dict[Structure, str | list[str]]
     convert: Conversion = "text"
     max_length: int | None = Field(default=None, gt=0)
+    on_overflow: Overflow | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def overflow(self) -> Overflow:
+        """The effective ``on_overflow`` (the conversion's default when unset)."""
+        if self.on_overflow is not None:
+            return self.on_overflow
+        return "reject" if self.convert in REJECT_OVERFLOW else "truncate"
 
     @field_validator("attribute")
     @classmethod
@@ -134,6 +154,10 @@ class Profile(Strict):
     preferred_patient_authority: str = ""
     default_character_set: str = "ASCII"
     timezone: str | None = None
+    # A creating order (NW/SN) with no scheduled start in any source: ``receipt``
+    # schedules it at the time the message was received (with a warning), ``reject``
+    # refuses it with AE 101 at ORC-7 / TQ1-7. None inherits (default ``receipt``).
+    missing_start: MissingStart | None = None
     rules: list[Rule] = Field(default_factory=list)
     stations: list[StationRule] = Field(default_factory=list)
     default_station: Station | None = None
@@ -150,6 +174,10 @@ class Profile(Strict):
                     facility, s.facility):
                 best = max(best, 1 + (s.application != "*") + (s.facility != "*"))
         return best
+
+    @property
+    def start_policy(self) -> MissingStart:
+        return self.missing_start or "receipt"
 
     def rule_for(self, attribute: str) -> Rule | None:
         return next((r for r in self.rules if r.attribute == attribute), None)
@@ -193,6 +221,7 @@ def _resolve(profile: Profile, by_name: dict[str, Profile], seen: tuple[str, ...
         "default_station": profile.default_station or parent.default_station,
         "procedures": {**parent.procedures, **profile.procedures},
         "timezone": profile.timezone or parent.timezone,
+        "missing_start": profile.missing_start or parent.missing_start,
         "preferred_patient_authority": (profile.preferred_patient_authority
                                         or parent.preferred_patient_authority),
     })

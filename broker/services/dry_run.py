@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, inspect
@@ -69,8 +70,9 @@ def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
         return DryRun(exc.ack_code, ack, _error_text(exc), message=partial)
     mapped: list[OrderMessage | AdtMessage] = []
 
-    def keeping(message: Message) -> OrderMessage | AdtMessage:
-        mapped.append(mapper(message))
+    def keeping(msg: Message, *,
+                received_at: datetime | None = None) -> OrderMessage | AdtMessage:
+        mapped.append(mapper(msg, received_at=received_at))
         return mapped[-1]
 
     with factory() as session:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import traceback
-from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
@@ -44,8 +44,13 @@ from broker.services.patients import apply_adt
 
 log = logging.getLogger(__name__)
 
-# Maps a parsed message to domain records; bound to the loaded profiles by the caller.
-Mapper = Callable[[Message], OrderMessage | AdtMessage]
+class Mapper(Protocol):
+    """Maps a parsed message to domain records; bound to the loaded profiles by the
+    caller. ``received_at`` is the stored row's receipt time (the start of an order
+    that carries none); None means now."""
+
+    def __call__(self, msg: Message, *,
+                 received_at: datetime | None = None) -> OrderMessage | AdtMessage: ...
 
 
 def _lock_id(key: str) -> int:
@@ -100,7 +105,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
     try:
         with session.begin_nested(), warnings.collecting() as found:
             msg = parse(row.raw)
-            mapped = mapper(msg)
+            mapped = mapper(msg, received_at=row.received_at)
             if isinstance(mapped, AdtMessage):
                 outcome = apply_adt(session, mapped)
             else:

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from broker.hl7 import warnings
 from broker.hl7.errors import HL7Error
 from broker.mapping import conversions as conv
 
@@ -33,7 +34,27 @@ def test_a7_name_representations_fill_pn_component_groups() -> None:
 
 
 def test_v25_family_name_is_the_first_subcomponent() -> None:
-    assert conv.person_name([["Smith&van&Smith", "Ann"]], v25=True) == "Smith^Ann"
+    assert conv.person_name([[["Smith", "van", "Smith"], "Ann"]], v25=True) == "Smith^Ann"
+
+
+def test_fn_without_surname_takes_its_first_non_empty_subcomponent() -> None:
+    """A v2.3 sender's ``&&SMITH^JOHN``: the own surname in sub-component 3."""
+    for v25 in (False, True):
+        assert conv.person_name([[["", "", "SMITH"], "JOHN"]], v25=v25) == "SMITH^JOHN"
+
+
+def test_an_already_decoded_component_is_never_split_again() -> None:
+    """An escaped ``\\T\\`` arrives as a literal ``&`` inside a plain string."""
+    assert conv.person_name([["Smith & Jones", "Ann"]]) == "Smith & Jones^Ann"
+    assert conv.xcn_name(["5678", ["", "", "Jones"], "Mary"]) == "Jones^Mary"
+
+
+def test_pn_component_group_over_64_is_cut_with_a_warning() -> None:
+    with warnings.collecting() as found:
+        name = conv.person_name([["S" * 70, "Ann"]])
+    assert name == "S" * 64
+    assert [w.code for w in found] == [102] and "PatientName" in found[0].text
+    assert "SSSS" not in found[0].text
 
 
 def test_h7_pn_delimiters_never_leak_from_hl7_data() -> None:
@@ -75,7 +96,16 @@ def test_h6_nonexistent_local_time_moves_forward_with_a_warning(
 ) -> None:
     with caplog.at_level(logging.WARNING):
         assert conv.time("202503090230", "America/New_York") == "0330"
-    assert "does not exist" in caplog.text
+    assert "does not exist" in caplog.text  # logged when nothing collects
+    with warnings.collecting() as found:
+        conv.time("202503090230", "America/New_York", keyword="ScheduledProcedureStepStartTime")
+    assert len(found) == 1 and "does not exist" in found[0].text
+    assert "0230" not in found[0].text and "0330" not in found[0].text
+
+
+def test_a_date_only_value_is_a_calendar_date_never_shifted() -> None:
+    moment, digits = conv.local_datetime("20250310-0800", "Asia/Tokyo")
+    assert (conv.dicom_date(moment), digits) == ("20250310", 8)
 
 
 def test_m2_bad_timestamp() -> None:
@@ -86,15 +116,24 @@ def test_m2_bad_timestamp() -> None:
 
 @pytest.mark.parametrize(("code", "priority"), [("S", "STAT"), ("A", "HIGH"), ("P", "HIGH"),
                                                 ("C", "HIGH"), ("R", "ROUTINE"),
-                                                ("T", "MEDIUM"), ("X", "")])
+                                                ("T", "MEDIUM"), (" s ", "STAT")])
 def test_m4_priority(code: str, priority: str) -> None:
     assert conv.priority(code) == priority
 
 
 @pytest.mark.parametrize(("hl7", "dicom"), [("M", "M"), ("F", "F"), ("O", "O"), ("A", "O"),
-                                            ("N", "O"), ("U", ""), ("Z", "")])
+                                            ("N", "O"), ("U", ""), (" f", "F")])
 def test_m5_sex(hl7: str, dicom: str) -> None:
     assert conv.sex(hl7) == dicom
+
+
+def test_codes_outside_their_table_are_dropped_with_a_warning() -> None:
+    """None: the stored value is kept; a warning names the attribute and the table."""
+    with warnings.collecting() as found:
+        assert conv.priority("X") is None
+        assert conv.sex("Z") is None
+    assert [(w.code, w.text.split(":")[0]) for w in found] == [
+        (103, "RequestedProcedurePriority"), (103, "PatientSex")]
 
 
 def test_m6_code_item_needs_all_three_parts() -> None:
@@ -117,13 +156,24 @@ def test_d4_identifiers_overflow_is_an_error_not_a_truncation() -> None:
     assert err.value.code == 102 and "AccessionNumber" in err.value.text
 
 
-def test_d4_descriptions_are_truncated_with_a_warning_naming_no_value(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING):
+def test_d4_descriptions_are_truncated_with_a_warning_naming_no_value() -> None:
+    with warnings.collecting() as found:
         cut = conv.text("d" * 80, max_length=64, keyword="RequestedProcedureDescription")
-    assert len(cut) == 64
-    assert "RequestedProcedureDescription" in caplog.text and "dddd" not in caplog.text
+        long = conv.long_text("c" * 20, max_length=10, keyword="RequestedProcedureComments")
+    assert len(cut) == 64 and long == "c" * 10
+    assert [w.code for w in found] == [102, 102]
+    assert "RequestedProcedureDescription" in found[0].text and "dddd" not in found[0].text
+    assert "RequestedProcedureComments" in found[1].text
+
+
+def test_on_overflow_overrides_the_default_of_the_conversion() -> None:
+    with pytest.raises(HL7Error) as err:
+        conv.text("d" * 80, max_length=64, keyword="MedicalAlerts", on_overflow="reject")
+    assert err.value.code == 102 and "MedicalAlerts" in err.value.text
+    with warnings.collecting() as found:
+        assert conv.identifier("A" * 20, max_length=16, keyword="AccessionNumber",
+                               on_overflow="truncate") == "A" * 16
+    assert len(found) == 1 and "AccessionNumber" in found[0].text
 
 
 def test_backslash_never_reaches_a_multi_valued_string() -> None:
@@ -151,3 +201,13 @@ def test_weight_and_height_units() -> None:
 def test_birth_date_keeps_the_date() -> None:
     assert conv.birth_date("19750602") == "19750602"
     assert conv.birth_date("197506020830") == "19750602"
+    for bad in ("1990505", "19900231", "1990-05-05"):
+        with pytest.raises(HL7Error) as err:
+            conv.birth_date(bad)
+        assert err.value.code == 102 and "PatientBirthDate" in err.value.text
+
+
+def test_first_part_is_the_first_non_empty_subcomponent_trimmed() -> None:
+    assert conv.first_part(" MR ") == "MR"
+    assert conv.first_part(["", " SMITH", "X"]) == "SMITH"
+    assert conv.first_part(["", ""]) == ""
