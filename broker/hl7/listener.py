@@ -22,7 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.hl7.ack import build_ack
-from broker.hl7.message import parse
 from broker.hl7.warnings import from_json
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
@@ -87,7 +86,7 @@ class HL7Receiver:
                 row = session.get(InboundMessage, pk)
                 if row is not None and row.ack is not None:
                     return row.ack
-                ack = build_ack(parse(raw), "AA",
+                ack = build_ack(self.inbox.read(raw), "AA",
                                 warnings=from_json(row.warnings if row is not None else None))
                 session.execute(
                     update(InboundMessage)
@@ -101,7 +100,7 @@ class HL7Receiver:
         except SQLAlchemyError as exc:
             log.warning("message %s: store answer without database (%s)", pk,
                         type(exc).__name__)
-            return build_ack(parse(raw), "AA")
+            return build_ack(self.inbox.read(raw), "AA")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
