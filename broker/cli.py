@@ -268,7 +268,7 @@ def messages_reprocess(
                 err_console.print(f"message {pk}: not found or rejected at the door")
                 worst = 1
                 continue
-        process_through(factory, pk, runtime.map)
+        process_through(factory, pk, runtime.map, read=runtime.read)
         with factory() as session:
             row = session.get(InboundMessage, pk)
             assert row is not None

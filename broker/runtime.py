@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.config import Settings
 from broker.db import make_engine, make_session_factory
 from broker.domain.types import AdtMessage, OrderMessage
-from broker.hl7.message import Message
+from broker.hl7.message import Message, ReadOptions, parse
 from broker.mapping.apply import map_message
 from broker.mapping.profile import ProfileSet, load_profiles
 
@@ -70,6 +70,16 @@ class Runtime:
         profiles = load_profiles(self.settings.mappings_dir)
         log.info("mapping profiles loaded from %s", self.settings.mappings_dir)
         return profiles
+
+    @cached_property
+    def read_options(self) -> ReadOptions:
+        """How messages are read, at receipt and at processing alike: with the union of
+        the profiles' ``charset_aliases``."""
+        return ReadOptions(charset_aliases=self.profiles.charset_aliases)
+
+    def read(self, raw: bytes) -> Message:
+        """Parse a stored or received message with :attr:`read_options`."""
+        return parse(raw, self.read_options)
 
     def map(self, msg: Message) -> OrderMessage | AdtMessage:
         """Map a parsed message with the loaded profiles (the processor's mapper)."""

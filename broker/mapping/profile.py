@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydicom.datadict import tag_for_keyword
 
+from broker.hl7 import charsets
+
 Level = Literal["patient", "procedure", "step"]
 Structure = Literal["ORM", "OMI", "ADT"]
 Conversion = Literal[
@@ -126,11 +128,24 @@ class Profile(Strict):
     senders: list[Sender] = Field(default_factory=list)
     preferred_patient_authority: str = ""
     default_character_set: str = "ASCII"
+    # Extra MSH-18 spellings a sender uses: name -> HL7 Table 0211 value. The union of
+    # every profile's is used to read all messages (the charset is needed before the
+    # sender's profile can be chosen); each use is a warning on the message.
+    charset_aliases: dict[str, str] = Field(default_factory=dict)
     timezone: str | None = None
     rules: list[Rule] = Field(default_factory=list)
     stations: list[StationRule] = Field(default_factory=list)
     default_station: Station | None = None
     procedures: dict[str, CatalogEntry] = Field(default_factory=dict)
+
+    @field_validator("charset_aliases")
+    @classmethod
+    def _table_0211_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if not charsets.is_known(target):
+                raise ValueError(f"{name}: {target!r} is not an HL7 Table 0211 value the "
+                                 "broker decodes (e.g. '8859/1', 'UNICODE UTF-8')")
+        return {name.strip().upper(): target.strip() for name, target in value.items()}
 
     def specificity(self, application: str, facility: str) -> int:
         """How specifically this profile serves a sender (-1: not at all; the profile
@@ -197,6 +212,12 @@ class ProfileSet:
     def __init__(self, profiles: list[Profile]) -> None:
         self.profiles = profiles
 
+    @property
+    def charset_aliases(self) -> dict[str, str]:
+        """The union of the profiles' ``charset_aliases`` (checked free of conflicts
+        when loading)."""
+        return {k: v for p in self.profiles for k, v in p.charset_aliases.items()}
+
     def select(self, application: str, facility: str) -> Profile:
         scored = [(p.specificity(application, facility), p) for p in self.profiles]
         scored = [(s, p) for s, p in scored if s >= 0]
@@ -224,6 +245,13 @@ def _load(directory: Path) -> tuple[ProfileSet | None, list[str]]:
             resolved.append(_resolve(profile, profiles))
         except ProfileError as exc:
             errors.append(str(exc))
+    seen_alias: dict[str, tuple[str, str]] = {}
+    for profile in resolved:
+        for name, target in profile.charset_aliases.items():
+            first = seen_alias.setdefault(name, (target, profile.name))
+            if first[0].upper() != target.upper():
+                errors.append(f"profile {profile.name}: charset_aliases.{name}: {target!r} "
+                              f"conflicts with {first[0]!r} in profile {first[1]}")
     if not errors and not any(p.specificity("", "") == 0 for p in resolved):
         errors.append(f"{directory}: no profile without `senders` to serve every sender")
     return (None if errors else ProfileSet(resolved)), errors
