@@ -276,3 +276,44 @@ def test_v21_trigger_event_is_implied() -> None:
     assert adt.message_type == "ADT^A08"
     later = parse(ORM.replace(b"|ORM^O01|", b"|ORM|", 1))
     assert later.trigger_event == ""  # from 2.2 MSH-9 carries the event
+
+
+# -- profile aliases -------------------------------------------------------------------
+
+def _profiles(tmp_path, extra: str):  # type: ignore[no-untyped-def]
+    import shutil
+
+    from broker.mapping.profile import check_directory, load_profiles
+    from tests.conftest import MAPPINGS
+
+    shutil.copytree(MAPPINGS, tmp_path / "m")
+    (tmp_path / "m" / "zz_site.yaml").write_text(extra, encoding="utf-8")
+    problems = check_directory(tmp_path / "m")
+    return (load_profiles(tmp_path / "m") if not problems else None), problems
+
+
+def test_profile_charset_aliases_union(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    profiles, problems = _profiles(tmp_path, "name: site\nextends: default\nsenders:\n"
+                                   "  - application: X\ncharset_aliases:\n"
+                                   "  hosp-west: '8859/1'\n  pc8: windows-1252\n")
+    assert problems == [] and profiles is not None
+    assert profiles.charset_aliases == {"HOSP-WEST": "8859/1", "PC8": "windows-1252"}
+
+
+def test_profile_charset_alias_must_name_a_table_0211_value(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, problems = _profiles(tmp_path, "name: site\nsenders:\n  - application: X\n"
+                            "charset_aliases:\n  hosp: cp850\n")
+    assert len(problems) == 1 and "charset_aliases" in problems[0]
+    assert "Table 0211" in problems[0]
+
+
+def test_conflicting_profile_aliases_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _profiles(tmp_path, "name: site\nsenders:\n  - application: X\n"
+              "charset_aliases:\n  HOSP: '8859/1'\n")
+    (tmp_path / "m" / "zz_other.yaml").write_text(
+        "name: other\nsenders:\n  - application: Y\ncharset_aliases:\n  hosp: '8859/2'\n",
+        encoding="utf-8")
+    from broker.mapping.profile import check_directory
+
+    problems = check_directory(tmp_path / "m")
+    assert len(problems) == 1 and "conflicts" in problems[0]
