@@ -243,6 +243,19 @@ class Settings(BaseSettings):
         "2.1 to 2.8.2, is every version the broker reads, and a list may only narrow it. "
         "Others get AR 203.",
     )
+    hl7_max_segments: int = Field(
+        default=2000, ge=1, description="Segments allowed in an inbound message; more: AR 100."
+    )
+    hl7_max_repetitions: int = Field(
+        default=1000, ge=1,
+        description="Repetitions allowed in one field of an inbound message; more: AE 102 "
+        "naming the field.",
+    )
+    hl7_max_components: int = Field(
+        default=100, ge=1,
+        description="Components allowed in one repetition (and sub-components in one "
+        "component) of an inbound message; more: AE 102 naming the field.",
+    )
     accept_unknown_hl7_version: bool = Field(
         default=False,
         description="Accept any MSH-12 (outside hl7_versions, or unknown: read with the "

@@ -74,8 +74,12 @@ class Runtime:
     @cached_property
     def read_options(self) -> ReadOptions:
         """How messages are read, at receipt and at processing alike: with the union of
-        the profiles' ``charset_aliases``."""
-        return ReadOptions(charset_aliases=self.profiles.charset_aliases)
+        the profiles' ``charset_aliases`` and the reading caps of the settings."""
+        settings = self.settings
+        return ReadOptions(charset_aliases=self.profiles.charset_aliases,
+                           max_segments=settings.hl7_max_segments,
+                           max_repetitions=settings.hl7_max_repetitions,
+                           max_components=settings.hl7_max_components)
 
     def read(self, raw: bytes) -> Message:
         """Parse a stored or received message with :attr:`read_options`."""

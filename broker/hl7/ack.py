@@ -111,7 +111,8 @@ def _err_segment(code: int, text: str, loc: ErrorLocation | None, d: Delimiters,
         parts = [loc.segment, str(loc.sequence), str(loc.field) if loc.field else ""]
         if loc.component and v25:  # 2.3.1 ERR-1 has no room for the component
             parts.append(str(loc.component))
-        where = c.join(parts).rstrip(c)
+        # ERL (2.5+) may end early; 2.3.1 ERR-1 is positional: segment^sequence^field^code.
+        where = c.join(parts).rstrip(c) if v25 else c.join(parts)
     if v25:
         coded = c.join([str(code), name, "HL70357"])
         fields = ["ERR", "", where, coded, severity, "", "", "", escape(text, d)]

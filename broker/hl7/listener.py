@@ -1,13 +1,13 @@
 """The MLLP listener's message handler: store, then answer (checklist B1-B2).
 
 ``store`` ACK mode answers as soon as the row (with its AA) is committed and hands the
-message to the processor. Parsing happens on the event loop (it takes tens of
-microseconds); only the commit is waited for, off the loop, in the group-commit
-writer. ``application`` mode hands it over and waits for the
-processor's ACK (AA, or AE/AR with the ERR naming the field). If processing has not
-finished within MWLB_APPLICATION_ACK_TIMEOUT the message is still safely stored, so
-the listener answers AA on the store alone (and records that AA for duplicate replay);
-the outcome then shows in the message store.
+message to the processor. Parsing happens on the event loop (linear and capped, tens
+of microseconds) except for large messages, which are parsed in a worker thread; the
+commit is waited for, off the loop, in the group-commit writer. ``application`` mode
+hands it over and waits for the processor's ACK (AA, or AE/AR with the ERR naming the
+field). If processing has not finished within MWLB_APPLICATION_ACK_TIMEOUT the message
+is still safely stored, so the listener answers AA on the store alone (and records
+that AA for duplicate replay); the outcome then shows in the message store.
 """
 
 from __future__ import annotations

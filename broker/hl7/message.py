@@ -74,9 +74,15 @@ class Path:
 
 
 class Segment:
-    """One segment; fields are split lazily and unescaped on access."""
+    """One segment; fields are split lazily and unescaped on access.
 
-    __slots__ = ("_fields", "delimiters", "message", "name", "text")
+    Splits are cached: a field's repetitions are split once, and each repetition's
+    components once, so reading every repetition of a field costs time linear in its
+    length (callers loop ``get(..., repetition=i)``).
+    """
+
+    __slots__ = ("_components", "_fields", "_repetitions", "delimiters", "message", "name",
+                 "text")
 
     def __init__(self, text: str, message: Message) -> None:
         self.text = text
@@ -84,6 +90,8 @@ class Segment:
         self.delimiters = message.delimiters
         self.name = text[:3]
         self._fields: list[str] | None = None
+        self._repetitions: dict[int, list[str]] | None = None
+        self._components: dict[tuple[int, int], list[str]] | None = None
 
     @property
     def fields(self) -> list[str]:
@@ -101,19 +109,43 @@ class Segment:
         return fields[number] if 0 < number < len(fields) else ""
 
     def repetitions(self, number: int) -> list[str]:
-        """Raw repetitions of a field (MSH-2 is never split)."""
-        raw = self.raw_field(number)
-        if self.name == "MSH" and number <= 2:
-            return [raw]
-        return raw.split(self.delimiters.repetition) if raw else []
+        """Raw repetitions of a field (MSH-2 is never split). The list is shared with
+        later calls: do not modify it."""
+        cache = self._repetitions
+        if cache is None:
+            cache = self._repetitions = {}
+        reps = cache.get(number)
+        if reps is None:
+            raw = self.raw_field(number)
+            if self.name == "MSH" and number <= 2:
+                reps = [raw]
+            else:
+                reps = raw.split(self.delimiters.repetition) if raw else []
+            cache[number] = reps
+        return reps
+
+    def _raw_components(self, number: int, repetition: int) -> list[str] | None:
+        """Raw components of one repetition (cached); None when it is absent."""
+        cache = self._components
+        if cache is None:
+            cache = self._components = {}
+        key = (number, repetition)
+        comps = cache.get(key)
+        if comps is None:
+            reps = self.repetitions(number)
+            if repetition >= len(reps):
+                return None
+            comps = reps[repetition].split(self.delimiters.component)
+            cache[key] = comps
+        return comps
 
     def components(self, number: int, repetition: int = 0) -> list[str]:
         """Unescaped components of one repetition of a field (sub-components kept
         joined by the sub-component delimiter, each part unescaped)."""
-        reps = self.repetitions(number)
-        if repetition >= len(reps):
+        comps = self._raw_components(number, repetition)
+        if comps is None:
             return []
-        return [self._unescape_sub(c) for c in reps[repetition].split(self.delimiters.component)]
+        return [self._unescape_sub(c) for c in comps]
 
     def get(self, number: int, component: int = 0, subcomponent: int = 0,
             repetition: int = 0) -> str:
@@ -136,7 +168,7 @@ class Segment:
                 d.subcomponent.join(self.message.unescape(s) for s in c.split(d.subcomponent))
                 for c in rep.split(d.component)
             )
-        comps = rep.split(self.delimiters.component)
+        comps = self._raw_components(number, repetition) or []
         if component > len(comps):
             return ""
         comp = comps[component - 1]
@@ -293,11 +325,15 @@ def version_at_least(version: str, minimum: str) -> bool:
 @dataclass(frozen=True)
 class ReadOptions:
     """How :func:`parse` reads: extra MSH-18 spellings (``name -> Table 0211 value``,
-    from the mapping profiles' ``charset_aliases``) and the charset assumed when
-    MSH-18 is empty."""
+    from the mapping profiles' ``charset_aliases``), the charset assumed when MSH-18 is
+    empty, and the caps that keep reading bounded (defaults real traffic never meets:
+    HL7 data types have at most a few dozen components)."""
 
     charset_aliases: Mapping[str, str] = dataclass_field(default_factory=dict)
     default_charset: str = "ASCII"
+    max_segments: int = 2000
+    max_repetitions: int = 1000  # per field
+    max_components: int = 100  # per repetition, and sub-components per component
 
 
 DEFAULT_OPTIONS = ReadOptions()
@@ -480,7 +516,60 @@ def parse(raw: bytes, options: ReadOptions | None = None, *,
     message = _partial(text, delimiters, charsets.for_text(charset, text), msh18, found)
     if message.version and message.version not in HL7_VERSIONS:
         found.append(W_UNKNOWN_VERSION)
+    try:
+        _check_limits(message, options)
+    except HL7Error as exc:
+        exc.partial = message
+        raise
     return message
+
+
+def _check_limits(message: Message, options: ReadOptions) -> None:
+    """Refuse a message beyond the reading caps (nothing is kept from it): more than
+    ``max_segments`` segments (AR 100 at the first one over), a field with more than
+    ``max_repetitions`` repetitions or a repetition with more than ``max_components``
+    components (or a component with more sub-components): AE 102 naming the field.
+    Linear in the message size (a count per field; only a field over the cap as a
+    whole is split)."""
+    segments = message.segments
+    if len(segments) > options.max_segments:
+        over = segments[options.max_segments]
+        sequence = sum(1 for s in segments[:options.max_segments + 1] if s.name == over.name)
+        raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR,
+                       f"the message has more than {options.max_segments} segments",
+                       ErrorLocation(over.name, sequence=sequence), reject=True)
+    d = message.delimiters
+    max_reps, max_comps = options.max_repetitions, options.max_components
+
+    def within(text: str) -> bool:
+        return (text.count(d.repetition) < max_reps and text.count(d.component) < max_comps
+                and text.count(d.subcomponent) < max_comps)
+
+    seen: dict[str, int] = {}
+    for seg in segments:
+        sequence = seen[seg.name] = seen.get(seg.name, 0) + 1
+        if within(seg.text):
+            continue
+        for number, raw in enumerate(seg.fields):
+            if not number or not raw or (seg.name == "MSH" and number <= 2):
+                continue
+            where = f"{seg.name}-{number}"
+            if raw.count(d.repetition) >= max_reps:
+                raise field_error(ErrorCode.DATA_TYPE_ERROR, seg.name, number,
+                                  f"{where} has more than {max_reps} repetitions",
+                                  sequence=sequence)
+            if raw.count(d.component) < max_comps and raw.count(d.subcomponent) < max_comps:
+                continue
+            for rep in seg.repetitions(number):
+                comps = rep.split(d.component)
+                if len(comps) > max_comps:
+                    raise field_error(ErrorCode.DATA_TYPE_ERROR, seg.name, number,
+                                      f"{where} has more than {max_comps} components",
+                                      sequence=sequence)
+                if any(c.count(d.subcomponent) >= max_comps for c in comps):
+                    raise field_error(ErrorCode.DATA_TYPE_ERROR, seg.name, number,
+                                      f"{where} has more than {max_comps} sub-components "
+                                      "in a component", sequence=sequence)
 
 
 def _partial(text: str, delimiters: Delimiters, charset: charsets.Charset, msh18: list[str],

@@ -55,6 +55,8 @@ SUPPORTED_EVENTS: dict[str, frozenset[str]] = {
 # 2.1 to 2.8.2 by default; MWLB_HL7_VERSIONS narrows the list.
 SUPPORTED_VERSIONS = frozenset(HL7_VERSIONS)
 SUPPORTED_PROCESSING_IDS = frozenset({"P", "T", "D"})
+# Messages larger than this are parsed off the MLLP event loop.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,13 @@ class Inbox:
 
     async def receive(self, raw: bytes, peer: str) -> Received:
         """Store one message and say what to answer; on the MLLP event loop, only
-        the commit is waited for."""
-        msg, pending = self.prepare(raw, peer)
+        the commit is waited for. Reading is linear and capped, tens of microseconds
+        for a usual message; one over ``OFF_LOOP_BYTES`` is read in a worker thread so
+        that it never holds up the other connections."""
+        if len(raw) > OFF_LOOP_BYTES:
+            msg, pending = await asyncio.to_thread(self.prepare, raw, peer)
+        else:
+            msg, pending = self.prepare(raw, peer)
         stored = await asyncio.wrap_future(self.writer.store(pending))
         return self.outcome(msg, pending, stored)
 

@@ -260,3 +260,28 @@ def test_profile_charset_aliases_apply_at_receipt_and_processing(
     [patient] = patients(broker)
     assert patient.specific_character_set == "ISO_IR 100"
     assert patient.attributes["PatientName"].startswith("Müller")
+
+
+# -- bounded reading -------------------------------------------------------------------
+
+def test_a_field_with_60000_repetitions_is_refused_at_receipt(make_broker: Any) -> None:
+    import time
+
+    broker = make_broker()
+    flood = set_field(sample("05"), "PID", 3, "~" * 60000)
+    started = time.monotonic()
+    [ack, after] = send(broker.mllp_port, flood, sample("09"))
+    assert time.monotonic() - started < 15
+    assert (ack.code, ack.control_id) == ("AE", "ORM0005")
+    assert ack.err == "ERR|PID^1^3^102&Data type error&HL70357"
+    assert after.code == "AA"
+    rows = stored(broker)
+    assert rows[0].status == "rejected" and rows[0].error_location == "PID^1^3"
+    assert rows[0].raw == flood
+    assert patients(broker)[0].patient_id != "" and steps(broker) >= 1
+
+
+def test_reading_caps_are_settings(make_broker: Any) -> None:
+    broker = make_broker(hl7_max_segments=5)
+    [ack] = send(broker.mllp_port, sample("05"))
+    assert ack.code == "AR" and ack.err.startswith("ERR|ORC^2^^100&Segment sequence error")

@@ -130,3 +130,13 @@ def test_warnings_are_err_w_from_25_only() -> None:
     assert errs[0].split(b"|")[2] == b"MSH^1" and b"byte order mark" in errs[0]
     old = parse(b"\xef\xbb\xbf" + sample("05"))
     assert b"ERR" not in build_ack(old, "AA", warnings=old.warnings)
+
+
+def test_v231_err_1_keeps_its_positions_without_a_field() -> None:
+    from broker.hl7.errors import ErrorLocation
+
+    error = HL7Error(100, "too many segments", ErrorLocation("ORC", sequence=2))
+    v231 = build_ack(parse(sample("05")), "AR", error)
+    assert b"\rERR|ORC^2^^100&Segment sequence error&HL70357\r" in v231
+    v251 = build_ack(parse(sample("09")), "AR", error)
+    assert b"\rERR||ORC^2|100^Segment sequence error^HL70357|E" in v251

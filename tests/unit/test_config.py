@@ -54,3 +54,9 @@ def test_hl7_versions_default_and_narrowing(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MWLB_HL7_VERSIONS", "[]")
     with pytest.raises(ValueError, match="at least one"):
         load_settings()
+
+
+def test_reading_caps_defaults() -> None:
+    s = load_settings()
+    assert (s.hl7_max_segments, s.hl7_max_repetitions, s.hl7_max_components) == (
+        2000, 1000, 100)

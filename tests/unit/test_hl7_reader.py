@@ -317,3 +317,84 @@ def test_conflicting_profile_aliases_are_refused(tmp_path) -> None:  # type: ign
 
     problems = check_directory(tmp_path / "m")
     assert len(problems) == 1 and "conflicts" in problems[0]
+
+
+# -- bounded, linear reading -----------------------------------------------------------
+
+def test_field_splits_are_cached() -> None:
+    pid = parse(ORM).segment("PID")
+    assert pid is not None
+    assert pid.repetitions(3) is pid.repetitions(3)
+    assert pid.get(3, 4, 2) == "2.16.840.1.113883.3.9999.1" and pid.get(3, 1) == "135790"
+    assert pid.components(3) == ["135790", "", "", "HOSP&2.16.840.1.113883.3.9999.1&ISO", "MR"]
+    assert pid.get(3, 1, repetition=1) == "" and pid.components(3, 1) == []
+
+
+def test_many_repetitions_are_refused_quickly_naming_the_field() -> None:
+    import time
+
+    from tests.integration.hl7util import set_field
+
+    raw = set_field(ORM, "PID", 3, "~" * 60000)
+    assert len(raw) > 60000
+    started = time.monotonic()
+    with pytest.raises(HL7Error) as caught:
+        parse(raw)
+    assert time.monotonic() - started < 1
+    error = caught.value
+    assert (error.code, error.ack_code, str(error.location)) == (102, "AE", "PID^1^3")
+    assert error.text == "PID-3 has more than 1000 repetitions"
+    assert error.partial.control_id == "ORM0005"
+
+
+def test_reading_every_repetition_is_linear() -> None:
+    """Before the splits were cached, 60,000 PID-3 repetitions took 40 s to map."""
+    import time
+
+    from broker.mapping.apply import map_message
+    from broker.mapping.profile import load_profiles
+    from tests.conftest import MAPPINGS
+    from tests.integration.hl7util import set_field
+
+    raw = set_field(ORM, "PID", 3, "~".join(f"{i}^^^HOSP^MR" for i in range(60000)))
+    options = ReadOptions(max_repetitions=100000)
+    started = time.monotonic()
+    mapped = map_message(parse(raw, options), load_profiles(MAPPINGS), timezone="UTC")
+    assert time.monotonic() - started < 10
+    assert len(mapped.patient.attributes["OtherPatientIDsSequence"]) == 59999
+
+
+@pytest.mark.parametrize(("field", "value", "text"), [
+    (5, "^" * 100, "PID-5 has more than 100 components"),
+    (5, "a&" * 100, "PID-5 has more than 100 sub-components in a component"),
+    (5, ("^" * 99 + "~") * 3, ""),  # within the caps in each repetition
+])
+def test_component_caps(field: int, value: str, text: str) -> None:
+    from tests.integration.hl7util import set_field
+
+    raw = set_field(ORM, "PID", field, value)
+    if not text:
+        assert parse(raw).get("PID-5.100") == ""
+        return
+    with pytest.raises(HL7Error) as caught:
+        parse(raw)
+    assert (caught.value.code, str(caught.value.location), caught.value.text) == (
+        102, f"PID^1^{field}", text)
+
+
+def test_segment_cap_is_ar_at_the_first_segment_over() -> None:
+    raw = ORM + b"NTE|1||x\r" * 1999
+    with pytest.raises(HL7Error) as caught:
+        parse(raw)
+    error = caught.value
+    assert (error.code, error.ack_code, str(error.location)) == (100, "AR", "NTE")
+    assert parse(raw, ReadOptions(max_segments=3000)).control_id == "ORM0005"
+
+
+def test_caps_name_the_occurrence_of_the_segment() -> None:
+    from tests.integration.hl7util import set_field
+
+    raw = set_field(ORM, "OBR", 13, "~" * 5, occurrence=1)
+    with pytest.raises(HL7Error) as caught:
+        parse(raw, ReadOptions(max_repetitions=5))
+    assert str(caught.value.location) == "OBR^2^13"
