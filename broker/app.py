@@ -71,7 +71,9 @@ class BrokerApp:
         self.store_writer = MessageStoreWriter(self.runtime.engine)
         inbox = Inbox(self.store_writer, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version,
-                      allowed_senders=settings.hl7_allowed_senders)
+                      allowed_senders=settings.hl7_allowed_senders,
+                      versions=settings.hl7_versions,
+                      read_options=self.runtime.read_options)
         self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
                                     ack_timeout=settings.application_ack_timeout,
                                     failpoint=settings.failpoint)

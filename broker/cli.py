@@ -186,31 +186,21 @@ def mapping_test(
     """Dry run of live processing: print the worklist items each message would produce,
     its warnings and the ACK the broker would send. Order state is checked against
     the configured database without writing to it (exit 1 unless every ACK is AA)."""
-    from datetime import datetime
-
-    from broker.domain.types import AdtMessage, OrderMessage
     from broker.hl7.client import read_hl7_file
-    from broker.hl7.message import Message
-    from broker.mapping.apply import map_message
-    from broker.mapping.profile import load_profiles
     from broker.mapping.render import describe
-    from broker.runtime import local_zone_name
+    from broker.runtime import Runtime
     from broker.services.dry_run import dry_run, dry_run_database
 
     settings = settings_from(config)
-    profiles = load_profiles(settings.mappings_dir)
-    zone = settings.timezone or local_zone_name()
-
-    def mapper(msg: Message, *, received_at: datetime | None = None
-               ) -> OrderMessage | AdtMessage:
-        return map_message(msg, profiles, timezone=zone, received_at=received_at)
+    runtime = Runtime(settings)
 
     refused = False
     with dry_run_database(settings) as (factory, where):
         console.print(f"order state: {where}", markup=False)
         for path in files:
             for raw in read_hl7_file(path):
-                result = dry_run(raw, factory, mapper,
+                result = dry_run(raw, factory, runtime.map, read=runtime.read,
+                                 versions=settings.hl7_versions,
                                  accept_any_version=settings.accept_unknown_hl7_version)
                 msg = result.message
                 console.print(f"== {path.name}: {msg.message_type if msg else '?'} MSH-10 "
@@ -307,7 +297,7 @@ def messages_reprocess(
                 err_console.print(f"message {pk}: not found or rejected at the door")
                 worst = 1
                 continue
-        process_through(factory, pk, runtime.map)
+        process_through(factory, pk, runtime.map, read=runtime.read)
         with factory() as session:
             row = session.get(InboundMessage, pk)
             assert row is not None

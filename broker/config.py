@@ -14,9 +14,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from broker.hl7.message import HL7_VERSIONS
 from broker.mapping import PACKAGED_PROFILES
 
 
@@ -247,9 +248,42 @@ class Settings(BaseSettings):
         description="Seconds between sweeps that re-dispatch unfinished work (lost task, "
         "outbound retry due, work queued by the CLI).",
     )
-    accept_unknown_hl7_version: bool = Field(
-        default=False, description="Accept MSH-12 versions outside 2.3-2.5.1 instead of AR 203."
+    hl7_versions: list[str] = Field(
+        default=list(HL7_VERSIONS),
+        description="MSH-12 versions accepted (JSON list in the environment); the default, "
+        "2.1 to 2.8.2, is every version the broker reads, and a list may only narrow it. "
+        "Others get AR 203.",
     )
+    hl7_max_segments: int = Field(
+        default=2000, ge=1, description="Segments allowed in an inbound message; more: AR 100."
+    )
+    hl7_max_repetitions: int = Field(
+        default=1000, ge=1,
+        description="Repetitions allowed in one field of an inbound message; more: AE 102 "
+        "naming the field.",
+    )
+    hl7_max_components: int = Field(
+        default=100, ge=1,
+        description="Components allowed in one repetition (and sub-components in one "
+        "component) of an inbound message; more: AE 102 naming the field.",
+    )
+    accept_unknown_hl7_version: bool = Field(
+        default=False,
+        description="Accept any MSH-12 (outside hl7_versions, or unknown: read with the "
+        "current rules and a warning) instead of AR 203.",
+    )
+
+    @field_validator("hl7_versions")
+    @classmethod
+    def _known_versions(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in HL7_VERSIONS]
+        if unknown:
+            raise ValueError(f"unknown HL7 version(s) {', '.join(unknown)}: choose from "
+                             f"{', '.join(HL7_VERSIONS)} (accept_unknown_hl7_version "
+                             "accepts any)")
+        if not value:
+            raise ValueError("at least one HL7 version must be accepted")
+        return value
 
     @classmethod
     def settings_customise_sources(

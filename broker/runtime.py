@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.config import Settings
 from broker.db import make_engine, make_session_factory
 from broker.domain.types import AdtMessage, OrderMessage
-from broker.hl7.message import Message
+from broker.hl7.message import Message, ReadOptions, parse
 from broker.mapping.apply import map_message
 from broker.mapping.profile import ProfileSet, load_profiles
 
@@ -72,6 +72,20 @@ class Runtime:
         log.info("mapping profiles for %s: %s", self.settings.mappings_dir,
                  ", ".join(f"{name} ({path})" for name, path in profiles.files.items()))
         return profiles
+
+    @cached_property
+    def read_options(self) -> ReadOptions:
+        """How messages are read, at receipt and at processing alike: with the union of
+        the profiles' ``charset_aliases`` and the reading caps of the settings."""
+        settings = self.settings
+        return ReadOptions(charset_aliases=self.profiles.charset_aliases,
+                           max_segments=settings.hl7_max_segments,
+                           max_repetitions=settings.hl7_max_repetitions,
+                           max_components=settings.hl7_max_components)
+
+    def read(self, raw: bytes) -> Message:
+        """Parse a stored or received message with :attr:`read_options`."""
+        return parse(raw, self.read_options)
 
     def map(self, msg: Message, *,
             received_at: datetime | None = None) -> OrderMessage | AdtMessage:

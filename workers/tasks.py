@@ -61,7 +61,7 @@ def process_inbound(self: Task, message_pk: int) -> int:
     same patient)."""
     runtime = current_runtime()
     return int(_retrying(self, f"message {message_pk}", lambda: process_through(
-        runtime.session_factory, message_pk, runtime.map)) or 0)
+        runtime.session_factory, message_pk, runtime.map, read=runtime.read)) or 0)
 
 
 @app.task(name="mwl_broker.process_inbound_batch")
@@ -74,7 +74,8 @@ def process_inbound_batch(message_pks: list[int]) -> int:
     applied = 0
     for message_pk in message_pks:
         try:
-            process_through(runtime.session_factory, message_pk, runtime.map)
+            process_through(runtime.session_factory, message_pk, runtime.map,
+                            read=runtime.read)
             applied += 1
         except SQLAlchemyError as exc:
             log.warning("message %s: database error (%s), retried on its own", message_pk,

@@ -73,19 +73,24 @@ class HL7Error(Exception):
     """
 
     def __init__(
-        self, code: int, text: str, location: ErrorLocation | None = None
+        self, code: int, text: str, location: ErrorLocation | None = None, *,
+        reject: bool = False,
     ) -> None:
         super().__init__(text)
         self.code = int(code)
         self.text = text
         self.location = location
-        # For a message that could not be decoded: a best-effort reading of it (a
-        # broker.hl7.message.Message) so that the answer can still name it.
+        # AR whatever the code (a header that cannot be read: HL7 v2.5.1 2.9.2, the
+        # message could not be processed at all).
+        self.reject = reject
+        # For a refused message whose header can still be read: a best-effort reading
+        # of it (a broker.hl7.message.Message) so that the answer can still name it
+        # (MSA-2) and route it back (MSH-5/6), and its duplicate key can be stored.
         self.partial: Any = None
 
     @property
     def ack_code(self) -> str:
-        return "AR" if self.code in REJECT_CODES else "AE"
+        return "AR" if self.reject or self.code in REJECT_CODES else "AE"
 
     def __str__(self) -> str:
         where = f" at {self.location}" if self.location else ""
@@ -93,6 +98,7 @@ class HL7Error(Exception):
 
 
 def field_error(code: int, segment: str, field: int, text: str, component: int = 0,
-                sequence: int = 1) -> HL7Error:
+                sequence: int = 1, *, reject: bool = False) -> HL7Error:
     """Shorthand for an error located at segment-field[.component]."""
-    return HL7Error(code, text, ErrorLocation(segment, field, component, sequence))
+    return HL7Error(code, text, ErrorLocation(segment, field, component, sequence),
+                    reject=reject)

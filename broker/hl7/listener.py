@@ -1,13 +1,13 @@
 """The MLLP listener's message handler: store, then answer (checklist B1-B2).
 
 ``store`` ACK mode answers as soon as the row (with its AA) is committed and hands the
-message to the processor. Parsing happens on the event loop (it takes tens of
-microseconds); only the commit is waited for, off the loop, in the group-commit
-writer. ``application`` mode hands it over and waits for the
-processor's ACK (AA, or AE/AR with the ERR naming the field). If processing has not
-finished within MWLB_APPLICATION_ACK_TIMEOUT the message is still safely stored, so
-the listener answers AA on the store alone (and records that AA for duplicate replay);
-the outcome then shows in the message store.
+message to the processor. Parsing happens on the event loop (linear and capped, tens
+of microseconds) except for large messages, which are parsed in a worker thread; the
+commit is waited for, off the loop, in the group-commit writer. ``application`` mode
+hands it over and waits for the processor's ACK (AA, or AE/AR with the ERR naming the
+field). If processing has not finished within MWLB_APPLICATION_ACK_TIMEOUT the message
+is still safely stored, so the listener answers AA on the store alone (and records
+that AA for duplicate replay); the outcome then shows in the message store.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.hl7.ack import build_ack
-from broker.hl7.message import parse
 from broker.hl7.warnings import from_json
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
@@ -87,7 +86,7 @@ class HL7Receiver:
                 row = session.get(InboundMessage, pk)
                 if row is not None and row.ack is not None:
                     return row.ack
-                ack = build_ack(parse(raw), "AA",
+                ack = build_ack(self.inbox.read(raw), "AA",
                                 warnings=from_json(row.warnings if row is not None else None))
                 session.execute(
                     update(InboundMessage)
@@ -101,7 +100,7 @@ class HL7Receiver:
         except SQLAlchemyError as exc:
             log.warning("message %s: store answer without database (%s)", pk,
                         type(exc).__name__)
-            return build_ack(parse(raw), "AA")
+            return build_ack(self.inbox.read(raw), "AA")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

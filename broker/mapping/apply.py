@@ -710,7 +710,7 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str,
                           f"message type {msg.message_code} is not mapped")
     profile = profiles.select(msg.msh.get(3), msg.msh.get(4))
     zone = profile.timezone or timezone
-    v25 = not msg.version.startswith("2.3") and not msg.version.startswith("2.4")
+    v25 = msg.version_at_least("2.5")
     split = _split(msg)
     base = MessageContext(zone, v25, structure, received_at or datetime.now(UTC))
     first_group = _layer(split.groups[0]) if split.groups else {}

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydicom.datadict import tag_for_keyword
 
+from broker.hl7 import charsets
 from broker.mapping import PACKAGED_PROFILES
 
 Level = Literal["patient", "procedure", "step"]
@@ -153,6 +154,10 @@ class Profile(Strict):
     senders: list[Sender] = Field(default_factory=list)
     preferred_patient_authority: str = ""
     default_character_set: str = "ASCII"
+    # Extra MSH-18 spellings a sender uses: name -> HL7 Table 0211 value. The union of
+    # every profile's is used to read all messages (the charset is needed before the
+    # sender's profile can be chosen); each use is a warning on the message.
+    charset_aliases: dict[str, str] = Field(default_factory=dict)
     timezone: str | None = None
     # A creating order (NW/SN) with no scheduled start in any source: ``receipt``
     # schedules it at the time the message was received (with a warning), ``reject``
@@ -162,6 +167,15 @@ class Profile(Strict):
     stations: list[StationRule] = Field(default_factory=list)
     default_station: Station | None = None
     procedures: dict[str, CatalogEntry] = Field(default_factory=dict)
+
+    @field_validator("charset_aliases")
+    @classmethod
+    def _table_0211_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if not charsets.is_known(target):
+                raise ValueError(f"{name}: {target!r} is not an HL7 Table 0211 value the "
+                                 "broker decodes (e.g. '8859/1', 'UNICODE UTF-8')")
+        return {name.strip().upper(): target.strip() for name, target in value.items()}
 
     def specificity(self, application: str, facility: str) -> int:
         """How specifically this profile serves a sender (-1: not at all; the profile
@@ -235,6 +249,12 @@ class ProfileSet:
         self.profiles = profiles
         self.files = files or {}
 
+    @property
+    def charset_aliases(self) -> dict[str, str]:
+        """The union of the profiles' ``charset_aliases`` (checked free of conflicts
+        when loading)."""
+        return {k: v for p in self.profiles for k, v in p.charset_aliases.items()}
+
     def select(self, application: str, facility: str) -> Profile:
         scored = [(p.specificity(application, facility), p) for p in self.profiles]
         scored = [(s, p) for s, p in scored if s >= 0]
@@ -275,6 +295,13 @@ def _load(directory: Path) -> tuple[ProfileSet | None, list[str], dict[str, Path
             resolved.append(_resolve(profile, profiles))
         except ProfileError as exc:
             errors.append(str(exc))
+    seen_alias: dict[str, tuple[str, str]] = {}
+    for profile in resolved:
+        for name, target in profile.charset_aliases.items():
+            first = seen_alias.setdefault(name, (target, profile.name))
+            if first[0].upper() != target.upper():
+                errors.append(f"profile {profile.name}: charset_aliases.{name}: {target!r} "
+                              f"conflicts with {first[0]!r} in profile {first[1]}")
     if not errors and not any(p.specificity("", "") == 0 for p in resolved):
         errors.append(f"{directory}: no profile without `senders` to serve every sender")
     return (None if errors else ProfileSet(resolved, files)), errors, files

@@ -12,7 +12,7 @@ and the result says so: rules that depend on stored orders answer as on a new br
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,8 +32,8 @@ from broker.hl7.errors import HL7Error
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import Base, InboundMessage
-from broker.services.inbound import check_header, row_values
-from broker.services.processing import Mapper, apply_message
+from broker.services.inbound import SUPPORTED_VERSIONS, check_header, row_values
+from broker.services.processing import Mapper, Reader, apply_message
 
 
 @dataclass
@@ -58,12 +58,14 @@ def _error_text(error: HL7Error) -> str:
 
 
 def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
+            read: Reader = parse, versions: Collection[str] = SUPPORTED_VERSIONS,
             accept_any_version: bool = False) -> DryRun:
     """Run ``raw`` through receipt and processing on ``factory``'s database, then roll
-    everything back."""
+    everything back. ``read``, ``versions`` and ``accept_any_version`` are the live
+    listener's (:class:`broker.services.inbound.Inbox`)."""
     try:
-        msg = parse(raw)
-        check_header(msg, accept_any_version=accept_any_version)
+        msg = read(raw)
+        check_header(msg, accept_any_version=accept_any_version, versions=versions)
     except HL7Error as exc:
         partial = exc.partial if isinstance(exc.partial, Message) else None
         ack = build_ack(partial, exc.ack_code, exc)
@@ -80,7 +82,7 @@ def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
             row = InboundMessage(**row_values(raw, "dry run", msg))
             session.add(row)
             session.flush()
-            apply_message(session, row, keeping)
+            apply_message(session, row, keeping, read=read)
             ack = row.ack or b""
             result = DryRun(ack_code_of(ack), ack, message=msg,
                             mapped=mapped[-1] if mapped else None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +37,7 @@ from broker.audit import hooks as audit
 from broker.config import AckMode, AllowedSender
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
-from broker.hl7.message import Message, content_hash, parse
+from broker.hl7.message import HL7_VERSIONS, Message, ReadOptions, content_hash, parse
 from broker.hl7.warnings import CONTROL_ID_REUSED, HL7Warning, to_json
 from broker.models import MessageStatus
 from broker.security.access import peer_ip, sender_allowed
@@ -51,8 +51,12 @@ SUPPORTED_EVENTS: dict[str, frozenset[str]] = {
     "ORM": frozenset({"O01"}),
     "OMI": frozenset({"O23"}),
 }
-SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"})
+# HL7 v2 is backward compatible for the segments read here (later versions add fields):
+# 2.1 to 2.8.2 by default; MWLB_HL7_VERSIONS narrows the list.
+SUPPORTED_VERSIONS = frozenset(HL7_VERSIONS)
 SUPPORTED_PROCESSING_IDS = frozenset({"P", "T", "D"})
+# Messages larger than this are parsed off the MLLP event loop.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,12 @@ class Received:
     new: bool = False
 
 
-def check_header(msg: Message, *, accept_any_version: bool = False) -> None:
-    """Refuse what we do not handle (B3: AR 200-203) or what lacks MSH keys (B4: 101)."""
+def check_header(msg: Message, *, accept_any_version: bool = False,
+                 versions: Collection[str] = SUPPORTED_VERSIONS) -> None:
+    """Refuse what we do not handle (AR 200-203, HL7 v2.5.1 2.9.2) or what lacks the
+    MSH keys (AE 101). MSH-12 must be one of ``versions`` unless ``accept_any_version``
+    (a version we do not know is then read with the current rules, with a warning from
+    :func:`broker.hl7.message.parse`)."""
     for number in (9, 10):
         if not msg.msh.get(number, 1 if number == 9 else 0):
             raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "MSH", number,
@@ -83,7 +91,7 @@ def check_header(msg: Message, *, accept_any_version: bool = False) -> None:
     if processing not in SUPPORTED_PROCESSING_IDS:
         raise field_error(ErrorCode.UNSUPPORTED_PROCESSING_ID, "MSH", 11,
                           f"processing id {processing or '(empty)'} is not supported")
-    if not accept_any_version and msg.version not in SUPPORTED_VERSIONS:
+    if not accept_any_version and msg.version not in versions:
         raise field_error(ErrorCode.UNSUPPORTED_VERSION_ID, "MSH", 12,
                           f"version {msg.version or '(empty)'} is not supported")
 
@@ -108,16 +116,29 @@ class Inbox:
 
     def __init__(self, writer: MessageStoreWriter, ack_mode: AckMode,
                  *, accept_any_version: bool = False,
-                 allowed_senders: Sequence[AllowedSender] = ()) -> None:
+                 allowed_senders: Sequence[AllowedSender] = (),
+                 versions: Collection[str] = SUPPORTED_VERSIONS,
+                 read_options: ReadOptions | None = None) -> None:
         self.writer = writer
         self.ack_mode = ack_mode
         self.accept_any_version = accept_any_version
         self.allowed_senders = list(allowed_senders)
+        self.versions = frozenset(versions)
+        self.read_options = read_options or ReadOptions()
+
+    def read(self, raw: bytes) -> Message:
+        """Parse with this receiver's options (the profiles' charset aliases)."""
+        return parse(raw, self.read_options)
 
     async def receive(self, raw: bytes, peer: str) -> Received:
         """Store one message and say what to answer; on the MLLP event loop, only
-        the commit is waited for."""
-        msg, pending = self.prepare(raw, peer)
+        the commit is waited for. Reading is linear and capped, tens of microseconds
+        for a usual message; one over ``OFF_LOOP_BYTES`` is read in a worker thread so
+        that it never holds up the other connections."""
+        if len(raw) > OFF_LOOP_BYTES:
+            msg, pending = await asyncio.to_thread(self.prepare, raw, peer)
+        else:
+            msg, pending = self.prepare(raw, peer)
         stored = await asyncio.wrap_future(self.writer.store(pending))
         return self.outcome(msg, pending, stored)
 
@@ -126,8 +147,9 @@ class Inbox:
         error: HL7Error | None = None
         alert: Callable[[Session], None] | None = None
         try:
-            msg = parse(raw)
-            check_header(msg, accept_any_version=self.accept_any_version)
+            msg = self.read(raw)
+            check_header(msg, accept_any_version=self.accept_any_version,
+                         versions=self.versions)
             alert = self._refused_sender(msg, peer)
             if alert is not None:
                 error = HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,  # 207 answers AR
@@ -136,6 +158,10 @@ class Inbox:
         except HL7Error as exc:
             error = exc
             msg = msg or exc.partial
+        except Exception as exc:  # a reader bug must still get an answer and keep the bytes
+            log.error("message from %s could not be read: %s", peer, type(exc).__name__)
+            error = HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,
+                             f"the message could not be read ({type(exc).__name__})")
         values = row_values(raw, peer, msg)
         warnings = list(msg.warnings) if msg is not None else []
         _set_warnings(values, warnings)

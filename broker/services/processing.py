@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -53,6 +54,11 @@ class Mapper(Protocol):
                  received_at: datetime | None = None) -> OrderMessage | AdtMessage: ...
 
 
+# Parses stored bytes; the caller binds the read options used at receipt (charset
+# aliases), so a message reads the same, with the same warnings, at both times.
+Reader = Callable[[bytes], Message]
+
+
 def _lock_id(key: str) -> int:
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -69,7 +75,8 @@ def ordering_key(row: InboundMessage) -> str:
     return row.ordering_key or f"message:{row.id}"
 
 
-def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper) -> int:
+def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper, *,
+                    read: Reader = parse) -> int:
     """Apply every pending message of the same patient up to and including
     ``message_pk``, oldest first. Returns how many messages were applied here."""
     with factory() as session:
@@ -92,19 +99,20 @@ def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Map
             ).first()
             if pending is None:
                 return applied
-            apply_message(session, pending, mapper)
+            apply_message(session, pending, mapper, read=read)
             applied += 1
             if pending.id == message_pk:  # nothing later can be pending before it
                 return applied
 
 
-def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None:
+def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
+                  read: Reader = parse) -> None:
     """Apply one message inside the caller's transaction, recording the result."""
     row.attempts += 1
     msg: Message | None = None
     try:
         with session.begin_nested(), warnings.collecting() as found:
-            msg = parse(row.raw)
+            msg = read(row.raw)
             mapped = mapper(msg, received_at=row.received_at)
             if isinstance(mapped, AdtMessage):
                 outcome = apply_adt(session, mapped)
@@ -113,7 +121,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper) -> None
             audit.hl7_applied(session, row, mapped)
             session.flush()
     except HL7Error as exc:
-        _fail(row, msg, exc)
+        _fail(row, msg or exc.partial, exc)
         log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
                  exc.code, exc.location or "")
         return

@@ -62,9 +62,10 @@ def messages(session: DB, user: Viewer, control_id: str = "", accession: str = "
 
 
 @router.get("/messages/{message_id}")
-def message(session: DB, user: Viewer, message_id: int) -> dict[str, Any]:
+def message(request: Request, session: DB, user: Viewer, message_id: int) -> dict[str, Any]:
     """One message: segments and fields with their names, the ACK sent, the outcome."""
-    return dict(_found(queries.message_detail(session, message_id), "message"))
+    return dict(_found(queries.message_detail(session, message_id, runtime_of(request).read),
+                      "message"))
 
 
 @router.post("/messages/{message_id}/reprocess")

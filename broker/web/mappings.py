@@ -48,8 +48,10 @@ def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
     back (:mod:`broker.services.dry_run`): the ACK it would get, its warnings, and
     the items it would produce compared with what is stored now. Never writes."""
     raw = message.strip().replace("\r\n", "\r").replace("\n", "\r").encode("utf-8")
-    result = run_dry(raw, runtime.session_factory, runtime.map,
-                     accept_any_version=runtime.settings.accept_unknown_hl7_version)
+    settings = runtime.settings
+    result = run_dry(raw, runtime.session_factory, runtime.map, read=runtime.read,
+                     versions=settings.hl7_versions,
+                     accept_any_version=settings.accept_unknown_hl7_version)
     out: dict[str, Any] = {"ack_code": result.ack_code, "error": result.error,
                            "warnings": result.warnings, "items": []}
     mapped = result.mapped

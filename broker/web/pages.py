@@ -118,7 +118,7 @@ def messages(request: Request, session: DB, user: PageViewer, control_id: str = 
 
 @router.get("/messages/{message_id}")
 def message(request: Request, session: DB, user: PageViewer, message_id: int) -> HTMLResponse:
-    detail = queries.message_detail(session, message_id)
+    detail = queries.message_detail(session, message_id, runtime_of(request).read)
     if detail is None:
         raise HTTPException(404, "no such message")
     return render(request, "message.html", user, m=detail)

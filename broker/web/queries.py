@@ -3,6 +3,7 @@ it, so both always agree (issue 4 §3). Read-only, one session per call."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from broker.config import Settings
 from broker.dicom.worklist import build_query, excluding_keys
-from broker.hl7.message import parse
+from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import (
     DicomRequest,
@@ -174,7 +175,10 @@ def field_name(segment: str, number: int, version: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def message_detail(session: Session, message_pk: int) -> dict[str, Any] | None:
+def message_detail(session: Session, message_pk: int,
+                   read: Callable[[bytes], Message] = parse) -> dict[str, Any] | None:
+    """One stored message for people: its fields with their HL7 names, read as the
+    processor reads it (``read``: the profiles' charset aliases and the caps)."""
     row = session.get(InboundMessage, message_pk)
     if row is None:
         return None
@@ -182,7 +186,7 @@ def message_detail(session: Session, message_pk: int) -> dict[str, Any] | None:
     text_raw = row.raw.decode("utf-8", "replace")
     segments = []
     try:
-        msg = parse(row.raw)
+        msg = read(row.raw)
         version = msg.version if msg.version in ("2.3.1", "2.4", "2.5", "2.5.1", "2.6") else "2.5"
         for seg in msg.segments:
             fields = []

@@ -39,3 +39,24 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
 def test_celery_url_selects_distributed_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MWLB_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     assert not load_settings().embedded
+
+
+def test_hl7_versions_default_and_narrowing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.hl7.message import HL7_VERSIONS
+
+    assert load_settings().hl7_versions == list(HL7_VERSIONS)
+    assert "2.1" in HL7_VERSIONS and "2.8.2" in HL7_VERSIONS
+    monkeypatch.setenv("MWLB_HL7_VERSIONS", '["2.3.1", "2.5.1"]')
+    assert load_settings().hl7_versions == ["2.3.1", "2.5.1"]
+    monkeypatch.setenv("MWLB_HL7_VERSIONS", '["2.5.1", "2.9"]')
+    with pytest.raises(ValueError, match="unknown HL7 version"):
+        load_settings()
+    monkeypatch.setenv("MWLB_HL7_VERSIONS", "[]")
+    with pytest.raises(ValueError, match="at least one"):
+        load_settings()
+
+
+def test_reading_caps_defaults() -> None:
+    s = load_settings()
+    assert (s.hl7_max_segments, s.hl7_max_repetitions, s.hl7_max_components) == (
+        2000, 1000, 100)

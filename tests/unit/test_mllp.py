@@ -29,6 +29,24 @@ def test_decoder_end_block_without_cr_is_lenient() -> None:
     assert d.feed(SB + b"MSH|1\x1c" + SB + b"MSH|2\x1c\r") == [b"MSH|1", b"MSH|2"]
 
 
+@pytest.mark.parametrize(("stream", "frames"), [
+    # Segment ends inside the frame's tail stay in the message (the reader drops them).
+    (SB + b"MSH|1\r\r\n" + EB, [b"MSH|1\r\r\n"]),
+    (SB + b"MSH|1\n" + EB, [b"MSH|1\n"]),
+    (SB + b"MSH|1\r\x1c\r" + SB + b"MSH|2\r\x1c\r", [b"MSH|1\r", b"MSH|2\r"]),
+    # After the end block: a CR LF or LF instead of CR is garbage outside a frame.
+    (SB + b"MSH|1\x1c\r\n" + SB + b"MSH|2\x1c\n" + SB + b"MSH|3" + EB,
+     [b"MSH|1", b"MSH|2", b"MSH|3"]),
+    # A byte order mark travels inside the frame, for the reader.
+    (SB + b"\xef\xbb\xbfMSH|1" + EB, [b"\xef\xbb\xbfMSH|1"]),
+])
+def test_decoder_tails(stream: bytes, frames: list[bytes]) -> None:
+    assert MLLPFrameDecoder(1000).feed(stream) == frames
+    d = MLLPFrameDecoder(1000)  # the same bytes one at a time
+    assert [m for i in range(len(stream)) for m in d.feed(stream[i:i + 1])] == frames
+    assert not d.in_frame
+
+
 def test_decoder_caps_the_frame() -> None:
     d = MLLPFrameDecoder(10)
     with pytest.raises(FrameTooLarge):
