@@ -357,6 +357,9 @@ W_EIGHT_BIT = HL7Warning(DATA_TYPE, "MSH-18 is empty or ASCII but the message ha
 W_UNKNOWN_CHARSET = HL7Warning(TABLE_VALUE, "MSH-18 names a character set the broker does "
                                "not support; the message is 7-bit ASCII and was read as "
                                "ASCII", _CHARSET)
+W_ENCODING_CHARACTERS = HL7Warning(
+    DATA_TYPE, "MSH-2 is not four distinct encoding characters but only uses the standard "
+    "ones: read with the standard ^~\\& (HL7 v2.5.1 2.5.4)", ErrorLocation("MSH", 2))
 W_UNKNOWN_VERSION = HL7Warning(ErrorCode.UNSUPPORTED_VERSION_ID, "MSH-12 is not a known "
                                "HL7 v2 version: read with the v2.5.1 rules",
                                ErrorLocation("MSH", 12))
@@ -404,14 +407,16 @@ def _delimiter_ok(char: str) -> bool:
     return "!" <= char <= "~" and not char.isalnum()
 
 
-def _split_header(data: bytes) -> tuple[Delimiters, list[str]]:
+def _split_header(data: bytes, found: list[HL7Warning]) -> tuple[Delimiters, list[str]]:
     """Delimiters and MSH-18 from the header, read as Latin-1 (ASCII-safe).
 
     A header that cannot be read is refused with AR (HL7 v2.5.1 2.9.2): no MSH (100),
     MSH-1 missing because a segment end follows ``MSH`` or not a valid delimiter (102 at
     MSH-1), MSH-2 not four more distinct delimiters (102 at MSH-2). In the last case,
     when MSH-1 is still usable, the error carries a best-effort reading (``partial``)
-    so the ACK can name the message.
+    so the ACK can name the message. An MSH-2 that only uses the standard encoding
+    characters, one missing (``^\\&``) or one doubled (``^~\\\\&``), is a sender's
+    slip with an obvious meaning: read with the standard ones, with a warning.
     """
     if not data.startswith(b"MSH"):
         raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "message does not start with MSH",
@@ -428,6 +433,13 @@ def _split_header(data: bytes) -> tuple[Delimiters, list[str]]:
     enc = header[4:].split(sep, 1)[0]
     if len(enc) < 4 or not all(_delimiter_ok(c) for c in enc[:4]) or len(
             set(enc[:4] + sep)) != 5:
+        standard = Delimiters(field=sep)
+        if sep not in standard.encoding_characters and _standard_slip(
+                enc, standard.encoding_characters):
+            found.append(W_ENCODING_CHARACTERS)
+            fields = header.split(sep)
+            msh18 = fields[17].split(standard.repetition) if len(fields) > 17 else []
+            return standard, msh18
         error = field_error(ErrorCode.DATA_TYPE_ERROR, "MSH", 2,
                             "MSH-1/MSH-2 must declare five distinct delimiters", reject=True)
         if sep not in Delimiters().encoding_characters:
@@ -440,6 +452,14 @@ def _split_header(data: bytes) -> tuple[Delimiters, list[str]]:
     fields = header.split(sep)
     msh18 = fields[17].split(delimiters.repetition) if len(fields) > 17 else []
     return delimiters, msh18
+
+
+def _standard_slip(declared: str, standard: str) -> bool:
+    """Whether MSH-2 is the standard encoding characters with one left out or one
+    doubled (``^\\&``, ``^~\\\\&``): in their order, at least three of them."""
+    collapsed = "".join(c for i, c in enumerate(declared) if not i or declared[i - 1] != c)
+    remaining = iter(standard)
+    return len(collapsed) >= 3 and all(c in remaining for c in collapsed)
 
 
 def _seven_bit(data: bytes) -> bool:
@@ -469,7 +489,7 @@ def parse(raw: bytes, options: ReadOptions | None = None, *,
     found: list[HL7Warning] = []
     data = _body(raw, found)
     try:
-        delimiters, msh18 = _split_header(data)
+        delimiters, msh18 = _split_header(data, found)
     except HL7Error as exc:
         if exc.partial is not None:
             exc.partial.warnings = found

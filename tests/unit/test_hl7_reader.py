@@ -398,3 +398,14 @@ def test_caps_name_the_occurrence_of_the_segment() -> None:
     with pytest.raises(HL7Error) as caught:
         parse(raw, ReadOptions(max_repetitions=5))
     assert str(caught.value.location) == "OBR^2^13"
+
+
+@pytest.mark.parametrize("declared", [b"^\\&", b"^~\\\\&"])
+def test_standard_encoding_characters_with_one_missing_or_doubled_are_read(
+        declared: bytes) -> None:
+    """ruby-hl7's ``^\\&`` and LinuxForHealth's ``^~\\\\&``: the meaning is obvious, so
+    the message is read with the standard ``^~\\&`` and a warning at MSH-2."""
+    msg = parse(ORM.replace(b"MSH|^~\\&|", b"MSH|" + declared + b"|", 1))
+    assert msg.delimiters.encoding_characters == "^~\\&"
+    assert msg.control_id == "ORM0005" and msg.get("PID-5.1") == "Doe"
+    assert [str(w.location) for w in msg.warnings] == ["MSH^1^2"]
