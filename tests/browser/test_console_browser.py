@@ -152,7 +152,7 @@ def test_viewer_cannot_repair(console: tuple[Any, Page]) -> None:
 
 
 def test_admin_manages_users_and_tokens(console: tuple[Any, Page]) -> None:
-    app, page = console
+    _app, page = console
     log_in(page, "admin")
     page.get_by_role("link", name="Users & tokens").click()
     expect(page.get_by_role("heading", name="Users & tokens")).to_be_visible()
