@@ -1,4 +1,6 @@
-"""``mwl-broker web``, ``users``, ``echo`` and ``worklist query`` (issue 4 §5)."""
+"""``mwl-broker web``, ``users``, ``tokens``, ``echo`` and ``worklist query`` (issue 4
+§5). User and token administration here is audited like the console's (DICOM PS3.15
+A.5.3.13 Security Alert), with ``cli:<login name>`` as the acting user."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from broker.models import Role
 
 users_app = typer.Typer(help="Console users (roles viewer, operator, admin).",
                         no_args_is_help=True)
+tokens_app = typer.Typer(help="Console API tokens: list and revoke.", no_args_is_help=True)
 worklist_app = typer.Typer(help="Ask a worklist like a modality does.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")
     app.add_typer(worklist_app, name="worklist")
     app.command("web")(web)
     app.command("echo")(echo)
@@ -60,11 +64,13 @@ def users_add(
         "--password-stdin", help="Read the password from standard input.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Create a user. There is no default account: create the first admin here."""
+    """Create a user. There is no default account: create the first admin here. The
+    password needs MWLB_PASSWORD_MIN_LENGTH characters (12) and may not be a common
+    password, repetitive or sequential, or contain the user name."""
     from broker.db import unit_of_work
     from broker.migrations import upgrade
     from broker.runtime import Runtime
-    from broker.web.security import create_user
+    from broker.web.security import add_user
 
     settings = settings_from(config)
     upgrade(settings.database_url)
@@ -74,7 +80,7 @@ def users_add(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
         with unit_of_work(Runtime(settings).session_factory) as session:
-            create_user(session, name, password, role)
+            add_user(session, settings, _actor(), "", name, password, role)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -95,6 +101,95 @@ def users_list(config: ConfigOption = None) -> None:
                           user.last_login_at.strftime("%Y-%m-%d %H:%M")
                           if user.last_login_at else "-", "yes" if user.disabled else "")
     console.print(table)
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _administer(config: Any, what: Any) -> Any:
+    """Run ``what(session, actor)`` in one transaction; a refusal exits 1 with its
+    reason."""
+    from broker.db import unit_of_work
+    from broker.migrations import upgrade
+    from broker.runtime import Runtime
+    from broker.web.security import NotFound
+
+    settings = settings_from(config)
+    upgrade(settings.database_url)
+    try:
+        with unit_of_work(Runtime(settings).session_factory) as session:
+            return what(session, _actor())
+    except (NotFound, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@users_app.command("disable")
+def users_disable(name: str, config: ConfigOption = None) -> None:
+    """Disable a user: its console sessions end and its API tokens stop working now."""
+    from broker.web.security import set_disabled
+
+    _administer(config, lambda s, actor: set_disabled(s, actor, "", name, True))
+    console.print(f"user {name} disabled")
+
+
+@users_app.command("enable")
+def users_enable(name: str, config: ConfigOption = None) -> None:
+    """Enable a disabled user again."""
+    from broker.web.security import set_disabled
+
+    _administer(config, lambda s, actor: set_disabled(s, actor, "", name, False))
+    console.print(f"user {name} enabled")
+
+
+@users_app.command("delete")
+def users_delete(name: str, config: ConfigOption = None) -> None:
+    """Delete a user with its sessions and API tokens (the audit trail keeps the name)."""
+    from broker.web.security import delete_user
+
+    _administer(config, lambda s, actor: delete_user(s, actor, "", name))
+    console.print(f"user {name} deleted")
+
+
+@users_app.command("role")
+def users_role(
+    name: str,
+    role: Annotated[Role, typer.Argument(help="viewer | operator | admin")],
+    config: ConfigOption = None,
+) -> None:
+    """Give a user another role (the last enabled admin keeps theirs)."""
+    from broker.web.security import set_role
+
+    _administer(config, lambda s, actor: set_role(s, actor, "", name, role))
+    console.print(f"user {name} has role {role.value}")
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOption = None) -> None:
+    """API tokens of all users (never their values)."""
+    from broker.web.security import list_tokens
+
+    rows = _administer(config, lambda s, actor: list_tokens(s))
+    table = Table("id", "name", "user", "created", "last used", "revoked")
+    for t in rows:
+        table.add_row(str(t["id"]), t["name"], t["user"], t["created_at"],
+                      t["last_used_at"] or "-", t["revoked_at"])
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: int, config: ConfigOption = None) -> None:
+    """Revoke an API token (by its id from `tokens list`): refused with 401 from now on."""
+    from broker.web.security import revoke_token
+
+    _administer(config, lambda s, actor: revoke_token(s, actor, "", token_id))
+    console.print(f"API token {token_id} revoked")
 
 
 def _peer(host: str, port: int | None, config: Any) -> tuple[str, int, str]:

@@ -217,6 +217,41 @@ class Settings(BaseSettings):
     session_idle_minutes: float = Field(
         default=30.0, description="Console sessions end after this long without a request."
     )
+    http_trusted_origins: list[str] = Field(
+        default=[],
+        description="Extra origins (https://console.example.org) whose state-changing "
+        "console requests are accepted, for a reverse proxy that rewrites the Host header. "
+        "The console's own origin (its Host header) is always accepted.",
+    )
+    password_min_length: int = Field(
+        default=12, ge=8, le=64,
+        description="Shortest password a console user may be given (NIST SP 800-63B: 8 at "
+        "least).",
+    )
+    login_delay_after_failures: int = Field(
+        default=5, ge=1,
+        description="Failed logins in a row for one account after which each further "
+        "attempt must wait 1, 2, 4 ... seconds (attempts during the wait are refused).",
+    )
+    login_lockout_failures: int = Field(
+        default=10, ge=0,
+        description="Failed logins in a row that lock the account for login_lockout_minutes "
+        "(0 = never lock).",
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0,
+        description="How long a lockout lasts; failures older than this are forgotten.",
+    )
+    login_address_delay_after_failures: int = Field(
+        default=20, ge=1,
+        description="Failed logins from one client address (any account) after which its "
+        "attempts wait 1, 2, 4 ... seconds.",
+    )
+    login_address_lockout_failures: int = Field(
+        default=50, ge=0,
+        description="Failed logins from one client address that lock that address out for "
+        "login_lockout_minutes (0 = never).",
+    )
     log_format: str = Field(
         default="text", pattern="^(text|json)$", description="text | json (one object a line)."
     )

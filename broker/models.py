@@ -594,6 +594,21 @@ class ApiToken(Base):
     user_pk: Mapped[int] = mapped_column(ForeignKey("console_user.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LoginThrottle(Base):
+    """Failed console logins for one key, ``user:<name>`` or ``addr:<address>``: the
+    count since the last success (or quiet period), when the last one happened, and
+    until when the key is locked out (OWASP Authentication Cheat Sheet, "Protect
+    against automated attacks"; NIST SP 800-63B 5.2.2 rate limiting)."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEvent(Base):

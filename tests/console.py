@@ -8,7 +8,7 @@ import httpx
 
 from broker.db import unit_of_work
 from broker.models import Role
-from broker.web.security import create_user
+from broker.web.security import create_user, csrf_token
 
 PASSWORD = "correct horse battery"
 
@@ -27,12 +27,23 @@ def close_clients() -> None:
         _OPEN.pop().close()
 
 
-def client(app: Any, role: str | None = None) -> httpx.Client:
+def origin(app: Any) -> str:
+    return f"http://127.0.0.1:{app.http_port}"
+
+
+def client(app: Any, role: str | None = None, *, browser_origin: bool = True) -> httpx.Client:
     """An HTTP client on the broker's console, logged in as ``role`` when given (closed
-    by the ``_close_console_clients`` fixture after each test)."""
-    http = httpx.Client(base_url=f"http://127.0.0.1:{app.http_port}", timeout=30)
+    by the ``_close_console_clients`` fixture after each test). Like a browser, it sends
+    the console's ``Origin`` with every request unless ``browser_origin`` is False."""
+    http = httpx.Client(base_url=origin(app), timeout=30,
+                        headers={"Origin": origin(app)} if browser_origin else {})
     _OPEN.append(http)
     if role is not None:
         response = http.post("/login", data={"name": role, "password": PASSWORD})
         assert response.status_code == 303, response.text
     return http
+
+
+def csrf(http: httpx.Client) -> str:
+    """The CSRF token the console puts in the forms of ``http``'s session."""
+    return csrf_token(http.cookies["mwlb_session"])

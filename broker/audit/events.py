@@ -43,6 +43,8 @@ LOGIN = Code("110122", "DCM", "Login")
 LOGOUT = Code("110123", "DCM", "Logout")
 NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
 SOFTWARE_CONFIGURATION = Code("110131", "DCM", "Software Configuration")
+SECURITY_ROLES_CHANGED = Code("110136", "DCM", "Security Roles Changed")
+USER_SECURITY_ATTRIBUTES_CHANGED = Code("110137", "DCM", "User Security Attributes Changed")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
 
@@ -51,6 +53,7 @@ PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
 STUDY_UID = Code("110180", "DCM", "Study Instance UID")
 SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 NODE_ID = Code("110182", "DCM", "Node ID")
+USER_IDENTIFIER = Code("11", "RFC-3881", "User Identifier")
 
 
 @dataclass

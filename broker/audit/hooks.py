@@ -110,10 +110,43 @@ def security_alert(session: Session, who: str, address: str, what: str) -> None:
 
 
 def user_authentication(session: Session, user: str, address: str, *, login: bool,
-                        ok: bool) -> None:
-    """User Authentication (A.5.3.14): console login (either outcome) and logout."""
+                        ok: bool, why: str = "") -> None:
+    """User Authentication (A.5.3.14): console login (either outcome, ``why`` a refusal
+    says why: wrong password, throttled, locked) and logout."""
     record(session, ev.USER_AUTHENTICATION, action="E",
            outcome=ev.SUCCESS if ok else ev.MINOR_FAILURE,
            event_type=ev.LOGIN if login else ev.LOGOUT,
            actors=[Actor(user, True, address), BROKER],
-           detail=f"console {'login' if login else 'logout'}{'' if ok else ' refused'}")
+           detail=f"console {'login' if login else 'logout'}{'' if ok else ' refused'}"
+           + (f": {why}" if why else ""))
+
+
+def _console_user(name: str) -> Participant:
+    """A console account as a participant: a person (1) in the Security User Entity
+    role (11), identified by its user name (RFC 3881 ID type 11)."""
+    return Participant(name, ev.USER_IDENTIFIER, type_code=1, role=11)
+
+
+def user_security(session: Session, actor: str, address: str, user: str, what: str, *,
+                  action: str = "U", roles: bool = False) -> None:
+    """Security Alert (A.5.3.13) for an administrator's change to a console account:
+    created, disabled, enabled, deleted, an API token created or revoked (event type
+    "User Security Attributes Changed"), or its role changed ("Security Roles Changed").
+    """
+    record(session, ev.SECURITY_ALERT, action=action,
+           event_type=ev.SECURITY_ROLES_CHANGED if roles
+           else ev.USER_SECURITY_ATTRIBUTES_CHANGED,
+           actors=[Actor(actor, True, address), BROKER], participants=[_console_user(user)],
+           detail=what)
+
+
+def login_lockout(session: Session, user: str, address: str, what: str, *,
+                  by_address: bool = False) -> None:
+    """Security Alert (A.5.3.13, outcome minor failure) when repeated failed logins lock
+    an account (participant: the account) or a client address (participant: the node)
+    out of the console."""
+    part = (Participant(address, ev.NODE_ID, role=13) if by_address
+            else _console_user(user))
+    record(session, ev.SECURITY_ALERT, action="E", outcome=ev.MINOR_FAILURE,
+           event_type=ev.USER_SECURITY_ATTRIBUTES_CHANGED,
+           actors=[Actor(user, True, address), BROKER], participants=[part], detail=what)

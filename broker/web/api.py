@@ -1,5 +1,7 @@
 """The JSON API (issue 4 §3): one endpoint per console screen and action. Reading needs
-the viewer role, repairing the operator role; OpenAPI documentation at /docs."""
+the viewer role, repairing the operator role, managing users and everyone's tokens the
+admin role; OpenAPI documentation at /docs. Calls with the session cookie must come from
+the console's origin (broker.web.protections); calls with an API token need not."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from broker.db import unit_of_work
-from broker.models import User
+from broker.models import Role, User
 from broker.web import actions, mappings, queries
-from broker.web.deps import DB, Admin, Operator, Viewer, runtime_of
-from broker.web.security import create_api_token
+from broker.web import security as sec
+from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -33,6 +35,16 @@ class DryRun(BaseModel):
 
 class TokenRequest(BaseModel):
     name: str = Field(default="script", max_length=64)
+
+
+class NewUser(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(description="Checked against the password policy (README).")
+    role: Role = Role.VIEWER
+
+
+class RoleRequest(BaseModel):
+    role: Role
 
 
 def _found(value: Any, what: str) -> Any:
@@ -163,9 +175,78 @@ def users(session: DB, user: Admin) -> list[dict[str, Any]]:
             for u in session.scalars(select(User).order_by(User.name))]
 
 
+def _admin_action(request: Request, what: Any) -> Any:
+    """Run ``what(session, actor address)`` in a transaction: 404 for an unknown user or
+    token, 409 for a refused change (the last admin, a password policy breach)."""
+    try:
+        with unit_of_work(runtime_of(request).session_factory) as session:
+            return what(session, client_address(request))
+    except sec.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+def _user_row(user: User) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "disabled": user.disabled}
+
+
+@router.post("/users", status_code=201)
+def add_user(request: Request, user: Admin, body: NewUser) -> dict[str, Any]:
+    """Create a user (admin). The password must follow the policy: 409 with the reason
+    otherwise."""
+    settings = runtime_of(request).settings
+    return _admin_action(request, lambda s, addr: _user_row(sec.add_user(
+        s, settings, user.name, addr, body.name, body.password, body.role)))
+
+
+@router.post("/users/{name}/disable")
+def disable_user(request: Request, user: Admin, name: str) -> dict[str, Any]:
+    """Disable a user (admin): its sessions end and its API tokens stop working now."""
+    return _admin_action(request, lambda s, addr: _user_row(
+        sec.set_disabled(s, user.name, addr, name, True)))
+
+
+@router.post("/users/{name}/enable")
+def enable_user(request: Request, user: Admin, name: str) -> dict[str, Any]:
+    return _admin_action(request, lambda s, addr: _user_row(
+        sec.set_disabled(s, user.name, addr, name, False)))
+
+
+@router.post("/users/{name}/role")
+def change_role(request: Request, user: Admin, name: str, body: RoleRequest
+                ) -> dict[str, Any]:
+    """Give a user another role (admin; the last enabled admin keeps theirs)."""
+    return _admin_action(request, lambda s, addr: _user_row(
+        sec.set_role(s, user.name, addr, name, body.role)))
+
+
+@router.delete("/users/{name}")
+def delete_user(request: Request, user: Admin, name: str) -> dict[str, Any]:
+    """Delete a user with its sessions and API tokens (admin)."""
+    _admin_action(request, lambda s, addr: sec.delete_user(s, user.name, addr, name))
+    return {"name": name, "deleted": True}
+
+
+@router.get("/tokens")
+def tokens(session: DB, user: Viewer) -> list[dict[str, Any]]:
+    """API tokens (never their values): an admin's call lists everyone's, others their
+    own."""
+    return sec.list_tokens(session, None if sec.has_role(user, Role.ADMIN) else user)
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke_token(request: Request, user: Viewer, token_id: int) -> dict[str, Any]:
+    """Revoke an API token: one's own, or any as an admin. It gets 401 from now on."""
+    owner = None if sec.has_role(user, Role.ADMIN) else user
+    return dict(_admin_action(request, lambda s, addr: {
+        "id": token_id, "revoked": True, "revoked_at": queries.iso(
+            sec.revoke_token(s, user.name, addr, token_id, owner).revoked_at)}))
+
+
 @router.post("/tokens")
 def new_token(request: Request, user: Viewer, body: TokenRequest) -> dict[str, str]:
     """An API token for the calling user (shown once)."""
     with unit_of_work(runtime_of(request).session_factory) as session:
-        token = create_api_token(session, user, body.name)
+        token = sec.create_api_token(session, user, body.name, client_address(request))
     return {"token": token, "role": user.role}

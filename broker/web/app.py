@@ -1,5 +1,7 @@
 """The console application (FastAPI): pages, the JSON API under /api, OpenAPI docs at
-/docs, and /metrics, /healthz, /readyz. ``create_app`` takes the process's Runtime;
+/docs, and /metrics, /healthz, /readyz; every response carries the security headers
+and every state-changing request is checked against cross-site request forgery
+(broker.web.protections). ``create_app`` takes the process's Runtime;
 ``mwl-broker serve`` runs it beside the MLLP and DICOM servers, ``mwl-broker web``
 alone."""
 
@@ -12,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from broker.runtime import Runtime
-from broker.web import api, ops, pages
+from broker.web import api, ops, pages, protections
 from broker.web.deps import LoginRequired
 
 
@@ -21,6 +23,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                   description="Modality worklist and HL7 integration broker: console API.")
     app.state.runtime = runtime
     app.state.metrics = ops.metrics_registry(runtime)
+    protections.install(app, runtime.settings.http_trusted_origins)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(api.router)
     app.include_router(ops.router)

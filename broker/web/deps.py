@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 from broker.db import unit_of_work
 from broker.models import Role, User
 from broker.runtime import Runtime
+from broker.web import protections
 from broker.web.security import has_role, session_user, token_user
 
-COOKIE = "mwlb_session"
+COOKIE = protections.COOKIE
 
 
 class LoginRequired(Exception):
@@ -85,3 +86,8 @@ Operator = Annotated[User, Depends(api_user(Role.OPERATOR))]
 Admin = Annotated[User, Depends(api_user(Role.ADMIN))]
 PageViewer = Annotated[User, Depends(page_user(Role.VIEWER))]
 PageOperator = Annotated[User, Depends(page_user(Role.OPERATOR))]
+PageAdmin = Annotated[User, Depends(page_user(Role.ADMIN))]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""

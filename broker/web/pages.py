@@ -1,41 +1,53 @@
 """Server-rendered console pages (Jinja2, a little plain JavaScript, no front-end build).
-Each page shows what the matching JSON API endpoint returns (broker.web.queries)."""
+Each page shows what the matching JSON API endpoint returns (broker.web.queries).
+Every POST form carries the session's CSRF token (OWASP synchronizer token pattern,
+checked by broker.web.protections.form_token_required); scripts and styles are static
+files only, as the Content-Security-Policy requires."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
-from broker.models import User
+from broker.models import Role, User
 from broker.web import actions, mappings, queries
-from broker.web.deps import COOKIE, DB, PageOperator, PageViewer, runtime_of
-from broker.web.security import (
-    authenticate,
-    end_session,
-    has_role,
-    session_user,
-    start_session,
+from broker.web import security as sec
+from broker.web.deps import (
+    COOKIE,
+    DB,
+    PageAdmin,
+    PageOperator,
+    PageViewer,
+    client_address,
+    runtime_of,
 )
+from broker.web.protections import form_token_required
+from broker.web.security import csrf_token, end_session, has_role, session_user, start_session
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(form_token_required)])
 
 
-def render(request: Request, name: str, user: User | None, **context: Any) -> HTMLResponse:
-    from broker.models import Role
-
+def render(request: Request, name: str, user: User | None, status_code: int = 200,
+           headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
+    cookie = request.cookies.get(COOKIE)
     return templates.TemplateResponse(request, name, {
         "user": user, "operator": user is not None and has_role(user, Role.OPERATOR),
-        "notice": request.query_params.get("notice", ""), **context})
+        "admin": user is not None and has_role(user, Role.ADMIN),
+        "csrf": csrf_token(cookie) if cookie and user is not None else "",
+        "notice": request.query_params.get("notice", ""), **context},
+        status_code=status_code, headers=headers)
 
 
 def back(url: str, notice: str) -> RedirectResponse:
@@ -52,13 +64,15 @@ def login_page(request: Request) -> HTMLResponse:
 def login(request: Request, name: Annotated[str, Form()],
           password: Annotated[str, Form()]) -> Response:
     runtime = runtime_of(request)
-    address = request.client.host if request.client else ""
     with unit_of_work(runtime.session_factory) as session:
-        user = authenticate(session, name, password)
-        token = start_session(session, user) if user is not None else None
-        audit.user_authentication(session, name[:64], address, login=True,
-                                  ok=token is not None)
+        result = sec.login(session, runtime.settings, name, password, client_address(request))
+        token = start_session(session, result.user) if result.user is not None else None
     if token is None:
+        if result.retry_after > 0:
+            wait = math.ceil(result.retry_after)
+            return render(request, "login.html", None, status_code=429,
+                          headers={"Retry-After": str(wait)},
+                          error=f"Too many failed logins: try again in {wait} s.")
         return render(request, "login.html", None, error="Wrong name or password.")
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
@@ -224,3 +238,61 @@ def outbound_resend(request: Request, user: PageOperator, message_id: int) -> Re
     found = actions.resend_outbound(runtime_of(request), message_id)
     return back("/outbound", f"message {message_id} queued again" if found
                 else f"no outbound message {message_id}")
+
+
+@router.get("/users")
+def users_page(request: Request, session: DB, user: PageAdmin) -> HTMLResponse:
+    """Users & tokens (admin): add, disable, enable, delete users, change roles, revoke
+    API tokens; every change is audited."""
+    users = list(session.scalars(select(User).order_by(User.name)))
+    return render(request, "users.html", user, users=users, roles=[r.value for r in Role],
+                  tokens=sec.list_tokens(session),
+                  min_length=runtime_of(request).settings.password_min_length)
+
+
+def _admin_form(request: Request, what: Any, done: str) -> Response:
+    try:
+        with unit_of_work(runtime_of(request).session_factory) as session:
+            what(session, client_address(request))
+    except (sec.NotFound, ValueError) as exc:
+        return back("/users", f"not done: {exc}")
+    return back("/users", done)
+
+
+@router.post("/users")
+def users_add(request: Request, user: PageAdmin, name: Annotated[str, Form()],
+              password: Annotated[str, Form()], role: Annotated[Role, Form()]) -> Response:
+    settings = runtime_of(request).settings
+    return _admin_form(request, lambda s, addr: sec.add_user(
+        s, settings, user.name, addr, name, password, role), f"user {name} created")
+
+
+@router.post("/users/{name}/role")
+def users_role(request: Request, user: PageAdmin, name: str,
+               role: Annotated[Role, Form()]) -> Response:
+    return _admin_form(request, lambda s, addr: sec.set_role(s, user.name, addr, name, role),
+                       f"{name} is now {role.value}")
+
+
+@router.post("/users/{name}/disable")
+def users_disable(request: Request, user: PageAdmin, name: str) -> Response:
+    return _admin_form(request, lambda s, addr: sec.set_disabled(
+        s, user.name, addr, name, True), f"{name} disabled")
+
+
+@router.post("/users/{name}/enable")
+def users_enable(request: Request, user: PageAdmin, name: str) -> Response:
+    return _admin_form(request, lambda s, addr: sec.set_disabled(
+        s, user.name, addr, name, False), f"{name} enabled")
+
+
+@router.post("/users/{name}/delete")
+def users_delete(request: Request, user: PageAdmin, name: str) -> Response:
+    return _admin_form(request, lambda s, addr: sec.delete_user(s, user.name, addr, name),
+                       f"{name} deleted")
+
+
+@router.post("/tokens/{token_id}/revoke")
+def tokens_revoke(request: Request, user: PageAdmin, token_id: int) -> Response:
+    return _admin_form(request, lambda s, addr: sec.revoke_token(
+        s, user.name, addr, token_id), f"API token {token_id} revoked")

@@ -44,7 +44,11 @@ def console(make_broker: Any, browser: Browser) -> Iterator[tuple[Any, Page]]:
     context = browser.new_context(viewport={"width": 1360, "height": 900},
                                   base_url=f"http://127.0.0.1:{app.http_port}")
     page = context.new_page()
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text)
+            if "Content Security Policy" in msg.text else None)
     yield app, page
+    assert violations == [], violations  # the CSP blocks nothing the console needs
     context.close()
     ehr.stop()
 
@@ -145,3 +149,29 @@ def test_viewer_cannot_repair(console: tuple[Any, Page]) -> None:
     expect(page.get_by_role("button", name="Reprocess selected")).to_have_count(0)
     response = page.request.post("/api/messages/1/reprocess")
     assert response.status == 403
+
+
+def test_admin_manages_users_and_tokens(console: tuple[Any, Page]) -> None:
+    _app, page = console
+    log_in(page, "admin")
+    page.get_by_role("link", name="Users & tokens").click()
+    expect(page.get_by_role("heading", name="Users & tokens")).to_be_visible()
+    page.get_by_label("Name").fill("nurse.kim")
+    page.get_by_label("Password").fill("nurse.kim-2025")
+    page.get_by_role("button", name="Add user").click()
+    expect(page.locator(".notice")).to_contain_text("user name")
+    page.get_by_label("Name").fill("nurse.kim")
+    page.get_by_label("Password").fill("violet harbour 31")
+    page.get_by_role("button", name="Add user").click()
+    expect(page.locator(".notice")).to_contain_text("user nurse.kim created")
+    row = page.locator("tr[data-user='nurse.kim']")
+    row.get_by_label("Role of nurse.kim").select_option("operator")
+    row.get_by_role("button", name="Change role").click()
+    expect(page.locator(".notice")).to_contain_text("nurse.kim is now operator")
+    page.locator("tr[data-user='nurse.kim']").get_by_role("button", name="Disable").click()
+    expect(page.locator("tr[data-user='nurse.kim']")).to_contain_text("disabled")
+    shot(page, "11-users-and-tokens")
+    page.locator("tr[data-user='nurse.kim']").get_by_role("button", name="Delete").click()
+    expect(page.locator("tr[data-user='nurse.kim']")).to_have_count(0)
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url("/login")

@@ -6,11 +6,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
+from broker.models import AuditEvent, LoginThrottle
 from tests.conftest import sample
-from tests.console import add_users, client
+from tests.console import PASSWORD, add_users, client, csrf, origin
 from tests.dcmtk import findscu
 from tests.ehr import EHREndpoint
 from tests.integration.hl7util import send, set_field
@@ -36,7 +39,8 @@ def test_login_logout_and_no_anonymous_access(broker: Any) -> None:
     assert wrong.status_code == 200 and "Wrong name or password" in wrong.text
     viewer = client(broker, "viewer")
     assert viewer.get("/api/dashboard").status_code == 200
-    viewer.post("/logout")
+    assert viewer.post("/logout").status_code == 403  # a form without its CSRF token
+    assert viewer.post("/logout", data={"csrf_token": csrf(viewer)}).status_code == 303
     assert viewer.get("/api/dashboard").status_code == 401
 
 
@@ -200,3 +204,254 @@ def test_metrics_health_and_readiness(broker: Any) -> None:
     assert dashboard["last_activity"][0]["activity"] == "worklist query"
     assert dashboard["health"]["redis"] == "not used (embedded)"
     assert "/api/worklist" in anonymous.get("/openapi.json").json()["paths"]
+
+
+# --- console protections (OWASP CSRF prevention, NIST SP 800-63B, PS3.15 A.5.3) ------
+
+def audit_rows(app: Any) -> list[tuple[str, str, int, str]]:
+    """(event name, user, outcome, detail) of every audit record, oldest first."""
+    with app.runtime.session_factory() as session:
+        return [(e.event_name, e.user, e.outcome, e.detail) for e in session.scalars(
+            select(AuditEvent).order_by(AuditEvent.id))]
+
+
+def login(app: Any, name: str, password: str = PASSWORD) -> httpx.Response:
+    return client(app).post("/login", data={"name": name, "password": password})
+
+
+def test_cross_site_requests_are_refused(broker: Any) -> None:
+    assert [a.code for a in send(broker.mllp_port, set_field(sample("06"), "MSH", 10,
+                                                              "XO-CSRF"))] == ["AE"]
+    assert [a.code for a in send(broker.mllp_port, sample("05"))] == ["AA"]  # its order
+    failed = client(broker, "viewer").get("/api/messages", params={"status": "failed"}).json()
+    pk = failed[0]["id"]
+    operator = client(broker, "operator")
+    evil = {"Origin": "https://evil.example"}
+    # The attack: the operator's browser, on another site, posts with the cookie.
+    for path, body in ((f"/api/messages/{pk}/reprocess", None),
+                       ("/api/messages/reprocess", {"ids": [pk]}), ("/api/tokens", {})):
+        refused = operator.post(path, json=body, headers=evil)
+        assert refused.status_code == 403, (path, refused.text)
+        assert "cross-site" in refused.json()["detail"]
+    assert operator.post("/api/tokens", json={}, headers={"Origin": "null"}).status_code == 403
+    # Neither Origin nor Referer on a cookie request: refused too.
+    bare = client(broker, "operator", browser_origin=False)
+    assert bare.post("/api/tokens", json={}).status_code == 403
+    # A Referer from the console stands in for a missing Origin.
+    console_referer = {"Referer": f"{origin(broker)}/messages/{pk}"}
+    assert bare.post("/api/tokens", json={}, headers=console_referer).status_code == 200
+    assert bare.post("/api/tokens", json={}, headers={
+        "Referer": "https://evil.example/page"}).status_code == 403
+    # Page forms also need the session's CSRF token.
+    form = {"ids": str(pk)}
+    assert operator.post("/messages/reprocess", data=form, headers=evil).status_code == 403
+    assert operator.post("/messages/reprocess", data=form).status_code == 403
+    assert operator.post("/messages/reprocess", data={**form, "csrf_token": "0" * 64}
+                         ).status_code == 403
+    assert client(broker, "viewer").get("/api/messages", params={"status": "failed"}).json()
+    # The same requests from the console's own origin work.
+    token = operator.post("/api/tokens", json={"name": "ok"})
+    assert token.status_code == 200
+    done = operator.post("/messages/reprocess", data={**form, "csrf_token": csrf(operator)})
+    assert done.status_code == 303 and "queued" in done.headers["location"]
+    wait_until(lambda: operator.get(f"/api/messages/{pk}").json()["status"] == "processed",
+               what="reprocessed")
+    # An API token is not a cookie: a script needs no Origin (and a foreign one is moot).
+    script = client(broker, browser_origin=False)
+    bearer = {"Authorization": f"Bearer {token.json()['token']}"}
+    assert script.post(f"/api/messages/{pk}/reprocess", headers=bearer).status_code == 200
+    assert script.post(f"/api/messages/{pk}/reprocess",
+                       headers={**bearer, **evil}).status_code == 200
+    # Login CSRF: a login posted from another site is refused.
+    assert client(broker).post("/login", data={"name": "viewer", "password": PASSWORD},
+                               headers=evil).status_code == 403
+
+
+def test_trusted_origin_behind_a_proxy(make_broker: Any) -> None:
+    app = make_broker(http_trusted_origins=["https://console.example.org"])
+    add_users(app)
+    operator = client(app, "operator")
+    proxied = {"Origin": "https://console.example.org"}
+    assert operator.post("/api/tokens", json={}, headers=proxied).status_code == 200
+    assert operator.post("/api/tokens", json={}, headers={
+        "Origin": "https://other.example.org"}).status_code == 403
+
+
+def test_security_headers(broker: Any) -> None:
+    viewer = client(broker, "viewer")
+    for path in ("/login", "/", "/messages", "/api/dashboard", "/static/style.css",
+                 "/healthz", "/api/nope"):
+        headers = (viewer if path != "/login" else client(broker)).get(path).headers
+        assert headers["x-frame-options"] == "DENY", path
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "same-origin", path
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self';" in csp, path
+        assert "unsafe-inline" not in csp, path
+    refused = viewer.post("/api/tokens", json={}, headers={"Origin": "https://evil.example"})
+    assert refused.headers["x-frame-options"] == "DENY"
+    docs = viewer.get("/docs").headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in docs and "cdn.jsdelivr.net" in docs
+
+
+def test_brute_force_locks_the_account(make_broker: Any) -> None:
+    app = make_broker(login_lockout_failures=3, login_lockout_minutes=0.03,  # 1.8 s
+                      login_delay_after_failures=10)
+    add_users(app)
+    for _ in range(3):
+        assert login(app, "operator", "wrong password!").status_code == 200
+    locked = login(app, "operator")  # the right password, during the lockout
+    assert locked.status_code == 429 and "try again" in locked.text
+    assert int(locked.headers["retry-after"]) >= 1
+    assert login(app, "viewer").status_code == 303  # other accounts are not affected
+    time.sleep(2.0)
+    assert login(app, "operator").status_code == 303
+    rows = audit_rows(app)
+    refused = [r for r in rows if r[0] == "Login" and r[1] == "operator" and r[2] == 4]
+    assert len(refused) == 4
+    assert sum("wrong name or password" in r[3] for r in refused) == 3
+    assert "locked out" in refused[-1][3]
+    alerts = [r for r in rows if r[0] == "User Security Attributes Changed"]
+    assert len(alerts) == 1 and "account locked" in alerts[0][3] and alerts[0][2] == 4
+    assert [r for r in rows if r[0] == "Login" and r[1] == "operator"][-1][2] == 0
+
+
+def test_repeated_failures_wait_exponentially(make_broker: Any) -> None:
+    app = make_broker()  # defaults: a wait after 5 failures, lockout after 10
+    add_users(app)
+    started = time.monotonic()
+    codes = [login(app, "admin", f"guess number {i}").status_code for i in range(30)]
+    assert time.monotonic() - started < 20
+    assert codes[:5] == [200] * 5 and set(codes[5:]) <= {200, 429} and 429 in codes
+    assert login(app, "admin").status_code == 429  # the right one, too soon
+    with app.runtime.session_factory() as session:
+        row = session.get(LoginThrottle, "user:admin")
+        assert row is not None and 5 <= row.failures < 10  # refused attempts don't count
+
+
+def test_many_accounts_from_one_address_are_throttled(make_broker: Any) -> None:
+    app = make_broker(login_address_lockout_failures=4, login_address_delay_after_failures=10)
+    add_users(app)
+    for name in ("alice", "bob", "carol", "dave"):  # password spraying
+        assert login(app, name, "Winter2025!!").status_code == 200
+    assert login(app, "viewer").status_code == 429
+    assert any("address 127.0.0.1 locked" in r[3] for r in audit_rows(app))
+
+
+def test_password_policy_in_the_api(broker: Any) -> None:
+    admin = client(broker, "admin")
+    for name, password, reason in (("bob", "password", "at least 12"),
+                                   ("bob", "12345678", "at least 12"),
+                                   ("bob", "password1234", "common"),
+                                   ("bob", "qwerty123456", "common"),
+                                   ("radiographer", "radiographer", "user name"),
+                                   ("radiographer", "Radiographer-2", "user name"),
+                                   ("bob", "kkkkkkkkkkkkk", "repetitive"),
+                                   ("bob", "345678901234", "repetitive or sequential")):
+        refused = admin.post("/api/users", json={"name": name, "password": password})
+        assert refused.status_code == 409 and reason in refused.json()["detail"], password
+    assert admin.post("/api/users", json={"name": "bad/name", "password": "x" * 20}
+                      ).status_code == 409
+    made = admin.post("/api/users", json={"name": "bob", "password": "tulip kettle 42",
+                                          "role": "operator"})
+    assert made.status_code == 201 and made.json() == {
+        "name": "bob", "role": "operator", "disabled": False}
+    assert login(broker, "bob", "tulip kettle 42").status_code == 303
+    assert client(broker, "operator").post("/api/users", json={
+        "name": "eve", "password": "tulip kettle 43"}).status_code == 403
+    assert any(r[0] == "User Security Attributes Changed" and r[1] == "admin"
+               and "user bob created" in r[3] for r in audit_rows(broker))
+
+
+def test_revoked_token_is_refused(broker: Any) -> None:
+    operator, viewer, admin = (client(broker, r) for r in ("operator", "viewer", "admin"))
+    mine = operator.post("/api/tokens", json={"name": "nightly"}).json()["token"]
+    theirs = viewer.post("/api/tokens", json={"name": "viewer-script"}).json()["token"]
+    script = client(broker, browser_origin=False)
+
+    def status(token: str) -> int:
+        return script.get("/api/messages", headers={"Authorization": f"Bearer {token}"}
+                          ).status_code
+
+    assert status(mine) == 200 and status(theirs) == 200
+    listed = {t["name"]: t for t in admin.get("/api/tokens").json()}
+    assert set(listed) == {"nightly", "viewer-script"} and "token" not in str(listed)
+    assert [t["name"] for t in operator.get("/api/tokens").json()] == ["nightly"]
+    # Someone else's token: not visible, not revocable, except by an admin.
+    assert operator.post(f"/api/tokens/{listed['viewer-script']['id']}/revoke"
+                         ).status_code == 404
+    assert operator.post(f"/api/tokens/{listed['nightly']['id']}/revoke").json()["revoked"]
+    assert status(mine) == 401
+    assert admin.post(f"/api/tokens/{listed['viewer-script']['id']}/revoke").status_code == 200
+    assert status(theirs) == 401
+    assert admin.post("/api/tokens/999/revoke").status_code == 404
+    assert all(t["revoked"] for t in admin.get("/api/tokens").json())
+    revoked = [r for r in audit_rows(broker) if "revoked" in r[3]]
+    assert [r[1] for r in revoked] == ["operator", "admin"]
+
+
+def test_disabled_user_is_out_at_once(broker: Any) -> None:
+    admin, viewer = client(broker, "admin"), client(broker, "viewer")
+    token = viewer.post("/api/tokens", json={}).json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    script = client(broker, browser_origin=False)
+    assert admin.post("/api/users/viewer/disable").json()["disabled"] is True
+    assert viewer.get("/api/dashboard").status_code == 401  # the open session
+    assert script.get("/api/dashboard", headers=bearer).status_code == 401
+    assert login(broker, "viewer").status_code == 200  # "Wrong name or password."
+    assert client(broker, "operator").post("/api/users/viewer/enable").status_code == 403
+    assert admin.post("/api/users/viewer/enable").json()["disabled"] is False
+    assert script.get("/api/dashboard", headers=bearer).status_code == 200
+    assert viewer.get("/api/dashboard").status_code == 401  # that session was ended
+    assert admin.post("/api/users/nobody/disable").status_code == 404
+    details = [r[3] for r in audit_rows(broker) if r[0] == "User Security Attributes Changed"]
+    assert "user viewer disabled" in details and "user viewer enabled" in details
+
+
+def test_role_change_and_delete(broker: Any) -> None:
+    admin, operator = client(broker, "admin"), client(broker, "operator")
+    assert operator.post("/api/outbound/9999/resend").status_code == 404  # may repair
+    changed = admin.post("/api/users/operator/role", json={"role": "viewer"})
+    assert changed.json() == {"name": "operator", "role": "viewer", "disabled": False}
+    assert operator.post("/api/outbound/9999/resend").status_code == 403  # at once
+    token = client(broker, "viewer").post("/api/tokens", json={}).json()["token"]
+    assert admin.delete("/api/users/viewer").json() == {"name": "viewer", "deleted": True}
+    assert login(broker, "viewer").status_code == 200
+    assert client(broker, browser_origin=False).get(
+        "/api/dashboard", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert admin.delete("/api/users/viewer").status_code == 404
+    # The last enabled admin cannot be demoted, disabled or deleted.
+    for refused in (admin.post("/api/users/admin/role", json={"role": "operator"}),
+                    admin.post("/api/users/admin/disable"), admin.delete("/api/users/admin")):
+        assert refused.status_code == 409 and "last enabled admin" in refused.json()["detail"]
+    assert {u["name"]: u["role"] for u in admin.get("/api/users").json()} == {
+        "admin": "admin", "operator": "viewer"}
+    rows = audit_rows(broker)
+    assert ("Security Roles Changed", "admin", 0, "user operator role operator -> viewer") \
+        in rows
+    assert ("User Security Attributes Changed", "admin", 0, "user viewer deleted") in rows
+
+
+def test_users_and_tokens_page(broker: Any) -> None:
+    admin = client(broker, "admin")
+    client(broker, "viewer").post("/api/tokens", json={"name": "viewer-script"})
+    page = admin.get("/users")
+    assert page.status_code == 200 and "Users &amp; tokens" in page.text
+    assert "viewer-script" in page.text and f'value="{csrf(admin)}"' in page.text
+    assert client(broker, "operator").get("/users").status_code == 403
+    token = csrf(admin)
+    assert admin.post("/users/viewer/disable", data={}).status_code == 403  # no token
+    done = admin.post("/users/viewer/disable", data={"csrf_token": token})
+    assert done.status_code == 303 and "viewer%20disabled" in done.headers["location"]
+    admin.post("/users/viewer/role", data={"csrf_token": token, "role": "operator"})
+    added = admin.post("/users", data={"csrf_token": token, "name": "carol",
+                                       "password": "carol", "role": "viewer"})
+    assert "not%20done" in added.headers["location"]
+    admin.post("/users", data={"csrf_token": token, "name": "carol",
+                               "password": "marble otter 77", "role": "viewer"})
+    admin.post("/tokens/1/revoke", data={"csrf_token": token})
+    admin.post("/users/carol/delete", data={"csrf_token": token})
+    users = {u["name"]: u for u in admin.get("/api/users").json()}
+    assert users["viewer"]["disabled"] and users["viewer"]["role"] == "operator"
+    assert "carol" not in users
+    assert admin.get("/api/tokens").json()[0]["revoked"]

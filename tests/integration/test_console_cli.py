@@ -10,8 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from broker.models import AuditEvent
 from tests.conftest import MAPPINGS, sample
+from tests.console import client
 from tests.integration.conftest import free_port
 from tests.integration.hl7util import send
 from tests.workflow import CLI, wait_until
@@ -36,7 +39,14 @@ def test_first_admin_then_login(make_broker: Any) -> None:
     again = run("users", "add", "alice", "--password-stdin", env=env, stdin="another-one\n")
     assert again.returncode == 1 and "exists" in again.stderr
     short = run("users", "add", "bob", "--password-stdin", env=env, stdin="short\n")
-    assert short.returncode == 1 and "8 characters" in short.stderr
+    assert short.returncode == 1 and "12 characters" in short.stderr
+    for name, password, reason in (("bob", "password", "12 characters"),
+                                   ("bob", "12345678", "12 characters"),
+                                   ("bob", "password1234", "common passwords"),
+                                   ("carol.jones1", "carol.jones1", "user name"),
+                                   ("carol.jones", "carol.jones-2025", "user name")):
+        weak = run("users", "add", name, "--password-stdin", env=env, stdin=f"{password}\n")
+        assert weak.returncode == 1 and reason in weak.stderr, (password, weak.stderr)
     assert "alice" in run("users", "list", env=env).stdout
     with httpx.Client(base_url=f"http://127.0.0.1:{app.http_port}") as http:
         login = http.post("/login", data={"name": "alice", "password": "s3cret-enough"})
@@ -80,3 +90,51 @@ def test_web_alone(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert f"console on http://localhost:{port}/" in out
+
+
+def test_users_and_tokens_administration(make_broker: Any) -> None:
+    app = make_broker()
+    env = {"MWLB_DATABASE_URL": app.settings.database_url}
+    for name, role in (("root", "admin"), ("tech", "operator")):
+        added = run("users", "add", name, "--role", role, "--password-stdin", env=env,
+                    stdin="plum orchard 88\n")
+        assert added.returncode == 0, added.stderr
+    tech = client(app)
+    assert tech.post("/login", data={"name": "tech", "password": "plum orchard 88"}
+                     ).status_code == 303
+    token = tech.post("/api/tokens", json={"name": "nightly"}).json()["token"]
+    script = client(app, browser_origin=False)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert script.get("/api/dashboard", headers=bearer).status_code == 200
+
+    listed = run("tokens", "list", env=env)
+    assert listed.returncode == 0 and "nightly" in listed.stdout and "tech" in listed.stdout
+    assert token not in listed.stdout
+    assert run("tokens", "revoke", "1", env=env).returncode == 0
+    assert script.get("/api/dashboard", headers=bearer).status_code == 401
+    missing = run("tokens", "revoke", "99", env=env)
+    assert missing.returncode == 1 and "no API token 99" in missing.stderr
+
+    assert run("users", "disable", "tech", env=env).returncode == 0
+    assert tech.get("/api/dashboard").status_code == 401
+    assert "yes" in run("users", "list", env=env).stdout
+    assert run("users", "enable", "tech", env=env).returncode == 0
+    assert run("users", "role", "tech", "viewer", env=env).returncode == 0
+    assert "viewer" in run("users", "list", env=env).stdout
+    last = run("users", "role", "root", "viewer", env=env)
+    assert last.returncode == 1 and "last enabled admin" in last.stderr
+    assert run("users", "delete", "tech", env=env).returncode == 0
+    gone = run("users", "delete", "tech", env=env)
+    assert gone.returncode == 1 and "no user 'tech'" in gone.stderr
+    assert "tech" not in run("users", "list", env=env).stdout
+
+    with app.runtime.session_factory() as session:
+        rows = [(e.event_name, e.user, e.detail) for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.event_id == "110113"))]
+    details = [d for _, user, d in rows if user.startswith("cli")]
+    for expected in ("user root created, role admin", "API token 1 (nightly) revoked",
+                     "user tech disabled", "user tech enabled", "user tech deleted",
+                     "user tech role operator -> viewer"):
+        assert expected in details, (expected, details)
+    assert ("Security Roles Changed", "user tech role operator -> viewer") in [
+        (n, d) for n, _, d in rows]
