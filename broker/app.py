@@ -69,6 +69,7 @@ class BrokerApp:
             self.dispatcher = BackgroundDispatcher(CeleryDispatcher(factory))
         self.runtime.dispatcher = self.dispatcher
         self.store_writer = MessageStoreWriter(self.runtime.engine)
+        self.runtime.store_health = self.store_writer.health
         inbox = Inbox(self.store_writer, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version,
                       allowed_senders=settings.hl7_allowed_senders)
