@@ -30,6 +30,7 @@ from workers.dispatch import (
     Dispatcher,
     InProcessDispatcher,
 )
+from workers.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ class BrokerApp:
                                grace=settings.sweep_grace,
                                retention_days=settings.retention_days)
         self.sweeper.start()
+        self.presence: Presence | None = None
+        if isinstance(self.dispatcher, BackgroundDispatcher):
+            self.dispatcher.on_recovered = self.sweeper.wake
+            self.presence = Presence(settings.celery_broker_url, "serve",
+                                     on_recovery=self.sweeper.wake)
+            self.presence.start()
         self.web: WebServer | None = None
         if settings.http_port >= 0:
             self.web = WebServer(self.runtime)
@@ -151,6 +158,8 @@ class BrokerApp:
         self.receiver.close()
         self.store_writer.close()
         self.dispatcher.close()
+        if self.presence is not None:  # after the last publish: a goodbye, not a crash
+            self.presence.stop()
         self.dicom.stop()
         self.runtime.dispose()
         log.info("broker stopped")
