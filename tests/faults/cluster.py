@@ -388,6 +388,24 @@ def recovery(pg: Postgres, back_at: float, timeout: float = 180) -> dict[str, ob
             "stranded_cleared_seconds": None if cleared is None else round(cleared, 1)}
 
 
+def logged_after(root: Path, text: str, since: float) -> float | None:
+    """Seconds from wall-clock time ``since`` to the first log line (of any process)
+    containing ``text`` at or after it, from the line's own timestamp."""
+    from datetime import datetime
+
+    found: list[float] = []
+    for path in root.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if text in line:
+                try:
+                    at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                except ValueError:
+                    continue
+                if at >= since - 0.5:
+                    found.append(at - since)
+    return round(min(found), 1) if found else None
+
+
 def report(name: str, figures: dict[str, object]) -> None:
     """Append one row to test-artifacts/faults.jsonl (the closing note's table)."""
     out = Path(__file__).resolve().parents[2] / "test-artifacts"

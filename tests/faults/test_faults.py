@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.faults.cluster import Broker, Burst, Postgres, Redis, outcome, recovery, report
+from tests.faults.cluster import (
+    Broker,
+    Burst,
+    Postgres,
+    Redis,
+    logged_after,
+    outcome,
+    recovery,
+    report,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
@@ -77,11 +86,14 @@ def test_worker_child_killed(cluster: dict[str, Any]) -> None:
 def test_whole_worker_killed_and_restarted(cluster: dict[str, Any]) -> None:
     burst = start(cluster, 200_000)
     until(burst, 0.3)
+    killed_at = time.time()
     cluster["broker"].kill("worker")
     time.sleep(3)
     cluster["broker"].start("worker")
     cluster["broker"].supervise("worker")
     figures = recovery(cluster["pg"], time.monotonic())  # from the new worker ready
+    figures["redispatched_after_kill_seconds"] = logged_after(
+        cluster["root"], "stopped without notice", killed_at)
     check("whole worker kill -9, restarted", cluster, burst, figures)
     # The tasks the killed worker held stay unacknowledged in Redis for the visibility
     # timeout; serve notices the worker gone (workers/presence.py) and re-dispatches.
@@ -156,8 +168,14 @@ def test_two_nodes_on_one_database(cluster: dict[str, Any]) -> None:
     until(burst, 0.3)
     answered = dict(burst.acked_by)
     assert all(answered.get(p, 0) > 0 for p in ports), answered  # active-active
+    killed_at = time.time()
     broker.kill("serve2")
     figures = recovery(cluster["pg"], time.monotonic())
     figures["aa_before_kill_by_node"] = [answered.get(p, 0) for p in ports]
+    # when the surviving node re-dispatched what the dead one had committed
+    figures["redispatched_after_kill_seconds"] = logged_after(
+        cluster["root"], "stopped without notice", killed_at)
     check("two nodes, one killed", cluster, burst, figures)
     assert figures["stranded_cleared_seconds"] is not None, figures
+    redispatched = figures["redispatched_after_kill_seconds"]
+    assert isinstance(redispatched, float) and redispatched < 8, figures
