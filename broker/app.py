@@ -30,6 +30,7 @@ from workers.dispatch import (
     Dispatcher,
     InProcessDispatcher,
 )
+from workers.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class BrokerApp:
             self.dispatcher = BackgroundDispatcher(CeleryDispatcher(factory))
         self.runtime.dispatcher = self.dispatcher
         self.store_writer = MessageStoreWriter(self.runtime.engine)
+        self.runtime.store_health = self.store_writer.health
         inbox = Inbox(self.store_writer, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version,
                       allowed_senders=settings.hl7_allowed_senders,
@@ -93,6 +95,12 @@ class BrokerApp:
                                grace=settings.sweep_grace,
                                retention_days=settings.retention_days)
         self.sweeper.start()
+        self.presence: Presence | None = None
+        if isinstance(self.dispatcher, BackgroundDispatcher):
+            self.dispatcher.on_recovered = self.sweeper.wake
+            self.presence = Presence(settings.celery_broker_url, "serve",
+                                     on_recovery=self.sweeper.wake)
+            self.presence.start()
         self.web: WebServer | None = None
         if settings.http_port >= 0:
             self.web = WebServer(self.runtime)
@@ -152,6 +160,8 @@ class BrokerApp:
         self.receiver.close()
         self.store_writer.close()
         self.dispatcher.close()
+        if self.presence is not None:  # after the last publish: a goodbye, not a crash
+            self.presence.stop()
         self.dicom.stop()
         self.runtime.dispose()
         log.info("broker stopped")

@@ -102,6 +102,7 @@ def worker(
     from broker.migrations import upgrade
     from broker.runtime import Runtime, set_runtime
     from workers.celery_app import configure
+    from workers.presence import Presence
 
     configure_logging(loglevel)
     settings = settings_from(config)
@@ -115,9 +116,16 @@ def worker(
     runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
     runtime.dispose()
     celery = configure(settings)
-    celery.worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
-                        "--pool=prefork", "-Q", "mwl_broker", "--without-gossip",
-                        "--without-mingle"])
+    # Announced in Redis, so that a kill -9 is noticed by serve within seconds and the
+    # tasks this worker held are re-dispatched (workers/presence.py).
+    presence = Presence(settings.celery_broker_url, "worker")
+    presence.start()
+    try:
+        celery.worker_main(["worker", f"--loglevel={loglevel}",
+                            f"--concurrency={concurrency}", "--pool=prefork", "-Q",
+                            "mwl_broker", "--without-gossip", "--without-mingle"])
+    finally:
+        presence.stop()
 
 
 @db_app.command("upgrade")

@@ -19,6 +19,7 @@ from broker.mapping.apply import map_message
 from broker.mapping.profile import ProfileSet, load_profiles
 
 if TYPE_CHECKING:
+    from broker.outage import Outage
     from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Runtime:
         self.settings = settings
         self.timezone = settings.timezone or local_zone_name()
         self._dispatcher: Dispatcher | None = None
+        # Whether the serve process's message store can commit (set by serve; /readyz).
+        self.store_health: Outage | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:

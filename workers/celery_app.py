@@ -18,18 +18,35 @@ Choices, each deliberate:
   broker transport and for results: an unacknowledged task is redelivered after it.
   It is far above any task's run time, so a task is not redelivered while running.
 * Results are not stored: callers look at the database rows.
+* The consumer reconnects to Redis every RECONNECT_INTERVAL seconds while it is away,
+  instead of kombu's default back-off (2, 4, 6 ... 30 s), which kept a worker idle for
+  up to half a minute after Redis was back (:class:`PromptReconnectConsumer`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from celery.worker.consumer import Consumer
 
 from broker.config import Settings
 
 app = Celery("mwl_broker", include=["workers.tasks"])
+
+RECONNECT_INTERVAL = 0.5
+
+
+class PromptReconnectConsumer(Consumer):
+    """Celery's consumer, retrying the broker connection every RECONNECT_INTERVAL."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection, interval_start=RECONNECT_INTERVAL, interval_step=0,
+            interval_max=RECONNECT_INTERVAL)
+        return super().ensure_connected(conn)
 
 
 def configure(settings: Settings) -> Celery:
@@ -48,6 +65,7 @@ def configure(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        worker_consumer="workers.celery_app:PromptReconnectConsumer",
         task_default_queue="mwl_broker",
     )
     return app

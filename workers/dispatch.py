@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.batching import take_batch
 from broker.models import InboundMessage, MessageStatus
+from broker.outage import Outage, describe_redis
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,18 @@ class Dispatcher(Protocol):
 
 
 def _run(task: str, args: tuple[Any, ...]) -> None:
-    from workers.tasks import TASKS
+    from sqlalchemy.exc import OperationalError
+
+    from workers.tasks import DATABASE, TASKS
 
     try:
         TASKS[task](*args)
+    except OperationalError as exc:  # the database is away: one line per outage
+        DATABASE.failed(exc)
     except Exception as exc:  # the sweeper retries what is still pending
         log.error("%s%r: error %s; left for the sweeper", task, args, type(exc).__name__)
+    else:
+        DATABASE.ok()
 
 
 class InProcessDispatcher:
@@ -177,6 +185,10 @@ class BackgroundDispatcher:
 
     def __init__(self, inner: CeleryDispatcher) -> None:
         self.inner = inner
+        self.health = Outage("task broker (Redis): publishing", log)
+        # Called when a publish succeeds after failed ones (the sweeper's wake): the
+        # messages whose publish failed are committed and wait for it.
+        self.on_recovered: Callable[[str], None] | None = None
         self._queue: queue.Queue[tuple[str, tuple[Any, ...], float] | None] = queue.Queue()
         self._last_publish = 0.0
         self._thread = threading.Thread(target=self._run, name="mwl-publish", daemon=True)
@@ -209,8 +221,12 @@ class BackgroundDispatcher:
         try:
             self.inner.submit(task, *args, countdown=countdown)
         except Exception as exc:  # Redis away: the sweeper dispatches it later
-            log.warning("%s not published (%s): left for the sweeper", task,
-                        type(exc).__name__)
+            self.health.failed(describe_redis(exc))
+            return
+        if self.health.down:
+            self.health.ok()
+            if self.on_recovered is not None:
+                self.on_recovered("publishing works again after failed publishes")
 
     def close(self) -> None:
         self._queue.put(None)

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broker.db import unit_of_work
+from broker.models import InboundMessage, MessageStatus
+from broker.outage import Outage
 from broker.runtime import current_runtime
 from broker.services import mpps, outbound, studies
 from broker.services.forward import forward_pending
@@ -32,21 +35,32 @@ RETRY_BACKOFF_MAX = 60
 TASK_MAX_RETRIES = 10
 
 
+# A database outage makes every task of this process retry: it is logged when it
+# starts, as a reminder while it lasts, and when it ends, not on every retry.
+DATABASE = Outage("database (tasks retry with back-off)", log)
+
+
+class DatabaseUnavailable(Exception):
+    """What a retry is recorded with: the cause only. SQLAlchemy's own text quotes the
+    statement's parameters, which can hold patient data (Celery logs the retry)."""
+
+
 def _retrying(task: Task, what: str, body: Callable[[], Any]) -> Any:
     try:
-        return body()
+        result = body()
     except SQLAlchemyError as exc:
         if task.request.called_directly:
             raise
         retries = task.request.retries or 0
         countdown = min(2**retries, RETRY_BACKOFF_MAX)
-        log.warning("%s: database error (%s), retry in %ss", what, type(exc).__name__,
-                    countdown)
+        cause = DATABASE.failed(exc)
         if retries >= TASK_MAX_RETRIES:
             log.error("%s: database error (%s), giving up after %d retries; left for the "
-                      "sweeper", what, type(exc).__name__, retries)
+                      "sweeper", what, cause, retries)
             return None
-        raise task.retry(exc=exc, countdown=countdown) from None
+        raise task.retry(exc=DatabaseUnavailable(cause), countdown=countdown) from None
+    DATABASE.ok()
+    return result
 
 
 def _deliver_soon() -> None:
@@ -72,15 +86,25 @@ def process_inbound_batch(message_pks: list[int]) -> int:
     own :func:`process_inbound` task, with that task's retries."""
     runtime = current_runtime()
     applied = 0
+    try:  # one query instead of one per message for those already applied (a sweep
+        # after a Redis restart re-dispatches what may already be queued)
+        with runtime.session_factory() as session:
+            pending = set(session.scalars(select(InboundMessage.id).where(
+                InboundMessage.id.in_(message_pks),
+                InboundMessage.status == MessageStatus.RECEIVED.value)))
+        message_pks = [pk for pk in message_pks if pk in pending]
+    except SQLAlchemyError:
+        pass  # each message meets the error below and is retried on its own
     for message_pk in message_pks:
         try:
             process_through(runtime.session_factory, message_pk, runtime.map,
                             read=runtime.read)
             applied += 1
-        except SQLAlchemyError as exc:
-            log.warning("message %s: database error (%s), retried on its own", message_pk,
-                        type(exc).__name__)
+        except SQLAlchemyError as exc:  # handed to a task of its own, with its retries
+            DATABASE.failed(exc)
             runtime.dispatcher.submit("process_inbound", message_pk, countdown=1)
+        else:
+            DATABASE.ok()
     return applied
 
 

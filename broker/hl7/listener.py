@@ -17,7 +17,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,7 +80,11 @@ class HL7Receiver:
                 os._exit(137)
 
     def _final_ack(self, pk: int, raw: bytes) -> bytes:
-        """The ACK the processor stored, else AA on the durable store (see module doc)."""
+        """The ACK the processor stored, else AA on the durable store (see module doc).
+        Only one ACK is ever stored for a message, and only that one is sent: when the
+        write of ours finds one already there (the processor finished meanwhile, or
+        another node answering a resend of the same message timed out too), the stored
+        one is sent instead, so every answer to one message carries the same bytes."""
         try:
             with self.session_factory() as session:
                 row = session.get(InboundMessage, pk)
@@ -88,12 +92,18 @@ class HL7Receiver:
                     return row.ack
                 ack = build_ack(self.inbox.read(raw), "AA",
                                 warnings=from_json(row.warnings if row is not None else None))
-                session.execute(
+                written = session.execute(
                     update(InboundMessage)
                     .where(InboundMessage.id == pk, InboundMessage.ack.is_(None))
                     .values(ack=ack, ack_code="AA")
+                    .execution_options(synchronize_session=False)
                 )
                 session.commit()
+                if getattr(written, "rowcount", 1) == 0:
+                    stored = session.scalar(select(InboundMessage.ack)
+                                            .where(InboundMessage.id == pk))
+                    if stored is not None:
+                        return bytes(stored)
                 log.warning("message %s not processed within %.1fs: AA on store", pk,
                             self.ack_timeout)
                 return ack

@@ -16,6 +16,13 @@ back means a racing connection stored the same message first: a duplicate too.
 If a batch fails, each of its messages is stored again in a transaction of its own,
 so one message the database refuses cannot take the others with it; a message that
 still cannot be stored gets ``None`` (the caller answers AR 207, nothing is kept).
+
+``health`` says whether the store can commit (readiness, /readyz): a failure that is
+not the database refusing one message's content (disk full, read-only database,
+database down) marks it failing, with the cause, until a commit succeeds again. While
+failing, the writer probes every PROBE_EVERY seconds with a write of its own, so that
+recovery is noticed even when no message arrives (a load balancer that stopped sending
+to this node because it was not ready).
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ from sqlalchemy.orm import Session
 
 from broker.batching import take_batch
 from broker.models import InboundMessage
+from broker.outage import Outage, refused_by_content
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+PROBE_EVERY = 2.0  # seconds between write probes while the store cannot commit
 KEY_COLUMNS = ("sending_application", "sending_facility", "control_id")
 DEDUP_COLUMNS = (*KEY_COLUMNS, "content_hash")
 
@@ -64,6 +73,7 @@ class MessageStoreWriter:
         self._statements = _Statements(engine)
         self._queue: queue.Queue[Pending | None] = queue.Queue()
         self._conn: Connection | None = None  # held, not checked out (and pinged) per batch
+        self.health = Outage("message store (cannot commit; messages get AR 207)", log)
         self._thread = threading.Thread(target=self._run, name="mwl-store", daemon=True)
         self._thread.start()
 
@@ -86,10 +96,35 @@ class MessageStoreWriter:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=PROBE_EVERY if self.health.down else None)
+            except queue.Empty:
+                self._probe()
+                continue
             if first is None:
                 return
             self._write(take_batch(self._queue, first, MAX_BATCH))
+
+    def _probe(self) -> None:
+        """A write that changes nothing (the one-row ``alembic_version`` set to itself),
+        committed: it fails on a read-only or unreachable database and when the write
+        ahead log cannot grow. SQLite also reports full when no page is left
+        (``max_page_count``), which a rewrite in place would not notice."""
+        try:
+            conn = self._connection()
+            with conn.begin():
+                if conn.dialect.name == "sqlite":
+                    pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
+                    limit = conn.exec_driver_sql("PRAGMA max_page_count").scalar() or 0
+                    free = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+                    if pages >= limit and not free:
+                        raise StoreFull("database or disk is full")
+                conn.exec_driver_sql("UPDATE alembic_version SET version_num = version_num")
+        except Exception as exc:
+            self._discard_connection()
+            self.health.failed(exc)
+            return
+        self.health.ok()
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
@@ -104,12 +139,16 @@ class MessageStoreWriter:
         except Exception as exc:  # SQLAlchemy's, or the driver's own (raw cursor)
             self._discard_connection()
             if len(batch) == 1:
-                log.error("message store unavailable (%s)", type(exc).__name__)
+                if refused_by_content(exc):
+                    log.error("message store refused a message (%s)", type(exc).__name__)
+                else:
+                    self.health.failed(exc)
                 batch[0].result.set_result(None)
                 return
             for pending in batch:  # find the one the database refuses, keep the rest
                 self._write([pending])
             return
+        self.health.ok()
         for pending, result in zip(batch, results, strict=True):
             pending.result.set_result(result)
 
@@ -125,6 +164,10 @@ class MessageStoreWriter:
             return [self._statements.store(cursor, pending) for pending in batch]
         finally:
             cursor.close()
+
+
+class StoreFull(Exception):
+    """The database has no page left for another row (SQLite ``max_page_count``)."""
 
 
 class _Statements:

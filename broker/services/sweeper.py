@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -24,6 +26,7 @@ from broker.models import (
     ScheduledProcedureStep,
     StoredInstance,
 )
+from broker.outage import Outage
 from broker.services.outbound import due_destinations
 from broker.services.retention import prune
 from workers.dispatch import Dispatcher
@@ -31,12 +34,14 @@ from workers.dispatch import Dispatcher
 log = logging.getLogger(__name__)
 
 
-def pending_messages(session: Session, older_than: timedelta, limit: int = 1000) -> list[int]:
+def pending_messages(session: Session, older_than: timedelta, limit: int = 1000,
+                     after: int = 0) -> list[int]:
+    """Ids of messages still ``received`` for ``older_than``, from id ``after`` on."""
     cutoff = datetime.now(UTC) - older_than
     return list(session.scalars(
         select(InboundMessage.id)
         .where(InboundMessage.status == MessageStatus.RECEIVED.value,
-               InboundMessage.received_at <= cutoff)
+               InboundMessage.received_at <= cutoff, InboundMessage.id > after)
         .order_by(InboundMessage.id).limit(limit)
     ))
 
@@ -65,26 +70,45 @@ def pending_tasks(session: Session, older_than: timedelta,
     return tasks
 
 
+PAGE = 1000
+
+
 def sweep(factory: sessionmaker[Session], dispatcher: Dispatcher,
-          older_than: timedelta) -> int:
-    """Dispatch everything unfinished older than ``older_than``; returns the count."""
+          older_than: timedelta, skip: Callable[[int], bool] | None = None) -> int:
+    """Dispatch everything unfinished older than ``older_than``, except messages for
+    which ``skip`` says so; returns the count. Messages are read a page at a time, but
+    all of them in one pass: a backlog left by a Redis restart goes out at once, not a
+    thousand per interval."""
+    messages, after = 0, 0
+    while True:
+        with factory() as session:
+            page = pending_messages(session, older_than, PAGE, after)
+        ids = [pk for pk in page if skip is None or not skip(pk)]
+        for pk in ids:
+            dispatcher.dispatch(pk)
+        messages += len(ids)
+        if len(page) < PAGE:
+            break
+        after = page[-1]
     with factory() as session:
-        ids = pending_messages(session, older_than)
         tasks = pending_tasks(session, older_than)
-    for pk in ids:
-        dispatcher.dispatch(pk)
     for task, args in tasks:
         dispatcher.submit(task, *args)
-    if ids or tasks:
-        log.info("sweeper re-dispatched %d message(s) and %d task(s)", len(ids), len(tasks))
-    return len(ids) + len(tasks)
+    if messages or tasks:
+        log.info("sweeper re-dispatched %d message(s) and %d task(s)", messages, len(tasks))
+    return messages + len(tasks)
 
 
 class Sweeper(threading.Thread):
     """Runs :func:`sweep` at start (everything pending) and then every ``interval``;
     prunes past ``retention_days`` once an hour (broker.services.retention); refreshes
     the SQLite planner statistics at start, hourly, and whenever the number of steps
-    has doubled since the last time (broker.db.refresh_planner_statistics)."""
+    has doubled since the last time (broker.db.refresh_planner_statistics).
+
+    :meth:`wake` runs a pass now over everything pending, whatever its age: for when
+    queued work is known to be lost or stranded (Redis restarted or reachable again, a
+    broker or worker process gone without notice; see :mod:`workers.presence`), so that
+    recovery starts within seconds instead of after ``grace``."""
 
     PRUNE_EVERY = timedelta(hours=1)
     ANALYZE_EVERY = timedelta(hours=1)
@@ -99,6 +123,12 @@ class Sweeper(threading.Thread):
         self._pruned_at: datetime | None = None
         self._analyzed: tuple[datetime, int] | None = None  # when, with how many steps
         self._stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._wake_reason = ""
+        # message id -> (times re-dispatched by a timed pass, when it may be again)
+        self._backoff: dict[int, tuple[int, float]] = {}
+        self._seen: set[int] = set()
+        self.health = Outage("sweeper (database)", log)
 
     def _prune(self) -> None:
         now = datetime.now(UTC)
@@ -127,17 +157,52 @@ class Sweeper(threading.Thread):
         log.info("planner statistics refreshed (%d steps)", steps)
         self._analyzed = (now, steps)
 
+    MAX_BACKOFF = 600.0
+
+    def _skip(self, pk: int) -> bool:
+        """Timed passes: a message re-dispatched and still waiting is most likely still
+        queued behind a backlog, not lost; re-dispatch it again after ``grace``, then
+        twice that, and so on (at most MAX_BACKOFF), instead of on every pass, so that a
+        long backlog is not multiplied in the queue. Known losses wake the sweeper and
+        re-dispatch everything at once (``wake``)."""
+        now = time.monotonic()
+        times, due = self._backoff.get(pk, (0, 0.0))
+        if now < due:
+            self._seen.add(pk)
+            return True
+        self._backoff[pk] = (times + 1,
+                             now + min(self.grace * 2 ** times, self.MAX_BACKOFF))
+        self._seen.add(pk)
+        return False
+
+    def _sweep(self, older_than: timedelta, recovery: bool) -> None:
+        self._seen = set()
+        if recovery:  # everything now, and the back-off starts again from here
+            self._backoff.clear()
+        sweep(self.factory, self.dispatcher, older_than, self._skip)
+        self._backoff = {pk: v for pk, v in self._backoff.items() if pk in self._seen}
+
+    def wake(self, reason: str) -> None:
+        """Sweep everything pending now (thread-safe; see the class doc)."""
+        self._wake_reason = reason
+        self._wake.set()
+
     def run(self) -> None:
-        older_than = timedelta(0)
+        older_than, recovery = timedelta(0), True
         while not self._stop_event.is_set():
             try:
-                sweep(self.factory, self.dispatcher, older_than)
+                self._sweep(older_than, recovery)
                 self._prune()
                 self._analyze()
+                self.health.ok()
             except Exception as exc:  # the database may be down; try again later
-                log.warning("sweeper pass failed: %s", type(exc).__name__)
-            older_than = timedelta(seconds=self.grace)
-            self._stop_event.wait(self.interval)
+                self.health.failed(exc)
+            older_than, recovery = timedelta(seconds=self.grace), False
+            if self._wake.wait(self.interval) and not self._stop_event.is_set():
+                self._wake.clear()
+                log.info("recovery sweep: %s", self._wake_reason)
+                older_than, recovery = timedelta(0), True
 
     def stop(self) -> None:
         self._stop_event.set()
+        self._wake.set()

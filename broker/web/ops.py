@@ -116,10 +116,26 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
+    """200 when this node can take messages: the database answers, Redis too when
+    configured, the message store's last commit did not fail (a database that answers
+    reads can still refuse writes: disk full, read-only), and no message has waited
+    longer than READY_MAX_QUEUE_AGE. Otherwise 503, with ``reasons`` naming the cause."""
     runtime: Runtime = request.app.state.runtime
     with runtime.session_factory() as session:
         report = queries.health(session, runtime.settings)
+    reasons: list[str] = []
+    if report["database"] != "ok":
+        reasons.append(f"database {report['database']}")
+    if report["redis"] not in ("ok", "not used (embedded)"):
+        reasons.append(f"redis {report['redis']}")
+    if runtime.store_health is not None:
+        store = runtime.store_health.report()
+        report["message_store"] = store
+        if store["status"] != "ok":
+            reasons.append(f"message store {store['status']} since {store['since']}")
     age = report.get("oldest_unprocessed_seconds")
-    ready = (report["database"] == "ok" and report["redis"] in ("ok", "not used (embedded)")
-             and (age is None or age < READY_MAX_QUEUE_AGE))
-    return JSONResponse({"ready": ready, **report}, status_code=200 if ready else 503)
+    if age is not None and age >= READY_MAX_QUEUE_AGE:
+        reasons.append(f"oldest unprocessed message waiting {age:.0f} s")
+    ready = not reasons
+    body = {"ready": ready, **report, **({"reasons": reasons} if reasons else {})}
+    return JSONResponse(body, status_code=200 if ready else 503)

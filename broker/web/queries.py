@@ -30,6 +30,7 @@ from broker.models import (
     WorklistQuery,
     WorklistQueryResult,
 )
+from broker.outage import describe, describe_redis
 
 
 def iso(value: datetime | None) -> str:
@@ -107,7 +108,7 @@ def health(session: Session, settings: Settings) -> dict[str, Any]:
         out["database"] = "ok"
         out["oldest_unprocessed_seconds"] = oldest_unprocessed_age(session)
     except Exception as exc:
-        out["database"] = f"down: {type(exc).__name__}"
+        out["database"] = f"down: {describe(exc)}"
     if settings.celery_broker_url:
         try:
             import redis
@@ -115,7 +116,7 @@ def health(session: Session, settings: Settings) -> dict[str, Any]:
             redis.Redis.from_url(settings.celery_broker_url, socket_timeout=2).ping()
             out["redis"] = "ok"
         except Exception as exc:
-            out["redis"] = f"down: {type(exc).__name__}"
+            out["redis"] = f"down: {describe_redis(exc)}"
     else:
         out["redis"] = "not used (embedded)"
     return out

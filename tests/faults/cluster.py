@@ -114,6 +114,10 @@ class Broker:
         self.root = root
         self.pg = pg
         self.mllp_port, self.dicom_port = free_port(), free_port()
+        # serve processes beyond the first ("serve2", ...) get ports of their own:
+        # two nodes on one database, as behind a virtual IP.
+        self.ports: dict[str, tuple[int, int]] = {"serve": (self.mllp_port, self.dicom_port)}
+        self._lock = threading.Lock()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("MWLB_")},
             "MWLB_DATABASE_URL": pg.url, "MWLB_CELERY_BROKER_URL": redis.url,
@@ -176,18 +180,31 @@ class Broker:
             return True
         return False
 
+    def port(self, name: str) -> int:
+        """The MLLP port of serve process ``name``."""
+        return self.ports[name][0]
+
     def start(self, name: str, **extra_env: str) -> None:
-        self.runs += 1
-        args = {"worker": ["worker", "--concurrency", "2", "--loglevel", "INFO"],
-                "serve": ["serve"]}[name]
-        with (self.root / f"{name}-{self.runs}.log").open("wb") as log:
+        with self._lock:  # several may start at once (two nodes cold-starting)
+            self.runs += 1
+            run = self.runs
+            if name.startswith("serve") and name not in self.ports:
+                self.ports[name] = (free_port(), free_port())
+        args = ["worker", "--concurrency", "2", "--loglevel", "INFO"] if name == "worker" \
+            else ["serve"]
+        if name.startswith("serve"):
+            mllp, dicom = self.ports[name]
+            extra_env = {"MWLB_MLLP_PORT": str(mllp), "MWLB_DICOM_PORT": str(dicom),
+                         **extra_env}
+        log_path = self.root / f"{name}-{run}.log"
+        with log_path.open("wb") as log:
             self.procs[name] = subprocess.Popen([CLI, *args], env={**self.env, **extra_env},
                                                 stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
         pattern = "ready." if name == "worker" else "mwl-broker listening"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if pattern in (self.root / f"{name}-{self.runs}.log").read_text(errors="replace"):
+            if pattern in log_path.read_text(errors="replace"):
                 return
             if self.procs[name].poll() is not None:
                 raise AssertionError(f"{name} exited: {self.output()}")
@@ -242,12 +259,16 @@ class Broker:
 
 @dataclass
 class Burst:
-    """Several MLLP clients sending distinct orders, each resending until AA."""
+    """Several MLLP clients sending distinct orders, each resending until AA. With
+    several ``ports`` (two nodes), client k starts on port k mod n and moves to the next
+    one when a connection fails, as a virtual IP moving to the other node would."""
 
     port: int
     orders: range
     clients: int = 4
+    ports: list[int] = field(default_factory=list)
     acked: dict[int, float] = field(default_factory=dict)
+    acked_by: dict[int, int] = field(default_factory=dict)  # port -> AA count
     refused: list[tuple[int, str, float]] = field(default_factory=list)
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
@@ -272,6 +293,8 @@ class Burst:
 
     def _client(self, k: int) -> None:
         mine = [n for n in self.orders if n % self.clients == k]
+        ports = self.ports or [self.port]
+        at = k % len(ports)
         client: MLLPClient | None = None
         for n in mine:
             while True:
@@ -280,13 +303,14 @@ class Burst:
                 sent_at = time.monotonic()
                 try:
                     if client is None:
-                        client = MLLPClient("127.0.0.1", self.port, timeout=10)
+                        client = MLLPClient("127.0.0.1", ports[at], timeout=10)
                         client.connect()
                     ack = client.send(order(n))
                 except OSError as exc:
                     if client is not None:
                         client.close()
                     client = None
+                    at = (at + 1) % len(ports)
                     with self._lock:
                         self.refused.append((n, type(exc).__name__, sent_at))
                     time.sleep(0.2)
@@ -295,6 +319,7 @@ class Burst:
                 if code == "AA":
                     with self._lock:
                         self.acked[n] = sent_at
+                        self.acked_by[ports[at]] = self.acked_by.get(ports[at], 0) + 1
                     break
                 with self._lock:
                     self.refused.append((n, code, sent_at))
@@ -328,6 +353,57 @@ def outcome(pg: Postgres, burst: Burst, drain_started: float, timeout: float = 1
             "applied": len(applied_ids), "steps": steps, "duplicated": steps - distinct,
             "lost": len(not_applied), "lost_ids": not_applied[:10],
             "drain_seconds": round(drain, 1)}
+
+
+def recovery(pg: Postgres, back_at: float, timeout: float = 180) -> dict[str, object]:
+    """How fast work stranded by a fault is picked up, from ``back_at`` (the monotonic
+    time the transport was back: Redis restarted, a worker replaced, a node gone):
+    ``resume_seconds`` until a message is applied again, ``stranded`` how many stored
+    messages were then unapplied, ``stranded_cleared_seconds`` until all of those are
+    applied (that includes draining whatever backlog was queued before them)."""
+    [(last, stranded, done0)] = pg.query(
+        "SELECT coalesce(max(id), 0), count(*) FILTER (WHERE status = 'received'), "
+        "count(*) FILTER (WHERE status <> 'received') FROM inbound_message")
+    resume: float | None = None
+    cleared: float | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            [(left, done)] = pg.query(
+                "SELECT count(*) FILTER (WHERE status = 'received' AND id <= "
+                f"{int(str(last))}), count(*) FILTER (WHERE status <> 'received') "
+                "FROM inbound_message")
+        except psycopg.Error:
+            time.sleep(0.1)
+            continue
+        now = time.monotonic()
+        if resume is None and (done != done0 or not left):
+            resume = now - back_at
+        if not left:
+            cleared = now - back_at
+            break
+        time.sleep(0.1)
+    return {"stranded": stranded,
+            "resume_seconds": None if resume is None else round(resume, 1),
+            "stranded_cleared_seconds": None if cleared is None else round(cleared, 1)}
+
+
+def logged_after(root: Path, text: str, since: float) -> float | None:
+    """Seconds from wall-clock time ``since`` to the first log line (of any process)
+    containing ``text`` at or after it, from the line's own timestamp."""
+    from datetime import datetime
+
+    found: list[float] = []
+    for path in root.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if text in line:
+                try:
+                    at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                except ValueError:
+                    continue
+                if at >= since - 0.5:
+                    found.append(at - since)
+    return round(min(found), 1) if found else None
 
 
 def report(name: str, figures: dict[str, object]) -> None:
