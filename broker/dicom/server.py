@@ -59,7 +59,7 @@ from broker.dicom.storage import (
 from broker.dicom.worklist import WorklistItem, find_worklist
 from broker.domain.mpps import PROCESSING_FAILURE, MppsError
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
-from broker.security.access import calling_allowed
+from broker.security.access import calling_entry
 from broker.security.tls import certificate_cn
 from broker.services import mpps, studies
 from workers.dispatch import Dispatcher
@@ -149,7 +149,8 @@ class DicomServer:
         self._lock = threading.Lock()
 
     def start(self, tls_context: ssl.SSLContext | None = None) -> None:
-        """Listen on MWLB_DICOM_PORT, and on MWLB_DICOM_TLS_PORT with ``tls_context``."""
+        """Listen on MWLB_DICOM_PORT (unless it is -1 or MWLB_TLS_ONLY is set), and on
+        MWLB_DICOM_TLS_PORT with ``tls_context`` (PS3.15 B.1 secure transport)."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -163,11 +164,15 @@ class DicomServer:
             (evt.EVT_ABORTED, self._on_association_end),
             (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
-        self._server = self.ae.start_server(
-            (self.settings.dicom_host, self.settings.dicom_port), block=False,
-            evt_handlers=handlers)
-        self._server.contexts = _Contexts(self._server.contexts)
-        log.info("DICOM server %s listening on port %s", self.settings.ae_title, self.port)
+        if self.settings.dicom_port >= 0 and not self.settings.tls_only:
+            self._server = self.ae.start_server(
+                (self.settings.dicom_host, self.settings.dicom_port), block=False,
+                evt_handlers=handlers)
+            self._server.contexts = _Contexts(self._server.contexts)
+            log.info("DICOM server %s listening on port %s", self.settings.ae_title,
+                     self.port)
+        else:
+            log.info("DICOM plaintext port off")
         if tls_context is not None and self.settings.dicom_tls_port >= 0:
             self._tls_server = self.ae.start_server(
                 (self.settings.dicom_host, self.settings.dicom_tls_port), block=False,
@@ -176,8 +181,9 @@ class DicomServer:
             log.info("DICOM TLS on port %s", self.tls_port)
 
     @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+    def port(self) -> int | None:
+        """The plaintext port, None when it is off."""
+        return int(self._server.server_address[1]) if self._server else None
 
     @property
     def tls_port(self) -> int | None:
@@ -191,27 +197,41 @@ class DicomServer:
         self._recorder.shutdown(wait=True)
 
     def _on_requested(self, event: Any) -> None:
-        """Access control before negotiation (issue 5 §6): a calling AE title that is not
-        allowed from this address (or with this certificate) is rejected with PS3.8
-        result 1, source 1, reason 3 "calling AE title not recognized"."""
+        """Access control before negotiation (PS3.8 9.3.4).
+
+        A calling AE title that is not allowed from this address, or that its entry
+        binds to a certificate and comes without that verified client certificate
+        (plaintext, or TLS without a certificate or with another CN), is rejected with
+        result 1 (permanent), source 1 (service user), reason 3 "calling AE title not
+        recognized" and a Security Alert is audited."""
         calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
         address = str(event.assoc.requestor.address)
         sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
         cn = certificate_cn(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
-        if not calling_allowed(self.settings.dicom_allowed_calling, calling, address, cn):
-            log.warning("association from %s at %s rejected: calling AE title not allowed "
-                        "from there", calling, address)
+        allowed = self.settings.dicom_allowed_calling
+        entry = calling_entry(allowed, calling, address, cn)
+        if allowed and entry is None:
+            bound = any(e.certificate_subject and e.ae_title.strip() == calling
+                        for e in allowed)
+            why = ("without its certificate" if bound and cn is None
+                   else "not allowed from this address or certificate")
+            log.warning("association from %s at %s rejected: calling AE title %s", calling,
+                        address, why)
             try:
                 with unit_of_work(self.writer) as session:
                     audit.security_alert(session, calling, address,
-                                         "DICOM association rejected: calling AE title not "
-                                         "allowed from this address or certificate")
+                                         f"DICOM association rejected: calling AE title {why}")
             except SQLAlchemyError as exc:
                 log.error("security alert not recorded: %s", type(exc).__name__)
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is out
-            # and the transport is closed, else the peer may only see the socket close.
-            event.assoc.kill()
+            self._reject(event, 0x01, 0x01, 0x03)
+            return
+
+    @staticmethod
+    def _reject(event: Any, result: int, source: int, reason: int) -> None:
+        event.assoc.acse.send_reject(result, source, reason)
+        # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is out
+        # and the transport is closed, else the peer may only see the socket close.
+        event.assoc.kill()
 
     def _submit(self, task: str, *args: Any) -> None:
         if self.dispatcher is not None:
