@@ -137,6 +137,35 @@ class Settings(BaseSettings):
         description="Serve MLLP and DICOM over TLS only: the plaintext ports are not opened "
         "(needs MWLB_TLS_CERT_FILE; pair with MWLB_TLS_REQUIRE_CLIENT_CERT).",
     )
+    dicom_max_associations: int = Field(
+        default=64, ge=1,
+        description="DICOM associations open at once for any peer; beyond it A-ASSOCIATE-RJ "
+        "transient 'local limit exceeded'.",
+    )
+    dicom_reserved_associations: int = Field(
+        default=8, ge=0,
+        description="Extra associations only for calling AE titles whose allow-list entry "
+        "names hosts or a certificate subject.",
+    )
+    dicom_max_associations_per_ip: int = Field(
+        default=16, ge=0,
+        description="Open DICOM connections allowed per client IP address; more are closed "
+        "at once (0 = no cap).",
+    )
+    dicom_acse_timeout: float = Field(
+        default=10.0, gt=0,
+        description="ARTIM: seconds a DICOM connection may take for its TLS handshake and "
+        "A-ASSOCIATE-RQ (and the peer for an A-RELEASE-RP).",
+    )
+    dicom_network_timeout: float = Field(
+        default=60.0, gt=0,
+        description="Seconds an association may stay silent before it is aborted.",
+    )
+    dicom_idle_timeout: float = Field(
+        default=120.0, ge=0,
+        description="Seconds an association may go without a request other than C-ECHO "
+        "before it is aborted (0 = no limit).",
+    )
     dicom_allowed_calling: list[AllowedAE] = Field(
         default=[],
         description="DICOM peers allowed to associate (JSON list of {ae_title, hosts, "
