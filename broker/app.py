@@ -51,7 +51,8 @@ class BrokerApp:
                                              name="mwl-mllp-loop", daemon=True)
         self.dispatcher: Dispatcher
         self.audit_exporter: AuditExporter | None = None
-        self.mllp: MLLPServer
+        self.mllp: MLLPServer | None = None
+        self.mllp_tls: MLLPServer | None = None
         self.dicom: DicomServer
 
     def start(self) -> None:
@@ -83,8 +84,9 @@ class BrokerApp:
                                  dispatcher=self.dispatcher)
         tls = server_context(settings)
         self.dicom.start(tls)
-        self.mllp = self._mllp_server(settings.mllp_port, None)
-        self.mllp_tls: MLLPServer | None = None
+        # Plaintext MLLP unless switched off (-1) or TLS only (HL7 MLLP over TLS, PS3.15 B.1).
+        if settings.mllp_port >= 0 and not settings.tls_only:
+            self.mllp = self._mllp_server(settings.mllp_port, None)
         if tls is not None and settings.mllp_tls_port >= 0:
             self.mllp_tls = self._mllp_server(settings.mllp_tls_port, tls)
         self._loop_thread.start()
@@ -112,8 +114,10 @@ class BrokerApp:
             self.audit_exporter = AuditExporter(
                 factory, SyslogSender(settings.audit_syslog_url, ca_file=ca))
             self.audit_exporter.start()
-        log.info("broker started: MLLP port %s, DICOM port %s (%s mode)", self.mllp_port,
-                 self.dicom_port, "embedded" if settings.embedded else "celery")
+        log.info("broker started: %s (%s mode)", ", ".join(
+            f"{name.replace('_', ' ').upper()} port {'off' if port is None else port}"
+            for name, port in self.ports().items()),
+            "embedded" if settings.embedded else "celery")
 
     def _mllp_server(self, port: int, tls: ssl.SSLContext | None) -> MLLPServer:
         settings = self.settings
@@ -128,12 +132,25 @@ class BrokerApp:
             max_connections_per_ip=settings.mllp_max_connections_per_ip,
         )
 
+    def ports(self) -> dict[str, int | None]:
+        """Each listener's bound port, None for one that is off."""
+        return {"mllp": self.mllp.port if self.mllp is not None else None,
+                "dicom": self.dicom.port,
+                "mllp_tls": self.mllp_tls.port if self.mllp_tls is not None else None,
+                "dicom_tls": self.dicom.tls_port}
+
     @property
     def mllp_port(self) -> int:
+        """The plaintext MLLP port (an error when it is off, see :meth:`ports`)."""
+        if self.mllp is None:
+            raise RuntimeError("the plaintext MLLP listener is off")
         return self.mllp.port
 
     @property
     def dicom_port(self) -> int:
+        """The plaintext DICOM port (an error when it is off, see :meth:`ports`)."""
+        if self.dicom.port is None:
+            raise RuntimeError("the plaintext DICOM listener is off")
         return self.dicom.port
 
     @property

@@ -59,7 +59,9 @@ def serve(config: ConfigOption = None) -> None:
     except Exception as exc:
         err_console.print(f"[red]could not start:[/red] {exc}")
         raise typer.Exit(1) from None
-    _print_banner(settings, broker.mllp_port, broker.dicom_port, broker.http_port)
+    ports = broker.ports()
+    _print_banner(settings, ports["mllp"], ports["dicom"], broker.http_port,
+                  ports["mllp_tls"], ports["dicom_tls"])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -67,27 +69,42 @@ def serve(config: ConfigOption = None) -> None:
     broker.stop()
 
 
-def _print_banner(settings: Settings, mllp_port: int, dicom_port: int,
-                  http_port: int | None) -> None:
+def _print_banner(settings: Settings, mllp_port: int | None, dicom_port: int | None,
+                  http_port: int | None, mllp_tls_port: int | None = None,
+                  dicom_tls_port: int | None = None) -> None:
+    """The start banner; a listener that is off (port -1, or plaintext under
+    MWLB_TLS_ONLY) shows as "off" and its sample command is left out."""
     mode = "embedded (in-process tasks)" if settings.embedded else "Celery workers"
     sample = "tests/data/samples/05_orm_o01_nw_two_sps.hl7"
     web = (f"  web console      http://localhost:{http_port}/  (first admin: "
            f".venv/bin/mwl-broker users add admin --role admin)\n" if http_port else "")
+
+    def where(host: str, port: int | None) -> str:
+        return f"{host}:{port}" if port is not None else "off"
+
+    tls = "".join(f"  {name:<17}{where(host, port)}\n" for name, host, port in (
+        ("HL7 MLLP TLS", settings.mllp_host, mllp_tls_port),
+        ("DICOM TLS", settings.dicom_host, dicom_tls_port)) if port is not None)
+    hints = ""
+    if mllp_port is not None:
+        hints += (f"Send a first order:\n"
+                  f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n")
+    if dicom_port is not None:
+        hints += (f"Query the worklist like a modality:\n"
+                  f"  findscu -W -aec {settings.ae_title}"
+                  f" -k 'ScheduledProcedureStepSequence[0].Modality=DX'"
+                  f" -k PatientName -k PatientID -k AccessionNumber"
+                  f" -k 'ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime'"
+                  f" localhost {dicom_port}\n")
     print(
         f"mwl-broker listening\n"
-        f"  HL7 MLLP         {settings.mllp_host}:{mllp_port}\n"
-        f"  DICOM            {settings.dicom_host}:{dicom_port}  AE title {settings.ae_title}"
-        f" (MWL, MPPS, C-STORE, IAN, echo)\n"
+        f"  HL7 MLLP         {where(settings.mllp_host, mllp_port)}\n"
+        f"  DICOM            {where(settings.dicom_host, dicom_port)}  AE title "
+        f"{settings.ae_title} (MWL, MPPS, C-STORE, IAN, echo)\n"
+        f"{tls}"
         f"  database         {safe_url(settings.database_url)}   processing: {mode}\n"
         f"{web}"
-        f"Send a first order:\n"
-        f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n"
-        f"Query the worklist like a modality:\n"
-        f"  findscu -W -aec {settings.ae_title}"
-        f" -k 'ScheduledProcedureStepSequence[0].Modality=DX'"
-        f" -k PatientName -k PatientID -k AccessionNumber"
-        f" -k 'ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime'"
-        f" localhost {dicom_port}\n",
+        f"{hints}",
         flush=True,
     )
 

@@ -110,7 +110,8 @@ class Settings(BaseSettings):
         default=3600, description="Seconds before Redis redelivers an unacknowledged task."
     )
     mllp_host: str = Field(default="0.0.0.0", description="Address the MLLP listener binds.")
-    mllp_port: int = Field(default=2575, description="MLLP listener port (0 = ephemeral).")
+    mllp_port: int = Field(default=2575, ge=-1, le=65535,
+                           description="MLLP listener port (0 = ephemeral, -1 = off).")
     mllp_max_frame_bytes: int = Field(
         default=1024 * 1024, description="Largest accepted MLLP frame; larger closes the link."
     )
@@ -124,7 +125,8 @@ class Settings(BaseSettings):
         default=50, description="Open MLLP connections allowed per client IP address (0 = no cap)."
     )
     dicom_host: str = Field(default="0.0.0.0", description="Address the DICOM server binds.")
-    dicom_port: int = Field(default=11112, description="DICOM port (0 = ephemeral).")
+    dicom_port: int = Field(default=11112, ge=-1, le=65535,
+                            description="DICOM port (0 = ephemeral, -1 = off).")
     ae_title: str = Field(default="MWL_BROKER", description="The broker's DICOM AE title.")
     tls_cert_file: Path | None = Field(
         default=None, description="PEM certificate (chain) of the broker: enables the TLS ports."
@@ -136,8 +138,44 @@ class Settings(BaseSettings):
     tls_require_client_cert: bool = Field(
         default=False, description="Mutual TLS: refuse TLS clients without a trusted certificate."
     )
-    mllp_tls_port: int = Field(default=12575, description="MLLP over TLS port (-1 = off).")
-    dicom_tls_port: int = Field(default=2762, description="DICOM over TLS port (-1 = off).")
+    mllp_tls_port: int = Field(default=12575, ge=-1, le=65535,
+                               description="MLLP over TLS port (-1 = off).")
+    dicom_tls_port: int = Field(default=2762, ge=-1, le=65535,
+                                description="DICOM over TLS port (-1 = off).")
+    tls_only: bool = Field(
+        default=False,
+        description="Serve MLLP and DICOM over TLS only: the plaintext ports are not opened "
+        "(needs MWLB_TLS_CERT_FILE; pair with MWLB_TLS_REQUIRE_CLIENT_CERT).",
+    )
+    dicom_max_associations: int = Field(
+        default=64, ge=1,
+        description="DICOM associations open at once for any peer; beyond it A-ASSOCIATE-RJ "
+        "transient 'local limit exceeded'.",
+    )
+    dicom_reserved_associations: int = Field(
+        default=8, ge=0,
+        description="Extra associations only for calling AE titles whose allow-list entry "
+        "names hosts or a certificate subject.",
+    )
+    dicom_max_associations_per_ip: int = Field(
+        default=16, ge=0,
+        description="Open DICOM connections allowed per client IP address; more are closed "
+        "at once (0 = no cap).",
+    )
+    dicom_acse_timeout: float = Field(
+        default=10.0, gt=0,
+        description="ARTIM: seconds a DICOM connection may take for its TLS handshake and "
+        "A-ASSOCIATE-RQ (and the peer for an A-RELEASE-RP).",
+    )
+    dicom_network_timeout: float = Field(
+        default=60.0, gt=0,
+        description="Seconds an association may stay silent before it is aborted.",
+    )
+    dicom_idle_timeout: float = Field(
+        default=120.0, ge=0,
+        description="Seconds an association may go without a request other than C-ECHO "
+        "before it is aborted (0 = no limit).",
+    )
     dicom_allowed_calling: list[AllowedAE] = Field(
         default=[],
         description="DICOM peers allowed to associate (JSON list of {ae_title, hosts, "

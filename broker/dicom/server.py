@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -49,6 +49,7 @@ from broker.config import Settings, StorageMode
 from broker.db import unit_of_work
 from broker.dicom.encoder import ResponsePlan, Unsupported
 from broker.dicom.encoder import encode_item as encode_plan_item
+from broker.dicom.limits import LOCAL_LIMIT_EXCEEDED, AssociationGuard, DeferredHandshake
 from broker.dicom.responses import PendingWriter
 from broker.dicom.storage import (
     CANNOT_UNDERSTAND,
@@ -61,7 +62,7 @@ from broker.dicom.storage import (
 from broker.dicom.worklist import WorklistItem, find_worklist
 from broker.domain.mpps import PROCESSING_FAILURE, MppsError
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
-from broker.security.access import calling_allowed
+from broker.security.access import calling_entry, uses_reserve
 from broker.security.tls import certificate_cn
 from broker.services import mpps, studies
 from workers.dispatch import Dispatcher
@@ -134,7 +135,10 @@ class DicomServer:
         self.dispatcher = dispatcher
         self.zone = zone or settings.timezone or local_zone_name()
         self.ae = AE(ae_title=settings.ae_title)
-        self.ae.maximum_associations = 64
+        self.guard = AssociationGuard(settings)
+        self.ae.maximum_associations = self.guard.backstop
+        self.ae.acse_timeout = settings.dicom_acse_timeout  # ARTIM (PS3.8 9.1.5)
+        self.ae.network_timeout = settings.dicom_network_timeout
         self.ae.maximum_pdu_size = 0  # no limit on what we receive
         # An association for another AE title is rejected (PS3.8 A-ASSOCIATE-RJ, reason
         # "called AE title not recognized"): a modality pointed at the wrong AE learns it.
@@ -151,9 +155,11 @@ class DicomServer:
         self._lock = threading.Lock()
 
     def start(self, tls_context: ssl.SSLContext | None = None) -> None:
-        """Listen on MWLB_DICOM_PORT, and on MWLB_DICOM_TLS_PORT with ``tls_context``."""
+        """Listen on MWLB_DICOM_PORT (unless it is -1 or MWLB_TLS_ONLY is set), and on
+        MWLB_DICOM_TLS_PORT with ``tls_context`` (PS3.15 B.1 secure transport)."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            *self.guard.handlers(),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_DATA_RECV, self._on_data),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -165,21 +171,28 @@ class DicomServer:
             (evt.EVT_ABORTED, self._on_association_end),
             (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
-        self._server = self.ae.start_server(
-            (self.settings.dicom_host, self.settings.dicom_port), block=False,
-            evt_handlers=handlers)
-        self._server.contexts = _Contexts(self._server.contexts)
-        log.info("DICOM server %s listening on port %s", self.settings.ae_title, self.port)
+        self.guard.start()
+        if self.settings.dicom_port >= 0 and not self.settings.tls_only:
+            self._server = self.ae.start_server(
+                (self.settings.dicom_host, self.settings.dicom_port), block=False,
+                evt_handlers=handlers)
+            self._server.contexts = _Contexts(self._server.contexts)
+            log.info("DICOM server %s listening on port %s", self.settings.ae_title,
+                     self.port)
+        else:
+            log.info("DICOM plaintext port off")
         if tls_context is not None and self.settings.dicom_tls_port >= 0:
             self._tls_server = self.ae.start_server(
                 (self.settings.dicom_host, self.settings.dicom_tls_port), block=False,
-                evt_handlers=handlers, ssl_context=tls_context)
+                evt_handlers=handlers,
+                ssl_context=cast(ssl.SSLContext, DeferredHandshake(tls_context)))
             self._tls_server.contexts = _Contexts(self._tls_server.contexts)
             log.info("DICOM TLS on port %s", self.tls_port)
 
     @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+    def port(self) -> int | None:
+        """The plaintext port, None when it is off."""
+        return int(self._server.server_address[1]) if self._server else None
 
     @property
     def tls_port(self) -> int | None:
@@ -190,30 +203,52 @@ class DicomServer:
             if server is not None:
                 server.shutdown()
         self._server = self._tls_server = None
+        self.guard.stop()
         self._recorder.shutdown(wait=True)
 
     def _on_requested(self, event: Any) -> None:
-        """Access control before negotiation (issue 5 §6): a calling AE title that is not
-        allowed from this address (or with this certificate) is rejected with PS3.8
-        result 1, source 1, reason 3 "calling AE title not recognized"."""
+        """Access control, then admission, before negotiation (PS3.8 9.3.4).
+
+        A calling AE title that is not allowed from this address, or that its entry
+        binds to a certificate and comes without that verified client certificate
+        (plaintext, or TLS without a certificate or with another CN), is rejected with
+        result 1 (permanent), source 1 (service user), reason 3 "calling AE title not
+        recognized" and a Security Alert is audited. An allowed one beyond the
+        association limits (:mod:`broker.dicom.limits`) is rejected with result 2
+        (transient), source 3 (service provider, presentation), reason 2
+        "local-limit-exceeded"."""
         calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
         address = str(event.assoc.requestor.address)
         sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
         cn = certificate_cn(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
-        if not calling_allowed(self.settings.dicom_allowed_calling, calling, address, cn):
-            log.warning("association from %s at %s rejected: calling AE title not allowed "
-                        "from there", calling, address)
+        allowed = self.settings.dicom_allowed_calling
+        entry = calling_entry(allowed, calling, address, cn)
+        if allowed and entry is None:
+            bound = any(e.certificate_subject and e.ae_title.strip() == calling
+                        for e in allowed)
+            why = ("without its certificate" if bound and cn is None
+                   else "not allowed from this address or certificate")
+            log.warning("association from %s at %s rejected: calling AE title %s", calling,
+                        address, why)
             try:
                 with unit_of_work(self.writer) as session:
                     audit.security_alert(session, calling, address,
-                                         "DICOM association rejected: calling AE title not "
-                                         "allowed from this address or certificate")
+                                         f"DICOM association rejected: calling AE title {why}")
             except SQLAlchemyError as exc:
                 log.error("security alert not recorded: %s", type(exc).__name__)
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is out
-            # and the transport is closed, else the peer may only see the socket close.
-            event.assoc.kill()
+            self._reject(event, 0x01, 0x01, 0x03)
+            return
+        if not self.guard.admit(event.assoc, uses_reserve(entry)):
+            log.warning("association from %s at %s rejected: local limit exceeded", calling,
+                        address)
+            self._reject(event, *LOCAL_LIMIT_EXCEEDED)
+
+    @staticmethod
+    def _reject(event: Any, result: int, source: int, reason: int) -> None:
+        event.assoc.acse.send_reject(result, source, reason)
+        # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is out
+        # and the transport is closed, else the peer may only see the socket close.
+        event.assoc.kill()
 
     def _submit(self, task: str, *args: Any) -> None:
         if self.dispatcher is not None:

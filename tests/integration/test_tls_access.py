@@ -199,3 +199,100 @@ def test_dicom_tls_refuses_plaintext_and_an_expired_certificate(
          str(pki["ct"].cert), "+cf", str(pki["ca"].files.cert), "127.0.0.1", port],
         capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
+
+
+def _alerts(app: Any) -> list[AuditEvent]:
+    with app.runtime.session_factory() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.event_id == "110113")))
+
+
+def test_certificate_bound_ae_is_refused_without_its_certificate(
+        make_broker: Any, pki: dict[str, Any]) -> None:
+    # Client certificates optional: the handshake succeeds without one, so only the
+    # allow-list stands between a certificate-less peer and the pinned AE title.
+    app = tls_broker(make_broker, pki, dicom_allowed_calling=[
+        {"ae_title": "CT01_AE", "certificate_subject": "CT01_AE"}])
+    no_cert = client_context(pki)
+    assert associate(app.dicom.tls_port, "CT01_AE", tls=(no_cert, "localhost")) \
+        == (False, (1, 1, 3))
+    assert associate(app.dicom_port, "CT01_AE") == (False, (1, 1, 3))  # plaintext claim
+    good = client_context(pki, cert=pki["ct"])
+    assert associate(app.dicom.tls_port, "CT01_AE", tls=(good, "localhost")) == (True, None)
+    alerts = _alerts(app)
+    assert len(alerts) == 2
+    assert all("without its certificate" in a.detail for a in alerts)
+
+
+def test_certificate_bound_ae_refused_on_plaintext_beside_mutual_tls(
+        make_broker: Any, pki: dict[str, Any]) -> None:
+    app = tls_broker(make_broker, pki, tls_require_client_cert=True, dicom_allowed_calling=[
+        {"ae_title": "CT01_AE", "certificate_subject": "CT01_AE"}])
+    assert associate(app.dicom_port, "CT01_AE") == (False, (1, 1, 3))
+    plain = subprocess.run(["echoscu", "-aet", "CT01_AE", "-aec", "MWL_BROKER", "127.0.0.1",
+                            str(app.dicom_port)], capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0
+    good = subprocess.run(
+        ["echoscu", "-aet", "CT01_AE", "-aec", "MWL_BROKER", "+tls", str(pki["ct"].key),
+         str(pki["ct"].cert), "+cf", str(pki["ca"].files.cert), "127.0.0.1",
+         str(app.dicom.tls_port)], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert len(_alerts(app)) == 2
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_tls_only_closes_the_plaintext_ports(make_broker: Any, pki: dict[str, Any]) -> None:
+    from tests.integration.conftest import free_port
+
+    mllp, dicom = free_port(), free_port()
+    app = tls_broker(make_broker, pki, tls_require_client_cert=True, tls_only=True,
+                     mllp_port=mllp, dicom_port=dicom, dicom_allowed_calling=[
+                         {"ae_title": "CT01_AE", "certificate_subject": "CT01_AE"}])
+    assert app.mllp is None and app.ports()["mllp"] is None and app.ports()["dicom"] is None
+    assert _refused(mllp) and _refused(dicom)  # nothing listens: no plaintext peer at all
+    good = client_context(pki, cert=pki["ct"])
+    assert mllp_tls_send(app, good, sample("05")).code == "AA"
+    assert associate(app.dicom.tls_port, "CT01_AE", tls=(good, "localhost")) == (True, None)
+
+
+def test_tls_only_without_a_certificate_does_not_start(tmp_path: Path) -> None:
+    with pytest.raises(AccessConfigurationError, match="MWLB_TLS_ONLY"):
+        BrokerApp(broker_settings(tmp_path, tls_only=True))
+
+
+@pytest.mark.parametrize("off", ["MLLP", "DICOM"])
+def test_a_listener_switched_off_with_port_minus_one(off: str, tmp_path: Path) -> None:
+    import os
+
+    from tests.conftest import MAPPINGS
+    from tests.integration.conftest import Processes, free_port
+
+    mllp, dicom = free_port(), free_port()
+    env = {**os.environ, "MWLB_DATABASE_URL": f"sqlite:///{tmp_path / 'broker.db'}",
+           "MWLB_MLLP_HOST": "127.0.0.1", "MWLB_MLLP_PORT": str(mllp),
+           "MWLB_DICOM_HOST": "127.0.0.1", "MWLB_DICOM_PORT": str(dicom),
+           "MWLB_HTTP_PORT": "-1", "MWLB_MAPPINGS_DIR": str(MAPPINGS),
+           "MWLB_TIMEZONE": "America/Chicago", f"MWLB_{off}_PORT": "-1"}
+    procs = Processes(env, tmp_path)
+    try:
+        procs.start("serve")
+        procs.wait_for("serve", r"mwl-broker listening", timeout=60)
+        banner = (tmp_path / "serve.log").read_text()
+        label = "HL7 MLLP" if off == "MLLP" else "DICOM"
+        assert f"  {label:<17}off" in banner, banner
+        if off == "MLLP":
+            assert _refused(mllp)
+            echo = subprocess.run(["echoscu", "-aec", "MWL_BROKER", "127.0.0.1", str(dicom)],
+                                  capture_output=True, text=True, timeout=60)
+            assert echo.returncode == 0, echo.stderr
+        else:
+            assert _refused(dicom)
+            assert [a.code for a in send(mllp, sample("05"))] == ["AA"]
+    finally:
+        procs.stop()
