@@ -4,11 +4,13 @@ connections and the per-IP cap. Throughout, a well-behaved client still gets its
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from broker.hl7.client import MLLPClient
@@ -116,3 +118,29 @@ def test_per_ip_connection_cap(make_broker: Any) -> None:
     while len(app.mllp.active) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert well_behaved(app, 1) < 2.0
+
+
+@pytest.mark.parametrize("size", [120_000, 900_000])
+def test_repetition_bomb_does_not_stall_a_good_sender(make_broker: Any, size: int) -> None:
+    """A message with ``size`` bytes of ``~`` in PID-3 (under the 1 MiB frame cap) is
+    read in linear time and refused AE 102 naming PID-3; meanwhile a well-behaved
+    sender on another connection keeps getting each AA within a second."""
+    app = make_broker()
+    bomb = set_field(sample("05"), "PID", 3, "~" * size)
+    answers: list[Ack] = []
+
+    def attack() -> None:
+        with MLLPClient("127.0.0.1", app.mllp_port, timeout=60) as client:
+            for n in range(3):
+                answers.append(Ack.parse(client.send(set_field(bomb, "MSH", 10, f"BOMB{n}"))))
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    waits = []
+    n = 0
+    while attacker.is_alive() or n < 5:
+        waits.append(well_behaved(app, n))
+        n += 1
+    attacker.join()
+    assert max(waits) < 1.0, waits
+    assert [(a.code, a.err.split("^102")[0]) for a in answers] == [("AE", "ERR|PID^1^3")] * 3
