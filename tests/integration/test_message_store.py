@@ -9,13 +9,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from bench.orders import order
 from broker.config import AckMode
 from broker.db import make_engine
 from broker.migrations import upgrade
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
 from broker.services.message_store import MessageStoreWriter
+from tests.builders import order
 
 
 def test_a_batch_keeps_what_it_can_and_detects_repeats(tmp_path: Path) -> None:
