@@ -30,12 +30,12 @@ from sqlalchemy.orm import Session
 from bench import cfind, loader
 from bench.ingest import ingest
 from bench.latency import order_to_worklist
-from bench.orders import order
 from bench.processes import Broker, free_port, new_database
 from bench.processing import drain_rate
 from broker.db import make_engine
 from broker.hl7.client import MLLPClient
 from broker.migrations import upgrade
+from tests.builders import order
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SIZES = [int(n) for n in os.environ.get("BENCH_SIZES", "1000,10000,100000").split(",")]

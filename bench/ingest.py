@@ -8,8 +8,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench.orders import order
 from broker.hl7.client import MLLPClient
+from tests.builders import order
 
 
 @dataclass(frozen=True)

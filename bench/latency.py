@@ -13,8 +13,8 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
 
 from bench.ingest import percentile
-from bench.orders import order
 from broker.hl7.client import MLLPClient
+from tests.builders import order
 
 MWL = "1.2.840.10008.5.1.4.31"
 

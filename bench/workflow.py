@@ -15,10 +15,10 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from bench.orders import order
 from broker.app import BrokerApp
 from broker.hl7.client import MLLPClient
 from broker.models import PerformedProcedureStep, StoredInstance
+from tests.builders import order
 from tests.modality import MPPS, final, in_progress, n_create, n_set, step_item, storescu
 from tests.modality import write_images as synthetic_images
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench.orders import order
 from broker.hl7.client import MLLPClient
+from tests.builders import order
 from tests.conftest import MAPPINGS
 from tests.integration.conftest import CLI, free_port
 

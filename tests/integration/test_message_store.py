@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text
 
-from bench.orders import order
 from broker.config import AckMode
 from broker.db import make_engine
 from broker.migrations import upgrade
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
 from broker.services.message_store import MessageStoreWriter
+from tests.builders import order
 from tests.console import client
 from tests.integration.hl7util import send
 from tests.workflow import wait_until

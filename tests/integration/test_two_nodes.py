@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from bench.orders import order
 from broker.config import AckMode
 from broker.db import make_engine, make_session_factory
 from broker.hl7.listener import HL7Receiver
@@ -18,6 +17,7 @@ from broker.migrations import upgrade
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
 from broker.services.message_store import MessageStoreWriter
+from tests.builders import order
 
 pytestmark = [pytest.mark.postgres]
 

@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE
 
 from bench.loader import load
-from bench.orders import order
+from tests.builders import order
 from tests.conftest import sample
 from tests.dcmtk import findscu, sps
 from tests.integration.hl7util import send, set_field
