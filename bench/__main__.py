@@ -1,6 +1,6 @@
 """``make bench``: the broker measured against DCMTK ``wlmscpfs`` and against this
 machine's own floors, one markdown table per part, medians and (min-max) over
-BENCH_RUNS runs (3), and the machine it ran on (issue 6).
+BENCH_RUNS runs (3), and the machine it ran on.
 
 Parts: the floors (a findscu against an empty wlmscpfs; a bare psycopg insert + commit
 loop on the message table); Modality Worklist C-FIND at BENCH_SIZES steps, broker and
@@ -205,7 +205,7 @@ def processing_part(workdir: Path) -> None:
 
 
 def performed_part(workdir: Path) -> None:
-    """MPPS pairs and C-STORE instances per second (issue 3), in-process broker."""
+    """MPPS pairs and C-STORE instances per second, in-process broker."""
     from bench.workflow import cstore, mpps_pairs
     from broker.app import BrokerApp
     from broker.config import Settings

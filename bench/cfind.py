@@ -1,4 +1,4 @@
-"""Modality Worklist C-FIND, the broker and DCMTK ``wlmscpfs`` side by side (issue 6 §1).
+"""Modality Worklist C-FIND, the broker and DCMTK ``wlmscpfs`` side by side.
 
 Each query is one DCMTK ``findscu -W`` process (one association), timed from start to
 exit, with TCP_NODELAY=1 in the environment of every DCMTK process (client and

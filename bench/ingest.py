@@ -1,4 +1,4 @@
-"""HL7 ingest over MLLP (issue 6 §2): ORM^O01 messages on 1 or 8 connections, each
+"""HL7 ingest over MLLP: ORM^O01 messages on 1 or 8 connections, each
 connection waiting for its ACK before sending the next; messages per second and
 p50/p99 ACK latency. Every ACK must be AA."""
 

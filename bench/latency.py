@@ -1,4 +1,4 @@
-"""Order to worklist latency (issue 6 §3): from sending an ORM^O01 to the moment a
+"""Order to worklist latency: from sending an ORM^O01 to the moment a
 C-FIND returns its step. The modality side keeps one association open (Nagle off)
 and asks by Accession Number until the item is there."""
 

@@ -1,4 +1,4 @@
-"""Load N scheduled procedure steps for the worklist benchmarks (issue 6 §1).
+"""Load N scheduled procedure steps for the worklist benchmarks.
 
 One synthetic ORM^O01 goes through the broker's real path (MLLP, message store,
 mapping, processing); its rows are the template. The loader then writes N copies

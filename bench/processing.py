@@ -1,4 +1,4 @@
-"""Processing throughput (issue 6 §4): a backlog of stored ORM^O01 messages drained
+"""Processing throughput: a backlog of stored ORM^O01 messages drained
 by one worker process (``mwl-broker worker --concurrency 1``) on PostgreSQL.
 
 The backlog is built with no worker running (store ACK mode: every message committed

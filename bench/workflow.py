@@ -1,4 +1,4 @@
-"""Performed-work rates (issue 3): MPPS N-CREATE + N-SET pairs per second and C-STORE
+"""Performed-work rates: MPPS N-CREATE + N-SET pairs per second and C-STORE
 instances per second, with the time until the broker has linked / reconciled them.
 
 Each MPPS message goes on its own association, as modalities send them (N-CREATE at

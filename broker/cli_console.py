@@ -1,6 +1,6 @@
-"""``mwl-broker web``, ``users``, ``tokens``, ``echo`` and ``worklist query`` (issue 4
-§5). User and token administration here is audited like the console's (DICOM PS3.15
-A.5.3.13 Security Alert), with ``cli:<login name>`` as the acting user."""
+"""``mwl-broker web``, ``users``, ``tokens``, ``echo`` and ``worklist query``. User
+and token administration here is audited like the console's (DICOM PS3.15 A.5.3.13
+Security Alert), with ``cli:<login name>`` as the acting user."""
 
 from __future__ import annotations
 

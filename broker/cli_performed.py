@@ -1,5 +1,5 @@
 """``mwl-broker reconcile`` and ``mwl-broker outbound``: the reconciliation inbox and the
-outbox to the EHR, for the integration engineer (issue 3 §5, §6).
+outbox to the EHR, for the integration engineer.
 
 Listings show ids, accessions and states, never patient names (they are on screen in
 ``reconcile show`` only, which a person asks for). A link or resend commits its rows;

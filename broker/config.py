@@ -43,7 +43,7 @@ class StorageMode(StrEnum):
 
 
 class Destination(BaseModel):
-    """An EHR endpoint that receives order status messages over MLLP (issue 3 §6)."""
+    """An EHR endpoint that receives order status messages over MLLP."""
 
     model_config = {"extra": "forbid"}
 

@@ -33,7 +33,7 @@ def make_engine(url: str, *, readonly: bool = False, **kwargs: Any) -> Engine:
     """
     parsed = make_url(url)
     # JSON attribute columns are read on every worklist item: orjson decodes them
-    # several times faster than the standard library (issue 6).
+    # several times faster than the standard library.
     kwargs.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""

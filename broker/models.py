@@ -1,6 +1,6 @@
 """Database tables (SQLAlchemy 2, identical on SQLite and PostgreSQL).
 
-The database is the truth (DESIGN.md): every inbound HL7 message is a row before it is
+The database is the truth: every inbound HL7 message is a row before it is
 ACKed AA, and the worklist is served straight from the patient / order / requested
 procedure / scheduled procedure step rows below.
 
@@ -142,7 +142,7 @@ class Patient(Base):
     specific_character_set: Mapped[str] = mapped_column(String(64), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
-    # MSH-7/EVN-2 of the last ADT applied: older updates are not applied (checklist H2).
+    # MSH-7/EVN-2 of the last ADT applied: older updates are not applied.
     last_adt_datetime: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -204,7 +204,7 @@ class RequestedProcedure(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
-    # Performed work (issue 3): the order status last reported to the EHR (HL7 Table
+    # Performed work: the order status last reported to the EHR (HL7 Table
     # 0038: SC, IP, CM, DC) and when images were first seen for this procedure.
     reported_status: Mapped[str] = mapped_column(String(2), default="SC")
     images_available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -237,7 +237,7 @@ class ScheduledProcedureStep(Base):
     procedure_pk: Mapped[int] = mapped_column(ForeignKey("requested_procedure.id"), index=True)
     sps_id: Mapped[str] = mapped_column(String(16), index=True)
     # Position of the step in the placer's message (OBR-1 / IPC order) when the placer
-    # sends no SPS ID, so that a later XO finds the generated one again (checklist D3).
+    # sends no SPS ID, so that a later XO finds the generated one again.
     placer_step_key: Mapped[str] = mapped_column(String(32), default="")
     status: Mapped[str] = mapped_column(String(16), default=SPSStatus.SCHEDULED.value)
     start_date: Mapped[str] = mapped_column(String(8), default="")
@@ -247,7 +247,7 @@ class ScheduledProcedureStep(Base):
     performing_physician_key: Mapped[str] = mapped_column(String(200), default="")
     station_name: Mapped[str] = mapped_column(String(16), default="")
     location: Mapped[str] = mapped_column(String(16), default="")
-    # Which station rule gave the AE title (mapping transparency, issue 2 §6).
+    # Which station rule gave the AE title (so the console can say why).
     station_rule: Mapped[str] = mapped_column(String(100), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -424,7 +424,7 @@ class AvailableInstance(Base):
 
 
 class ReconciliationKind(StrEnum):
-    UNSCHEDULED_MPPS = "unscheduled_mpps"  # F4: no scheduled step referenced or found
+    UNSCHEDULED_MPPS = "unscheduled_mpps"  # unscheduled: no scheduled step referenced or found
     CANCELLED_ORDER = "cancelled_order"  # MPPS for a step that was cancelled
     UNMATCHED_STUDY = "unmatched_study"  # instances / IAN matching no order
     DEMOGRAPHICS = "demographic_mismatch"  # linked, but patient id or name differs
@@ -524,7 +524,7 @@ class StepStatusChange(Base):
 class WorklistQuery(Base):
     """One Modality Worklist C-FIND as the modality asked it: the identifier (DICOM
     JSON), who asked, how many items it got. Kept for "why is it not on the worklist?"
-    and the order timeline (issue 4), in the database and never in logs."""
+    and the order timeline, in the database and never in logs."""
 
     __tablename__ = "worklist_query"
     __table_args__ = (Index("ix_worklist_query_calling", "calling_ae_title", "id"),)

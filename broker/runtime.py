@@ -1,4 +1,4 @@
-"""Process-wide resources, built once per process (DESIGN.md conventions): settings,
+"""Process-wide resources, built once per process (one composition root): settings,
 the engine, the session factory and the loaded mapping profiles."""
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def in_progress(items: list[Dataset], *, patient_id: str = "135790",
 def final(status: str = "COMPLETED", *, series_uid: str | None = None,
           reason: tuple[str, str, str] | None = None, with_series: bool = True,
           end: tuple[str, str] = ("20250310", "094500")) -> Dataset:
-    """An N-SET modification list ending the step (F6 requirements when complete)."""
+    """An N-SET modification list ending the step (with what PS3.4 Table F.7.2-1
+    requires of a final state)."""
     ds = Dataset()
     ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = end

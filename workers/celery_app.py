@@ -1,6 +1,6 @@
 """The Celery application (distributed mode: Redis broker, ``mwl-broker worker``).
 
-Redis carries only "work is waiting" signals; the database is the truth (DESIGN.md).
+Redis carries only "work is waiting" signals; the database is the truth.
 Choices, each deliberate:
 
 * ``task_acks_late``: a task is acknowledged after it ran, so a worker killed mid-task

@@ -171,8 +171,8 @@ class CeleryDispatcher:
 
 class BackgroundDispatcher:
     """Publishes from a thread of its own, for the serve process: a Redis round trip
-    per task would otherwise hold up the MLLP event loop (issue 6 profile: most of its
-    time). Inbound messages waiting together are published as one
+    per task would otherwise hold up the MLLP event loop (most of its time when
+    profiled). Inbound messages waiting together are published as one
     ``process_inbound_batch`` task (a publish costs 0.6-1 ms of CPU here, more than
     storing the message); when the last publish was less than LINGER ago, the publisher
     waits LINGER for more to gather, so a burst costs a few publishes while a lone

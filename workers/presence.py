@@ -1,6 +1,7 @@
 """Who is alive, and when queued work needs re-dispatching (distributed mode).
 
-Redis holds only "work is waiting" signals (DESIGN.md), and some are lost when:
+Redis holds only "work is waiting" signals (the work itself is in the database), and
+some are lost when:
 
 * Redis restarts (its queue is not persisted) or a node could not reach it (publishes
   failed: the messages are committed but were never announced);

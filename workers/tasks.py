@@ -1,5 +1,5 @@
 """Celery tasks. Each takes row ids (or a study UID / destination name) only and is
-idempotent (DESIGN.md): running one twice finds nothing left to do.
+idempotent: running one twice finds nothing left to do.
 
 In embedded mode the same functions are called in-process (calling a Celery task
 object runs its body synchronously), so both modes run identical code. Database
@@ -82,7 +82,7 @@ def process_inbound(self: Task, message_pk: int) -> int:
 def process_inbound_batch(message_pks: list[int]) -> int:
     """Apply several stored messages, in order: what the serve process publishes when
     messages arrive faster than it could publish one task each (one Redis round trip
-    for many wake-ups, issue 6). A message that meets a database error is handed to its
+    for many wake-ups). A message that meets a database error is handed to its
     own :func:`process_inbound` task, with that task's retries."""
     runtime = current_runtime()
     applied = 0

@@ -1,4 +1,4 @@
-"""Audit events (issue 5 §7; DICOM PS3.15 A.5.3, IHE ITI ATNA): what happened, who did
+"""Audit events (DICOM PS3.15 A.5.3, IHE ITI ATNA): what happened, who did
 it from where, and on which objects, as DICOM audit message XML (PS3.15 A.5.1).
 
 :func:`record` adds the event to the caller's session, so it commits (or not) with the

@@ -1,4 +1,4 @@
-"""Where the broker records audit events (issue 5 §7), one function per kind of action,
+"""Where the broker records audit events (IHE ATNA), one function per kind of action,
 each taking the caller's session so that the record commits with the action."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Audit export to a syslog receiver (issue 5 §7; IHE ITI-20 "Record Audit Event"):
+"""Audit export to a syslog receiver (IHE ITI-20 "Record Audit Event"):
 RFC 5424 messages carrying the DICOM audit message XML, over UDP (RFC 5426, one
 datagram each), TCP (RFC 6587 octet counting) or TLS (RFC 5425).
 

@@ -1,6 +1,6 @@
 """Encode Modality Worklist response identifiers straight from stored attributes.
 
-The fast path of C-FIND (issue 6): building a pydicom Dataset and encoding it costs
+The fast path of C-FIND: building a pydicom Dataset and encoding it costs
 about a millisecond per item, so a worklist of 10,000 items would take seconds. Here a
 :class:`ResponsePlan` is made once per query (the requested tags in ascending order,
 PS3.5 7.1) and each item is written as bytes from its attribute dicts, in Little

@@ -1,4 +1,4 @@
-"""C-FIND pending responses written straight to the association (issue 6).
+"""C-FIND pending responses written straight to the association.
 
 pynetdicom sends every DIMSE message through its state machine queue, which costs
 far more per response than the identifier itself. While the C-FIND handler runs, the

@@ -4,7 +4,7 @@
 * Modality Performed Procedure Step N-CREATE / N-SET (Annex F) and Instance
   Availability Notification N-CREATE (Annex R): every request is kept in the
   ``dicom_request`` store with the status answered; an accepted one is committed
-  before its response, and linking runs in a task (issue 3 §1, §4), except that an
+  before its response, and linking runs in a task, except that an
   MPPS N-CREATE naming its steps unambiguously links them and takes them off the
   worklist in its own transaction (:func:`broker.services.mpps.create`);
 * Storage C-STORE (Annex B) for the common modalities, see :mod:`broker.dicom.storage`.
@@ -12,7 +12,7 @@
 Handlers are thin: unpack the event, call one service function in one transaction,
 map its result or exception to a status. Each association runs in its own pynetdicom
 thread with its own sessions. TCP_NODELAY is set on every accepted socket (Nagle costs
-about 80 ms per association here, DESIGN.md) and pynetdicom's identifier logging is
+about 80 ms per association here) and pynetdicom's identifier logging is
 off: it is slow and would print patient data.
 """
 
@@ -108,8 +108,8 @@ class _Contexts(list[Any]):
     """The supported presentation contexts of a running server. pynetdicom deep-copies
     them for every association (PS3.8 negotiation then changes the copy); with some
     forty storage classes times their transfer syntaxes that is hundreds of UID objects
-    re-validated per association, a large part of a short C-FIND's cost (issue 6
-    profile). UIDs are immutable, so a copy of each context with its own transfer
+    re-validated per association, a large part of a short C-FIND's cost
+    when profiled. UIDs are immutable, so a copy of each context with its own transfer
     syntax list is the same thing, made far faster."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
@@ -333,8 +333,8 @@ class DicomServer:
 
     def _record_query(self, event: Any, identifier: Dataset, status: int, returned: list[int],
                       duration_ms: float) -> None:
-        """Keep the C-FIND keys and what they returned (issue 4: "why is it not on the
-        worklist?", order timeline); off the response path, in its own thread."""
+        """Keep the C-FIND keys and what they returned (for the console's "why is it not
+        on the worklist?" and order timeline); off the response path, in its own thread."""
         try:
             keys = identifier.to_json_dict()
         except Exception:  # an identifier pydicom cannot write as JSON: keep what we can

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0xA700, 0xC000
 
-# Storage SOP classes of the modalities a radiology department runs (issue 3 §3).
+# Storage SOP classes of the modalities a radiology department runs.
 STORAGE_SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",
     "Enhanced CT": "1.2.840.10008.5.1.4.1.1.2.1",

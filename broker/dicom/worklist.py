@@ -1,8 +1,8 @@
 """Modality Worklist C-FIND (PS3.4 Annex K): query keys -> SQL -> responses.
 
 Matching runs in SQL on the indexed columns (never by loading the worklist); rows are
-streamed. Supported matching keys are those of Table K.6-1 plus IHE's R+ keys and the
-recommended extras (checklist E2): Patient's Name / ID / Issuer / Birth Date / Sex,
+streamed. Supported matching keys are those of Table K.6-1 plus IHE's R+ keys (IHE RAD
+TF-2 4.5 (RAD-5)) and these extras: Patient's Name / ID / Issuer / Birth Date / Sex,
 Admission ID, Accession Number, Requested Procedure ID / Priority, Study Instance UID,
 Referring and Requesting Physician; in the SPS item: Scheduled Station AE Title,
 SPS Start Date / Time, Modality, Scheduled Performing Physician's Name, SPS ID,

@@ -1,7 +1,7 @@
 """Order control (HL7 Table 0119 ORC-1 with Table 0038 ORC-5) -> what happens to the
 Scheduled Procedure Steps; the SPS state machine. Pure logic, no I/O.
 
-Checklist D1 (IHE RAD-2/3/4/13 semantics):
+IHE RAD-2/3/4/13 semantics (RAD TF-2 4.2, 4.3, 4.4, 4.13):
 
 ======================  ==========================================  ===============
 ORC-1 (ORC-5)           action                                      SPS status
@@ -12,7 +12,7 @@ SN (SC or empty)        filler-originated order: as NW              SCHEDULED
 XO (SC, IP or empty)    update in place (time, station, protocol)   unchanged
 XO (CM)                 mark done                                   COMPLETED
 CA (CA or empty)        cancel; steps already started are kept      CANCELLED
-                        and the rest DISCONTINUED (D6)
+                        and the rest DISCONTINUED (RAD-13)
 OC (CA or empty)        filler-side cancel (RAD-3), as CA           CANCELLED
 DC (CA, DC or empty)    discontinue the steps not yet performed     DISCONTINUED
 SC (IP/CM/CA/DC)        status change                               STARTED/...
@@ -131,7 +131,7 @@ PERFORMED = frozenset({SPSStatus.STARTED, SPSStatus.DEPARTED, SPSStatus.COMPLETE
 
 
 def cancel_outcomes(statuses: list[SPSStatus]) -> list[SPSStatus]:
-    """Where CA/OC leaves the steps of one requested procedure (checklist D6).
+    """Where CA/OC leaves the steps of one requested procedure.
 
     With no step performed, every pending step is CANCELLED (it leaves the worklist).
     Once a step has started, the procedure cannot be cancelled any more: IHE RAD-13
@@ -150,7 +150,7 @@ def discontinue_outcome(current: SPSStatus) -> SPSStatus:
 
 
 def require_updatable(current: SPSStatus, *, sequence: int = 1) -> None:
-    """XO may change a step only while it is pending or started (D5); a final step is
+    """XO may change a step only while it is pending or started; a final step is
     answered 206 "application record locked" at ORC-1."""
     if current in FINAL:
         raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,

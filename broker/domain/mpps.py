@@ -1,4 +1,4 @@
-"""Modality Performed Procedure Step rules (PS3.4 F.7.2, Table F.7.2-1; checklist F1-F6).
+"""Modality Performed Procedure Step rules (PS3.4 F.7.2, Table F.7.2-1).
 
 Pure functions over pydicom datasets; the service layer stores and links.
 
@@ -118,7 +118,7 @@ def check_set(current_status: str, modification: Dataset) -> None:
 def apply_set(stored: Dataset, modification: Dataset) -> Dataset:
     """The instance after an N-SET: each element given replaces the stored one (a
     sequence as a whole, F.7.2.2.2). Specific Character Set is not replaced: values are
-    held decoded (Unicode), which transcodes the N-SET's text (checklist F8)."""
+    held decoded (Unicode), which transcodes the N-SET's text."""
     for elem in modification:
         if elem.keyword == "SpecificCharacterSet":
             continue
@@ -127,7 +127,8 @@ def apply_set(stored: Dataset, modification: Dataset) -> Dataset:
 
 
 def check_final(ds: Dataset) -> None:
-    """COMPLETED / DISCONTINUED need end date/time and performed series (F6)."""
+    """COMPLETED / DISCONTINUED need end date/time and performed series (PS3.4
+    Table F.7.2-1, final state)."""
     if str(ds.get("PerformedProcedureStepStatus", "")).strip() not in FINAL_STATES:
         return
     missing = [k for k in FINAL_REQUIRED if not _has_value(ds, k)]
@@ -148,11 +149,11 @@ def is_incorrect_worklist_entry(ds: Dataset) -> bool:
 
 
 def step_status_for(pps_status: str, current: str, *, wrong_entry: bool) -> str:
-    """The Scheduled Procedure Step status an MPPS state leads to (F3, F6).
+    """The Scheduled Procedure Step status an MPPS state leads to (PS3.4 F.7.2).
 
     IN PROGRESS starts an open step; COMPLETED completes it; DISCONTINUED discontinues
-    it, or with reason 110514 puts it back to SCHEDULED. Cancelled and finished steps
-    are never changed by an MPPS.
+    it, or with reason 110514 (CID 9300) puts it back to SCHEDULED. Cancelled and finished
+    steps are never changed by an MPPS.
     """
     if current not in OPEN_SPS:
         return current

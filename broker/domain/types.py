@@ -8,7 +8,7 @@ Attribute dicts (``Attributes``) map DICOM keywords (PS3.6) to values:
 * ``list[str]`` for multi-valued attributes (VM > 1);
 * ``list[Attributes]`` for sequences (SQ), one dict per item.
 
-Update semantics follow HL7 null rules (checklist C2): a keyword that is absent means
+Update semantics follow HL7 null rules: a keyword that is absent means
 "not sent, leave unchanged"; a keyword whose value is ``""`` means the sender sent the
 explicit null ``""`` and the stored value is cleared.
 """
@@ -71,7 +71,7 @@ class ProcedureRecord:
     keywords (AccessionNumber, RequestedProcedureID, StudyInstanceUID,
     RequestedProcedurePriority, RequestedProcedureDescription, Medical Alerts, ...).
     AccessionNumber, RequestedProcedureID and StudyInstanceUID are absent when the
-    placer sent none; the broker then generates them (checklist D3).
+    placer sent none; the broker then generates them.
     """
 
     placer_order_number: str
@@ -97,7 +97,7 @@ class AdtMessage:
     """A mapped ADT message (RAD-1 / RAD-12).
 
     ``prior_patient`` is MRG-1 (id, issuer) for A40 merges. ``event_datetime`` is
-    EVN-2, else MSH-7, used to refuse updates older than the last one applied (H2).
+    EVN-2, else MSH-7, used to refuse updates older than the last one applied.
     """
 
     profile: str

@@ -1,8 +1,8 @@
 """HL7 errors with their HL7 Table 0357 code and the location they concern.
 
 Every refusal the broker sends back carries one of these in an ERR segment
-(checklist B3/B4): the code from Table 0357 and the location as segment^sequence^field
-(v2.3.1 ERR-1 / v2.5.1 ERR-2).
+(AR for an unsupported message, AE for a content error): the code from Table 0357
+and the location as segment^sequence^field (v2.3.1 ERR-1 / v2.5.1 ERR-2).
 """
 
 from __future__ import annotations

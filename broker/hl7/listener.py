@@ -1,4 +1,5 @@
-"""The MLLP listener's message handler: store, then answer (checklist B1-B2).
+"""The MLLP listener's message handler: store, then answer (AA only after
+the commit, HL7 v2.5.1 2.9.2).
 
 ``store`` ACK mode answers as soon as the row (with its AA) is committed and hands the
 message to the processor. Parsing happens on the event loop (linear and capped, tens

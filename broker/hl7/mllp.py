@@ -1,12 +1,12 @@
 """MLLP listener (HL7 Implementation Guide Appendix C, "Minimal Lower Layer Protocol").
 
 A frame is ``0x0B`` message ``0x1C 0x0D``. Per connection, messages are handled one at
-a time in arrival order and each ACK goes back on the same connection (checklist A1,
-A2b). Robustness (A2): bytes before a start block are discarded; a ``0x1C`` ends the
-frame even when the ``0x0D`` is missing (a stray ``0x0D`` is then discarded as
-garbage) so a sloppy sender never hangs a connection; a frame over the size cap, a
-frame not finished within the frame deadline and a connection silent for the idle
-timeout are all closed without handing anything on.
+a time in arrival order and each ACK goes back on the same connection.
+Robustness (a policy; Appendix C is silent on it): bytes before a start block are
+discarded; a ``0x1C`` ends the frame even when the ``0x0D`` is missing (a stray ``0x0D``
+is then discarded as garbage) so a sloppy sender never hangs a connection; a frame
+over the size cap, a frame not finished within the frame deadline and a connection
+silent for the idle timeout are all closed without handing anything on.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def _e(value: str) -> str:
 
 
 def xpn_from_pn(pn: str) -> str:
-    """DICOM PN (alphabetic group) to HL7 XPN: prefix and suffix swap places (M1)."""
+    """DICOM PN (alphabetic group) to HL7 XPN: prefix and suffix swap places."""
     parts = [*pn.split("=")[0].split("^"), "", "", "", "", ""][:5]
     family, given, middle, prefix, suffix = parts
     return "^".join(_e(p) for p in (family, given, middle, suffix, prefix)).rstrip("^")

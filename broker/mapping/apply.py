@@ -1,4 +1,5 @@
-"""Apply a mapping profile to a parsed HL7 message (conformance checklist section 10).
+"""Apply a mapping profile to a parsed HL7 message (IHE RAD TF-2x Appendix B, HL7 order
+mapping to DICOM MWL).
 
 Message structure (HL7 v2.3.1 ORM^O01, v2.5.1 OMI^O23, IHE RAD-2/RAD-4):
 
@@ -791,7 +792,8 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
 
 
 def _check_entity_identifiers(orc: Segment, g: int) -> None:
-    """D4: placer/filler order numbers and their namespace ids are LO (64) in DICOM."""
+    """Placer/filler order numbers and their namespace ids are LO (64) in DICOM: a
+    longer one is refused (AE 102), never cut."""
     for number in (2, 3):
         for component in (1, 2):
             if len(_first(orc, number, component)) > 64:

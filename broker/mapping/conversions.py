@@ -1,5 +1,5 @@
-"""HL7 v2 -> DICOM value conversions (conformance checklist section 10, rules M1-M6,
-and A5, D4, H6, H7). Pure functions of text; no I/O.
+"""HL7 v2 -> DICOM value conversions (IHE RAD TF-2x Appendix B; HL7 v2.5.1 Chapter 2A
+data types -> DICOM PS3.5 6.2 VRs). Pure functions of text; no I/O.
 
 Each returns the DICOM value, ``""`` for the HL7 explicit null (clear the stored
 value), or ``None`` when the source is empty (leave the stored value unchanged).
@@ -58,7 +58,7 @@ def _overflow(value: str, max_length: int, keyword: str, on_overflow: Overflow) 
 def text(value: str, *, max_length: int = 64, keyword: str = "",
          on_overflow: Overflow = "truncate") -> str:
     """A description (LO/SH/ST/LT): ``\\`` (the DICOM value delimiter) becomes ``/``,
-    control characters become spaces, and overflow is truncated with a warning (D4)
+    control characters become spaces, and overflow is truncated with a warning
     unless the rule says ``on_overflow: reject``."""
     cleaned = value.replace("\\", "/").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
     return _overflow(cleaned, max_length, keyword, on_overflow).rstrip()
@@ -73,8 +73,8 @@ def long_text(value: str, *, max_length: int = 10240, keyword: str = "",
 
 def identifier(value: str, *, max_length: int = 16, keyword: str = "",
                on_overflow: Overflow = "reject") -> str:
-    """An identifier (SH/LO/CS/AE): overflow is refused, never truncated (D4; cutting
-    an id can merge two orders), unless the rule says ``on_overflow: truncate``."""
+    """An identifier (SH/LO/CS/AE): overflow is refused, never truncated (cutting an
+    id can merge two orders), unless the rule says ``on_overflow: truncate``."""
     value = _overflow(value, max_length, keyword or "identifier", on_overflow)
     if "\\" in value:
         raise HL7Error(ErrorCode.DATA_TYPE_ERROR,
@@ -90,7 +90,7 @@ def uid(value: str, *, keyword: str = "UID") -> str:
 
 
 def _pn_component(value: str) -> str:
-    # '^' and '=' are PN structure; '\\' the value delimiter: none may leak (H7).
+    # '^' and '=' are PN structure; '\\' the value delimiter: none may leak (PS3.5 6.2).
     return value.replace("\\", "/").replace("^", " ").replace("=", " ").strip()
 
 
@@ -110,7 +110,7 @@ def _pn_group(value: str, keyword: str) -> str:
 
 
 def xpn_group(components: Sequence[Component], *, v25: bool = False) -> str:
-    """One XPN repetition -> one PN component group (M1).
+    """One XPN repetition -> one PN component group (PS3.5 6.2.1).
 
     XPN: family^given^middle^suffix^prefix^degree^type^representation. PN:
     family^given^middle^prefix^suffix; the degree is appended to the suffix
@@ -128,7 +128,7 @@ def xpn_group(components: Sequence[Component], *, v25: bool = False) -> str:
 
 def person_name(repetitions: Sequence[Sequence[Component]], *, v25: bool = False,
                 keyword: str = "PatientName") -> str:
-    """PID-5 (all repetitions) -> PN with component groups (M1, A7).
+    """PID-5 (all repetitions) -> PN with component groups (PS3.5 6.2.1).
 
     Repetitions whose XPN.8 name representation is A (alphabetic), I (ideographic) or
     P (phonetic) fill the three PN groups; without XPN.8 the legal name (type L, else
@@ -151,7 +151,7 @@ def person_name(repetitions: Sequence[Sequence[Component]], *, v25: bool = False
 
 
 def xcn_name(components: Sequence[Component], *, keyword: str = "") -> str:
-    """XCN (id^family^given^middle^suffix^prefix^degree) -> PN (M1): the ID is
+    """XCN (id^family^given^middle^suffix^prefix^degree) -> PN: the ID is
     dropped and the name handled like XPN (XCN.2 is FN, HL7 v2.5.1 2A.2.89)."""
     comps = [*components, *[""] * 7][:7]
     return _pn_group(xpn_group([comps[1], comps[2], comps[3], comps[4], comps[5], comps[6]]),
@@ -188,7 +188,7 @@ def _parse_ts(value: str, keyword: str) -> tuple[datetime, bool, int]:
 
 
 def local_datetime(value: str, zone: str, *, keyword: str = "") -> tuple[datetime, int]:
-    """An HL7 TS in the broker's zone (H6): a TS with an offset is converted; one
+    """An HL7 TS in the broker's zone: a TS with an offset is converted; one
     without is taken as local already. A local time that does not exist (skipped by
     a DST change) is moved forward, with a warning. A date-only TS (fewer than 12
     digits) is a calendar date and is never shifted by its offset."""
@@ -224,7 +224,7 @@ def dicom_time(moment: datetime, digits: int = 14) -> str:
 
 
 def date(value: str, zone: str, *, keyword: str = "") -> str:
-    """TS -> DA ``YYYYMMDD`` (M2); fewer than 8 digits is a data type error."""
+    """TS -> DA ``YYYYMMDD``; fewer than 8 digits is a data type error."""
     moment, digits = local_datetime(value, zone, keyword=keyword)
     if digits < 8:
         raise HL7Error(ErrorCode.DATA_TYPE_ERROR, f"{keyword or 'value'}: date needs YYYYMMDD")
@@ -245,8 +245,9 @@ def birth_date(value: str, *, keyword: str = "PatientBirthDate") -> str:
 
 
 def time(value: str, zone: str, *, keyword: str = "", require_time: bool = True) -> str:
-    """TS -> TM ``HHMM[SS[.ffffff]]`` in the broker's zone (M2, H6). A date-only value
-    where a time is required is refused (SPS Start Time is Return Key Type 1)."""
+    """TS -> TM ``HHMM[SS[.ffffff]]`` in the broker's zone (a DICOM TM carries no
+    offset). A date-only value where a time is required is refused (SPS Start Time is
+    Return Key Type 1)."""
     moment, digits = local_datetime(value, zone, keyword=keyword)
     if digits < 12:
         if require_time:
@@ -260,8 +261,9 @@ PRIORITIES = {"S": "STAT", "A": "HIGH", "P": "HIGH", "C": "HIGH", "R": "ROUTINE"
 
 
 def priority(value: str, *, keyword: str = "RequestedProcedurePriority") -> str | None:
-    """ORC-7.6 / TQ1-9 (HL7 Table 0027) -> Requested Procedure Priority (M4). A code
-    outside the table is dropped (None: the stored priority is kept) with a warning."""
+    """ORC-7.6 / TQ1-9 (HL7 Table 0027) -> Requested Procedure Priority (IHE RAD TF-2x
+    Appendix B: S STAT; A, P, C HIGH; R ROUTINE; T MEDIUM). A code outside the table is
+    dropped (None: the stored priority is kept) with a warning."""
     found = PRIORITIES.get(value.strip().upper())
     if found is None:
         warn(TABLE_VALUE, f"{keyword}: code not in HL7 Table 0027: not used")
@@ -272,7 +274,7 @@ SEXES = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}
 
 
 def sex(value: str, *, keyword: str = "PatientSex") -> str | None:
-    """PID-8 (HL7 Table 0001) -> Patient's Sex (M5): M, F, O kept; A, N -> O; U
+    """PID-8 (HL7 Table 0001) -> Patient's Sex: M, F, O kept; A, N -> O; U
     (unknown) -> empty. A code outside the table is dropped (None: the stored sex is
     kept) with a warning."""
     found = SEXES.get(value.strip().upper())
@@ -282,7 +284,7 @@ def sex(value: str, *, keyword: str = "PatientSex") -> str | None:
 
 
 def code_item(value: str, meaning: str, scheme: str, *, keyword: str = "") -> dict[str, str] | None:
-    """A CE/CWE triplet -> a code sequence item (M6): Code Value up to 16 characters,
+    """A CE/CWE triplet -> a code sequence item: Code Value up to 16 characters,
     longer goes to Long Code Value; Code Meaning up to 64; all three or nothing."""
     if not (value and scheme and meaning):
         return None

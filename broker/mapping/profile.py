@@ -3,9 +3,10 @@
 A profile says, for the senders it serves, where each DICOM worklist attribute comes
 from in the HL7 message (``rules``), which modality station gets a step
 (``stations``, ``default_station``) and what a procedure code means (``procedures``).
-``default.yaml`` implements the IHE mapping table (conformance checklist section 10)
-and serves every sender; a profile for one sender may ``extends: default`` and list
-only what differs (a rule replaces the parent's rule for the same attribute).
+``default.yaml`` implements the IHE mapping table (IHE RAD TF-2x Appendix B, HL7
+order mapping to DICOM MWL) and serves every sender; a profile for one sender may
+``extends: default`` and list only what differs (a rule replaces the parent's rule for
+the same attribute).
 
 ``default.yaml`` ships in the package (:data:`broker.mapping.PACKAGED_PROFILES`) and is
 always loaded, so the broker runs from any directory and a site directory

@@ -1,4 +1,4 @@
-"""Who may talk to the broker (issue 5 §6).
+"""Who may talk to the broker.
 
 * DICOM: a calling AE title must be on MWLB_DICOM_ALLOWED_CALLING, from one of its hosts
   and, when its entry names a certificate subject, over TLS with a verified client

@@ -1,4 +1,4 @@
-"""TLS for MLLP and DICOM (issue 5 §5; DICOM PS3.15 Annex B "Secure Transport
+"""TLS for MLLP and DICOM (DICOM PS3.15 Annex B "Secure Transport
 Connection Profiles", BCP 195): TLS 1.2 and 1.3 only, the broker's certificate and
 key from settings, optional mutual TLS against a CA bundle."""
 

@@ -1,6 +1,7 @@
 """Receiving an HL7 message into the message store (the MLLP hot path).
 
-Contract (DESIGN.md "Non-negotiable behaviour", checklist B1-B3, H1):
+Contract (HL7 v2.5.1 2.9.2 original-mode acknowledgement with Table 0357 error codes;
+2.10.1 duplicate messages):
 
 1. The raw bytes are stored whatever they hold: unreadable or unsupported messages are
    stored with status ``rejected`` and answered AR with an ERR naming the field.
@@ -200,7 +201,7 @@ class Inbox:
         return Received(pk, ack, new=values["status"] == MessageStatus.RECEIVED.value)
 
     def _refused_sender(self, msg: Message, peer: str) -> Callable[[Session], None] | None:
-        """Issue 5 §6: MSH-3/MSH-4 must be allowed from the peer's address. For a
+        """MSH-3/MSH-4 must be allowed from the peer's address. For a
         refused sender, the security alert to store beside the rejected message."""
         application, facility = msg.msh.get(3), msg.msh.get(4)
         if sender_allowed(self.allowed_senders, application, facility, peer_ip(peer)):

@@ -1,10 +1,11 @@
-"""Durable storing of inbound messages with group commit (the MLLP hot path, issue 6).
+"""Durable storing of inbound messages with group commit (the MLLP hot path).
 
 One writer thread owns one database connection. Messages from every MLLP connection
 queue up; the writer takes what is waiting (up to MAX_BATCH) and stores it in one
 transaction, so concurrent senders share a commit (its fsync) instead of each paying
 for one. A caller gets its result only after that commit: AA is still only sent for
-a committed message (checklist B2).
+a committed message (an original-mode AA means the application accepted it, HL7
+v2.5.1 2.9.2).
 
 Each message first reads the stored messages with its (MSH-3, MSH-4, MSH-10): one
 with the same content hash makes it a duplicate, whose id and stored ACK are replayed
@@ -173,7 +174,7 @@ class StoreFull(Exception):
 class _Statements:
     """The two statements of the hot path as driver SQL, written once per process.
     Through the SQL expression layer each cost about half a millisecond of Python here,
-    more than the database took (issue 6 profile). Values pass through the columns'
+    more than the database took. Values pass through the columns'
     own bind processors, so they are stored exactly as the ORM would store them."""
 
     def __init__(self, engine: Engine) -> None:

@@ -2,9 +2,9 @@
 
 :func:`create` and :func:`update` run inside the DIMSE handler's transaction: the
 instance is committed before the response is sent; a refused request raises
-:class:`MppsError` and changes nothing. :func:`link` is the body of the linking task
-(issue 3 §2): it resolves every Scheduled Step Attributes Sequence item to steps (SPS
-ID + Requested Procedure ID + Accession Number, else the Study Instance UID), applies
+:class:`MppsError` and changes nothing. :func:`link` is the body of the linking task:
+it resolves every Scheduled Step Attributes Sequence item to steps (SPS ID +
+Requested Procedure ID + Accession Number, else the Study Instance UID), applies
 the status the MPPS leads to, queues the order status messages, and sends what it
 cannot tie to an order to the reconciliation inbox. It is idempotent: it applies
 ``version`` once (``linked_version``).
@@ -81,7 +81,7 @@ def stored_dataset(row: PerformedProcedureStep) -> Dataset:
 
 def create(session: Session, sop_instance_uid: str, ds: Dataset,
            calling_ae_title: str) -> PerformedProcedureStep:
-    """Store a new MPPS instance (F1, F2); raises MppsError to refuse.
+    """Store a new MPPS instance (PS3.4 F.7.2.1, Table F.7.2-1); raises MppsError to refuse.
 
     When :func:`named_steps` finds the referenced steps, they are linked and moved to
     the status the MPPS leads to (:func:`move_steps`) here, in the caller's
@@ -110,7 +110,7 @@ def create(session: Session, sop_instance_uid: str, ds: Dataset,
 
 def update(session: Session, sop_instance_uid: str,
            modification: Dataset) -> PerformedProcedureStep:
-    """Apply an N-SET (F5, F6); raises MppsError to refuse, leaving the row unchanged."""
+    """Apply an N-SET (PS3.4 F.7.2.2); raises MppsError to refuse, leaving the row unchanged."""
     row = session.scalars(select(PerformedProcedureStep).where(
         PerformedProcedureStep.sop_instance_uid == sop_instance_uid).with_for_update()).first()
     if row is None:
@@ -243,7 +243,8 @@ def link(session: Session, settings: Settings, mpps_pk: int) -> str:
 
 def move_steps(session: Session, row: PerformedProcedureStep, ds: Dataset
                ) -> tuple[list[str], list[ScheduledProcedureStep]]:
-    """Move ``row``'s linked steps to the status its state leads to (F3, F6).
+    """Move ``row``'s linked steps to the status its state leads to
+    (:func:`broker.domain.mpps.step_status_for`).
 
     Takes the row locks of their requested procedures first and re-reads the steps, so
     a concurrent order change is seen, not overwritten. Each change is recorded in the

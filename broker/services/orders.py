@@ -3,16 +3,18 @@
 IHE RAD-2/RAD-3 (new orders) and RAD-4/RAD-13 (changes); the ORC-1/ORC-5 semantics
 are decided in :mod:`broker.domain.lifecycle`. Rules this module enforces:
 
-* ADT is authoritative for demographics (checklist C5): an order only creates an
+* ADT is authoritative for demographics (IHE RAD-13 forbids updating the patient
+  from an order's PID/PV1; applied to every order): an order only creates an
   unknown patient; it never changes a known one.
 * Orders are found by placer order number (ORC-2, with its namespace), else by filler
   order number (ORC-3); procedures by Requested Procedure ID; steps by SPS ID or,
-  when the placer sent none, by their position in the message (D3, D5).
-* Identifiers the placer did not send are generated once and kept (D3): accession
-  ``MWB`` + order number (shared by all procedures of the order, D10), RP ID ``RP`` +
-  number, SPS ID ``SPS`` + number, Study Instance UID ``2.25.`` + UUID.
+  when the placer sent none, by their position in the message.
+* Identifiers the placer did not send are generated once and kept (the DSS/Order
+  Filler assigns them, IHE RAD TF-2 4.4 (RAD-4)): accession ``MWB`` + order number
+  (shared by all procedures of the order), RP ID ``RP`` + number, SPS ID ``SPS`` +
+  number, Study Instance UID ``2.25.`` + UUID.
 * NW for a step that exists -> AE 205; XO/CA/DC/SC for an unknown order, procedure or
-  step -> AE 204 (H2: nothing is created, the sender resends in order); changes to a
+  step -> AE 204 (nothing is created; the sender resends in order); changes to a
   final step -> AE 206.
 """
 
@@ -210,7 +212,7 @@ def _create_procedure(session: Session, order: ImagingOrder,
                       procedure: ProcedureRecord) -> RequestedProcedure:
     attributes = dict(procedure.attributes)
     if not attributes.get("AccessionNumber"):
-        # Procedures of one order share the accession (checklist D10).
+        # Procedures of one order share the accession number.
         shared = next((p.accession_number for p in order.procedures if p.accession_number), "")
         attributes["AccessionNumber"] = shared or f"{GENERATED_ACCESSION_PREFIX}{order.id:07d}"
     if not attributes.get("StudyInstanceUID"):
@@ -239,8 +241,8 @@ def _find_procedure(order: ImagingOrder, procedure: ProcedureRecord) -> Requeste
     rp_id = procedure.attributes.get("RequestedProcedureID")
     if rp_id:
         return next((p for p in order.procedures if p.requested_procedure_id == rp_id), None)
-    # Placer sent no RP ID (D3): the order's only procedure, else the one with the
-    # same requested procedure code.
+    # Placer sent no RP ID (the broker generated it): the order's only procedure,
+    # else the one with the same requested procedure code.
     if len(order.procedures) == 1:
         return order.procedures[0]
     code = _procedure_code(procedure.attributes)
@@ -259,8 +261,8 @@ def _find_step(rp: RequestedProcedure, step: StepRecord) -> ScheduledProcedureSt
 
 def _update(rp: RequestedProcedure, sps: ScheduledProcedureStep, procedure: ProcedureRecord,
             step: StepRecord) -> None:
-    """XO: replace what the message sends, keep what it leaves empty (C2); identifiers
-    the broker generated stay as they are (D3)."""
+    """XO: replace what the message sends, keep what it leaves empty (HL7 null
+    semantics: only ``""`` clears); identifiers the broker generated stay as they are."""
     keep = {"AccessionNumber", "RequestedProcedureID", "StudyInstanceUID"}
     rp_update = {k: v for k, v in procedure.attributes.items() if not (k in keep and not v)}
     rp.attributes = merge_attributes(rp.attributes, rp_update)

@@ -1,6 +1,6 @@
 """Deliver the outbox to one EHR destination over MLLP, in sequence order.
 
-Contract (issue 3 §6; HL7 v2.5.1 2.9.2 original-mode acknowledgement):
+Contract (HL7 v2.5.1 2.9.2 original-mode acknowledgement):
 
 * Messages go out one at a time, lowest sequence first, over one kept-open connection.
 * AA (or CA): ``sent``; the ACK is stored. AE (or CE): ``failed`` and visible (the EHR

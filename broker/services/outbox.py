@@ -1,5 +1,5 @@
 """The outbox: order status messages written in the same transaction as the change that
-causes them (DESIGN.md: "outbound_message rows -> MLLP client -> EHR").
+causes them (outbound_message rows -> MLLP client -> EHR).
 
 :func:`report_procedure` compares a requested procedure's order status, derived from
 its steps, with the status last reported and queues the messages that take the EHR

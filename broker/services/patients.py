@@ -1,14 +1,14 @@
 """Apply mapped ADT messages to patients (IHE RAD-1 Patient Registration, RAD-12
-Patient Update; checklist section 3).
+Patient Update).
 
 * A01/A04/A05 create or update; A08 and the other RAD-12 events (A02 A03 A06 A07 A11
   A12 A13 A38) update, creating the patient when unknown so that no update is lost.
   Because worklist items read patient attributes at query time, every pending step of
-  the patient shows the change at once (C2, C4). A03 does not cancel pending steps.
+  the patient shows the change at once. A03 does not cancel pending steps.
 * An ADT whose EVN-2 (else MSH-7) is older than the last one applied to the patient is
-  acknowledged and not applied (H2).
+  acknowledged and not applied, so a late delivery never overwrites newer data.
 * A40 merges MRG-1 (prior) into PID-3 (surviving): the prior record's orders move to
-  the survivor and the prior record is marked merged (C3). MRG-1 equal to PID-3 is
+  the survivor and the prior record is marked merged. MRG-1 equal to PID-3 is
   AE 205; an unknown MRG-1 is acknowledged as a no-op.
 """
 

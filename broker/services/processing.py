@@ -1,6 +1,6 @@
 """Apply stored inbound messages to patients and orders: the body of the Celery task.
 
-Contract (DESIGN.md; issue 2 §5):
+Contract:
 
 * Takes a message row id; idempotent: a message that is no longer ``received`` is left
   alone, so a task that runs twice has no double effect.

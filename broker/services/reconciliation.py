@@ -158,7 +158,7 @@ def find_procedure(session: Session, settings: Settings,
 
 def check_demographics(session: Session, settings: Settings, rp: RequestedProcedure,
                        obs: Observation, *, what: str, mpps_pk: int | None = None) -> None:
-    """Checklist H3: performed work is never refused for demographics, but a patient id
+    """Performed work is never refused for demographics, but a patient id
     or name that differs from the order's opens a "demographic mismatch" item."""
     patient = rp.order.patient
     differs = []

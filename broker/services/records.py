@@ -22,7 +22,7 @@ from broker.models import (
 
 
 def merge_attributes(current: Attributes | None, update: Attributes) -> Attributes:
-    """HL7 null semantics (checklist C2): keys absent from ``update`` are kept, keys
+    """HL7 null semantics: keys absent from ``update`` are kept, keys
     whose value is ``""`` are cleared to zero length, others replaced. Returns a new
     dict (so SQLAlchemy sees the JSON column change)."""
     merged = dict(current or {})

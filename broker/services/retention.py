@@ -1,4 +1,4 @@
-"""Message-store retention (issue 5 §1): what may be pruned once it is older than
+"""Message-store retention: what may be pruned once it is older than
 MWLB_RETENTION_DAYS, and what never is.
 
 Pruned: inbound messages that were processed or rejected (except one an order still

@@ -1,4 +1,4 @@
-"""Re-dispatch committed but unfinished work (DESIGN.md: lost publish, killed worker,
+"""Re-dispatch committed but unfinished work (a lost publish, a killed worker, a
 Redis restart): inbound messages still ``received``, MPPS not linked at their latest
 version, instances and IANs not reconciled (some time after they arrived), outbox
 messages due, and instances waiting to be forwarded. Every task is idempotent, so a

@@ -1,4 +1,4 @@
-"""The JSON API (issue 4 §3): one endpoint per console screen and action. Reading needs
+"""The JSON API: one endpoint per console screen and action. Reading needs
 the viewer role, repairing the operator role, managing users and everyone's tokens the
 admin role; OpenAPI documentation at /docs. Calls with the session cookie must come from
 the console's origin (broker.web.protections); calls with an API token need not."""

@@ -1,6 +1,6 @@
 """Request plumbing shared by the API and the pages: a database session per request,
-the current user (session cookie or ``Authorization: Bearer`` token) and role checks
-(issue 4 §2). Every write action declares the role it needs."""
+the current user (session cookie or ``Authorization: Bearer`` token) and role checks.
+Every write action declares the role it needs."""
 
 from __future__ import annotations
 

@@ -67,8 +67,8 @@ def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
         stored_item = _stored_item(session, str(item.get("AccessionNumber", "")),
                                    str(step.get("ScheduledProcedureStepID", "")))
         stored = flat_attributes(stored_item) if stored_item is not None else {}
-        # An attribute the message does not carry is left as it is (C2), so only what
-        # it carries can differ.
+        # An attribute the message does not carry is left as it is (HL7 null
+        # semantics), so only what it carries can differ.
         diff = [{"attribute": key, "stored": stored.get(key, ""), "new": new[key]}
                 for key in sorted(new) if stored_item is not None
                 and stored.get(key, "") != new[key]]

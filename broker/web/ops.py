@@ -1,4 +1,4 @@
-"""Operations endpoints (issue 4 §4): Prometheus metrics at /metrics, /healthz (the
+"""Operations endpoints: Prometheus metrics at /metrics, /healthz (the
 process answers) and /readyz (database, Redis when configured, age of the oldest
 unprocessed message). Metrics are read from the database at scrape time, so they
 count the work of every process (serve and all workers) and survive restarts. They

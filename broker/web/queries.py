@@ -1,5 +1,5 @@
 """What the console shows, as plain data: the JSON API returns it and the pages render
-it, so both always agree (issue 4 §3). Read-only, one session per call."""
+it, so both always agree. Read-only, one session per call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Never lose an order (issue 5 §2): bursts of 2,000 distinct orders from 4 MLLP clients
+"""Never lose an order: bursts of 2,000 distinct orders from 4 MLLP clients
 that resend whatever did not get AA, against `mwl-broker serve` + `mwl-broker worker` on
 a PostgreSQL and a Redis of the test's own, while things break. After each: one step per
 order, none twice, every AA'd message applied; the figures go to

@@ -1,4 +1,4 @@
-"""Audit trail and IHE ATNA export (issue 5 §7): every kind of event reaches a syslog
+"""Audit trail and IHE ATNA export: every kind of event reaches a syslog
 receiver started by the test as RFC 5424 messages carrying DICOM audit XML, in order,
 and events wait in the database while the receiver is down."""
 

@@ -1,4 +1,4 @@
-"""Bad input gets a typed answer and loses nothing (checklist B2-B4, A6): the ACK
+"""Bad input gets a typed answer and loses nothing (docs/swf-conformance.md B2-B4, A6): the ACK
 names the field, nothing is half-written, the raw message stays in the store."""
 
 from __future__ import annotations

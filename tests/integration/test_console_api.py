@@ -1,4 +1,4 @@
-"""The console's JSON API over real HTTP (issue 4): every endpoint, and role checks."""
+"""The console's JSON API over real HTTP: every endpoint, and role checks."""
 
 from __future__ import annotations
 

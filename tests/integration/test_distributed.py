@@ -45,7 +45,7 @@ def test_orders_flow_through_a_real_worker(start_distributed: Any) -> None:
 def test_one_patients_messages_apply_in_arrival_order_with_two_workers(
     start_distributed: Any,
 ) -> None:
-    """Issue 2 §5: store ACK mode lets 30 reschedules of one order queue up at once; two
+    """Store ACK mode lets 30 reschedules of one order queue up at once; two
     worker processes must still apply them in arrival order, so the last one wins."""
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session

@@ -1,4 +1,4 @@
-"""Fuzzing (issue 5 §4, hypothesis): mutated HL7 always gets an ACK (AA, AE or AR), never
+"""Fuzzing (hypothesis): mutated HL7 always gets an ACK (AA, AE or AR), never
 a crash, a hang or a dropped connection; fuzzed C-FIND identifiers and MPPS datasets
 always get a DICOM status. Derandomized, so CI runs the same cases every time."""
 
@@ -69,7 +69,8 @@ def mutated_message(draw: st.DrawFn) -> bytes:
             data[at] = draw(st.sampled_from(b"|^~\\&\r\n"))
         elif kind == "empty-field":
             data[at:at] = b"||"
-    # Framing bytes inside the payload would split the frame: MLLP forbids them (A1).
+    # Framing bytes inside the payload would split the frame: MLLP forbids them (HL7
+    # Implementation Guide Appendix C).
     return bytes(data).replace(b"\x0b", b" ").replace(b"\x1c", b" ")
 
 

@@ -1,4 +1,4 @@
-"""No patient data in logs (issue 5 §8): the whole sample flow with every logger at
+"""No patient data in logs: the whole sample flow with every logger at
 DEBUG, then no patient name, patient id or birth date of the test data in any record."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The group-commit message store (issue 6): messages waiting together are stored in
+"""The group-commit message store: messages waiting together are stored in
 one transaction; a repeat of a message in the same batch is a duplicate; one message
 the database refuses gets None (AR 207) without taking the others with it."""
 

@@ -1,4 +1,4 @@
-"""MLLP abuse (issue 5 §3): slowloris, a frame over the cap, garbage, 200 simultaneous
+"""MLLP abuse: slowloris, a frame over the cap, garbage, 200 simultaneous
 connections and the per-IP cap. Throughout, a well-behaved client still gets its AA."""
 
 from __future__ import annotations

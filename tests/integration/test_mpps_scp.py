@@ -1,4 +1,4 @@
-"""MPPS SCP statuses (PS3.4 F.7.2; checklist F1-F6), each with the scheduled step's
+"""MPPS SCP statuses (PS3.4 F.7.2; docs/swf-conformance.md F1-F6), each with the scheduled step's
 state checked afterwards, over real pynetdicom associations."""
 
 from __future__ import annotations

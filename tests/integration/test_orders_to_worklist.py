@@ -1,6 +1,6 @@
 """Orders to worklist over real sockets on the embedded default (SQLite, in-process
 tasks): each sample over MLLP with its expected ACK, then DCMTK findscu as the
-modality. Checklist items are named in each test."""
+modality. Each test names its items of docs/swf-conformance.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Order status to the EHR (issue 3 §6): the EHR down for a while then up, AR, AE and
+"""Order status to the EHR: the EHR down for a while then up, AR, AE and
 silence; every message arrives once accepted, in order, resends keep their MSH-10."""
 
 from __future__ import annotations

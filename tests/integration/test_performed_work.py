@@ -1,6 +1,6 @@
 """The Scheduled Workflow loop on the embedded default (SQLite, in-process tasks):
 ORM over MLLP -> findscu -W -> MPPS IN PROGRESS -> storescu -> MPPS COMPLETED -> the
-EHR (a real MLLP listener) receives the order status messages (issue 3)."""
+EHR (a real MLLP listener) receives the order status messages."""
 
 from __future__ import annotations
 

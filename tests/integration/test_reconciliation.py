@@ -1,4 +1,4 @@
-"""Reconciliation (issue 3 §5): unscheduled MPPS, an unmatched study and a demographic
+"""Reconciliation: unscheduled MPPS, an unmatched study and a demographic
 mismatch each open an item whose first candidate is the right order; linking it with
 `mwl-broker reconcile link` applies the status changes and sends the status messages."""
 
@@ -118,7 +118,7 @@ def test_unmatched_study_is_reconciled_by_name_and_time(broker: Any, ehr: EHREnd
 
 
 def test_demographic_mismatch_is_linked_and_flagged(broker: Any, ehr: EHREndpoint) -> None:
-    """Checklist H3: the MPPS is never refused for demographics."""
+    """The MPPS is never refused for demographics."""
     ds = in_progress([step_item(accession="ACC0001", rp_id="RP0001", sps_id="SPS0001",
                                 study_uid=STUDY_05)], patient_id="777777",
                      patient_name="Doe^Janet")

@@ -1,4 +1,4 @@
-"""Message-store retention (issue 5 §1): `mwl-broker db prune` deletes what is past
+"""Message-store retention: `mwl-broker db prune` deletes what is past
 retention and keeps what someone still needs (failed messages, an order's last message,
 undelivered outbound messages)."""
 

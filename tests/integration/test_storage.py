@@ -1,4 +1,4 @@
-"""Storage SCP (issue 3 §3): DCMTK storescu as the modality; instances indexed; files
+"""Storage SCP: DCMTK storescu as the modality; instances indexed; files
 discarded, kept, or forwarded to a PACS (a real pynetdicom storage SCP here) with
 retries; compressed transfer syntaxes accepted as they come."""
 

@@ -1,4 +1,4 @@
-"""TLS for MLLP and DICOM, and who may connect (issue 5 §5, §6): DCMTK findscu +tls and a
+"""TLS for MLLP and DICOM, and who may connect: DCMTK findscu +tls and a
 Python ssl MLLP client; wrong CA, expired certificate, plaintext to a TLS port and TLS
 1.1 refused; calling AE title bound to IP and certificate; HL7 senders bound to IP."""
 

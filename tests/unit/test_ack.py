@@ -1,4 +1,5 @@
-"""Original-mode ACKs (checklist B1, B4), checked against hl7apy's parser."""
+"""Original-mode ACKs (HL7 v2.5.1 2.9.2; ERR with Table 0357 codes), checked against
+hl7apy's parser."""
 
 from __future__ import annotations
 

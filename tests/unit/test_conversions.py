@@ -1,4 +1,4 @@
-"""Every HL7 -> DICOM conversion rule (checklist M1-M6, A5, D4, H6, H7)."""
+"""Every HL7 -> DICOM conversion rule (docs/swf-conformance.md M1-M6, A5, D4, H6, H7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MWLB_LOG_FORMAT=json: one JSON object per line (issue 4 §4)."""
+"""MWLB_LOG_FORMAT=json: one JSON object per line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ORC-1/ORC-5 table (checklist D1) and the SPS state machine."""
+"""The ORC-1/ORC-5 table (docs/swf-conformance.md D1) and the SPS state machine."""
 
 from __future__ import annotations
 

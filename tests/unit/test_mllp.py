@@ -1,4 +1,4 @@
-"""MLLP framing and the listener's robustness (checklist A1, A2 a-f), real sockets."""
+"""MLLP framing and the listener's robustness (docs/swf-conformance.md A1, A2 a-f), real sockets."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def test_handler_error_closes_only_that_connection(server: Server) -> None:
 
 
 def test_tcp_nodelay_on_accepted_sockets(server: Server) -> None:
-    """Nagle would add ~40-80 ms to every ACK (DESIGN.md)."""
+    """Nagle would add ~40-80 ms to every ACK (measured here)."""
     with connect(server.port) as sock:
         sock.sendall(SB + b"MSH|n" + EB)
         read_frames(sock, 1)

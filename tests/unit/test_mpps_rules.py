@@ -1,4 +1,4 @@
-"""MPPS rules (checklist F1, F2, F5, F6) and step transitions, without a network."""
+"""MPPS rules (docs/swf-conformance.md F1, F2, F5, F6) and step transitions, without a network."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Order status messages (issue 3 §6), checked against hl7apy's parser with groups."""
+"""Order status messages, checked against hl7apy's parser with groups."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Candidate scoring and order status derivation (issue 3 §5, §6)."""
+"""Candidate scoring and order status derivation."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """worklist order index: steps in start order, so that a broad C-FIND stops at the
-result cap instead of sorting every step (issue 6)
+result cap instead of sorting every step
 
 Revision ID: 0005
 Revises: 0004
