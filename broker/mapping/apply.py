@@ -54,7 +54,10 @@ from broker.hl7.warnings import DATA_TYPE, REQUIRED_FIELD, located, warn
 from broker.mapping import conversions as conv
 from broker.mapping.profile import Profile, ProfileSet, Rule, Station
 
-STRUCTURES = {"ORM": "ORM", "OMI": "OMI", "ADT": "ADT"}
+STRUCTURES = {"ORM": "ORM", "OMG": "ORM", "OMI": "OMI", "ADT": "ADT"}
+# ADT events that move a patient's orders from MRG-1 to PID-3: A40 merge, A47 change
+# of identifier (HL7 v2.5.1 3.3.40, 3.3.47).
+MOVING_EVENTS = frozenset({"A40", "A47"})
 CREATING = {"NW", "SN"}
 START_DATE, START_TIME = "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"
 
@@ -733,14 +736,18 @@ def _map_group(msg: Message, profile: Profile, structure: str, base: MessageCont
     group_layer = _layer(group)
     orc = group[0]
     control, status = orc.get(1).upper(), orc.get(5).upper()
-    if structure == "OMI":
-        ipcs = group_layer.pop("IPC", [])
-        if not ipcs:
+    ipcs = group_layer.pop("IPC", []) if structure == "OMI" else []
+    steps = [({"IPC": [ipc]}, f"{g}.{j}") for j, ipc in enumerate(ipcs, start=1)]
+    obr = group_layer.get("OBR", [None])[0]
+    if not steps and structure == "OMI":
+        if obr is None:
             raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR,
                            "each OMI order group needs an IPC segment", ErrorLocation("IPC"))
-        steps = [({"IPC": [ipc]}, f"{g}.{j}") for j, ipc in enumerate(ipcs, start=1)]
-    else:
-        obr = group_layer.get("OBR", [None])[0]
+        # An OMI without IPC carries the order like an ORM: one step from the OBR, the
+        # ids IPC would have given generated as for an ORM that lacks them.
+        warn(REQUIRED_FIELD, "OMI order group without IPC: one step from the OBR, "
+             "accession and step ids generated where missing", ErrorLocation("IPC", sequence=g))
+    if not steps:
         if obr is None:
             raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "each ORC needs an OBR segment",
                            ErrorLocation("OBR", sequence=g))
@@ -833,7 +840,7 @@ def _adt(msg: Message, profile: Profile, patient: PatientRecord) -> AdtMessage:
     when = _first(msg.segment("EVN"), 2) or _first(msg.msh, 7)
     prior = None
     mrg = msg.segment("MRG")
-    if event == "A40":
+    if event in MOVING_EVENTS:
         if mrg is None or not _first(mrg, 1):
             raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "MRG", 1,
                               "MRG-1 prior patient identifier is required")

@@ -48,8 +48,11 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_EVENTS: dict[str, frozenset[str]] = {
     "ADT": frozenset({"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11",
-                      "A12", "A13", "A38", "A40"}),
+                      "A12", "A13", "A31", "A38", "A40", "A47"}),
     "ORM": frozenset({"O01"}),
+    # General order (HL7 v2.5.1 4.4.6), sent for imaging by some placers (IHE Eye Care):
+    # ORC/OBR groups as in ORM^O01.
+    "OMG": frozenset({"O19"}),
     "OMI": frozenset({"O23"}),
 }
 # HL7 v2 is backward compatible for the segments read here (later versions add fields):

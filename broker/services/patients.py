@@ -9,7 +9,9 @@ Patient Update).
   acknowledged and not applied, so a late delivery never overwrites newer data.
 * A40 merges MRG-1 (prior) into PID-3 (surviving): the prior record's orders move to
   the survivor and the prior record is marked merged. MRG-1 equal to PID-3 is
-  AE 205; an unknown MRG-1 is acknowledged as a no-op.
+  AE 205; an unknown MRG-1 is acknowledged as a no-op. A47 (change of identifier,
+  HL7 v2.5.1 3.3.47) has the same effect on the worklist and is applied the same way;
+  A31 (update person) updates like A08.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def update_patient(patient: Patient, record: PatientRecord) -> None:
 
 def apply_adt(session: Session, message: AdtMessage) -> list[str]:
     """Apply one ADT message; returns outcome lines (internal ids only)."""
-    if message.event == "A40":
+    if message.prior_patient is not None or message.event in ("A40", "A47"):
         return _merge(session, message)
     record = message.patient
     patient = find_patient(session, record.patient_id, record.issuer)
@@ -109,7 +111,7 @@ def _merge(session: Session, message: AdtMessage) -> list[str]:
                           "MRG-1 is the same identifier as PID-3")
     prior = find_patient(session, prior_id, prior_issuer)
     if prior is None:
-        return ["A40: prior patient unknown, nothing to merge"]
+        return [f"{message.event}: prior patient unknown, nothing to merge"]
     surviving = find_patient(session, record.patient_id, record.issuer)
     if surviving is None:
         surviving = create_patient(session, record)

@@ -69,6 +69,20 @@ def test_a40_merge_moves_the_orders_to_the_survivor(services: Services) -> None:
     assert owners == {survivor.id}
 
 
+def test_a47_change_of_identifier_moves_the_orders_to_the_new_one(
+        services: Services) -> None:
+    """A47 (HL7 v2.5.1 3.3.47), MRG-1 the old identifier and PID-3 the new one: the
+    orders under the old identifier follow the new one, as for an A40."""
+    services.process(edited("05", "ORM-OLD", patient_id=PRIOR))
+    change = set_field(set_field(set_field(sample("04"), "MSH", 9, "ADT^A47^ADT_A30"),
+                                 "MSH", 10, "ADT-A47"), "EVN", 1, "A47")
+    row = services.process(change)
+    assert (row.status, row.ack_code) == (MessageStatus.PROCESSED.value, "AA")
+    new, old = services.patient(REGISTERED), services.patient(PRIOR)
+    assert old.merged_into_id == new.id
+    assert [o.placer_order_number for o in new.orders] == ["PLC-1001"]
+
+
 def test_a40_naming_the_survivor_as_prior_is_refused_205(services: Services) -> None:
     """MRG-1 equal to PID-3 is no merge: AE 205 at MRG-1."""
     services.process(sample("01"))
