@@ -35,6 +35,9 @@ def make_engine(url: str, *, readonly: bool = False, **kwargs: Any) -> Engine:
     # JSON attribute columns are read on every worklist item: orjson decodes them
     # several times faster than the standard library.
     kwargs.setdefault("json_deserializer", orjson.loads)
+    # A database error's text would otherwise carry the statement's parameters (raw
+    # messages, names): keep them out of every exception, and so out of every log.
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
