@@ -10,6 +10,7 @@ one worker process; MPPS pairs and C-STORE instances per second.
 
 The broker runs as its own processes (``mwl-broker serve`` / ``worker``), as in
 production. Sizes can be cut for a quick look, e.g. ``BENCH_SIZES=1000 BENCH_RUNS=3``.
+``BENCH_FAST_PATH=false`` measures C-FIND with the broker's MWLB_DICOM_FAST_PATH off.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ LATENCY_ORDERS = int(os.environ.get("BENCH_LATENCY_ORDERS", "200"))
 CONCURRENT_SECONDS = float(os.environ.get("BENCH_CONCURRENT_SECONDS", "10"))
 WORK_ITEMS = int(os.environ.get("BENCH_WORK_ITEMS", "100"))
 RESULT_CAP = 10_000
+FAST_PATH = os.environ.get("BENCH_FAST_PATH", "true")
 
 
 def fmt(values: Sequence[float], unit: str = "", digits: int = 1) -> str:
@@ -114,7 +116,8 @@ def cfind_part(workdir: Path) -> None:
     for size in SIZES:
         url = f"sqlite:///{workdir}/worklist-{size}.db"
         wl_dir = workdir / f"wl-{size}" / cfind.Wlmscpfs.AE_TITLE
-        with Broker(url, worklist_max_results=str(RESULT_CAP)) as broker:
+        with Broker(url, worklist_max_results=str(RESULT_CAP),
+                    dicom_fast_path=FAST_PATH) as broker:
             with MLLPClient("127.0.0.1", broker.mllp_port) as mllp:
                 assert b"MSA|AA|" in mllp.send(order(1))  # the template order
             engine = make_engine(url)
@@ -147,7 +150,7 @@ def cfind_part(workdir: Path) -> None:
            "(c) universal", "(c) items", "8 clients on (b), queries/s"], rows)
     print(f"\n(c) on the broker is cut at MWLB_WORKLIST_MAX_RESULTS={RESULT_CAP} "
           "(final status 0xA700); wlmscpfs has no cap and returns every item. The broker "
-          "database is SQLite (the embedded default).")
+          f"database is SQLite (the embedded default); MWLB_DICOM_FAST_PATH={FAST_PATH}.")
 
 
 # -- HL7 ingest, latency, processing -------------------------------------------------

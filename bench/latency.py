@@ -13,6 +13,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
 
 from bench.ingest import percentile
+from broker.dicom import fastpath
 from broker.hl7.client import MLLPClient
 from tests.builders import order
 
@@ -20,7 +21,9 @@ MWL = "1.2.840.10008.5.1.4.31"
 
 
 def _nodelay(event: Any) -> None:
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = fastpath.transport_socket(event.assoc)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _query(accession: str) -> Dataset:

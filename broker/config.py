@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         description="Seconds an association may go without a request other than C-ECHO "
         "before it is aborted (0 = no limit).",
     )
+    dicom_fast_path: bool = Field(
+        default=True,
+        description="C-FIND pending responses framed and written beneath pynetdicom "
+        "(broker.dicom.fastpath); false = pynetdicom's public API only (slower, same "
+        "responses), for a pynetdicom upgrade that breaks the fast path.",
+    )
     dicom_allowed_calling: list[AllowedAE] = Field(
         default=[],
         description="DICOM peers allowed to associate (JSON list of {ae_title, hosts, "

@@ -26,6 +26,8 @@ PG_ADMIN_URL = os.environ.get(
     "MWLB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("MWLB_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+FAST_PATH = {"true": True, "false": False}.get(
+    os.environ.get("MWLB_TEST_DICOM_FAST_PATH", "").lower())
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +83,8 @@ def broker_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "mllp_idle_timeout": 30.0,
         "application_ack_timeout": 10.0,
     }
+    if FAST_PATH is not None:  # MWLB_TEST_DICOM_FAST_PATH=false: run a suite without it
+        values["dicom_fast_path"] = FAST_PATH
     values.update(overrides)
     return Settings(**values)
 

@@ -39,6 +39,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_messages import C_CANCEL_RQ, C_ECHO_RQ, C_ECHO_RSP
 
 from broker.config import Settings
+from broker.dicom import fastpath
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ class _Connection:
 
 
 def _transport(assoc: Any) -> socket.socket | None:
-    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
-    return sock if isinstance(sock, socket.socket) else None
+    return fastpath.transport_socket(assoc)
 
 
 def _close(sock: socket.socket | None) -> None:

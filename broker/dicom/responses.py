@@ -1,18 +1,17 @@
-"""C-FIND pending responses written straight to the association.
+"""C-FIND pending responses framed by hand, for the fast path.
 
 pynetdicom sends every DIMSE message through its state machine queue, which costs
-far more per response than the identifier itself. While the C-FIND handler runs, the
-association is in Sta6 (data transfer) and nothing else is queued for it, so this
-writer frames the pending C-FIND-RSP messages itself and writes them to the socket in
-batches; pynetdicom then sends the final response (success, cancel or failure)
-through its queue after the last pending one.
+far more per response than the identifier itself. The fast path
+(:mod:`broker.dicom.fastpath`, which owns the socket writes) frames the pending
+C-FIND-RSP messages with these functions and writes them in batches; this module
+is pure bytes and touches no pynetdicom object.
 
 Framing, per standard:
 
 * the command set is Little Endian Implicit VR with its group length (PS3.7 6.3.1,
   E.1): Affected SOP Class UID, Command Field 0x8020 (C-FIND-RSP), Message ID Being
   Responded To, Command Data Set Type (not 0x0101: a data set follows) and Status
-  (PS3.7 Table 9.3-4);
+  (PS3.7 9.3.2.2, Table 9.3-4);
 * each message fragment is one PDV with its message control header (bit 0 command,
   bit 1 last fragment), and no P-DATA-TF PDU is longer than the peer's Maximum Length
   (PS3.8 9.3.5, E.2, D.1).
@@ -21,7 +20,6 @@ Framing, per standard:
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 PDATA_TF = 4
 FLUSH_BYTES = 64 * 1024
@@ -71,37 +69,3 @@ def frame_message(context_id: int, command: bytes, dataset: bytes, max_pdu: int)
         out.append(_pdu(_pdv(context_id, 0x02 if last else 0x00,
                              dataset[start:start + step])))
     return b"".join(out)
-
-
-class PendingWriter:
-    """Buffers framed pending responses and writes them to the association's socket:
-    the first at once (the modality sees its first item, and can cancel, without
-    waiting for the rest), then in writes of about FLUSH_BYTES."""
-
-    def __init__(self, assoc: Any, context_id: int, sop_class_uid: str,
-                 message_id: int) -> None:
-        self._socket = assoc.dul.socket
-        self._context_id = context_id
-        self._max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
-        self._commands: dict[int, bytes] = {}
-        self._sop_class_uid, self._message_id = sop_class_uid, message_id
-        self._buffer: list[bytes] = []
-        self._size = 0
-        self._flushed = False
-
-    def pending(self, status: int, identifier: bytes) -> None:
-        command = self._commands.get(status)
-        if command is None:
-            command = self._commands[status] = command_set(
-                self._sop_class_uid, self._message_id, status)
-        frame = frame_message(self._context_id, command, identifier, self._max_pdu)
-        self._buffer.append(frame)
-        self._size += len(frame)
-        if self._size >= FLUSH_BYTES or not self._flushed:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._socket.send(b"".join(self._buffer))
-            self._flushed = True
-            self._buffer, self._size = [], 0

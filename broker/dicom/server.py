@@ -13,14 +13,14 @@ Handlers are thin: unpack the event, call one service function in one transactio
 map its result or exception to a status. Each association runs in its own pynetdicom
 thread with its own sessions. TCP_NODELAY is set on every accepted socket (Nagle costs
 about 80 ms per association here) and pynetdicom's identifier logging is
-off: it is slow and would print patient data.
+off: it is slow and would print patient data. Whatever reaches beneath pynetdicom's
+public API (the C-FIND fast path, the transport socket) is in
+:mod:`broker.dicom.fastpath`; ``MWLB_DICOM_FAST_PATH=false`` turns the fast path off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
 import logging
 import socket
 import ssl
@@ -32,14 +32,12 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
 )
-from pynetdicom import AE, _config, evt
-from pynetdicom.dsutils import encode
+from pynetdicom import AE, evt
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,10 +45,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.audit import hooks as audit
 from broker.config import Settings, StorageMode
 from broker.db import unit_of_work
-from broker.dicom.encoder import ResponsePlan, Unsupported
-from broker.dicom.encoder import encode_item as encode_plan_item
+from broker.dicom import fastpath
 from broker.dicom.limits import LOCAL_LIMIT_EXCEEDED, AssociationGuard, DeferredHandshake
-from broker.dicom.responses import PendingWriter
 from broker.dicom.storage import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -59,7 +55,7 @@ from broker.dicom.storage import (
     file_path,
     write_file,
 )
-from broker.dicom.worklist import WorklistItem, find_worklist
+from broker.dicom.worklist import find_worklist
 from broker.domain.mpps import PROCESSING_FAILURE, MppsError
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
 from broker.security.access import calling_entry, uses_reserve
@@ -77,8 +73,7 @@ INSTANCE_AVAILABILITY = "1.2.840.10008.5.1.4.33"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 RESOURCE_LIMITATION = 0x0213  # PS3.7 Annex C: the SCU may try again later
 
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
+fastpath.quiet_identifier_logging()
 
 
 def _status(code: int, comment: str, error_id: int | None = None,
@@ -102,23 +97,6 @@ def _quick_ack(sock: socket.socket) -> None:
     if quickack is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-
-
-class _Contexts(list[Any]):
-    """The supported presentation contexts of a running server. pynetdicom deep-copies
-    them for every association (PS3.8 negotiation then changes the copy); with some
-    forty storage classes times their transfer syntaxes that is hundreds of UID objects
-    re-validated per association, a large part of a short C-FIND's cost
-    when profiled. UIDs are immutable, so a copy of each context with its own transfer
-    syntax list is the same thing, made far faster."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        out = []
-        for context in self:
-            twin = copy.copy(context)
-            twin._transfer_syntax = list(context._transfer_syntax)
-            out.append(twin)
-        return out
 
 
 class DicomServer:
@@ -176,7 +154,8 @@ class DicomServer:
             self._server = self.ae.start_server(
                 (self.settings.dicom_host, self.settings.dicom_port), block=False,
                 evt_handlers=handlers)
-            self._server.contexts = _Contexts(self._server.contexts)
+            if self.settings.dicom_fast_path:
+                fastpath.share_contexts(self._server)
             log.info("DICOM server %s listening on port %s", self.settings.ae_title,
                      self.port)
         else:
@@ -186,7 +165,8 @@ class DicomServer:
                 (self.settings.dicom_host, self.settings.dicom_tls_port), block=False,
                 evt_handlers=handlers,
                 ssl_context=cast(ssl.SSLContext, DeferredHandshake(tls_context)))
-            self._tls_server.contexts = _Contexts(self._tls_server.contexts)
+            if self.settings.dicom_fast_path:
+                fastpath.share_contexts(self._tls_server)
             log.info("DICOM TLS on port %s", self.tls_port)
 
     @property
@@ -219,7 +199,7 @@ class DicomServer:
         "local-limit-exceeded"."""
         calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
         address = str(event.assoc.requestor.address)
-        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        sock = fastpath.transport_socket(event.assoc)
         cn = certificate_cn(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
         allowed = self.settings.dicom_allowed_calling
         entry = calling_entry(allowed, calling, address, cn)
@@ -260,7 +240,7 @@ class DicomServer:
 
     @staticmethod
     def _on_connection(event: Any) -> None:
-        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        sock = fastpath.transport_socket(event.assoc)
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _quick_ack(sock)
@@ -268,7 +248,7 @@ class DicomServer:
     @staticmethod
     def _on_data(event: Any) -> None:
         """Linux clears TCP_QUICKACK as it goes: set it again after every read."""
-        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        sock = fastpath.transport_socket(event.assoc)
         if sock is not None:
             _quick_ack(sock)
 
@@ -277,10 +257,10 @@ class DicomServer:
         return 0x0000
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
-        """PS3.4 K.4.1.3: the pending responses are written by a
-        :class:`~broker.dicom.responses.PendingWriter` (their identifiers encoded
-        straight from the stored attributes where :mod:`broker.dicom.encoder` can),
-        then the final status goes back to pynetdicom, which sends it."""
+        """PS3.4 K.4.1.3, PS3.7 9.1.2: each match is answered by the
+        :func:`~broker.dicom.fastpath.find_responder` (written beneath pynetdicom on the
+        fast path, else yielded as a (status, Dataset) pair), then the final status goes
+        back to pynetdicom, which sends it."""
         calling = event.assoc.requestor.ae_title
         try:
             identifier = event.identifier
@@ -292,10 +272,8 @@ class DicomServer:
         began = time.perf_counter()
         returned: list[int] = []
         final = 0x0000
-        syntax = UID(str(event.context.transfer_syntax))
-        encode_item = self._item_encoder(identifier, syntax)
-        writer = PendingWriter(event.assoc, event.context.context_id, MODALITY_WORKLIST_FIND,
-                               event.request.MessageID)
+        responder = fastpath.find_responder(event, identifier, self.zone,
+                                            fast=self.settings.dicom_fast_path)
         with self.session_factory() as session:
             for status, item in find_worklist(session, identifier, self.settings,
                                               is_cancelled=lambda: event.is_cancelled,
@@ -303,33 +281,12 @@ class DicomServer:
                 if item is None:
                     final = status
                     break
-                writer.pending(status, encode_item(item))
-        writer.flush()
+                yield from responder.pending(status, item)
+        responder.close()
         log.info("C-FIND from %s: %d item(s)", calling, len(returned))
         self._recorder.submit(self._record_query, event, identifier, final, returned,
                               (time.perf_counter() - began) * 1000)
         yield final, None
-
-    def _item_encoder(self, identifier: Dataset, syntax: UID) -> Callable[[WorklistItem], bytes]:
-        """Encode items with the query's plan, or with pydicom where the plan declines."""
-        general = functools.partial(encode, is_implicit_vr=syntax.is_implicit_VR,
-                                    is_little_endian=syntax.is_little_endian,
-                                    deflated=syntax.is_deflated)
-        plan: ResponsePlan | None = None
-        if syntax.is_little_endian and not syntax.is_deflated:
-            with contextlib.suppress(Unsupported):
-                plan = ResponsePlan.from_query(identifier, implicit=syntax.is_implicit_VR)
-
-        def encode_item(item: WorklistItem) -> bytes:
-            if plan is not None:
-                with contextlib.suppress(Unsupported):
-                    return encode_plan_item(plan, item, self.zone)
-            data = general(item.dataset(identifier, self.zone))
-            if not data:
-                raise ValueError("response identifier could not be encoded")
-            return bytes(data)
-
-        return encode_item
 
     def _record_query(self, event: Any, identifier: Dataset, status: int, returned: list[int],
                       duration_ms: float) -> None:

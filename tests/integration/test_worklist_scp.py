@@ -1,11 +1,16 @@
 """The Modality Worklist SCP with a pynetdicom SCU and DCMTK: PS3.4 Annex K status
-flow, return keys, character sets, C-CANCEL, multi-valued AE titles, the result cap."""
+flow, return keys, character sets, C-CANCEL, multi-valued AE titles, the result cap.
+
+Every test runs twice: with the C-FIND fast path (responses written beneath
+pynetdicom, :mod:`broker.dicom.fastpath`) and with it off (pynetdicom's public API
+only); the modality must see the same thing."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
@@ -15,6 +20,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE
 
 from bench.loader import load
+from broker.dicom import fastpath
 from tests.builders import order
 from tests.conftest import sample
 from tests.dcmtk import findscu, sps
@@ -33,6 +39,20 @@ def query(**top: Any) -> Dataset:
         setattr(step, key, value)
     ds.ScheduledProcedureStepSequence = Sequence([step])
     return ds
+
+
+@pytest.fixture(params=[True, False], ids=["fast-path", "plain"])
+def make_broker(request: pytest.FixtureRequest, make_broker: Callable[..., Any],
+                monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """The conftest broker with MWLB_DICOM_FAST_PATH on, then off; off, nothing may
+    write beneath pynetdicom."""
+    if not request.param:
+        def forbidden(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("fast path used with MWLB_DICOM_FAST_PATH=false")
+
+        monkeypatch.setattr(fastpath, "PendingWriter", forbidden)
+        monkeypatch.setattr(fastpath, "share_contexts", forbidden)
+    return functools.partial(make_broker, dicom_fast_path=request.param)
 
 
 @pytest.fixture
@@ -235,3 +255,9 @@ def test_echoscu(make_broker: Any) -> None:
     proc = subprocess.run(["echoscu", "-aec", "MWL_BROKER", "127.0.0.1",
                            str(broker.dicom_port)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_switch_decides_the_context_copy(make_broker: Any) -> None:
+    broker = make_broker()
+    shared = isinstance(broker.dicom._server.contexts, fastpath._Contexts)
+    assert shared is broker.dicom.settings.dicom_fast_path
