@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from broker.domain.status import SPSStatus
 from broker.hl7.errors import ErrorCode, ErrorLocation, field_error
 from broker.hl7.warnings import TABLE_VALUE, warn
-from broker.models import SPSStatus
 
 
 class OrderAction(StrEnum):

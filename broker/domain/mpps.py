@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from broker.models import PPSStatus, SPSStatus
+from broker.domain.status import PPSStatus, SPSStatus
 
 NO_SUCH_ATTRIBUTE, INVALID_ATTRIBUTE_VALUE = 0x0105, 0x0106
 PROCESSING_FAILURE, DUPLICATE_INSTANCE, NO_SUCH_INSTANCE = 0x0110, 0x0111, 0x0112
