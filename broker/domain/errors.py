@@ -52,8 +52,7 @@ class MppsRule(StrEnum):
 
     # N-CREATE without a Type 1 attribute (Table F.7.2-1).
     MISSING_ATTRIBUTE = "missing attribute"
-    # N-CREATE with a Type 1 attribute present but empty, or a final state without
-    # its end date/time or performed series (Table F.7.2-1, final state).
+    # N-CREATE with a Type 1 attribute present but empty (Table F.7.2-1).
     MISSING_VALUE = "missing value"
     # N-CREATE with a PPS Status other than IN PROGRESS (F.7.2.1.3).
     NOT_IN_PROGRESS = "status must be in progress"
@@ -63,6 +62,9 @@ class MppsRule(StrEnum):
     NOT_SETTABLE = "not settable"
     # N-SET of a PPS Status that is no defined term.
     UNKNOWN_STATUS = "unknown status"
+    # COMPLETED / DISCONTINUED without end date/time or performed series (Table
+    # F.7.2-1, final state requirements).
+    FINAL_INCOMPLETE = "final state incomplete"
 
 
 @dataclass
