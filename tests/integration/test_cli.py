@@ -114,7 +114,7 @@ def test_mapping_test_refuses_what_live_processing_refuses(tmp_path: Path) -> No
     """The dry run is the live pipeline: an event live processing does not take, an
     ORC-1/ORC-5 pair outside the table, and an SC for an order never seen are refused
     with the ACK live processing would send, and the exit status says so."""
-    unsupported = set_field(sample("03"), "MSH", 9, "ADT^A31^ADT_A05")
+    unsupported = set_field(sample("03"), "MSH", 9, "ADT^A28^ADT_A05")
     proc = _dry_run(tmp_path, unsupported, ok=False)
     assert proc.returncode == 1 and "ACK AR: 201 at MSH^1^9" in proc.stdout
     final = set_all(sample("05"), "ORC", 5, "CM")
