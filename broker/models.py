@@ -32,6 +32,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# The status enums belong to the domain; re-exported here under their old names.
+from broker.domain.status import MessageStatus as MessageStatus
+from broker.domain.status import OutboundStatus as OutboundStatus
+from broker.domain.status import PPSStatus as PPSStatus
+from broker.domain.status import ReconciliationKind as ReconciliationKind
+from broker.domain.status import SPSStatus as SPSStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -39,28 +46,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     """Declarative base of every broker table."""
-
-
-class MessageStatus(StrEnum):
-    """Life of an inbound message row."""
-
-    RECEIVED = "received"  # committed, waiting to be applied
-    PROCESSED = "processed"  # applied to patients / orders
-    FAILED = "failed"  # could not be applied; error_* says why; reprocessable
-    REJECTED = "rejected"  # refused at the door (AR: unparseable, unsupported type)
-
-
-class SPSStatus(StrEnum):
-    """Scheduled Procedure Step Status (0040,0020), PS3.3 C.4.10 defined terms."""
-
-    SCHEDULED = "SCHEDULED"
-    ARRIVED = "ARRIVED"
-    READY = "READY"
-    STARTED = "STARTED"
-    DEPARTED = "DEPARTED"
-    COMPLETED = "COMPLETED"
-    DISCONTINUED = "DISCONTINUED"
-    CANCELLED = "CANCELLED"
 
 
 class InboundMessage(Base):
@@ -300,14 +285,6 @@ class DicomRequest(Base):
     error_comment: Mapped[str] = mapped_column(String(1024), default="")
 
 
-class PPSStatus(StrEnum):
-    """Performed Procedure Step Status (0040,0252), PS3.3 C.4.14."""
-
-    IN_PROGRESS = "IN PROGRESS"
-    COMPLETED = "COMPLETED"
-    DISCONTINUED = "DISCONTINUED"
-
-
 class PerformedProcedureStep(Base):
     """A Modality Performed Procedure Step SOP Instance (PS3.4 F.7).
 
@@ -423,13 +400,6 @@ class AvailableInstance(Base):
     notification: Mapped[AvailabilityNotification] = relationship(back_populates="instances")
 
 
-class ReconciliationKind(StrEnum):
-    UNSCHEDULED_MPPS = "unscheduled_mpps"  # unscheduled: no scheduled step referenced or found
-    CANCELLED_ORDER = "cancelled_order"  # MPPS for a step that was cancelled
-    UNMATCHED_STUDY = "unmatched_study"  # instances / IAN matching no order
-    DEMOGRAPHICS = "demographic_mismatch"  # linked, but patient id or name differs
-
-
 class ReconciliationItem(Base):
     """Work for a person: performed work the broker could not tie to an order on its
     own, or tied with a discrepancy. ``candidates`` is a ranked list of
@@ -458,12 +428,6 @@ class ReconciliationItem(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolved_by: Mapped[str] = mapped_column(String(64), default="")
-
-
-class OutboundStatus(StrEnum):
-    PENDING = "pending"  # waiting to be sent (or retried after AR / no answer)
-    SENT = "sent"  # AA received
-    FAILED = "failed"  # AE received (or given up); visible, resendable
 
 
 class OutboundDestinationState(Base):

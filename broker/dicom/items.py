@@ -19,12 +19,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-SPS_SEQUENCE = "ScheduledProcedureStepSequence"
-NEVER_MATCHED = frozenset({"SpecificCharacterSet", "TimezoneOffsetFromUTC"})
+from broker.services.worklist_query import SPS_SEQUENCE, requested_keywords
+
 # Attributes of the SPS item a universal SPS key returns (PS3.4 Table K.6-1).
 SPS_ITEM_KEYWORDS = (
     "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
@@ -38,16 +38,6 @@ SPS_TYPE1_KEYWORDS = frozenset({
     "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
     "ScheduledProcedureStepStartTime", "Modality", "ScheduledProcedureStepID",
 })
-
-
-def requested_keywords(ds: Dataset) -> list[str]:
-    """Keywords of the public attributes present in a query dataset."""
-    out = []
-    for elem in ds:
-        keyword = elem.keyword or keyword_for_tag(elem.tag)
-        if keyword and not elem.tag.is_private and elem.tag.group != 0x0000:
-            out.append(keyword)
-    return out
 
 
 def to_element_value(keyword: str, value: Any) -> Any:

@@ -56,11 +56,11 @@ from broker.dicom.storage import (
     write_file,
 )
 from broker.dicom.worklist import find_worklist
-from broker.domain.mpps import PROCESSING_FAILURE, MppsError
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
 from broker.security.access import calling_entry, uses_reserve
 from broker.security.tls import certificate_cn
 from broker.services import mpps, studies
+from broker.services.dimse_status import PROCESSING_FAILURE, MppsError
 from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)

@@ -18,20 +18,21 @@ DC (CA, DC or empty)    discontinue the steps not yet performed     DISCONTINUED
 SC (IP/CM/CA/DC)        status change                               STARTED/...
 ======================  ==========================================  ===============
 
-Anything else (e.g. ``HD``, or ``NW`` with ORC-5 ``CM``) is refused with AE and an ERR
-at ORC-1 (code 103, "table value not found": the pair is not in our table). An ORC-5
-that is no Table 0038 value at all (``Final``, ``F``) says nothing we can act on: it is
-read as empty, with a warning, so the order control alone decides.
+Anything else (e.g. ``HD``, or ``NW`` with ORC-5 ``CM``) is refused
+(:class:`~broker.domain.errors.OrderRuleError`, which the order service answers with AE
+and an ERR at ORC-1, code 103 "table value not found": the pair is not in our table).
+An ORC-5 that is no Table 0038 value at all (``Final``, ``F``) says nothing we can act
+on: it is read as empty, so the order control alone decides, and the decision says so
+(``order_status_ignored``) for the service to warn about.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from broker.hl7.errors import ErrorCode, ErrorLocation, field_error
-from broker.hl7.warnings import TABLE_VALUE, warn
-from broker.models import SPSStatus
+from broker.domain.errors import OrderRule, OrderRuleError
+from broker.domain.status import SPSStatus
 
 
 class OrderAction(StrEnum):
@@ -45,10 +46,12 @@ class OrderAction(StrEnum):
 @dataclass(frozen=True)
 class Decision:
     """What one ORC group asks for: the action and, for creation or a status change,
-    the SPS status that results."""
+    the SPS status that results. ``order_status_ignored``: the order status was no
+    HL7 Table 0038 value and was read as empty."""
 
     action: OrderAction
     status: SPSStatus | None = None
+    order_status_ignored: bool = False
 
 
 _TABLE: dict[tuple[str, str], Decision] = {
@@ -102,24 +105,25 @@ _ALLOWED: dict[SPSStatus, frozenset[SPSStatus]] = {
 
 
 def decide(order_control: str, order_status: str, *, sequence: int = 1) -> Decision:
-    """The decision for one ORC group, or HL7Error at ORC-1 (101 empty, 103 unknown)."""
+    """The decision for one ORC group (HL7 v2.5.1 4.5.1.1 Table 0119, 4.5.1.5 Table 0038).
+
+    Raises :class:`OrderRuleError`: ``MISSING_CONTROL`` for an empty order control,
+    ``UNSUPPORTED_CONTROL`` for a control/status pair not in the table. An order
+    status that is no Table 0038 value is read as empty and the decision has
+    ``order_status_ignored`` set.
+    """
     control = order_control.strip().upper()
     status = order_status.strip().upper()
     if not control:
-        raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 1,
-                          "ORC-1 order control is required", sequence=sequence)
-    if status and status not in ORDER_STATUSES:
-        warn(TABLE_VALUE, "ORC-5 is not an HL7 Table 0038 order status: ignored",
-             ErrorLocation("ORC", 5, sequence=sequence))
+        raise OrderRuleError(OrderRule.MISSING_CONTROL, sequence, control, status)
+    ignored = bool(status) and status not in ORDER_STATUSES
+    if ignored:
         status = ""
     decision = _TABLE.get((control, status))
     if decision is None:
-        raise field_error(
-            ErrorCode.TABLE_VALUE_NOT_FOUND, "ORC", 1,
-            f"order control {control} with order status {status or '(empty)'} is not supported",
-            sequence=sequence,
-        )
-    return decision
+        raise OrderRuleError(OrderRule.UNSUPPORTED_CONTROL, sequence, control, status,
+                             order_status_ignored=ignored)
+    return replace(decision, order_status_ignored=True) if ignored else decision
 
 
 def can_transition(current: SPSStatus, new: SPSStatus) -> bool:
@@ -150,9 +154,8 @@ def discontinue_outcome(current: SPSStatus) -> SPSStatus:
 
 
 def require_updatable(current: SPSStatus, *, sequence: int = 1) -> None:
-    """XO may change a step only while it is pending or started; a final step is
-    answered 206 "application record locked" at ORC-1."""
+    """XO may change a step only while it is pending or started; a final step raises
+    :class:`OrderRuleError` ``STEP_FINAL`` (answered 206 "application record locked"
+    at ORC-1 by the order service)."""
     if current in FINAL:
-        raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,
-                          f"step is {current.value} and can no longer be changed",
-                          sequence=sequence)
+        raise OrderRuleError(OrderRule.STEP_FINAL, sequence, current=current.value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from broker.models import SPSStatus
+from broker.domain.status import SPSStatus
 
 WEIGHTS = {"patient_id": 40, "name": 25, "family_name": 10, "birth_date": 15,
            "modality": 10, "station": 5, "time": 10}

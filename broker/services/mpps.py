@@ -2,7 +2,8 @@
 
 :func:`create` and :func:`update` run inside the DIMSE handler's transaction: the
 instance is committed before the response is sent; a refused request raises
-:class:`MppsError` and changes nothing. :func:`link` is the body of the linking task:
+:class:`~broker.services.dimse_status.MppsError` (the DIMSE status, from the domain
+rule broken) and changes nothing. :func:`link` is the body of the linking task:
 it resolves every Scheduled Step Attributes Sequence item to steps (SPS ID +
 Requested Procedure ID + Accession Number, else the Study Instance UID), applies
 the status the MPPS leads to, queues the order status messages, and sends what it
@@ -28,10 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
+from broker.domain.errors import MppsRuleError
 from broker.domain.mpps import (
-    DUPLICATE_INSTANCE,
-    NO_SUCH_INSTANCE,
-    MppsError,
     apply_set,
     check_create,
     check_final,
@@ -47,6 +46,12 @@ from broker.models import (
     RequestedProcedure,
     ScheduledProcedureStep,
     SPSStatus,
+)
+from broker.services.dimse_status import (
+    DUPLICATE_INSTANCE,
+    NO_SUCH_INSTANCE,
+    MppsError,
+    mpps_refusal,
 )
 from broker.services.outbox import lock_procedures, report_procedure
 from broker.services.reconciliation import Observation, check_demographics, open_item
@@ -90,7 +95,10 @@ def create(session: Session, sop_instance_uid: str, ds: Dataset,
     the rest (:func:`apply_state`). Otherwise ``link_state`` stays ``pending`` and the
     task links as for any MPPS.
     """
-    check_create(ds)
+    try:
+        check_create(ds)
+    except MppsRuleError as err:
+        raise mpps_refusal(err) from err
     exists = session.scalar(select(PerformedProcedureStep.id).where(
         PerformedProcedureStep.sop_instance_uid == sop_instance_uid))
     if exists is not None:
@@ -115,9 +123,12 @@ def update(session: Session, sop_instance_uid: str,
         PerformedProcedureStep.sop_instance_uid == sop_instance_uid).with_for_update()).first()
     if row is None:
         raise MppsError(NO_SUCH_INSTANCE, "no MPPS with this SOP Instance UID")
-    check_set(row.status, modification)
-    ds = apply_set(stored_dataset(row), modification)
-    check_final(ds)
+    try:
+        check_set(row.status, modification)
+        ds = apply_set(stored_dataset(row), modification)
+        check_final(ds)
+    except MppsRuleError as err:
+        raise mpps_refusal(err) from err
     _columns(row, ds)
     row.version += 1
     return row

@@ -27,9 +27,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from broker.domain import lifecycle
+from broker.domain.errors import OrderRule, OrderRuleError
 from broker.domain.lifecycle import Decision, OrderAction
 from broker.domain.types import OrderMessage, PatientRecord, ProcedureRecord, StepRecord
-from broker.hl7.errors import ErrorCode, field_error
+from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
+from broker.hl7.warnings import TABLE_VALUE, warn
 from broker.models import (
     ImagingOrder,
     InboundMessage,
@@ -85,12 +87,50 @@ def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage
         decisions = []
         for step in procedure.steps:
             sequence += 1
-            decisions.append((step, lifecycle.decide(step.order_control, step.order_status,
-                                                     sequence=sequence), sequence))
+            decisions.append((step, decide(step, sequence), sequence))
         order = _find_order(session, procedure)
         for step, decision, seq in decisions:
             order = _apply_step(unit, order, procedure, step, decision, seq)
     return outcome
+
+
+def order_rule_error(err: OrderRuleError) -> HL7Error:
+    """The HL7 error a lifecycle refusal is answered with (HL7 v2.5.1 2.9.2, ERR with
+    its Table 0357 code), located at ORC-1 of the group: 101 for no order control,
+    103 for a control/status pair outside the order control table (4.5.1, Tables
+    0119/0038), 206 for a change to a final step."""
+    if err.rule is OrderRule.MISSING_CONTROL:
+        return field_error(ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 1,
+                           "ORC-1 order control is required", sequence=err.sequence)
+    if err.rule is OrderRule.UNSUPPORTED_CONTROL:
+        return field_error(
+            ErrorCode.TABLE_VALUE_NOT_FOUND, "ORC", 1,
+            f"order control {err.control} with order status {err.status or '(empty)'} "
+            "is not supported", sequence=err.sequence)
+    return field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,
+                       f"step is {err.current} and can no longer be changed",
+                       sequence=err.sequence)
+
+
+def _warn_order_status_ignored(sequence: int) -> None:
+    warn(TABLE_VALUE, "ORC-5 is not an HL7 Table 0038 order status: ignored",
+         ErrorLocation("ORC", 5, sequence=sequence))
+
+
+def decide(step: StepRecord, sequence: int) -> Decision:
+    """The lifecycle's decision for one ORC group (:func:`broker.domain.lifecycle.decide`)
+    in HL7 terms: a refusal raises HL7Error at ORC-1 (:func:`order_rule_error`); an
+    ORC-5 that is no Table 0038 value adds a warning (code 103 at ORC-5, HL7 v2.5.1
+    2.9.2 severity W) and the order control alone decides."""
+    try:
+        decision = lifecycle.decide(step.order_control, step.order_status, sequence=sequence)
+    except OrderRuleError as err:
+        if err.order_status_ignored:
+            _warn_order_status_ignored(sequence)
+        raise order_rule_error(err) from err
+    if decision.order_status_ignored:
+        _warn_order_status_ignored(sequence)
+    return decision
 
 
 def _patient_for_order(session: Session, record: PatientRecord, outcome: list[str]) -> Patient:
@@ -146,7 +186,10 @@ def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRec
                               "no scheduled procedure step with this ID", sequence=sequence)
         sps = found
         if decision.action is OrderAction.UPDATE:
-            lifecycle.require_updatable(SPSStatus(sps.status), sequence=sequence)
+            try:
+                lifecycle.require_updatable(SPSStatus(sps.status), sequence=sequence)
+            except OrderRuleError as err:
+                raise order_rule_error(err) from err
             _update(rp, sps, procedure, step)
             outcome.append(f"step {sps.sps_id} updated")
         else:

@@ -19,7 +19,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
-from broker.domain.mpps import DUPLICATE_INSTANCE, MppsError
 from broker.models import (
     AvailabilityNotification,
     AvailableInstance,
@@ -31,6 +30,7 @@ from broker.models import (
     ScheduledProcedureStep,
     StoredInstance,
 )
+from broker.services.dimse_status import DUPLICATE_INSTANCE, MppsError
 from broker.services.outbox import lock_procedures, report_images
 from broker.services.reconciliation import (
     Observation,

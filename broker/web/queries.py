@@ -13,7 +13,6 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
-from broker.dicom.worklist import build_query, excluding_keys
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import (
@@ -31,6 +30,7 @@ from broker.models import (
     WorklistQueryResult,
 )
 from broker.outage import describe, describe_redis
+from broker.services.worklist_query import build_query, excluding_keys
 
 
 def iso(value: datetime | None) -> str:

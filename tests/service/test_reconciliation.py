@@ -10,9 +10,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 from sqlalchemy import select
 
-from broker.domain.mpps import DUPLICATE_INSTANCE, MppsError
 from broker.models import AvailabilityNotification, ReconciliationKind
 from broker.services import mpps, resolve, studies
+from broker.services.dimse_status import DUPLICATE_INSTANCE, MppsError
 from tests.conftest import sample
 from tests.modality import availability, in_progress, step_item
 from tests.service.conftest import Services

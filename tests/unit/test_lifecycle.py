@@ -1,9 +1,11 @@
-"""The ORC-1/ORC-5 table (docs/swf-conformance.md D1) and the SPS state machine."""
+"""The ORC-1/ORC-5 table (docs/swf-conformance.md D1) and the SPS state machine; the
+domain's refusals and how the order service answers them in HL7."""
 
 from __future__ import annotations
 
 import pytest
 
+from broker.domain.errors import OrderRule, OrderRuleError
 from broker.domain.lifecycle import (
     OrderAction,
     can_transition,
@@ -12,8 +14,10 @@ from broker.domain.lifecycle import (
     discontinue_outcome,
     require_updatable,
 )
+from broker.domain.status import SPSStatus as S
+from broker.domain.types import StepRecord
 from broker.hl7.errors import HL7Error
-from broker.models import SPSStatus as S
+from broker.services import orders
 
 
 @pytest.mark.parametrize(
@@ -40,15 +44,34 @@ def test_order_control_table(control: str, status: str, action: OrderAction,
     decision = decide(control, status)
     assert decision.action is action
     assert decision.status == result
+    assert not decision.order_status_ignored
 
 
-@pytest.mark.parametrize(("control", "status", "code"),
-                         [("HD", "", 103), ("NW", "CM", 103), ("SC", "", 103), ("", "SC", 101)])
-def test_unsupported_order_control_is_refused_at_orc_1(control: str, status: str,
-                                                       code: int) -> None:
-    with pytest.raises(HL7Error) as err:
+@pytest.mark.parametrize(("control", "status", "rule"), [
+    ("HD", "", OrderRule.UNSUPPORTED_CONTROL), ("NW", "CM", OrderRule.UNSUPPORTED_CONTROL),
+    ("SC", "", OrderRule.UNSUPPORTED_CONTROL), ("", "SC", OrderRule.MISSING_CONTROL)])
+def test_unsupported_order_control_is_a_domain_refusal(control: str, status: str,
+                                                       rule: OrderRule) -> None:
+    with pytest.raises(OrderRuleError) as err:
         decide(control, status, sequence=2)
+    assert (err.value.rule, err.value.sequence) == (rule, 2)
+
+
+def _step(control: str, status: str) -> StepRecord:
+    return StepRecord(order_control=control, order_status=status, placer_step_key="1")
+
+
+@pytest.mark.parametrize(("control", "status", "code", "text"), [
+    ("HD", "", 103, "order control HD with order status (empty) is not supported"),
+    ("NW", "CM", 103, "order control NW with order status CM is not supported"),
+    ("SC", "", 103, "order control SC with order status (empty) is not supported"),
+    ("", "SC", 101, "ORC-1 order control is required")])
+def test_unsupported_order_control_is_refused_at_orc_1(control: str, status: str,
+                                                       code: int, text: str) -> None:
+    with pytest.raises(HL7Error) as err:
+        orders.decide(_step(control, status), 2)
     assert err.value.code == code
+    assert err.value.text == text
     assert str(err.value.location) == "ORC^2^1"
     assert err.value.ack_code == "AE"
 
@@ -79,9 +102,12 @@ def test_state_machine() -> None:
 def test_final_steps_cannot_be_updated() -> None:
     require_updatable(S.SCHEDULED)
     require_updatable(S.STARTED)
-    with pytest.raises(HL7Error) as err:
-        require_updatable(S.COMPLETED)
-    assert err.value.code == 206
+    with pytest.raises(OrderRuleError) as refused:
+        require_updatable(S.COMPLETED, sequence=3)
+    assert (refused.value.rule, refused.value.current) == (OrderRule.STEP_FINAL, "COMPLETED")
+    err = orders.order_rule_error(refused.value)
+    assert (err.code, str(err.location)) == (206, "ORC^3^1")
+    assert err.text == "step is COMPLETED and can no longer be changed"
 
 
 def test_an_order_status_outside_table_0038_is_ignored_with_a_warning() -> None:
@@ -89,9 +115,14 @@ def test_an_order_status_outside_table_0038_is_ignored_with_a_warning() -> None:
     control alone decides; a real status that does not fit (NW + CM) stays refused."""
     from broker.hl7 import warnings
 
+    decision = decide("NW", "Final", sequence=2)
+    assert (decision.action, decision.order_status_ignored) == (OrderAction.CREATE, True)
     with warnings.collecting() as found:
-        decision = decide("NW", "Final", sequence=2)
+        decision = orders.decide(_step("NW", "Final"), 2)
     assert decision.action is OrderAction.CREATE
     assert [(w.code, str(w.location)) for w in found] == [(103, "ORC^2^5")]
     with pytest.raises(HL7Error):
-        decide("NW", "CM")
+        orders.decide(_step("NW", "CM"), 1)
+    with warnings.collecting() as found, pytest.raises(HL7Error):
+        orders.decide(_step("HD", "Final"), 1)
+    assert [(w.code, str(w.location)) for w in found] == [(103, "ORC^1^5")]
