@@ -19,6 +19,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # DCMTK (the modality in integration tests), PostgreSQL, Redis, docker-compose.
 test-services:

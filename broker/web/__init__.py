@@ -1,0 +1,1 @@
+"""The integration engineer's console: FastAPI pages, the JSON API and operations endpoints."""
