@@ -1,4 +1,5 @@
-"""The ``mwl-broker`` command line (typer).
+"""The ``mwl-broker`` command line (typer); ``worker`` is added by
+:mod:`workers.cli`, the installed entry point.
 
 Every command takes ``--config FILE.toml``; settings otherwise come from ``MWLB_*``
 environment variables (see ``mwl-broker serve --help``).
@@ -109,42 +110,6 @@ def _print_banner(settings: Settings, mllp_port: int | None, dicom_port: int | N
     )
 
 
-@app.command()
-def worker(
-    config: ConfigOption = None,
-    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-) -> None:
-    """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
-    from broker.migrations import upgrade
-    from broker.runtime import Runtime, set_runtime
-    from workers.celery_app import configure
-    from workers.presence import Presence
-
-    configure_logging(loglevel)
-    settings = settings_from(config)
-    if settings.embedded:
-        err_console.print("[red]MWLB_CELERY_BROKER_URL is empty:[/red] nothing to work for "
-                          "(embedded mode processes in `mwl-broker serve`).")
-        raise typer.Exit(2)
-    upgrade(settings.database_url)
-    runtime = Runtime(settings)
-    set_runtime(runtime)
-    runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
-    runtime.dispose()
-    celery = configure(settings)
-    # Announced in Redis, so that a kill -9 is noticed by serve within seconds and the
-    # tasks this worker held are re-dispatched (workers/presence.py).
-    presence = Presence(settings.celery_broker_url, "worker")
-    presence.start()
-    try:
-        celery.worker_main(["worker", f"--loglevel={loglevel}",
-                            f"--concurrency={concurrency}", "--pool=prefork", "-Q",
-                            "mwl_broker", "--without-gossip", "--without-mingle"])
-    finally:
-        presence.stop()
-
-
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the schema to the latest revision."""
@@ -163,8 +128,8 @@ def db_prune(
 ) -> None:
     """Delete what is past retention (see README, 'Durability'); the sweeper also does
     it hourly when MWLB_RETENTION_DAYS is set."""
+    from broker.bootstrap import Role, build
     from broker.db import unit_of_work
-    from broker.runtime import Runtime
     from broker.services.retention import prune
 
     settings = settings_from(config)
@@ -173,7 +138,7 @@ def db_prune(
         err_console.print("retention is 0 (keep everything): give --days or set "
                           "MWLB_RETENTION_DAYS")
         raise typer.Exit(2)
-    with unit_of_work(Runtime(settings).session_factory) as session:
+    with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
         counts = prune(session, retention, dry_run=dry_run)
     verb = "would prune" if dry_run else "pruned"
     console.print(f"{verb} (older than {retention:g} days): "
@@ -211,13 +176,13 @@ def mapping_test(
     """Dry run of live processing: print the worklist items each message would produce,
     its warnings and the ACK the broker would send. Order state is checked against
     the configured database without writing to it (exit 1 unless every ACK is AA)."""
+    from broker.bootstrap import Role, build
     from broker.hl7.client import read_hl7_file
     from broker.mapping.render import describe
-    from broker.runtime import Runtime
     from broker.services.dry_run import dry_run, dry_run_database
 
     settings = settings_from(config)
-    runtime = Runtime(settings)
+    runtime = build(settings, Role.COMMAND).runtime
 
     refused = False
     with dry_run_database(settings) as (factory, where):
@@ -302,27 +267,22 @@ def messages_reprocess(
     message_ids: Annotated[list[int], typer.Argument(help="Message id(s).")],
     config: ConfigOption = None,
 ) -> None:
-    """Apply failed (or processed) messages again, e.g. after fixing a mapping."""
+    """Apply failed (or processed) messages again, e.g. after fixing a mapping (here,
+    in this command, which reports each outcome)."""
+    from broker.bootstrap import Role, build
     from broker.models import InboundMessage
-    from broker.runtime import Runtime, set_runtime
-    from broker.services.processing import process_through, reset_for_reprocess
 
     configure_logging("WARNING")
-    settings = settings_from(config)
-    runtime = Runtime(settings)
-    set_runtime(runtime)
-    factory = runtime.session_factory
+    root = build(settings_from(config), Role.COMMAND)
+    factory = root.runtime.session_factory
     worst = 0
     ids = track(message_ids, description="reprocessing", console=err_console,
                 transient=True) if len(message_ids) > 1 else message_ids
     for pk in ids:
-        with factory() as session, session.begin():
-            row = session.get(InboundMessage, pk)
-            if row is None or not reset_for_reprocess(session, row):
-                err_console.print(f"message {pk}: not found or rejected at the door")
-                worst = 1
-                continue
-        process_through(factory, pk, runtime.map, read=runtime.read)
+        if not root.use_cases.reprocess([pk])[0]["queued"]:
+            err_console.print(f"message {pk}: not found or rejected at the door")
+            worst = 1
+            continue
         with factory() as session:
             row = session.get(InboundMessage, pk)
             assert row is not None
@@ -332,6 +292,7 @@ def messages_reprocess(
                 err_console.print(f"message {pk}: {row.status} {row.error_code} "
                                   f"{row.error_location}: {row.error_text}")
                 worst = 1
+    root.close()
     raise typer.Exit(worst)
 
 

@@ -37,16 +37,15 @@ def register(app: typer.Typer) -> None:
 
 def web(config: ConfigOption = None) -> None:
     """Run the web console and JSON API alone (MWLB_HTTP_HOST / MWLB_HTTP_PORT)."""
+    from broker.bootstrap import Role, build
     from broker.migrations import upgrade
-    from broker.runtime import Runtime, set_runtime
     from broker.web.server import WebServer
 
     settings = settings_from(config)
     configure_logging(json_lines=settings.log_format == "json")
     upgrade(settings.database_url)
-    runtime = Runtime(settings)
-    set_runtime(runtime)
-    server = WebServer(runtime)
+    root = build(settings, Role.CONSOLE)
+    server = WebServer(root.runtime, root.use_cases)
     server.start()
     print(f"mwl-broker console on http://localhost:{server.port}/", flush=True)
     stop = threading.Event()
@@ -54,6 +53,7 @@ def web(config: ConfigOption = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop()
+    root.close()
 
 
 @users_app.command("add")
@@ -67,9 +67,9 @@ def users_add(
     """Create a user. There is no default account: create the first admin here. The
     password needs MWLB_PASSWORD_MIN_LENGTH characters (12) and may not be a common
     password, repetitive or sequential, or contain the user name."""
+    from broker.bootstrap import Role, build
     from broker.db import unit_of_work
     from broker.migrations import upgrade
-    from broker.runtime import Runtime
     from broker.web.security import add_user
 
     settings = settings_from(config)
@@ -79,7 +79,7 @@ def users_add(
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        with unit_of_work(Runtime(settings).session_factory) as session:
+        with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             add_user(session, settings, _actor(), "", name, password, role)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/red]")
@@ -91,11 +91,11 @@ def users_add(
 def users_list(config: ConfigOption = None) -> None:
     from sqlalchemy import select
 
+    from broker.bootstrap import Role, build
     from broker.models import User
-    from broker.runtime import Runtime
 
     table = Table("name", "role", "created", "last login", "disabled")
-    with Runtime(settings_from(config)).session_factory() as session:
+    with build(settings_from(config), Role.COMMAND).runtime.session_factory() as session:
         for user in session.scalars(select(User).order_by(User.name)):
             table.add_row(user.name, user.role, user.created_at.strftime("%Y-%m-%d"),
                           user.last_login_at.strftime("%Y-%m-%d %H:%M")
@@ -115,15 +115,15 @@ def _actor() -> str:
 def _administer(config: Any, what: Any) -> Any:
     """Run ``what(session, actor)`` in one transaction; a refusal exits 1 with its
     reason."""
+    from broker.bootstrap import Role, build
     from broker.db import unit_of_work
     from broker.migrations import upgrade
-    from broker.runtime import Runtime
     from broker.web.security import NotFound
 
     settings = settings_from(config)
     upgrade(settings.database_url)
     try:
-        with unit_of_work(Runtime(settings).session_factory) as session:
+        with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             return what(session, _actor())
     except (NotFound, ValueError) as exc:
         err_console.print(f"[red]{exc}[/red]")
