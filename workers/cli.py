@@ -1,4 +1,4 @@
-"""The ``mwl-broker`` command line: the broker's commands (:mod:`broker.cli`) plus
+"""The ``mwl-broker`` command line: the broker's commands (:mod:`broker.main`) plus
 ``worker``, which runs the Celery worker of this package (the broker never imports
 it, so the command is added here, on the outside)."""
 
@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from broker.cli import app
 from broker.cli_common import ConfigOption, configure_logging, err_console, settings_from
+from broker.main import app
 
 __all__ = ["app"]
 

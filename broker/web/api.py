@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from broker.db import unit_of_work
 from broker.models import Role, User
+from broker.security import accounts as sec
 from broker.services.resolve import ResolveError
 from broker.web import mappings, queries
-from broker.web import security as sec
 from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of, use_cases_of
 
 router = APIRouter(prefix="/api", tags=["api"])

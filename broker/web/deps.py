@@ -14,8 +14,8 @@ from broker.application import UseCases
 from broker.db import unit_of_work
 from broker.models import Role, User
 from broker.runtime import Runtime
+from broker.security.accounts import has_role, session_user, token_user
 from broker.web import protections
-from broker.web.security import has_role, session_user, token_user
 
 COOKIE = protections.COOKIE
 

@@ -21,9 +21,10 @@ from sqlalchemy import select
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
 from broker.models import Role, User
+from broker.security import accounts as sec
+from broker.security.accounts import csrf_token, end_session, has_role, session_user, start_session
 from broker.services.resolve import ResolveError
 from broker.web import mappings, queries
-from broker.web import security as sec
 from broker.web.deps import (
     COOKIE,
     DB,
@@ -35,7 +36,6 @@ from broker.web.deps import (
     use_cases_of,
 )
 from broker.web.protections import form_token_required
-from broker.web.security import csrf_token, end_session, has_role, session_user, start_session
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False, dependencies=[Depends(form_token_required)])
