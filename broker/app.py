@@ -9,34 +9,33 @@ import logging
 import ssl
 import threading
 
+from broker.application import UseCases
 from broker.audit import hooks as audit
 from broker.audit.syslog import AuditExporter, SyslogSender
+from broker.bootstrap import Role, Root, build
 from broker.config import Settings
 from broker.db import unit_of_work
 from broker.dicom.server import DicomServer
+from broker.dispatch import Dispatcher
 from broker.hl7.listener import HL7Receiver
 from broker.hl7.mllp import MLLPServer
 from broker.migrations import upgrade
-from broker.runtime import Runtime, set_runtime
+from broker.presence import Presence
+from broker.runtime import Runtime
 from broker.security.access import check_startup
 from broker.security.tls import server_context
 from broker.services.inbound import Inbox
 from broker.services.message_store import MessageStoreWriter
 from broker.services.sweeper import Sweeper
 from broker.web.server import WebServer
-from workers.dispatch import (
-    BackgroundDispatcher,
-    CeleryDispatcher,
-    Dispatcher,
-    InProcessDispatcher,
-)
-from workers.presence import Presence
 
 log = logging.getLogger(__name__)
 
 
 class BrokerApp:
-    """Owns the servers of one broker process; ``start()`` returns once they listen."""
+    """Owns the servers of one broker process; ``start()`` returns once they listen.
+    Its objects come from the process's composition root (:mod:`broker.bootstrap`),
+    built by ``start()``."""
 
     def __init__(self, settings: Settings, *, migrate: bool = True,
                  sweep_interval: float | None = None) -> None:
@@ -45,7 +44,9 @@ class BrokerApp:
         self.settings = settings
         self.migrate = migrate
         self.sweep_interval = sweep_interval or settings.sweep_interval
-        self.runtime = Runtime(settings)
+        self.root: Root
+        self.runtime: Runtime
+        self.use_cases: UseCases
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever,
                                              name="mwl-mllp-loop", daemon=True)
@@ -59,17 +60,12 @@ class BrokerApp:
         settings = self.settings
         if self.migrate:
             upgrade(settings.database_url)
-        set_runtime(self.runtime)
+        self.root = build(settings, Role.SERVE)
+        self.runtime = self.root.runtime
         self.runtime.profiles  # noqa: B018  (load and validate the mappings now, loudly)
         factory = self.runtime.session_factory
-        if settings.embedded:
-            self.dispatcher = InProcessDispatcher()
-        else:
-            from workers.celery_app import configure
-
-            configure(settings)
-            self.dispatcher = BackgroundDispatcher(CeleryDispatcher(factory))
-        self.runtime.dispatcher = self.dispatcher
+        self.use_cases = self.root.use_cases
+        self.dispatcher = self.use_cases.dispatcher
         self.store_writer = MessageStoreWriter(self.runtime.engine)
         self.runtime.store_health = self.store_writer.health
         inbox = Inbox(self.store_writer, settings.ack_mode,
@@ -77,11 +73,11 @@ class BrokerApp:
                       allowed_senders=settings.hl7_allowed_senders,
                       versions=settings.hl7_versions,
                       read_options=self.runtime.read_options)
-        self.receiver = HL7Receiver(inbox, self.dispatcher, factory,
-                                    ack_timeout=settings.application_ack_timeout,
-                                    failpoint=settings.failpoint)
-        self.dicom = DicomServer(settings, self.runtime.reader_factory, writer=factory,
-                                 dispatcher=self.dispatcher)
+        self.receiver = HL7Receiver(self.use_cases.reception(
+            inbox, ack_timeout=settings.application_ack_timeout,
+            failpoint=settings.failpoint))
+        self.dicom = DicomServer(settings, self.runtime.reader_factory, self.use_cases,
+                                 writer=factory)
         tls = server_context(settings)
         self.dicom.start(tls)
         # Plaintext MLLP unless switched off (-1) or TLS only (HL7 MLLP over TLS, PS3.15 B.1).
@@ -93,19 +89,15 @@ class BrokerApp:
         for server in (self.mllp, self.mllp_tls):
             if server is not None:
                 asyncio.run_coroutine_threadsafe(server.start(), self._loop).result(30)
-        self.sweeper = Sweeper(factory, self.dispatcher, interval=self.sweep_interval,
+        self.sweeper = Sweeper(factory, self.use_cases.sweep, interval=self.sweep_interval,
                                grace=settings.sweep_grace,
                                retention_days=settings.retention_days)
         self.sweeper.start()
-        self.presence: Presence | None = None
-        if isinstance(self.dispatcher, BackgroundDispatcher):
-            self.dispatcher.on_recovered = self.sweeper.wake
-            self.presence = Presence(settings.celery_broker_url, "serve",
-                                     on_recovery=self.sweeper.wake)
-            self.presence.start()
+        self.presence: Presence | None = self.root.start_presence(
+            "serve", on_recovery=self.sweeper.wake)
         self.web: WebServer | None = None
         if settings.http_port >= 0:
-            self.web = WebServer(self.runtime)
+            self.web = WebServer(self.runtime, self.use_cases)
             self.web.start()
         with unit_of_work(factory) as session:
             audit.application(session, settings, start=True)

@@ -1,4 +1,6 @@
-"""The ``mwl-broker`` command line (typer).
+"""The ``mwl-broker`` command line (typer): the commands that work on the database
+and files. The commands that host the adapters (``serve``, ``web``) are added by
+:mod:`broker.main`, and ``worker`` by :mod:`workers.cli`, the installed entry point.
 
 Every command takes ``--config FILE.toml``; settings otherwise come from ``MWLB_*``
 environment variables (see ``mwl-broker serve --help``).
@@ -6,8 +8,6 @@ environment variables (see ``mwl-broker serve --help``).
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -24,11 +24,9 @@ from broker.cli_common import (
     safe_url,
     session_factory,
     settings_from,
-    settings_help,
 )
 from broker.cli_console import register as register_console_commands
 from broker.cli_performed import outbound_app, reconcile_app
-from broker.config import Settings
 from broker.hl7.warnings import from_json
 
 app = typer.Typer(help="Modality worklist and HL7 integration broker.",
@@ -43,106 +41,6 @@ app.add_typer(messages_app, name="messages")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(outbound_app, name="outbound")
 register_console_commands(app)
-
-
-@app.command(epilog=settings_help())
-def serve(config: ConfigOption = None) -> None:
-    """Run the MLLP listener and the DICOM worklist server (and, with no Celery broker
-    configured, process messages in-process on the embedded database)."""
-    from broker.app import BrokerApp
-
-    settings = settings_from(config)
-    configure_logging(json_lines=settings.log_format == "json")
-    broker = BrokerApp(settings)
-    try:
-        broker.start()
-    except Exception as exc:
-        err_console.print(f"[red]could not start:[/red] {exc}")
-        raise typer.Exit(1) from None
-    ports = broker.ports()
-    _print_banner(settings, ports["mllp"], ports["dicom"], broker.http_port,
-                  ports["mllp_tls"], ports["dicom_tls"])
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    broker.stop()
-
-
-def _print_banner(settings: Settings, mllp_port: int | None, dicom_port: int | None,
-                  http_port: int | None, mllp_tls_port: int | None = None,
-                  dicom_tls_port: int | None = None) -> None:
-    """The start banner; a listener that is off (port -1, or plaintext under
-    MWLB_TLS_ONLY) shows as "off" and its sample command is left out."""
-    mode = "embedded (in-process tasks)" if settings.embedded else "Celery workers"
-    sample = "tests/data/samples/05_orm_o01_nw_two_sps.hl7"
-    web = (f"  web console      http://localhost:{http_port}/  (first admin: "
-           f".venv/bin/mwl-broker users add admin --role admin)\n" if http_port else "")
-
-    def where(host: str, port: int | None) -> str:
-        return f"{host}:{port}" if port is not None else "off"
-
-    tls = "".join(f"  {name:<17}{where(host, port)}\n" for name, host, port in (
-        ("HL7 MLLP TLS", settings.mllp_host, mllp_tls_port),
-        ("DICOM TLS", settings.dicom_host, dicom_tls_port)) if port is not None)
-    hints = ""
-    if mllp_port is not None:
-        hints += (f"Send a first order:\n"
-                  f"  .venv/bin/mwl-broker send-hl7 --port {mllp_port} {sample}\n")
-    if dicom_port is not None:
-        hints += (f"Query the worklist like a modality:\n"
-                  f"  findscu -W -aec {settings.ae_title}"
-                  f" -k 'ScheduledProcedureStepSequence[0].Modality=DX'"
-                  f" -k PatientName -k PatientID -k AccessionNumber"
-                  f" -k 'ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime'"
-                  f" localhost {dicom_port}\n")
-    print(
-        f"mwl-broker listening\n"
-        f"  HL7 MLLP         {where(settings.mllp_host, mllp_port)}\n"
-        f"  DICOM            {where(settings.dicom_host, dicom_port)}  AE title "
-        f"{settings.ae_title} (MWL, MPPS, C-STORE, IAN, echo)\n"
-        f"{tls}"
-        f"  database         {safe_url(settings.database_url)}   processing: {mode}\n"
-        f"{web}"
-        f"{hints}",
-        flush=True,
-    )
-
-
-@app.command()
-def worker(
-    config: ConfigOption = None,
-    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-) -> None:
-    """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
-    from broker.migrations import upgrade
-    from broker.runtime import Runtime, set_runtime
-    from workers.celery_app import configure
-    from workers.presence import Presence
-
-    configure_logging(loglevel)
-    settings = settings_from(config)
-    if settings.embedded:
-        err_console.print("[red]MWLB_CELERY_BROKER_URL is empty:[/red] nothing to work for "
-                          "(embedded mode processes in `mwl-broker serve`).")
-        raise typer.Exit(2)
-    upgrade(settings.database_url)
-    runtime = Runtime(settings)
-    set_runtime(runtime)
-    runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
-    runtime.dispose()
-    celery = configure(settings)
-    # Announced in Redis, so that a kill -9 is noticed by serve within seconds and the
-    # tasks this worker held are re-dispatched (workers/presence.py).
-    presence = Presence(settings.celery_broker_url, "worker")
-    presence.start()
-    try:
-        celery.worker_main(["worker", f"--loglevel={loglevel}",
-                            f"--concurrency={concurrency}", "--pool=prefork", "-Q",
-                            "mwl_broker", "--without-gossip", "--without-mingle"])
-    finally:
-        presence.stop()
 
 
 @db_app.command("upgrade")
@@ -163,8 +61,8 @@ def db_prune(
 ) -> None:
     """Delete what is past retention (see README, 'Durability'); the sweeper also does
     it hourly when MWLB_RETENTION_DAYS is set."""
+    from broker.bootstrap import Role, build
     from broker.db import unit_of_work
-    from broker.runtime import Runtime
     from broker.services.retention import prune
 
     settings = settings_from(config)
@@ -173,7 +71,7 @@ def db_prune(
         err_console.print("retention is 0 (keep everything): give --days or set "
                           "MWLB_RETENTION_DAYS")
         raise typer.Exit(2)
-    with unit_of_work(Runtime(settings).session_factory) as session:
+    with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
         counts = prune(session, retention, dry_run=dry_run)
     verb = "would prune" if dry_run else "pruned"
     console.print(f"{verb} (older than {retention:g} days): "
@@ -211,13 +109,13 @@ def mapping_test(
     """Dry run of live processing: print the worklist items each message would produce,
     its warnings and the ACK the broker would send. Order state is checked against
     the configured database without writing to it (exit 1 unless every ACK is AA)."""
+    from broker.bootstrap import Role, build
     from broker.hl7.client import read_hl7_file
     from broker.mapping.render import describe
-    from broker.runtime import Runtime
     from broker.services.dry_run import dry_run, dry_run_database
 
     settings = settings_from(config)
-    runtime = Runtime(settings)
+    runtime = build(settings, Role.COMMAND).runtime
 
     refused = False
     with dry_run_database(settings) as (factory, where):
@@ -302,27 +200,22 @@ def messages_reprocess(
     message_ids: Annotated[list[int], typer.Argument(help="Message id(s).")],
     config: ConfigOption = None,
 ) -> None:
-    """Apply failed (or processed) messages again, e.g. after fixing a mapping."""
+    """Apply failed (or processed) messages again, e.g. after fixing a mapping (here,
+    in this command, which reports each outcome)."""
+    from broker.bootstrap import Role, build
     from broker.models import InboundMessage
-    from broker.runtime import Runtime, set_runtime
-    from broker.services.processing import process_through, reset_for_reprocess
 
     configure_logging("WARNING")
-    settings = settings_from(config)
-    runtime = Runtime(settings)
-    set_runtime(runtime)
-    factory = runtime.session_factory
+    root = build(settings_from(config), Role.COMMAND)
+    factory = root.runtime.session_factory
     worst = 0
     ids = track(message_ids, description="reprocessing", console=err_console,
                 transient=True) if len(message_ids) > 1 else message_ids
     for pk in ids:
-        with factory() as session, session.begin():
-            row = session.get(InboundMessage, pk)
-            if row is None or not reset_for_reprocess(session, row):
-                err_console.print(f"message {pk}: not found or rejected at the door")
-                worst = 1
-                continue
-        process_through(factory, pk, runtime.map, read=runtime.read)
+        if not root.use_cases.reprocess([pk])[0]["queued"]:
+            err_console.print(f"message {pk}: not found or rejected at the door")
+            worst = 1
+            continue
         with factory() as session:
             row = session.get(InboundMessage, pk)
             assert row is not None
@@ -332,6 +225,7 @@ def messages_reprocess(
                 err_console.print(f"message {pk}: {row.status} {row.error_code} "
                                   f"{row.error_location}: {row.error_text}")
                 worst = 1
+    root.close()
     raise typer.Exit(worst)
 
 

@@ -64,9 +64,9 @@ def settings_from(config: Path | None) -> Settings:
 
 
 def session_factory(config: Path | None) -> sessionmaker[Session]:
-    from broker.db import make_engine, make_session_factory
+    from broker.bootstrap import Role, build
 
-    return make_session_factory(make_engine(settings_from(config).database_url))
+    return build(settings_from(config), Role.COMMAND).runtime.session_factory
 
 
 def safe_url(url: str) -> str:

@@ -1,12 +1,10 @@
-"""``mwl-broker web``, ``users``, ``tokens``, ``echo`` and ``worklist query``. User
+"""``mwl-broker users``, ``tokens``, ``echo`` and ``worklist query``. User
 and token administration here is audited like the console's (DICOM PS3.15 A.5.3.13
 Security Alert), with ``cli:<login name>`` as the acting user."""
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +12,6 @@ from rich.table import Table
 
 from broker.cli_common import (
     ConfigOption,
-    configure_logging,
     console,
     err_console,
     settings_from,
@@ -31,29 +28,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(worklist_app, name="worklist")
-    app.command("web")(web)
     app.command("echo")(echo)
-
-
-def web(config: ConfigOption = None) -> None:
-    """Run the web console and JSON API alone (MWLB_HTTP_HOST / MWLB_HTTP_PORT)."""
-    from broker.migrations import upgrade
-    from broker.runtime import Runtime, set_runtime
-    from broker.web.server import WebServer
-
-    settings = settings_from(config)
-    configure_logging(json_lines=settings.log_format == "json")
-    upgrade(settings.database_url)
-    runtime = Runtime(settings)
-    set_runtime(runtime)
-    server = WebServer(runtime)
-    server.start()
-    print(f"mwl-broker console on http://localhost:{server.port}/", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    server.stop()
 
 
 @users_app.command("add")
@@ -67,10 +42,10 @@ def users_add(
     """Create a user. There is no default account: create the first admin here. The
     password needs MWLB_PASSWORD_MIN_LENGTH characters (12) and may not be a common
     password, repetitive or sequential, or contain the user name."""
+    from broker.bootstrap import Role, build
     from broker.db import unit_of_work
     from broker.migrations import upgrade
-    from broker.runtime import Runtime
-    from broker.web.security import add_user
+    from broker.security.accounts import add_user
 
     settings = settings_from(config)
     upgrade(settings.database_url)
@@ -79,7 +54,7 @@ def users_add(
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        with unit_of_work(Runtime(settings).session_factory) as session:
+        with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             add_user(session, settings, _actor(), "", name, password, role)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/red]")
@@ -91,11 +66,11 @@ def users_add(
 def users_list(config: ConfigOption = None) -> None:
     from sqlalchemy import select
 
+    from broker.bootstrap import Role, build
     from broker.models import User
-    from broker.runtime import Runtime
 
     table = Table("name", "role", "created", "last login", "disabled")
-    with Runtime(settings_from(config)).session_factory() as session:
+    with build(settings_from(config), Role.COMMAND).runtime.session_factory() as session:
         for user in session.scalars(select(User).order_by(User.name)):
             table.add_row(user.name, user.role, user.created_at.strftime("%Y-%m-%d"),
                           user.last_login_at.strftime("%Y-%m-%d %H:%M")
@@ -115,15 +90,15 @@ def _actor() -> str:
 def _administer(config: Any, what: Any) -> Any:
     """Run ``what(session, actor)`` in one transaction; a refusal exits 1 with its
     reason."""
+    from broker.bootstrap import Role, build
     from broker.db import unit_of_work
     from broker.migrations import upgrade
-    from broker.runtime import Runtime
-    from broker.web.security import NotFound
+    from broker.security.accounts import NotFound
 
     settings = settings_from(config)
     upgrade(settings.database_url)
     try:
-        with unit_of_work(Runtime(settings).session_factory) as session:
+        with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             return what(session, _actor())
     except (NotFound, ValueError) as exc:
         err_console.print(f"[red]{exc}[/red]")
@@ -133,7 +108,7 @@ def _administer(config: Any, what: Any) -> Any:
 @users_app.command("disable")
 def users_disable(name: str, config: ConfigOption = None) -> None:
     """Disable a user: its console sessions end and its API tokens stop working now."""
-    from broker.web.security import set_disabled
+    from broker.security.accounts import set_disabled
 
     _administer(config, lambda s, actor: set_disabled(s, actor, "", name, True))
     console.print(f"user {name} disabled")
@@ -142,7 +117,7 @@ def users_disable(name: str, config: ConfigOption = None) -> None:
 @users_app.command("enable")
 def users_enable(name: str, config: ConfigOption = None) -> None:
     """Enable a disabled user again."""
-    from broker.web.security import set_disabled
+    from broker.security.accounts import set_disabled
 
     _administer(config, lambda s, actor: set_disabled(s, actor, "", name, False))
     console.print(f"user {name} enabled")
@@ -151,7 +126,7 @@ def users_enable(name: str, config: ConfigOption = None) -> None:
 @users_app.command("delete")
 def users_delete(name: str, config: ConfigOption = None) -> None:
     """Delete a user with its sessions and API tokens (the audit trail keeps the name)."""
-    from broker.web.security import delete_user
+    from broker.security.accounts import delete_user
 
     _administer(config, lambda s, actor: delete_user(s, actor, "", name))
     console.print(f"user {name} deleted")
@@ -164,7 +139,7 @@ def users_role(
     config: ConfigOption = None,
 ) -> None:
     """Give a user another role (the last enabled admin keeps theirs)."""
-    from broker.web.security import set_role
+    from broker.security.accounts import set_role
 
     _administer(config, lambda s, actor: set_role(s, actor, "", name, role))
     console.print(f"user {name} has role {role.value}")
@@ -173,7 +148,7 @@ def users_role(
 @tokens_app.command("list")
 def tokens_list(config: ConfigOption = None) -> None:
     """API tokens of all users (never their values)."""
-    from broker.web.security import list_tokens
+    from broker.security.accounts import list_tokens
 
     rows = _administer(config, lambda s, actor: list_tokens(s))
     table = Table("id", "name", "user", "created", "last used", "revoked")
@@ -186,7 +161,7 @@ def tokens_list(config: ConfigOption = None) -> None:
 @tokens_app.command("revoke")
 def tokens_revoke(token_id: int, config: ConfigOption = None) -> None:
     """Revoke an API token (by its id from `tokens list`): refused with 401 from now on."""
-    from broker.web.security import revoke_token
+    from broker.security.accounts import revoke_token
 
     _administer(config, lambda s, actor: revoke_token(s, actor, "", token_id))
     console.print(f"API token {token_id} revoked")

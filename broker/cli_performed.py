@@ -16,8 +16,8 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
+from broker.bootstrap import Role, Root, build
 from broker.cli_common import ConfigOption, console, err_console, settings_from
-from broker.config import Settings
 
 reconcile_app = typer.Typer(help="Performed work that needs a person: the reconciliation "
                             "inbox.", no_args_is_help=True)
@@ -25,20 +25,19 @@ outbound_app = typer.Typer(help="Order status messages to the EHR (the outbox)."
                            no_args_is_help=True)
 
 
-def _nudge(settings: Settings) -> None:
+def _root(config: ConfigOption) -> Root:
+    return build(settings_from(config), Role.COMMAND)
+
+
+def _queued(root: Root) -> None:
+    """Say where the delivery the use case started goes (wording only: the root's
+    dispatcher published it, or left it to the running broker)."""
+    settings = root.settings
     if settings.embedded:
         console.print(f"queued; the running broker sends it within "
                       f"{settings.sweep_interval:.0f} s")
-        return
-    from broker.runtime import Runtime
-    from workers.celery_app import configure
-    from workers.dispatch import CeleryDispatcher
-
-    configure(settings)
-    dispatcher = CeleryDispatcher(Runtime(settings).session_factory)
-    for dest in settings.outbound_destinations:
-        dispatcher.submit("deliver_outbound", dest.name)
-    console.print("queued; delivery published to the workers")
+    else:
+        console.print("queued; delivery published to the workers")
 
 
 @reconcile_app.command("list")
@@ -49,9 +48,7 @@ def reconcile_list(
 ) -> None:
     """Reconciliation items with their best candidate."""
     from broker.models import ReconciliationItem
-    from broker.runtime import Runtime
-
-    runtime = Runtime(settings_from(config))
+    runtime = _root(config).runtime
     query = select(ReconciliationItem).order_by(ReconciliationItem.id.desc()).limit(limit)
     if state != "all":
         query = query.where(ReconciliationItem.state == state)
@@ -69,9 +66,7 @@ def reconcile_list(
 def reconcile_show(item_id: int, config: ConfigOption = None) -> None:
     """One item: what was observed and the ranked candidates with their reasons."""
     from broker.models import ReconciliationItem
-    from broker.runtime import Runtime
-
-    runtime = Runtime(settings_from(config))
+    runtime = _root(config).runtime
     with runtime.session_factory() as session:
         item = session.get(ReconciliationItem, item_id)
         if item is None:
@@ -97,33 +92,27 @@ def reconcile_link(
     config: ConfigOption = None,
 ) -> None:
     """Tie the item to an order: the same status changes and messages as a direct match."""
-    from broker.db import unit_of_work
-    from broker.runtime import Runtime
-    from broker.services.resolve import ResolveError, link_item
+    from broker.application import ResolveError
 
-    settings = settings_from(config)
-    runtime = Runtime(settings)
+    root = _root(config)
     try:
-        with unit_of_work(runtime.session_factory) as session:
-            outcome = link_item(session, settings, item_id, order, getpass.getuser())
+        outcome = root.use_cases.link_item(item_id, order, getpass.getuser())
     except ResolveError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(outcome)
-    _nudge(settings)
+    _queued(root)
+    root.close()
 
 
 @reconcile_app.command("dismiss")
 def reconcile_dismiss(item_id: int, config: ConfigOption = None) -> None:
     """Close an item without linking it (a test acquisition, say)."""
-    from broker.db import unit_of_work
-    from broker.runtime import Runtime
-    from broker.services.resolve import ResolveError, dismiss_item
+    from broker.application import ResolveError
 
-    runtime = Runtime(settings_from(config))
+    root = _root(config)
     try:
-        with unit_of_work(runtime.session_factory) as session:
-            console.print(dismiss_item(session, item_id, getpass.getuser()))
+        console.print(root.use_cases.dismiss_item(item_id, getpass.getuser()))
     except ResolveError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -137,9 +126,7 @@ def outbound_list(
 ) -> None:
     """Outbox messages, newest first: destination, order, status, attempts, last error."""
     from broker.models import OutboundMessage
-    from broker.runtime import Runtime
-
-    runtime = Runtime(settings_from(config))
+    runtime = _root(config).runtime
     query = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
     if status:
         query = query.where(OutboundMessage.status == status)
@@ -159,20 +146,13 @@ def outbound_resend(
     config: ConfigOption = None,
 ) -> None:
     """Send messages again with their original MSH-10 (failed or already sent ones)."""
-    from broker.db import unit_of_work
-    from broker.runtime import Runtime
-    from broker.services.outbound import resend
-
-    settings = settings_from(config)
-    runtime = Runtime(settings)
-    missing = []
-    with unit_of_work(runtime.session_factory) as session:
-        for pk in message_ids:
-            if resend(session, pk) is None:
-                missing.append(pk)
+    root = _root(config)
+    found = root.use_cases.resend_outbound(message_ids)
+    missing = [pk for pk in message_ids if pk not in found]
     for pk in missing:
         err_console.print(f"no outbound message {pk}")
-    if len(missing) < len(message_ids):
-        _nudge(settings)
+    if found:
+        _queued(root)
+    root.close()
     if missing:
         raise typer.Exit(1)

@@ -1,5 +1,6 @@
-"""Process-wide resources, built once per process (one composition root): settings,
-the engine, the session factory and the loaded mapping profiles."""
+"""Process-wide resources: settings, the engines and session factories, the loaded
+mapping profiles and the reader/mapper built from them. Built once per process by
+the composition root (:mod:`broker.bootstrap`), and nowhere else."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from broker.mapping.profile import ProfileSet, load_profiles
 
 if TYPE_CHECKING:
     from broker.outage import Outage
-    from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +33,14 @@ def local_zone_name() -> str:
 
 
 class Runtime:
-    """What a broker or worker process needs; create one per process (after fork)."""
+    """What a broker or worker process needs, built lazily; one per process (a forked
+    worker child forgets the parent's connections, :meth:`dispose`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timezone = settings.timezone or local_zone_name()
-        self._dispatcher: Dispatcher | None = None
         # Whether the serve process's message store can commit (set by serve; /readyz).
         self.store_health: Outage | None = None
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        """Where tasks submit follow-up work: set by ``serve``; a worker publishes."""
-        if self._dispatcher is None:
-            from workers.dispatch import CeleryDispatcher
-
-            self._dispatcher = CeleryDispatcher(self.session_factory)
-        return self._dispatcher
-
-    @dispatcher.setter
-    def dispatcher(self, value: Dispatcher) -> None:
-        self._dispatcher = value
 
     @cached_property
     def engine(self) -> Engine:
@@ -106,20 +93,3 @@ class Runtime:
         for engine in engines:
             engine.dispose(close=close)
 
-
-_current: Runtime | None = None
-
-
-def set_runtime(runtime: Runtime) -> None:
-    global _current
-    _current = runtime
-
-
-def current_runtime() -> Runtime:
-    """The process's runtime; a bare Celery worker builds it from the environment."""
-    global _current
-    if _current is None:
-        from broker.config import load_settings
-
-        _current = Runtime(load_settings())
-    return _current

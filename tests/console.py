@@ -8,7 +8,7 @@ import httpx
 
 from broker.db import unit_of_work
 from broker.models import Role
-from broker.web.security import create_user, csrf_token
+from broker.security.accounts import create_user, csrf_token
 
 PASSWORD = "correct horse battery"
 

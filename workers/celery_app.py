@@ -29,14 +29,22 @@ import functools
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from celery.worker.consumer import Consumer
 
-from broker.config import Settings
+from broker.bootstrap import Role, Root, build
+from broker.config import Settings, load_settings
+from broker.dispatch import celery_config
 
 app = Celery("mwl_broker", include=["workers.tasks"])
 
 RECONNECT_INTERVAL = 0.5
+
+# The worker process's composition root: built at worker start (``mwl-broker worker``
+# builds it before Celery starts; a bare ``celery -A workers.celery_app worker`` at
+# the worker_init signal), inherited by the pool's forked children.
+_root: Root | None = None
+_settings: Settings | None = None
 
 
 class PromptReconnectConsumer(Consumer):
@@ -50,30 +58,36 @@ class PromptReconnectConsumer(Consumer):
 
 
 def configure(settings: Settings) -> Celery:
-    """Point the app at the configured broker with the choices above."""
-    transport = {"visibility_timeout": settings.redis_visibility_timeout}
-    app.conf.update(
-        broker_url=settings.celery_broker_url,
-        broker_transport_options=transport,
-        result_backend=None,
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_consumer="workers.celery_app:PromptReconnectConsumer",
-        task_default_queue="mwl_broker",
-    )
+    """Point the app at the configured broker with the choices above
+    (:func:`broker.dispatch.celery_config`, shared with the publishers)."""
+    global _settings
+    _settings = settings
+    app.conf.update(celery_config(settings),
+                    worker_consumer="workers.celery_app:PromptReconnectConsumer")
     return app
+
+
+def install(root: Root) -> None:
+    """Make ``root`` the worker process's composition root (before the pool forks)."""
+    global _root
+    _root = root
+
+
+def root() -> Root:
+    """The worker process's composition root, which the tasks take their use cases from."""
+    if _root is None:
+        raise RuntimeError("no composition root: start the worker with `mwl-broker worker`")
+    return _root
+
+
+@worker_init.connect
+def _at_worker_start(**_: Any) -> None:
+    if _root is None:
+        install(build(_settings or load_settings(), Role.WORKER))
 
 
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # A forked child must not reuse the parent's pooled connections.
-    from broker.runtime import current_runtime
-
-    current_runtime().dispose(close=False)
+    if _root is not None:
+        _root.runtime.dispose(close=False)

@@ -1,10 +1,11 @@
-"""Celery tasks. Each takes row ids (or a study UID / destination name) only and is
-idempotent: running one twice finds nothing left to do.
+"""Celery tasks: one per :class:`broker.jobs.Job`, each a shell around its use case
+(:class:`broker.application.UseCases`, from the worker's composition root). Each takes
+row ids (or a study UID / destination name) only and is idempotent: running one twice
+finds nothing left to do.
 
-In embedded mode the same functions are called in-process (calling a Celery task
-object runs its body synchronously), so both modes run identical code. Database
-errors are retried with exponential back-off; the sweeper re-dispatches whatever is
-still unfinished if even that is lost.
+Embedded mode runs the same use cases in-process (:mod:`broker.dispatch`), so both
+modes run identical code. Here database errors are retried with exponential
+back-off; the sweeper re-dispatches whatever is still unfinished if even that is lost.
 """
 
 from __future__ import annotations
@@ -14,18 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from broker.db import unit_of_work
-from broker.models import InboundMessage, MessageStatus
-from broker.outage import Outage
-from broker.runtime import current_runtime
-from broker.services import mpps, outbound, studies
-from broker.services.forward import forward_pending
-from broker.services.processing import lock_key, process_through
-from workers.celery_app import app
+from broker.application import DATABASE, UseCases
+from broker.jobs import Job
+from workers.celery_app import app, root
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +27,6 @@ RETRY_BACKOFF_MAX = 60
 # Bounded: about 8 minutes of back-off, then the task gives up and the row stays
 # unfinished, where the sweeper finds it again and /readyz reports its age.
 TASK_MAX_RETRIES = 10
-
-
-# A database outage makes every task of this process retry: it is logged when it
-# starts, as a reminder while it lasts, and when it ends, not on every retry.
-DATABASE = Outage("database (tasks retry with back-off)", log)
 
 
 class DatabaseUnavailable(Exception):
@@ -63,103 +52,62 @@ def _retrying(task: Task, what: str, body: Callable[[], Any]) -> Any:
     return result
 
 
-def _deliver_soon() -> None:
-    runtime = current_runtime()
-    for dest in runtime.settings.outbound_destinations:
-        runtime.dispatcher.submit("deliver_outbound", dest.name)
+def _use_cases() -> UseCases:
+    return root().use_cases
 
 
-@app.task(name="mwl_broker.process_inbound", bind=True, max_retries=TASK_MAX_RETRIES)
+@app.task(name=Job.PROCESS_INBOUND.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
 def process_inbound(self: Task, message_pk: int) -> int:
-    """Apply inbound message ``message_pk`` (and any earlier pending message of the
-    same patient)."""
-    runtime = current_runtime()
-    return int(_retrying(self, f"message {message_pk}", lambda: process_through(
-        runtime.session_factory, message_pk, runtime.map, read=runtime.read)) or 0)
+    """:meth:`UseCases.apply_message`."""
+    use_cases = _use_cases()
+    return int(_retrying(self, f"message {message_pk}",
+                         lambda: use_cases.apply_message(message_pk)) or 0)
 
 
-@app.task(name="mwl_broker.process_inbound_batch")
+@app.task(name=Job.PROCESS_INBOUND_BATCH.task_name)
 def process_inbound_batch(message_pks: list[int]) -> int:
-    """Apply several stored messages, in order: what the serve process publishes when
-    messages arrive faster than it could publish one task each (one Redis round trip
-    for many wake-ups). A message that meets a database error is handed to its
-    own :func:`process_inbound` task, with that task's retries."""
-    runtime = current_runtime()
-    applied = 0
-    try:  # one query instead of one per message for those already applied (a sweep
-        # after a Redis restart re-dispatches what may already be queued)
-        with runtime.session_factory() as session:
-            pending = set(session.scalars(select(InboundMessage.id).where(
-                InboundMessage.id.in_(message_pks),
-                InboundMessage.status == MessageStatus.RECEIVED.value)))
-        message_pks = [pk for pk in message_pks if pk in pending]
-    except SQLAlchemyError:
-        pass  # each message meets the error below and is retried on its own
-    for message_pk in message_pks:
-        try:
-            process_through(runtime.session_factory, message_pk, runtime.map,
-                            read=runtime.read)
-            applied += 1
-        except SQLAlchemyError as exc:  # handed to a task of its own, with its retries
-            DATABASE.failed(exc)
-            runtime.dispatcher.submit("process_inbound", message_pk, countdown=1)
-        else:
-            DATABASE.ok()
-    return applied
+    """:meth:`UseCases.apply_messages` (which hands a message meeting a database
+    error to a :func:`process_inbound` task of its own, with that task's retries)."""
+    return _use_cases().apply_messages(message_pks)
 
 
-def _in_transaction(key: str, body: Callable[[Session], str]) -> str:
-    with unit_of_work(current_runtime().session_factory) as session:
-        lock_key(session, key)
-        return body(session)
-
-
-@app.task(name="mwl_broker.link_mpps", bind=True, max_retries=TASK_MAX_RETRIES)
+@app.task(name=Job.LINK_MPPS.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
 def link_mpps(self: Task, mpps_pk: int) -> str:
-    """Link MPPS ``mpps_pk`` to its scheduled steps and apply its state."""
-    settings = current_runtime().settings
-    outcome = str(_retrying(self, f"MPPS {mpps_pk}", lambda: _in_transaction(
-        f"mpps:{mpps_pk}", lambda s: mpps.link(s, settings, mpps_pk))))
-    _deliver_soon()
-    return outcome
+    """:meth:`UseCases.link_mpps`."""
+    use_cases = _use_cases()
+    return str(_retrying(self, f"MPPS {mpps_pk}", lambda: use_cases.link_mpps(mpps_pk)))
 
 
-@app.task(name="mwl_broker.reconcile_study", bind=True, max_retries=TASK_MAX_RETRIES)
+@app.task(name=Job.RECONCILE_STUDY.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
 def reconcile_study(self: Task, study_instance_uid: str) -> str:
-    """Tie the new instances and IANs of a study to their order."""
-    settings = current_runtime().settings
-    outcome = str(_retrying(self, "study reconciliation", lambda: _in_transaction(
-        f"study:{study_instance_uid}",
-        lambda s: studies.reconcile_study(s, settings, study_instance_uid))))
-    _deliver_soon()
-    return outcome
+    """:meth:`UseCases.reconcile_study`."""
+    use_cases = _use_cases()
+    return str(_retrying(self, "study reconciliation",
+                         lambda: use_cases.reconcile_study(study_instance_uid)))
 
 
-@app.task(name="mwl_broker.deliver_outbound", bind=True, max_retries=TASK_MAX_RETRIES)
+@app.task(name=Job.DELIVER_OUTBOUND.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
 def deliver_outbound(self: Task, destination: str) -> None:
-    """Send the due outbox messages of ``destination``; schedule the next attempt."""
-    runtime = current_runtime()
-    delay = _retrying(self, f"outbound {destination}", lambda: outbound.deliver(
-        runtime.session_factory, runtime.settings, destination))
-    if delay is not None:
-        runtime.dispatcher.submit("deliver_outbound", destination, countdown=max(delay, 0.05))
+    """:meth:`UseCases.deliver_outbound`."""
+    use_cases = _use_cases()
+    _retrying(self, f"outbound {destination}",
+              lambda: use_cases.deliver_outbound(destination))
 
 
-@app.task(name="mwl_broker.forward_instances", bind=True, max_retries=TASK_MAX_RETRIES)
+@app.task(name=Job.FORWARD_INSTANCES.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
 def forward_instances(self: Task) -> None:
-    """Forward spooled instances to the PACS (storage_mode forward)."""
-    runtime = current_runtime()
-    delay = _retrying(self, "forward", lambda: forward_pending(
-        runtime.session_factory, runtime.settings))
-    if delay is not None:
-        runtime.dispatcher.submit("forward_instances", countdown=delay)
+    """:meth:`UseCases.forward_instances`."""
+    use_cases = _use_cases()
+    _retrying(self, "forward", use_cases.forward_instances)
 
 
-TASKS: dict[str, Task] = {
-    "process_inbound": process_inbound,
-    "process_inbound_batch": process_inbound_batch,
-    "link_mpps": link_mpps,
-    "reconcile_study": reconcile_study,
-    "deliver_outbound": deliver_outbound,
-    "forward_instances": forward_instances,
+TASKS: dict[Job, Task] = {
+    Job.PROCESS_INBOUND: process_inbound,
+    Job.PROCESS_INBOUND_BATCH: process_inbound_batch,
+    Job.LINK_MPPS: link_mpps,
+    Job.RECONCILE_STUDY: reconcile_study,
+    Job.DELIVER_OUTBOUND: deliver_outbound,
+    Job.FORWARD_INSTANCES: forward_instances,
 }
+if set(TASKS) != set(Job):  # a job without its task would be published to nobody
+    raise ImportError(f"jobs without a task: {set(Job) - set(TASKS)}")

@@ -9,8 +9,9 @@
   worklist in its own transaction (:func:`broker.services.mpps.create`);
 * Storage C-STORE (Annex B) for the common modalities, see :mod:`broker.dicom.storage`.
 
-Handlers are thin: unpack the event, call one service function in one transaction,
-map its result or exception to a status. Each association runs in its own pynetdicom
+Handlers are thin: unpack the event, call one use case (:mod:`broker.application`,
+which owns the transaction and the dispatch of the follow-up job), map its result or
+exception to a status. Each association runs in its own pynetdicom
 thread with its own sessions. TCP_NODELAY is set on every accepted socket (Nagle costs
 about 80 ms per association here) and pynetdicom's identifier logging is
 off: it is slow and would print patient data. Whatever reaches beneath pynetdicom's
@@ -42,8 +43,9 @@ from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.application import UseCases
 from broker.audit import hooks as audit
-from broker.config import Settings, StorageMode
+from broker.config import Settings
 from broker.db import unit_of_work
 from broker.dicom import fastpath
 from broker.dicom.limits import LOCAL_LIMIT_EXCEEDED, AssociationGuard, DeferredHandshake
@@ -59,9 +61,7 @@ from broker.dicom.worklist import find_worklist
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
 from broker.security.access import calling_entry, uses_reserve
 from broker.security.tls import certificate_cn
-from broker.services import mpps, studies
 from broker.services.dimse_status import PROCESSING_FAILURE, MppsError
-from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,14 @@ class DicomServer:
     """Start/stop the DICOM listener; ``port`` is the bound port (0 = ephemeral)."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 *, writer: sessionmaker[Session] | None = None,
-                 dispatcher: Dispatcher | None = None, zone: str | None = None) -> None:
+                 use_cases: UseCases, *, writer: sessionmaker[Session] | None = None,
+                 zone: str | None = None) -> None:
         from broker.runtime import local_zone_name
 
         self.settings = settings
         self.session_factory = session_factory
         self.writer = writer or session_factory
-        self.dispatcher = dispatcher
+        self.use_cases = use_cases
         self.zone = zone or settings.timezone or local_zone_name()
         self.ae = AE(ae_title=settings.ae_title)
         self.guard = AssociationGuard(settings)
@@ -230,14 +230,6 @@ class DicomServer:
         # and the transport is closed, else the peer may only see the socket close.
         event.assoc.kill()
 
-    def _submit(self, task: str, *args: Any) -> None:
-        if self.dispatcher is not None:
-            try:
-                self.dispatcher.submit(task, *args)
-            except Exception as exc:  # committed: the sweeper picks it up
-                log.warning("%s not dispatched (%s); left for the sweeper", task,
-                            type(exc).__name__)
-
     @staticmethod
     def _on_connection(event: Any) -> None:
         sock = fastpath.transport_socket(event.assoc)
@@ -326,15 +318,14 @@ class DicomServer:
 
     def _handle_n(self, event: Any, command: str, sop_class: str, uid: str, raw: Any,
                   decode: Callable[[], Dataset],
-                  apply: Callable[[Session, Dataset], tuple[str, Any]]) -> int | Dataset:
-        """Decode, apply in one transaction with the request row, dispatch the task;
-        a refusal or failure is stored with its status in a transaction of its own."""
+                  apply: Callable[[Dataset, DicomRequest], None]) -> int | Dataset:
+        """Decode, then apply with the request row (one use case: one transaction, then
+        the job); a refusal or failure is stored with its status in a transaction of
+        its own."""
         record = self._request_row(event, command, sop_class, uid, raw)
         try:
             ds = decode()
-            with unit_of_work(self.writer) as session:
-                task, arg = apply(session, ds)
-                session.add(record)
+            apply(ds, record)
         except MppsError as exc:
             # An N-CREATE response has no Attribute Identifier List field (pynetdicom
             # drops it): there the Error Comment names the tags.
@@ -347,7 +338,6 @@ class DicomServer:
             log.info("%s: unreadable attribute list (%s)", command, type(exc).__name__)
             return self._refuse(record, PROCESSING_FAILURE,
                                 f"cannot read the attribute list: {type(exc).__name__}")
-        self._submit(task, arg)
         return 0x0000
 
     def _refuse(self, record: DicomRequest, code: int, comment: str,
@@ -356,8 +346,7 @@ class DicomServer:
         record.status, record.error_comment = code, comment[:1024]
         log.info("%s %s refused: 0x%04X", record.command, record.sop_instance_uid, code)
         try:
-            with unit_of_work(self.writer) as session:
-                session.add(record)
+            self.use_cases.record_refusal(record)
         except SQLAlchemyError as exc:
             log.error("could not store the refused request: %s", type(exc).__name__)
         return _status(code, comment, error_id, tags)
@@ -369,15 +358,12 @@ class DicomServer:
         uid = given or generate_uid()
         calling = str(event.assoc.requestor.ae_title)
 
-        def apply(session: Session, ds: Dataset) -> tuple[str, Any]:
+        def apply(ds: Dataset, record: DicomRequest) -> None:
             if sop_class == MPPS:
-                row = mpps.create(session, uid, ds, calling)
-                audit.procedure_record(session, calling, str(event.assoc.requestor.address),
-                                       "N-CREATE", row.patient_id, row.study_instance_uid)
-                return "link_mpps", row.id
-            notice = studies.record_availability(session, ds, sop_instance_uid=uid,
-                                                 calling_ae_title=calling)
-            return "reconcile_study", notice.study_instance_uid
+                self.use_cases.record_mpps_create(
+                    uid, ds, calling, str(event.assoc.requestor.address), record)
+            else:
+                self.use_cases.record_availability(uid, ds, calling, record)
 
         status = self._handle_n(event, "N-CREATE", sop_class, uid, req.AttributeList,
                                 lambda: event.attribute_list, apply)
@@ -391,12 +377,9 @@ class DicomServer:
         req = event.request
         uid = str(req.RequestedSOPInstanceUID or "")
 
-        def apply(session: Session, ds: Dataset) -> tuple[str, Any]:
-            row = mpps.update(session, uid, ds)
-            audit.procedure_record(session, str(event.assoc.requestor.ae_title),
-                                   str(event.assoc.requestor.address), "N-SET", row.patient_id,
-                                   row.study_instance_uid)
-            return "link_mpps", row.id
+        def apply(ds: Dataset, record: DicomRequest) -> None:
+            self.use_cases.record_mpps_set(uid, ds, str(event.assoc.requestor.ae_title),
+                                           str(event.assoc.requestor.address), record)
 
         status = self._handle_n(event, "N-SET", str(req.RequestedSOPClassUID), uid,
                                 req.ModificationList, lambda: event.modification_list, apply)
@@ -418,13 +401,11 @@ class DicomServer:
         try:
             if path is not None:
                 write_file(path, event.encoded_dataset())
-            with unit_of_work(self.writer) as session:
-                studies.index_instance(
-                    session, ds, sop_class_uid=sop_class, sop_instance_uid=sop,
-                    calling_ae_title=str(event.assoc.requestor.ae_title),
-                    transfer_syntax_uid=str(event.context.transfer_syntax),
-                    file_path=str(path or ""),
-                    forward=self.settings.storage_mode is StorageMode.FORWARD)
+            self.use_cases.record_instance(
+                ds, sop_class_uid=sop_class, sop_instance_uid=sop,
+                calling_ae_title=str(event.assoc.requestor.ae_title),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                file_path=str(path or ""))
         except (OSError, SQLAlchemyError) as exc:
             log.error("C-STORE %s: not stored (%s)", sop, type(exc).__name__)
             return OUT_OF_RESOURCES
@@ -437,16 +418,6 @@ class DicomServer:
     def _on_association_end(self, event: Any) -> None:
         with self._lock:
             stored = self._studies.pop(id(event.assoc), {})
-        if stored:
-            try:
-                with unit_of_work(self.writer) as session:
-                    for study, (count, patient_id) in stored.items():
-                        audit.instances_received(
-                            session, str(event.assoc.requestor.ae_title),
-                            str(event.assoc.requestor.address), study, patient_id, count)
-            except SQLAlchemyError as exc:
-                log.error("instances-transferred audit not recorded: %s", type(exc).__name__)
-        for study in sorted(stored):
-            self._submit("reconcile_study", study)
-        if stored and self.settings.storage_mode is StorageMode.FORWARD:
-            self._submit("forward_instances")
+        self.use_cases.instances_received(
+            str(event.assoc.requestor.ae_title), str(event.assoc.requestor.address),
+            {study: (count, patient_id) for study, (count, patient_id) in stored.items()})

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.db import is_sqlite, refresh_planner_statistics, unit_of_work
+from broker.jobs import Job
 from broker.models import (
     AvailabilityNotification,
     InboundMessage,
@@ -29,7 +30,6 @@ from broker.models import (
 from broker.outage import Outage
 from broker.services.outbound import due_destinations
 from broker.services.retention import prune
-from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -47,77 +47,53 @@ def pending_messages(session: Session, older_than: timedelta, limit: int = 1000,
 
 
 def pending_tasks(session: Session, older_than: timedelta,
-                  limit: int = 1000) -> list[tuple[str, tuple[object, ...]]]:
+                  limit: int = 1000) -> list[tuple[Job, tuple[object, ...]]]:
     """Performed-work tasks committed but unfinished, and outbound/forward work due."""
     cutoff = datetime.now(UTC) - older_than
-    tasks: list[tuple[str, tuple[object, ...]]] = []
+    tasks: list[tuple[Job, tuple[object, ...]]] = []
     for pk in session.scalars(select(PerformedProcedureStep.id).where(
             PerformedProcedureStep.linked_version < PerformedProcedureStep.version,
             PerformedProcedureStep.updated_at <= cutoff).limit(limit)):
-        tasks.append(("link_mpps", (pk,)))
+        tasks.append((Job.LINK_MPPS, (pk,)))
     studies = set(session.scalars(select(StoredInstance.study_instance_uid).where(
         StoredInstance.reconciled.is_(False), StoredInstance.received_at <= cutoff)
         .distinct().limit(limit)))
     studies |= set(session.scalars(select(AvailabilityNotification.study_instance_uid).where(
         AvailabilityNotification.reconciled.is_(False),
         AvailabilityNotification.received_at <= cutoff).distinct().limit(limit)))
-    tasks += [("reconcile_study", (uid,)) for uid in sorted(studies)]
-    tasks += [("deliver_outbound", (name,)) for name in due_destinations(session)]
+    tasks += [(Job.RECONCILE_STUDY, (uid,)) for uid in sorted(studies)]
+    tasks += [(Job.DELIVER_OUTBOUND, (name,)) for name in due_destinations(session)]
     if session.scalar(select(StoredInstance.id).where(
             StoredInstance.forward_state == "pending",
             StoredInstance.forward_due_at <= datetime.now(UTC)).limit(1)) is not None:
-        tasks.append(("forward_instances", ()))
+        tasks.append((Job.FORWARD_INSTANCES, ()))
     return tasks
 
 
-PAGE = 1000
-
-
-def sweep(factory: sessionmaker[Session], dispatcher: Dispatcher,
-          older_than: timedelta, skip: Callable[[int], bool] | None = None) -> int:
-    """Dispatch everything unfinished older than ``older_than``, except messages for
-    which ``skip`` says so; returns the count. Messages are read a page at a time, but
-    all of them in one pass: a backlog left by a Redis restart goes out at once, not a
-    thousand per interval."""
-    messages, after = 0, 0
-    while True:
-        with factory() as session:
-            page = pending_messages(session, older_than, PAGE, after)
-        ids = [pk for pk in page if skip is None or not skip(pk)]
-        for pk in ids:
-            dispatcher.dispatch(pk)
-        messages += len(ids)
-        if len(page) < PAGE:
-            break
-        after = page[-1]
-    with factory() as session:
-        tasks = pending_tasks(session, older_than)
-    for task, args in tasks:
-        dispatcher.submit(task, *args)
-    if messages or tasks:
-        log.info("sweeper re-dispatched %d message(s) and %d task(s)", messages, len(tasks))
-    return messages + len(tasks)
+# The sweep use case (:meth:`broker.application.UseCases.sweep`): dispatch what is
+# pending for ``older_than``, except messages ``skip`` says so for; returns the count.
+SweepPass = Callable[[timedelta, Callable[[int], bool] | None], int]
 
 
 class Sweeper(threading.Thread):
-    """Runs :func:`sweep` at start (everything pending) and then every ``interval``;
+    """Runs ``sweep`` (the use case) at start (everything pending) and then every ``interval``;
     prunes past ``retention_days`` once an hour (broker.services.retention); refreshes
     the SQLite planner statistics at start, hourly, and whenever the number of steps
     has doubled since the last time (broker.db.refresh_planner_statistics).
 
     :meth:`wake` runs a pass now over everything pending, whatever its age: for when
     queued work is known to be lost or stranded (Redis restarted or reachable again, a
-    broker or worker process gone without notice; see :mod:`workers.presence`), so that
+    broker or worker process gone without notice; see :mod:`broker.presence`), so that
     recovery starts within seconds instead of after ``grace``."""
 
     PRUNE_EVERY = timedelta(hours=1)
     ANALYZE_EVERY = timedelta(hours=1)
 
-    def __init__(self, factory: sessionmaker[Session], dispatcher: Dispatcher,
+    def __init__(self, factory: sessionmaker[Session], sweep: SweepPass,
                  interval: float = 15.0, grace: float = 30.0,
                  retention_days: float = 0.0) -> None:
         super().__init__(name="mwl-sweeper", daemon=True)
-        self.factory, self.dispatcher = factory, dispatcher
+        self.factory, self.sweep = factory, sweep
         self.interval, self.grace = interval, grace
         self.retention_days = retention_days
         self._pruned_at: datetime | None = None
@@ -179,7 +155,7 @@ class Sweeper(threading.Thread):
         self._seen = set()
         if recovery:  # everything now, and the back-off starts again from here
             self._backoff.clear()
-        sweep(self.factory, self.dispatcher, older_than, self._skip)
+        self.sweep(older_than, self._skip)
         self._backoff = {pk: v for pk, v in self._backoff.items() if pk in self._seen}
 
     def wake(self, reason: str) -> None:

@@ -14,9 +14,10 @@ from sqlalchemy import select
 
 from broker.db import unit_of_work
 from broker.models import Role, User
-from broker.web import actions, mappings, queries
-from broker.web import security as sec
-from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of
+from broker.security import accounts as sec
+from broker.services.resolve import ResolveError
+from broker.web import mappings, queries
+from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of, use_cases_of
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -82,7 +83,7 @@ def message(request: Request, session: DB, user: Viewer, message_id: int) -> dic
 
 @router.post("/messages/{message_id}/reprocess")
 def reprocess_one(request: Request, user: Operator, message_id: int) -> dict[str, Any]:
-    result = actions.reprocess(runtime_of(request), [message_id])[0]
+    result = use_cases_of(request).reprocess([message_id])[0]
     if not result["queued"]:
         raise HTTPException(409, result["reason"])
     return result
@@ -91,7 +92,7 @@ def reprocess_one(request: Request, user: Operator, message_id: int) -> dict[str
 @router.post("/messages/reprocess")
 def reprocess_many(request: Request, user: Operator, body: Ids) -> list[dict[str, Any]]:
     """Reprocess several messages (bulk)."""
-    return actions.reprocess(runtime_of(request), body.ids)
+    return use_cases_of(request).reprocess(body.ids)
 
 
 @router.get("/worklist")
@@ -130,16 +131,16 @@ def reconciliation(session: DB, user: Viewer, state: str = "open") -> list[dict[
 def reconciliation_link(request: Request, user: Operator, item_id: int,
                         body: LinkRequest) -> dict[str, str]:
     try:
-        return {"outcome": actions.link(runtime_of(request), item_id, body.order, user.name)}
-    except actions.ResolveError as exc:
+        return {"outcome": use_cases_of(request).link_item(item_id, body.order, user.name)}
+    except ResolveError as exc:
         raise HTTPException(409, str(exc)) from None
 
 
 @router.post("/reconciliation/{item_id}/dismiss")
 def reconciliation_dismiss(request: Request, user: Operator, item_id: int) -> dict[str, str]:
     try:
-        return {"outcome": actions.dismiss(runtime_of(request), item_id, user.name)}
-    except actions.ResolveError as exc:
+        return {"outcome": use_cases_of(request).dismiss_item(item_id, user.name)}
+    except ResolveError as exc:
         raise HTTPException(409, str(exc)) from None
 
 
@@ -162,7 +163,7 @@ def outbound(session: DB, user: Viewer, status: str = "") -> list[dict[str, Any]
 
 @router.post("/outbound/{message_id}/resend")
 def outbound_resend(request: Request, user: Operator, message_id: int) -> dict[str, Any]:
-    if not actions.resend_outbound(runtime_of(request), message_id):
+    if not use_cases_of(request).resend_outbound([message_id]):
         raise HTTPException(404, "no such outbound message")
     return {"id": message_id, "queued": True}
 

@@ -1,7 +1,8 @@
 """The console application (FastAPI): pages, the JSON API under /api, OpenAPI docs at
 /docs, and /metrics, /healthz, /readyz; every response carries the security headers
 and every state-changing request is checked against cross-site request forgery
-(broker.web.protections). ``create_app`` takes the process's Runtime;
+(broker.web.protections). ``create_app`` takes the process's Runtime and use cases
+(from the composition root, broker.bootstrap);
 ``mwl-broker serve`` runs it beside the MLLP and DICOM servers, ``mwl-broker web``
 alone."""
 
@@ -13,15 +14,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from broker.application import UseCases
 from broker.runtime import Runtime
 from broker.web import api, ops, pages, protections
 from broker.web.deps import LoginRequired
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime, use_cases: UseCases) -> FastAPI:
     app = FastAPI(title="mwl-broker", version="0.1.0",
                   description="Modality worklist and HL7 integration broker: console API.")
     app.state.runtime = runtime
+    app.state.use_cases = use_cases
     app.state.metrics = ops.metrics_registry(runtime)
     protections.install(app, runtime.settings.http_trusted_origins)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

@@ -10,11 +10,12 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
+from broker.application import UseCases
 from broker.db import unit_of_work
 from broker.models import Role, User
 from broker.runtime import Runtime
+from broker.security.accounts import has_role, session_user, token_user
 from broker.web import protections
-from broker.web.security import has_role, session_user, token_user
 
 COOKIE = protections.COOKIE
 
@@ -28,9 +29,15 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
+def use_cases_of(request: Request) -> UseCases:
+    """The process's use cases: every write action of the console is one of them."""
+    use_cases: UseCases = request.app.state.use_cases
+    return use_cases
+
+
 def db(request: Request) -> Iterator[Session]:
-    """A read-only session per request (writes go through broker.web.actions, each in
-    a transaction of its own, so a request never holds a write lock while it works)."""
+    """A read-only session per request (writes go through the use cases, each in a
+    transaction of its own, so a request never holds a write lock while it works)."""
     with runtime_of(request).reader_factory() as session:
         yield session
 

@@ -21,8 +21,10 @@ from sqlalchemy import select
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
 from broker.models import Role, User
-from broker.web import actions, mappings, queries
-from broker.web import security as sec
+from broker.security import accounts as sec
+from broker.security.accounts import csrf_token, end_session, has_role, session_user, start_session
+from broker.services.resolve import ResolveError
+from broker.web import mappings, queries
 from broker.web.deps import (
     COOKIE,
     DB,
@@ -31,9 +33,9 @@ from broker.web.deps import (
     PageViewer,
     client_address,
     runtime_of,
+    use_cases_of,
 )
 from broker.web.protections import form_token_required
-from broker.web.security import csrf_token, end_session, has_role, session_user, start_session
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False, dependencies=[Depends(form_token_required)])
@@ -141,7 +143,7 @@ def message(request: Request, session: DB, user: PageViewer, message_id: int) ->
 @router.post("/messages/reprocess")
 def reprocess(request: Request, user: PageOperator,
               ids: Annotated[list[int], Form()]) -> Response:
-    results = actions.reprocess(runtime_of(request), ids)
+    results = use_cases_of(request).reprocess(ids)
     queued = [str(r["id"]) for r in results if r["queued"]]
     refused = [str(r["id"]) for r in results if not r["queued"]]
     notice = (f"queued for reprocessing: {', '.join(queued) or 'none'}"
@@ -198,8 +200,8 @@ def reconciliation(request: Request, session: DB, user: PageViewer,
 def reconciliation_link(request: Request, user: PageOperator, item_id: int,
                         order: Annotated[str, Form()]) -> Response:
     try:
-        notice = actions.link(runtime_of(request), item_id, order, user.name)
-    except actions.ResolveError as exc:
+        notice = use_cases_of(request).link_item(item_id, order, user.name)
+    except ResolveError as exc:
         notice = f"not linked: {exc}"
     return back("/reconciliation", notice)
 
@@ -207,8 +209,8 @@ def reconciliation_link(request: Request, user: PageOperator, item_id: int,
 @router.post("/reconciliation/{item_id}/dismiss")
 def reconciliation_dismiss(request: Request, user: PageOperator, item_id: int) -> Response:
     try:
-        notice = actions.dismiss(runtime_of(request), item_id, user.name)
-    except actions.ResolveError as exc:
+        notice = use_cases_of(request).dismiss_item(item_id, user.name)
+    except ResolveError as exc:
         notice = f"not dismissed: {exc}"
     return back("/reconciliation", notice)
 
@@ -235,7 +237,7 @@ def outbound(request: Request, session: DB, user: PageViewer, status: str = "") 
 
 @router.post("/outbound/{message_id}/resend")
 def outbound_resend(request: Request, user: PageOperator, message_id: int) -> Response:
-    found = actions.resend_outbound(runtime_of(request), message_id)
+    found = bool(use_cases_of(request).resend_outbound([message_id]))
     return back("/outbound", f"message {message_id} queued again" if found
                 else f"no outbound message {message_id}")
 

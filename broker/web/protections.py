@@ -12,7 +12,7 @@ CSRF (OWASP Cross-Site Request Forgery Prevention Cheat Sheet), two layers:
   (a browser never adds that header by itself) and is not checked. A login (no
   session yet) is refused only when it names a foreign origin (login CSRF).
 * Synchronizer token, HTML forms: every POST form of the pages carries the session's
-  token (:func:`broker.web.security.csrf_token`) in the hidden field ``csrf_token``;
+  token (:func:`broker.security.accounts.csrf_token`) in the hidden field ``csrf_token``;
   :func:`form_token_required` refuses a page POST with a session but without it.
 
 SameSite=Strict on the cookie stays as a third layer, not relied upon.
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from broker.web.security import csrf_token
+from broker.security.accounts import csrf_token
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import time
 
 import uvicorn
 
+from broker.application import UseCases
 from broker.runtime import Runtime
 from broker.web.app import create_app
 
@@ -14,9 +15,9 @@ from broker.web.app import create_app
 class WebServer:
     """Start/stop uvicorn serving the console; ``port`` is the bound port."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, use_cases: UseCases) -> None:
         settings = runtime.settings
-        config = uvicorn.Config(create_app(runtime), host=settings.http_host,
+        config = uvicorn.Config(create_app(runtime, use_cases), host=settings.http_host,
                                 port=settings.http_port, log_level="warning", lifespan="off",
                                 access_log=False)
         self._server = uvicorn.Server(config)

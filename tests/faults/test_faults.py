@@ -96,7 +96,7 @@ def test_whole_worker_killed_and_restarted(cluster: dict[str, Any]) -> None:
         cluster["root"], "stopped without notice", killed_at)
     check("whole worker kill -9, restarted", cluster, burst, figures)
     # The tasks the killed worker held stay unacknowledged in Redis for the visibility
-    # timeout; serve notices the worker gone (workers/presence.py) and re-dispatches.
+    # timeout; serve notices the worker gone (broker/presence.py) and re-dispatches.
     assert figures["resume_seconds"] is not None and figures["resume_seconds"] < 5, figures
 
 
@@ -144,7 +144,7 @@ def test_two_nodes_on_one_database(cluster: dict[str, Any]) -> None:
     """High availability behind a virtual IP: two serve processes and a worker started
     together on an empty database all come up (the schema upgrade takes a lock); both
     nodes answer; one is killed and the other picks up its committed work within
-    seconds (it notices the node gone, workers/presence.py), while its clients move
+    seconds (it notices the node gone, broker/presence.py), while its clients move
     over (the virtual IP) and resend what was not answered."""
     broker: Broker = cluster["broker"]
     names = ["serve", "serve2", "worker"]

@@ -11,6 +11,7 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from broker.jobs import Job
 from broker.models import (
     DicomRequest,
     MppsStepLink,
@@ -25,7 +26,6 @@ from tests.ehr import EHREndpoint, field
 from tests.integration.hl7util import send
 from tests.modality import MPPS, final, in_progress, n_create, n_set, step_item
 from tests.workflow import STUDY_05, destination, step_statuses, wait_until
-from workers.tasks import link_mpps
 
 SPS1 = step_item(accession="ACC0001", rp_id="RP0001", sps_id="SPS0001", study_uid=STUDY_05)
 
@@ -183,22 +183,22 @@ def test_started_steps_can_stay_on_the_worklist(make_broker: Any) -> None:
 
 
 class HeldTasks:
-    """Stands in for the DICOM server's dispatcher and keeps every task it is handed
-    until :meth:`release`: the linking task cannot run in the meantime, whatever the
-    timing (the sweeper only re-dispatches after MWLB_SWEEP_GRACE, 30 s)."""
+    """Stands in for the use cases' dispatcher and keeps every job it is handed until
+    :meth:`release`: the linking job cannot run in the meantime, whatever the timing
+    (the sweeper only re-dispatches after MWLB_SWEEP_GRACE, 30 s)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.held: list[tuple[str, tuple[Any, ...]]] = []
-        app.dicom.dispatcher = self
+        self.held: list[tuple[Job, tuple[Any, ...]]] = []
+        app.use_cases.dispatcher = self
 
-    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
-        self.held.append((task, args))
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
+        self.held.append((job, args))
 
     def release(self) -> None:
-        self.app.dicom.dispatcher = self.app.dispatcher
-        for task, args in self.held:
-            self.app.dispatcher.submit(task, *args)
+        self.app.use_cases.dispatcher = self.app.dispatcher
+        for job, args in self.held:
+            self.app.dispatcher.submit(job, *args)
 
 
 def history(app: Any, sps_id: str) -> list[tuple[str, str, str]]:
@@ -247,7 +247,7 @@ def test_n_create_takes_the_step_off_the_worklist_before_its_response(
     assert [sps(ds).ScheduledProcedureStepID for ds in started] == ["SPS0001"]
 
     row = stored(app, uid)
-    assert held.held == [("link_mpps", (row.id,))], "the task has not run"
+    assert held.held == [(Job.LINK_MPPS, (row.id,))], "the task has not run"
     assert (row.link_state, row.linked_version, row.version) == ("linked", 0, 1)
     cause = f"MPPS {row.id} (IN PROGRESS)"
     assert history(app, "SPS0001")[-1] == ("SCHEDULED", "STARTED", cause)
@@ -257,7 +257,7 @@ def test_n_create_takes_the_step_off_the_worklist_before_its_response(
     held.release()
     assert settle(app) == {"SPS0001": "STARTED", "SPS0002": "SCHEDULED"}
     assert [field(m, "ORC", 5) for m in ehr.wait_for(1)] == ["IP"]
-    assert link_mpps(row.id) == "nothing to do"  # run again, here: no second effect
+    assert app.use_cases.link_mpps(row.id) == "nothing to do"  # again: no second effect
     assert reported(app) == ["IP"] and len(ehr.messages()) == 1
     assert [h for h in history(app, "SPS0001") if h[2] == cause] == [
         ("SCHEDULED", "STARTED", cause)]

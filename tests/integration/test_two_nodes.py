@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from broker.application import Reception
 from broker.config import AckMode
 from broker.db import make_engine, make_session_factory
-from broker.hl7.listener import HL7Receiver
 from broker.migrations import upgrade
 from broker.models import InboundMessage
 from broker.services.inbound import Inbox
@@ -54,7 +54,7 @@ def test_two_nodes_answering_one_message_send_the_same_stored_ack(postgres_url: 
         assert stored is not None and stored[1] is None  # stored, no ACK yet
         pk = stored[0]
         barrier = threading.Barrier(2)
-        nodes = [HL7Receiver(Inbox(writer, AckMode.APPLICATION), dispatcher=None,  # type: ignore[arg-type]
+        nodes = [Reception(Inbox(writer, AckMode.APPLICATION), dispatcher=None,  # type: ignore[arg-type]
                              session_factory=_ReadTogether(factory, barrier),
                              ack_timeout=0.1) for _ in range(2)]
         with ThreadPoolExecutor(2) as pool:

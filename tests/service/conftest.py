@@ -25,8 +25,10 @@ from sqlalchemy import Engine, create_engine, delete, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.application import UseCases
+from broker.bootstrap import Role, build
 from broker.config import AckMode, Settings
-from broker.db import make_engine, make_session_factory, unit_of_work
+from broker.db import make_engine, unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7.message import Message
 from broker.mapping.apply import map_message
@@ -43,7 +45,7 @@ from broker.models import (
 )
 from broker.services.inbound import Inbox
 from broker.services.message_store import MessageStoreWriter
-from broker.services.processing import lock_key, process_through
+from broker.services.processing import lock_key
 from tests.conftest import MAPPINGS, PG_ADMIN_URL, broker_settings
 from tests.workflow import destination
 
@@ -138,12 +140,14 @@ def profiles() -> ProfileSet:
 @dataclass
 class Services:
     """One broker's worth of services on one database: the message store as the MLLP
-    listener writes it, the processor's mapper, the settings the tasks read."""
+    listener writes it, the processor's mapper, the settings the tasks read, and the
+    use cases of a one-shot command (jobs they start are not run: there is no broker)."""
 
     factory: sessionmaker[Session]
     settings: Settings
     profiles: ProfileSet
     inbox: Inbox
+    use_cases: UseCases
 
     def map(self, msg: Message, *,
             received_at: datetime | None = None) -> OrderMessage | AdtMessage:
@@ -161,9 +165,9 @@ class Services:
         return stored[0]
 
     def process(self, raw: bytes) -> InboundMessage:
-        """Store and apply one message (the processing task's body); its row after."""
+        """Store and apply one message (the apply-message use case); its row after."""
         pk = self.store(raw)
-        process_through(self.factory, pk, self.map)
+        self.use_cases.apply_message(pk)
         return self.message(pk)
 
     def message(self, pk: int) -> InboundMessage:
@@ -230,11 +234,12 @@ def services(database_url: str, tmp_path: Path, profiles: ProfileSet) -> Iterato
     settings = broker_settings(tmp_path, database_url=database_url, timezone=TIMEZONE,
                                ack_mode=AckMode.APPLICATION,
                                outbound_destinations=destination(CLOSED_PORT))
-    engine = make_engine(database_url)
-    writer = MessageStoreWriter(engine)
+    root = build(settings, Role.COMMAND)
+    root.runtime.profiles = profiles  # type: ignore[misc]  (loaded once per session)
+    writer = MessageStoreWriter(root.runtime.engine)
     try:
-        yield Services(make_session_factory(engine), settings, profiles,
-                       Inbox(writer, AckMode.APPLICATION))
+        yield Services(root.runtime.session_factory, settings, profiles,
+                       Inbox(writer, AckMode.APPLICATION), root.use_cases)
     finally:
         writer.close()
-        engine.dispose()
+        root.close()

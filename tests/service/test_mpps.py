@@ -37,8 +37,8 @@ def update(services: Services, uid: str, modification: Dataset) -> int:
 
 
 def link(services: Services, pk: int) -> str:
-    """The linking task's body, under its lock."""
-    return services.task(f"mpps:{pk}", lambda s: mpps.link(s, services.settings, pk))
+    """The linking use case (the link_mpps job)."""
+    return services.use_cases.link_mpps(pk)
 
 
 def performed(services: Services, pk: int) -> PerformedProcedureStep:

@@ -92,8 +92,7 @@ def test_a_person_links_an_unmatched_study(services: Services) -> None:
     [item] = services.items()
     assert (item.kind, item.state) == (ReconciliationKind.UNMATCHED_STUDY.value, "open")
     assert services.outbox() == []
-    outcome = services.task("resolve", lambda s: resolve.link_item(
-        s, services.settings, item.id, ACCESSION_05, "alice"))
+    outcome = services.use_cases.link_item(item.id, ACCESSION_05, "alice")
     assert ACCESSION_05 in outcome
     [linked] = services.items()
     rp = services.procedure(ACCESSION_05)
@@ -113,26 +112,23 @@ def test_a_person_links_an_unscheduled_mpps(services: Services) -> None:
     uid = generate_uid()
     pk = services.task("create", lambda s: mpps.create(
         s, uid, in_progress([step_item()], modality="DX"), "DX01").id)
-    services.task(f"mpps:{pk}", lambda s: mpps.link(s, services.settings, pk))
+    services.use_cases.link_mpps(pk)
     [item] = services.items()
     assert item.kind == ReconciliationKind.UNSCHEDULED_MPPS.value
-    services.task("resolve", lambda s: resolve.link_item(
-        s, services.settings, item.id, ACCESSION_05, "alice"))
+    services.use_cases.link_item(item.id, ACCESSION_05, "alice")
     assert services.statuses() == {"SPS0001": "STARTED", "SPS0002": "STARTED"}
     assert [m.trigger for m in services.outbox()] == ["IP"]
     assert services.items()[0].state == "linked"
     with pytest.raises(resolve.ResolveError, match="already linked"):
-        services.task("resolve", lambda s: resolve.link_item(
-            s, services.settings, item.id, ACCESSION_05, "bob"))
-    assert services.task(f"mpps:{pk}", lambda s: mpps.link(
-        s, services.settings, pk)) == "nothing to do"
+        services.use_cases.link_item(item.id, ACCESSION_05, "bob")
+    assert services.use_cases.link_mpps(pk) == "nothing to do"
 
 
 def test_a_person_dismisses_an_item(services: Services) -> None:
     """Dismissing closes the item without touching orders or the outbox."""
     notify(services, ian(generate_uid(), patient_id="424242"))
     [item] = services.items()
-    services.task("dismiss", lambda s: resolve.dismiss_item(s, item.id, "alice"))
+    services.use_cases.dismiss_item(item.id, "alice")
     [closed] = services.items()
     assert (closed.state, closed.resolved_by, closed.procedure_pk) == ("dismissed", "alice", None)
     assert services.outbox() == []

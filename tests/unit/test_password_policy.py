@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.web.security import check_password, common_passwords
+from broker.security.accounts import check_password, common_passwords
 
 
 def test_the_bundled_list_is_there() -> None:

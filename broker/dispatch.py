@@ -1,10 +1,13 @@
-"""How committed work reaches the task code: in-process (embedded) or via Celery.
+"""How committed work reaches the use case that does it: in-process (embedded) or
+via Celery (distributed). Which one a process uses is decided in
+:mod:`broker.bootstrap` only.
 
-Both dispatchers run the task functions of :mod:`workers.tasks`; they differ only in
-where. ``dispatch`` hands over a stored inbound message; ``submit`` any other task by
-name (MPPS linking, study reconciliation, outbound delivery, forwarding), optionally
-after ``countdown`` seconds. ``wait`` lets the MLLP listener hold an application-mode
-ACK until the message has been applied.
+Every dispatcher ends in the same job runner (:meth:`broker.application.UseCases.run`,
+called in this process or by a Celery task in a worker); they differ only in where.
+``dispatch`` hands over a stored inbound message; ``submit`` any other :class:`Job`
+(MPPS linking, study reconciliation, outbound delivery, forwarding), optionally after
+``countdown`` seconds. ``wait`` lets the MLLP listener hold an application-mode ACK
+until the message has been applied.
 """
 
 from __future__ import annotations
@@ -16,62 +19,69 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.batching import take_batch
+from broker.config import Settings
+from broker.jobs import Job
 from broker.models import InboundMessage, MessageStatus
 from broker.outage import Outage, describe_redis
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
 # In-process lanes: network-bound tasks get their own thread so that an EHR or PACS
 # that does not answer never delays order processing.
-LANES = {"deliver_outbound": "outbound", "forward_instances": "forward"}
+LANES = {Job.DELIVER_OUTBOUND: "outbound", Job.FORWARD_INSTANCES: "forward"}
+
+# Runs one job in this process: :meth:`broker.application.UseCases.run`.
+JobRunner = Callable[..., Any]
 
 
 class Dispatcher(Protocol):
     def dispatch(self, message_pk: int) -> None: ...
 
-    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None: ...
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None: ...
 
     def wait(self, message_pk: int, timeout: float) -> bool: ...
 
     def close(self) -> None: ...
 
 
-def _run(task: str, args: tuple[Any, ...]) -> None:
-    from sqlalchemy.exc import OperationalError
-
-    from workers.tasks import DATABASE, TASKS
-
+def _run(runner: JobRunner, health: Outage, job: Job, args: tuple[Any, ...]) -> None:
     try:
-        TASKS[task](*args)
+        runner(job, *args)
     except OperationalError as exc:  # the database is away: one line per outage
-        DATABASE.failed(exc)
+        health.failed(exc)
     except Exception as exc:  # the sweeper retries what is still pending
-        log.error("%s%r: error %s; left for the sweeper", task, args, type(exc).__name__)
+        log.error("%s%r: error %s; left for the sweeper", job.value, args,
+                  type(exc).__name__)
     else:
-        DATABASE.ok()
+        health.ok()
 
 
 class InProcessDispatcher:
     """Embedded mode: one thread per lane, FIFO; a task already queued and not yet
     started is not queued twice (tasks are idempotent, a second run would find
-    nothing to do)."""
+    nothing to do). ``runner`` runs a job; ``health`` reports database outages."""
 
-    def __init__(self) -> None:
+    def __init__(self, runner: JobRunner, health: Outage) -> None:
+        self._runner, self._health = runner, health
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._futures: dict[int, Future[None]] = {}
-        self._queued: set[tuple[str, tuple[Any, ...]]] = set()
+        self._queued: set[tuple[Job, tuple[Any, ...]]] = set()
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._closed = False
 
-    def _pool(self, task: str) -> ThreadPoolExecutor:
-        lane = LANES.get(task, "work")
+    def _pool(self, job: Job) -> ThreadPoolExecutor:
+        lane = LANES.get(job, "work")
         with self._lock:
             if lane not in self._pools:
                 self._pools[lane] = ThreadPoolExecutor(max_workers=1,
@@ -79,7 +89,8 @@ class InProcessDispatcher:
             return self._pools[lane]
 
     def dispatch(self, message_pk: int) -> None:
-        future = self._pool("process_inbound").submit(_run, "process_inbound", (message_pk,))
+        future = self._pool(Job.PROCESS_INBOUND).submit(
+            _run, self._runner, self._health, Job.PROCESS_INBOUND, (message_pk,))
         with self._lock:
             self._futures[message_pk] = future
         future.add_done_callback(lambda _f: self._forget(message_pk, _f))
@@ -89,31 +100,31 @@ class InProcessDispatcher:
             if self._futures.get(message_pk) is future:
                 del self._futures[message_pk]
 
-    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         if countdown > 0:
-            timer = threading.Timer(countdown, self._fire, (task, args))
+            timer = threading.Timer(countdown, self._fire, (job, args))
             timer.daemon = True
             with self._lock:
                 self._timers.add(timer)
             timer.start()
             return
-        key = (task, args)
+        key = (job, args)
         with self._lock:
             if key in self._queued or self._closed:
                 return
             self._queued.add(key)
-        self._pool(task).submit(self._start, key)
+        self._pool(job).submit(self._start, key)
 
-    def _fire(self, task: str, args: tuple[Any, ...]) -> None:
+    def _fire(self, job: Job, args: tuple[Any, ...]) -> None:
         with self._lock:
             self._timers = {t for t in self._timers if t.is_alive()
                             and t is not threading.current_thread()}
-        self.submit(task, *args)
+        self.submit(job, *args)
 
-    def _start(self, key: tuple[str, tuple[Any, ...]]) -> None:
+    def _start(self, key: tuple[Job, tuple[Any, ...]]) -> None:
         with self._lock:
             self._queued.discard(key)
-        _run(*key)
+        _run(self._runner, self._health, *key)
 
     def wait(self, message_pk: int, timeout: float) -> bool:
         with self._lock:
@@ -136,19 +147,48 @@ class InProcessDispatcher:
             pool.shutdown(wait=True, cancel_futures=False)
 
 
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration shared by the publishers here and the workers
+    (``workers.celery_app``, which explains each choice)."""
+    return dict(
+        broker_url=settings.celery_broker_url,
+        broker_transport_options={"visibility_timeout": settings.redis_visibility_timeout},
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_default_queue="mwl_broker",
+    )
+
+
+def celery_publisher(settings: Settings) -> Celery:
+    """A Celery app that only publishes (by task name, :attr:`Job.task_name`): the
+    task functions live in the worker, which this package never imports."""
+    from celery import Celery
+
+    publisher = Celery("mwl_broker", set_as_current=False)
+    publisher.conf.update(celery_config(settings))
+    return publisher
+
+
 class CeleryDispatcher:
     """Distributed mode: publish to Redis; wait by watching the message row."""
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, celery: Celery, session_factory: sessionmaker[Session]) -> None:
+        self.celery = celery
         self.session_factory = session_factory
 
     def dispatch(self, message_pk: int) -> None:
-        self.submit("process_inbound", message_pk)
+        self.submit(Job.PROCESS_INBOUND, message_pk)
 
-    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
-        from workers.tasks import TASKS
-
-        TASKS[task].apply_async(args, countdown=countdown or None)
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
+        self.celery.send_task(job.task_name, args, countdown=countdown or None)
 
     def wait(self, message_pk: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -173,7 +213,7 @@ class BackgroundDispatcher:
     """Publishes from a thread of its own, for the serve process: a Redis round trip
     per task would otherwise hold up the MLLP event loop (most of its time when
     profiled). Inbound messages waiting together are published as one
-    ``process_inbound_batch`` task (a publish costs 0.6-1 ms of CPU here, more than
+    :attr:`Job.PROCESS_INBOUND_BATCH` task (a publish costs 0.6-1 ms of CPU here, more than
     storing the message); when the last publish was less than LINGER ago, the publisher
     waits LINGER for more to gather, so a burst costs a few publishes while a lone
     message goes out at once. The work is committed before it is handed over, so a task
@@ -189,16 +229,16 @@ class BackgroundDispatcher:
         # Called when a publish succeeds after failed ones (the sweeper's wake): the
         # messages whose publish failed are committed and wait for it.
         self.on_recovered: Callable[[str], None] | None = None
-        self._queue: queue.Queue[tuple[str, tuple[Any, ...], float] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Job, tuple[Any, ...], float] | None] = queue.Queue()
         self._last_publish = 0.0
         self._thread = threading.Thread(target=self._run, name="mwl-publish", daemon=True)
         self._thread.start()
 
     def dispatch(self, message_pk: int) -> None:
-        self.submit("process_inbound", message_pk)
+        self.submit(Job.PROCESS_INBOUND, message_pk)
 
-    def submit(self, task: str, *args: Any, countdown: float = 0.0) -> None:
-        self._queue.put((task, args, countdown))
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
+        self._queue.put((job, args, countdown))
 
     def wait(self, message_pk: int, timeout: float) -> bool:
         return self.inner.wait(message_pk, timeout)
@@ -208,18 +248,18 @@ class BackgroundDispatcher:
             if time.monotonic() - self._last_publish < self.LINGER:
                 time.sleep(self.LINGER)
             items = take_batch(self._queue, item, self.MAX_COALESCED)
-            inbound = [args[0] for task, args, countdown in items
-                       if task == "process_inbound" and not countdown]
+            inbound = [args[0] for job, args, countdown in items
+                       if job is Job.PROCESS_INBOUND and not countdown]
             if len(inbound) > 1:
-                items = [i for i in items if i[0] != "process_inbound" or i[2]]
-                items.insert(0, ("process_inbound_batch", (inbound,), 0.0))
-            for task, args, countdown in items:
-                self._publish(task, args, countdown)
+                items = [i for i in items if i[0] is not Job.PROCESS_INBOUND or i[2]]
+                items.insert(0, (Job.PROCESS_INBOUND_BATCH, (inbound,), 0.0))
+            for job, args, countdown in items:
+                self._publish(job, args, countdown)
             self._last_publish = time.monotonic()
 
-    def _publish(self, task: str, args: tuple[Any, ...], countdown: float) -> None:
+    def _publish(self, job: Job, args: tuple[Any, ...], countdown: float) -> None:
         try:
-            self.inner.submit(task, *args, countdown=countdown)
+            self.inner.submit(job, *args, countdown=countdown)
         except Exception as exc:  # Redis away: the sweeper dispatches it later
             self.health.failed(describe_redis(exc))
             return
@@ -232,3 +272,42 @@ class BackgroundDispatcher:
         self._queue.put(None)
         self._thread.join(30)
         self.inner.close()
+
+
+class DeferredDispatcher:
+    """For a process that runs no jobs and publishes none (a one-shot command or the
+    console alone, in embedded mode): the work is committed, and the running broker's
+    sweeper dispatches it within MWLB_SWEEP_INTERVAL."""
+
+    def dispatch(self, message_pk: int) -> None:
+        return None
+
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
+        return None
+
+    def wait(self, message_pk: int, timeout: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+
+class CommandDispatcher:
+    """For one-shot commands: an inbound message is applied in the calling thread
+    before :meth:`dispatch` returns (the command reports its outcome); any other job
+    goes to ``later`` (published to the workers, or deferred to the running broker)."""
+
+    def __init__(self, runner: JobRunner, health: Outage, later: Dispatcher) -> None:
+        self._runner, self._health, self.later = runner, health, later
+
+    def dispatch(self, message_pk: int) -> None:
+        _run(self._runner, self._health, Job.PROCESS_INBOUND, (message_pk,))
+
+    def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
+        self.later.submit(job, *args, countdown=countdown)
+
+    def wait(self, message_pk: int, timeout: float) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.later.close()

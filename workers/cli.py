@@ -1,0 +1,49 @@
+"""The ``mwl-broker`` command line: the broker's commands (:mod:`broker.main`) plus
+``worker``, which runs the Celery worker of this package (the broker never imports
+it, so the command is added here, on the outside)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from broker.cli_common import ConfigOption, configure_logging, err_console, settings_from
+from broker.main import app
+
+__all__ = ["app"]
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
+    from broker.bootstrap import Role, build
+    from broker.migrations import upgrade
+    from workers.celery_app import configure, install
+
+    configure_logging(loglevel)
+    settings = settings_from(config)
+    if settings.embedded:
+        err_console.print("[red]MWLB_CELERY_BROKER_URL is empty:[/red] nothing to work for "
+                          "(embedded mode processes in `mwl-broker serve`).")
+        raise typer.Exit(2)
+    upgrade(settings.database_url)
+    root = build(settings, Role.WORKER)
+    root.runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
+    root.runtime.dispose()
+    install(root)
+    celery = configure(settings)
+    # Announced in Redis, so that a kill -9 is noticed by serve within seconds and the
+    # tasks this worker held are re-dispatched (broker/presence.py).
+    presence = root.start_presence("worker")
+    try:
+        celery.worker_main(["worker", f"--loglevel={loglevel}",
+                            f"--concurrency={concurrency}", "--pool=prefork", "-Q",
+                            "mwl_broker", "--without-gossip", "--without-mingle"])
+    finally:
+        if presence is not None:
+            presence.stop()
