@@ -53,6 +53,9 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     logging.basicConfig(level=level, handlers=[handler])
     # pynetdicom narrates every PDU at INFO; keep association-level warnings only.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # SQLAlchemy logs statements, parameters and result rows at INFO/DEBUG whenever its
+    # logger is enabled (echo or not): rows are patient data, so never below WARNING.
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 
 
 def settings_from(config: Path | None) -> Settings:

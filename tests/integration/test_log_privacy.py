@@ -47,8 +47,19 @@ def test_no_patient_data_in_any_log_record(make_broker: Any, caplog: pytest.LogC
     secrets = patient_data()
     assert {"Doe", "Jane", "135790", "19900214", "864209"} <= secrets
     caplog.set_level(logging.DEBUG)
-    for name in ("", "pynetdicom", "broker", "workers", "sqlalchemy.engine"):
+    names = ("", "pynetdicom", "broker", "workers", "sqlalchemy.engine")
+    before = {name: logging.getLogger(name).level for name in names}
+    for name in names:
         logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        _run_the_flow(make_broker, caplog, tmp_path, secrets)
+    finally:  # later tests must not inherit DEBUG loggers
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _run_the_flow(make_broker: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                  secrets: set[str]) -> None:
     app = make_broker()
     for n in range(1, 10):
         send(app.mllp_port, sample(f"0{n}"))
@@ -65,9 +76,24 @@ def test_no_patient_data_in_any_log_record(make_broker: Any, caplog: pytest.LogC
     leaks = []
     for record in caplog.records:
         if record.name.startswith("sqlalchemy.engine"):
-            continue  # SQL parameter logging is off unless echo=True; see below
+            # Forced to DEBUG above; SQLAlchemy then logs rows. The broker's own logging
+            # set-up pins it at WARNING (test_sqlalchemy_never_logs_below_warning).
+            continue
         text = record.getMessage()
         leaks += [(record.name, s) for s in secrets if s in text]
     assert leaks == [], leaks[:10]
-    # SQLAlchemy echoes parameters only with echo=True, which the broker never sets.
-    assert not app.runtime.engine.echo
+    assert not app.runtime.engine.echo and app.runtime.engine.hide_parameters
+
+
+def test_sqlalchemy_never_logs_below_warning() -> None:
+    """Even at DEBUG, the broker's logging keeps SQLAlchemy's statements and result rows
+    (patient data) out of the log."""
+    from broker.cli_common import configure_logging
+
+    logger = logging.getLogger("sqlalchemy")
+    before = logger.level
+    try:
+        configure_logging("DEBUG")
+        assert not logging.getLogger("sqlalchemy.engine.Engine").isEnabledFor(logging.INFO)
+    finally:
+        logger.setLevel(before)
