@@ -6,28 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import create_engine, text
 
 from broker.models import InboundMessage, Patient, ScheduledProcedureStep
 from tests.conftest import sample
 from tests.integration.hl7util import send, set_field
-
-
-def stored(broker: Any) -> list[InboundMessage]:
-    engine = create_engine(broker.settings.database_url)
-    with Session(engine) as session:
-        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
-    engine.dispose()
-    return rows
+from tests.integration.rows import rows, stored
 
 
 def count(broker: Any, model: type) -> int:
-    engine = create_engine(broker.settings.database_url)
-    with Session(engine) as session:
-        n = len(list(session.scalars(select(model))))
-    engine.dispose()
-    return n
+    return len(rows(broker, model))
 
 
 @pytest.mark.parametrize(

@@ -9,24 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
 
-from broker.models import InboundMessage
 from tests.conftest import sample
 from tests.console import add_users, client
 from tests.dcmtk import findscu
 from tests.integration.hl7util import send, set_field
+from tests.integration.rows import stored
 
 pytestmark = pytest.mark.dcmtk
-
-
-def stored(broker: Any) -> list[InboundMessage]:
-    engine = create_engine(broker.settings.database_url)
-    with Session(engine) as session:
-        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
-    engine.dispose()
-    return rows
 
 
 def patients_on_worklist(broker: Any) -> set[str]:

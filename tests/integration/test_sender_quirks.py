@@ -11,37 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
 
 from broker.models import InboundMessage, Patient, ScheduledProcedureStep
 from tests.conftest import MAPPINGS, sample
 from tests.dcmtk import findscu
 from tests.integration.hl7util import Ack, drop_segments, send, set_field
-
-
-def stored(broker: Any) -> list[InboundMessage]:
-    engine = create_engine(broker.settings.database_url)
-    with Session(engine) as session:
-        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
-    engine.dispose()
-    return rows
+from tests.integration.rows import rows, stored
 
 
 def patients(broker: Any) -> list[Patient]:
-    engine = create_engine(broker.settings.database_url)
-    with Session(engine) as session:
-        rows = list(session.scalars(select(Patient)))
-    engine.dispose()
-    return rows
+    return rows(broker, Patient)
 
 
 def steps(broker: Any) -> int:
-    engine = create_engine(broker.settings.database_url)
-    with Session(engine) as session:
-        n = len(list(session.scalars(select(ScheduledProcedureStep))))
-    engine.dispose()
-    return n
+    return len(rows(broker, ScheduledProcedureStep))
 
 
 def ack_fields(ack: Ack) -> list[str]:
