@@ -112,19 +112,17 @@ def mapping_test(
     from broker.bootstrap import Role, build
     from broker.hl7.client import read_hl7_file
     from broker.mapping.render import describe
-    from broker.services.dry_run import dry_run, dry_run_database
+    from broker.services.dry_run import dry_run_database
 
     settings = settings_from(config)
-    runtime = build(settings, Role.COMMAND).runtime
+    use_cases = build(settings, Role.COMMAND).use_cases
 
     refused = False
     with dry_run_database(settings) as (factory, where):
         console.print(f"order state: {where}", markup=False)
         for path in files:
             for raw in read_hl7_file(path):
-                result = dry_run(raw, factory, runtime.map, read=runtime.read,
-                                 versions=settings.hl7_versions,
-                                 accept_any_version=settings.accept_unknown_hl7_version)
+                result = use_cases.dry_run(raw, factory)
                 msg = result.message
                 console.print(f"== {path.name}: {msg.message_type if msg else '?'} MSH-10 "
                               f"{msg.control_id if msg else '?'}"

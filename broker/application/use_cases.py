@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from broker.application.reception import Reception
 from broker.audit import hooks as audit
@@ -25,6 +25,7 @@ from broker.models import DicomRequest, InboundMessage, MessageStatus
 from broker.outage import Outage
 from broker.runtime import Runtime
 from broker.services import mpps, outbound, studies
+from broker.services.dry_run import DryRun, dry_run
 from broker.services.forward import forward_pending
 from broker.services.inbound import Inbox
 from broker.services.processing import lock_key, process_through, reset_for_reprocess
@@ -126,6 +127,16 @@ class UseCases:
             else:
                 DATABASE.ok()
         return applied
+
+    def dry_run(self, raw: bytes,
+                factory: sessionmaker[Session] | None = None) -> DryRun:
+        """What live processing would answer to ``raw``, read and checked as the
+        listener does, against ``factory``'s database (default: this broker's), with
+        nothing kept (:mod:`broker.services.dry_run`)."""
+        runtime, settings = self.runtime, self.settings
+        return dry_run(raw, factory or runtime.session_factory, runtime.map,
+                       read=runtime.read, versions=settings.hl7_versions,
+                       accept_any_version=settings.accept_unknown_hl7_version)
 
     def reprocess(self, message_pks: Sequence[int]) -> list[dict[str, Any]]:
         """Queue messages again (failed or processed ones), each reset in its own

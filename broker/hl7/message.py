@@ -431,24 +431,23 @@ def _split_header(data: bytes, found: list[HL7Warning]) -> tuple[Delimiters, lis
                           "MSH-1 must be a printable, non-alphanumeric character",
                           reject=True)
     enc = header[4:].split(sep, 1)[0]
-    if len(enc) < 4 or not all(_delimiter_ok(c) for c in enc[:4]) or len(
-            set(enc[:4] + sep)) != 5:
-        standard = Delimiters(field=sep)
-        if sep not in standard.encoding_characters and _standard_slip(
-                enc, standard.encoding_characters):
-            found.append(W_ENCODING_CHARACTERS)
-            fields = header.split(sep)
-            msh18 = fields[17].split(standard.repetition) if len(fields) > 17 else []
-            return standard, msh18
-        error = field_error(ErrorCode.DATA_TYPE_ERROR, "MSH", 2,
-                            "MSH-1/MSH-2 must declare five distinct delimiters", reject=True)
-        if sep not in Delimiters().encoding_characters:
-            # Fields can still be told apart: read the header with the usual encoding
-            # characters so MSH-10 is echoed and MSH-3/4 routed back.
-            error.partial = Message(data.decode("latin-1"), Delimiters(field=sep),
-                                    charsets.ASCII, [])
-        raise error
-    delimiters = Delimiters(sep, enc[0], enc[1], enc[2], enc[3])
+    if len(enc) >= 4 and all(_delimiter_ok(c) for c in enc[:4]) and len(
+            set(enc[:4] + sep)) == 5:
+        delimiters = Delimiters(sep, enc[0], enc[1], enc[2], enc[3])
+    else:
+        delimiters = Delimiters(field=sep)  # the standard encoding characters
+        standard = delimiters.encoding_characters
+        if sep in standard or not _standard_slip(enc, standard):
+            error = field_error(ErrorCode.DATA_TYPE_ERROR, "MSH", 2,
+                                "MSH-1/MSH-2 must declare five distinct delimiters",
+                                reject=True)
+            if sep not in standard:
+                # Fields can still be told apart: read the header with the usual
+                # encoding characters so MSH-10 is echoed and MSH-3/4 routed back.
+                error.partial = Message(data.decode("latin-1"), delimiters,
+                                        charsets.ASCII, [])
+            raise error
+        found.append(W_ENCODING_CHARACTERS)
     fields = header.split(sep)
     msh18 = fields[17].split(delimiters.repetition) if len(fields) > 17 else []
     return delimiters, msh18

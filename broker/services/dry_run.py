@@ -54,8 +54,8 @@ class DryRun:
         return self.ack_code == "AA"
 
 
-def _error_text(error: HL7Error) -> str:
-    return f"{error.code} at {error.location or '-'}: {error.text}"
+def _error_text(code: object, location: object, text: str) -> str:
+    return f"{code} at {location or '-'}: {text}"
 
 
 def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
@@ -70,7 +70,8 @@ def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
     except HL7Error as exc:
         partial = exc.partial if isinstance(exc.partial, Message) else None
         ack = build_ack(partial, exc.ack_code, exc)
-        return DryRun(exc.ack_code, ack, _error_text(exc), message=partial)
+        return DryRun(exc.ack_code, ack, _error_text(exc.code, exc.location, exc.text),
+                      message=partial)
     mapped: list[OrderMessage | AdtMessage] = []
 
     def keeping(msg: Message, *,
@@ -93,8 +94,8 @@ def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
                             warnings=[str(w) for w in from_json(row.warnings)],
                             outcome=row.outcome or "")
             if row.error_code:
-                result.error = f"{row.error_code} at {row.error_location or '-'}: " \
-                               f"{row.error_text}"
+                result.error = _error_text(row.error_code, row.error_location,
+                                           row.error_text or "")
             return result
         finally:
             session.rollback()

@@ -153,7 +153,7 @@ def mapping_profiles(request: Request, user: Viewer) -> dict[str, Any]:
 def mapping_dry_run(request: Request, session: DB, user: Viewer,
                     body: DryRun) -> dict[str, Any]:
     """The items a message would produce, and how they differ from what is stored."""
-    return mappings.dry_run(session, runtime_of(request), body.message)
+    return mappings.dry_run(session, use_cases_of(request), body.message)
 
 
 @router.get("/outbound")

@@ -10,13 +10,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.application.use_cases import UseCases
 from broker.domain.types import AdtMessage
 from broker.mapping import PACKAGED_PROFILES
 from broker.mapping.apply import render_items
 from broker.mapping.profile import check_directory, profile_files
 from broker.models import RequestedProcedure, ScheduledProcedureStep
 from broker.runtime import Runtime
-from broker.services.dry_run import dry_run as run_dry
 from broker.web.queries import flat_attributes
 
 
@@ -43,15 +43,12 @@ def _stored_item(session: Session, accession: str, sps_id: str) -> dict[str, Any
             "ScheduledProcedureStepSequence": [sps.attributes or {}]}
 
 
-def dry_run(session: Session, runtime: Runtime, message: str) -> dict[str, Any]:
+def dry_run(session: Session, use_cases: UseCases, message: str) -> dict[str, Any]:
     """Run ``message`` through live processing against the current state and roll it
     back (:mod:`broker.services.dry_run`): the ACK it would get, its warnings, and
     the items it would produce compared with what is stored now. Never writes."""
     raw = message.strip().replace("\r\n", "\r").replace("\n", "\r").encode("utf-8")
-    settings = runtime.settings
-    result = run_dry(raw, runtime.session_factory, runtime.map, read=runtime.read,
-                     versions=settings.hl7_versions,
-                     accept_any_version=settings.accept_unknown_hl7_version)
+    result = use_cases.dry_run(raw)
     out: dict[str, Any] = {"ack_code": result.ack_code, "error": result.error,
                            "warnings": result.warnings, "items": []}
     mapped = result.mapped

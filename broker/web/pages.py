@@ -226,7 +226,8 @@ def mapping_dry_run(request: Request, session: DB, user: PageViewer,
                     message: Annotated[str, Form()]) -> HTMLResponse:
     runtime = runtime_of(request)
     return render(request, "mappings.html", user, profiles=mappings.profiles(runtime),
-                  message=message, result=mappings.dry_run(session, runtime, message))
+                  message=message,
+                  result=mappings.dry_run(session, use_cases_of(request), message))
 
 
 @router.get("/outbound")
