@@ -23,6 +23,7 @@ from broker.migrations import upgrade
 from broker.presence import Presence
 from broker.runtime import Runtime
 from broker.security.access import check_startup
+from broker.security.first_admin import ensure_first_admin
 from broker.security.tls import server_context
 from broker.services.inbound import Inbox
 from broker.services.message_store import MessageStoreWriter
@@ -64,6 +65,7 @@ class BrokerApp:
         self.runtime = self.root.runtime
         self.runtime.profiles  # noqa: B018  (load and validate the mappings now, loudly)
         factory = self.runtime.session_factory
+        ensure_first_admin(factory, settings)
         self.use_cases = self.root.use_cases
         self.dispatcher = self.use_cases.dispatcher
         self.store_writer = MessageStoreWriter(self.runtime.engine)

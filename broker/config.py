@@ -258,6 +258,17 @@ class Settings(BaseSettings):
     http_port: int = Field(
         default=8080, description="Web console and JSON API port (0 = ephemeral, -1 = off)."
     )
+    admin_user: str = Field(
+        default="",
+        description="Console user that `serve` and `web` create at start with role admin "
+        "and the password in admin_password_file, when no user of that name exists (an "
+        "existing one is left as it is, its password too). Empty: none.",
+    )
+    admin_password_file: Path | None = Field(
+        default=None,
+        description="File holding admin_user's first password (a Docker secret, e.g. "
+        "/run/secrets/mwlb_admin_password), read only when that user is created.",
+    )
     session_idle_minutes: float = Field(
         default=30.0, description="Console sessions end after this long without a request."
     )

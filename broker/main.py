@@ -94,12 +94,14 @@ def web(config: ConfigOption = None) -> None:
     """Run the web console and JSON API alone (MWLB_HTTP_HOST / MWLB_HTTP_PORT)."""
     from broker.bootstrap import Role, build
     from broker.migrations import upgrade
+    from broker.security.first_admin import ensure_first_admin
     from broker.web.server import WebServer
 
     settings = settings_from(config)
     configure_logging(json_lines=settings.log_format == "json")
     upgrade(settings.database_url)
     root = build(settings, Role.CONSOLE)
+    ensure_first_admin(root.runtime.session_factory, settings)
     server = WebServer(root.runtime, root.use_cases)
     server.start()
     print(f"mwl-broker console on http://localhost:{server.port}/", flush=True)
