@@ -62,8 +62,8 @@ def main(
         help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="MWLB_DEBUG",
-        help="Show the traceback of a failure instead of its one-line message "
-             "(also MWLB_DEBUG=1).")] = False,
+        help="Show the traceback of a failure instead of its one-line message.")
+    ] = False,
 ) -> None:
     """Modality worklist and HL7 integration broker."""
 
@@ -277,8 +277,8 @@ def send_hl7(
         help="Seconds to wait for the connection and for each ACK.")] = 30.0,
     config: ConfigOption = None,
 ) -> None:
-    """Send HL7 messages over MLLP (HL7 v2 Appendix C) on one connection and print each
-    ACK (exit 1 unless all are AA)."""
+    """Send HL7 messages over MLLP on one connection and print each ACK (exit 1 unless
+    all are AA). MLLP: HL7 Implementation Guide, Appendix C."""
     from broker.hl7.client import MLLPClient
 
     settings = settings_from(config)
