@@ -3,7 +3,9 @@ and files. The commands that host the adapters (``serve``, ``web``) are added by
 :mod:`broker.main`, and ``worker`` by :mod:`workers.cli`, the installed entry point.
 
 Every command takes ``--config FILE.toml``; settings otherwise come from ``MWLB_*``
-environment variables (see ``mwl-broker serve --help``).
+environment variables (see ``mwl-broker serve --help``). Failures are said in one line
+by :mod:`broker.cli_errors`; ``mwl-broker --debug`` (or ``MWLB_DEBUG=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import select
 
 from broker.cli_common import (
     ConfigOption,
+    client_host,
     configure_logging,
     console,
     err_console,
@@ -26,10 +29,11 @@ from broker.cli_common import (
     settings_from,
 )
 from broker.cli_console import register as register_console_commands
+from broker.cli_errors import USAGE_ERROR, CommandError, CommandGroup, connection_failure
 from broker.cli_performed import outbound_app, reconcile_app
 from broker.hl7.warnings import from_json
 
-app = typer.Typer(help="Modality worklist and HL7 integration broker.",
+app = typer.Typer(help="Modality worklist and HL7 integration broker.", cls=CommandGroup,
                   no_args_is_help=True, rich_markup_mode=None)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 mapping_app = typer.Typer(help="Mapping profiles in the mappings directory.",
@@ -41,6 +45,27 @@ app.add_typer(messages_app, name="messages")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(outbound_app, name="outbound")
 register_console_commands(app)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        print(f"mwl-broker {version('mwl-broker')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="MWLB_DEBUG",
+        help="Show the traceback of a failure instead of its one-line message.")
+    ] = False,
+) -> None:
+    """Modality worklist and HL7 integration broker."""
 
 
 @db_app.command("upgrade")
@@ -68,9 +93,8 @@ def db_prune(
     settings = settings_from(config)
     retention = settings.retention_days if days is None else days
     if retention <= 0:
-        err_console.print("retention is 0 (keep everything): give --days or set "
-                          "MWLB_RETENTION_DAYS")
-        raise typer.Exit(2)
+        raise CommandError("retention is 0 (keep everything): give --days or set "
+                           "MWLB_RETENTION_DAYS", USAGE_ERROR)
     with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
         counts = prune(session, retention, dry_run=dry_run)
     verb = "would prune" if dry_run else "pruned"
@@ -92,7 +116,7 @@ def mapping_check(
     errors = check_directory(path)
     if errors:
         for error in errors:
-            err_console.print(f"[red]error[/red] {error}")
+            err_console.print(f"error {error}", markup=False)
         raise typer.Exit(1)
     console.print(f"{path}: all profiles valid")
     for name, file in profile_files(path).items():
@@ -176,8 +200,7 @@ def messages_show(message_id: int, config: ConfigOption = None) -> None:
     with factory() as session:
         row = session.get(InboundMessage, message_id)
         if row is None:
-            err_console.print(f"no message {message_id}")
-            raise typer.Exit(1)
+            raise CommandError(f"no message {message_id}")
         console.print(f"message {row.id}  {row.message_type}  MSH-10 {row.control_id}  "
                       f"from {row.peer}  status {row.status}  attempts {row.attempts}")
         if row.error_code:
@@ -227,25 +250,67 @@ def messages_reprocess(
     raise typer.Exit(worst)
 
 
+def _messages_in(path: Path) -> list[bytes]:
+    """The messages of a file for ``send-hl7``; none is an error."""
+    from broker.hl7.client import read_hl7_file
+
+    try:
+        messages = read_hl7_file(path)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}"
+                           ) from exc
+    if not messages:
+        raise CommandError(f"{path}: no HL7 message in the file (a message starts with MSH)")
+    return messages
+
+
 @app.command("send-hl7")
 def send_hl7(
     files: Annotated[list[Path], typer.Argument(help="HL7 file(s), one or more messages each.",
                                                 exists=True, dir_okay=False)],
-    host: Annotated[str, typer.Option(help="Broker host.")] = "localhost",
-    port: Annotated[int, typer.Option(help="MLLP port.")] = 2575,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 30.0,
+    host: Annotated[str | None, typer.Option(
+        help="Broker host. Default: MWLB_MLLP_HOST, or localhost when it binds every "
+             "address.")] = None,
+    port: Annotated[int | None, typer.Option(help="MLLP port. Default: MWLB_MLLP_PORT.")
+                    ] = None,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for the connection and for each ACK.")] = 30.0,
+    config: ConfigOption = None,
 ) -> None:
-    """Send HL7 messages over MLLP and print each ACK (exit 1 unless all are AA)."""
-    from broker.hl7.client import MLLPClient, read_hl7_file
+    """Send HL7 messages over MLLP on one connection and print each ACK (exit 1 unless
+    all are AA). MLLP: HL7 Implementation Guide, Appendix C."""
+    from broker.hl7.client import MLLPClient
 
+    settings = settings_from(config)
+    host = host or client_host(settings.mllp_host)
+    if port is None:
+        port = settings.mllp_port
+        if port <= 0:
+            raise CommandError(f"MWLB_MLLP_PORT is {port} (no fixed port to send to): "
+                               "give --port", USAGE_ERROR)
+    batches = [(path, _messages_in(path)) for path in files]
+    client = MLLPClient(host, port, timeout=timeout)
+    try:
+        client.connect()
+    except OSError as exc:
+        raise CommandError(connection_failure(host, port, exc, timeout)) from exc
     all_aa = True
-    with MLLPClient(host, port, timeout=timeout) as client:
-        for path in files:
-            for message in read_hl7_file(path):
-                ack = client.send(message)
+    try:
+        for path, messages in batches:
+            for number, message in enumerate(messages, start=1):
+                where = f"message {number} of {path.name}"
+                try:
+                    ack = client.send(message)
+                except TimeoutError as exc:
+                    raise CommandError(f"no ACK from {host}:{port} within {timeout:g} s "
+                                       f"for {where}") from exc
+                except OSError as exc:
+                    raise CommandError(f"{host}:{port} closed the connection before the "
+                                       f"ACK of {where}") from exc
                 text = ack.decode("utf-8", "replace").replace("\r", "\n").strip()
-                print(text + "\n")
+                print(text + "\n", flush=True)
                 all_aa &= "\rMSA|AA|" in "\r" + ack.decode("latin-1").replace("\n", "\r")
+    finally:
+        client.close()
     if not all_aa:
         raise typer.Exit(1)
-

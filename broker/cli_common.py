@@ -1,5 +1,6 @@
 """What every ``mwl-broker`` command shares: consoles, the --config option, settings
-loading with a readable error, logging set-up and a session factory."""
+loading (its failures said by :mod:`broker.cli_errors`), logging set-up, a session
+factory and the address a client command connects to."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.config import Settings, load_settings
+from broker.cli_errors import ConfigurationError, first_line
+from broker.config import Settings, load_settings, user_settings
 
 console = Console()
-err_console = Console(stderr=True)
+# Messages on standard error are not wrapped at 80 columns when piped: one is one line.
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 ConfigOption = Annotated[
     Path | None,
@@ -26,7 +29,7 @@ ConfigOption = Annotated[
 
 def settings_help() -> str:
     lines = ["Settings (environment variable, default, meaning):"]
-    for name, field in Settings.model_fields.items():
+    for name, field in user_settings().items():
         default = field.get_default(call_default_factory=True)
         shown = ",".join(default) if isinstance(default, list) else str(default)
         lines.append(f"MWLB_{name.upper()} [{shown or 'empty'}]: {field.description}")
@@ -59,11 +62,28 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
 
 
 def settings_from(config: Path | None) -> Settings:
+    """The settings of a command given ``--config``. A file that cannot be read, is
+    not TOML or has unknown keys is a ConfigurationError naming it; refused values
+    propagate as pydantic's errors, which :mod:`broker.cli_errors` names setting by
+    setting."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     try:
         return load_settings(config)
-    except ValueError as exc:
-        err_console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except (ValidationError, SettingsError):
+        raise
+    except (OSError, ValueError) as exc:
+        message = first_line(exc)
+        raise ConfigurationError(message if str(config) in message
+                                 else f"{config}: {message}") from exc
+
+
+def client_host(bind_host: str) -> str:
+    """Where a client command on this machine reaches a listener bound to
+    ``bind_host`` (``MWLB_MLLP_HOST``, ``MWLB_DICOM_HOST``): that address, or
+    localhost when it binds every address."""
+    return "localhost" if bind_host in ("", "0.0.0.0", "::") else bind_host
 
 
 def session_factory(config: Path | None) -> sessionmaker[Session]:

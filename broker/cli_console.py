@@ -12,10 +12,11 @@ from rich.table import Table
 
 from broker.cli_common import (
     ConfigOption,
+    client_host,
     console,
-    err_console,
     settings_from,
 )
+from broker.cli_errors import USAGE_ERROR, CommandError
 from broker.models import Role
 
 users_app = typer.Typer(help="Console users (roles viewer, operator, admin).",
@@ -57,8 +58,7 @@ def users_add(
         with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             add_user(session, settings, _actor(), "", name, password, role)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CommandError(str(exc)) from exc
     console.print(f"user {name} created with role {role.value}")
 
 
@@ -101,8 +101,7 @@ def _administer(config: Any, what: Any) -> Any:
         with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             return what(session, _actor())
     except (NotFound, ValueError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CommandError(str(exc)) from exc
 
 
 @users_app.command("disable")
@@ -167,55 +166,80 @@ def tokens_revoke(token_id: int, config: ConfigOption = None) -> None:
     console.print(f"API token {token_id} revoked")
 
 
-def _peer(host: str, port: int | None, config: Any) -> tuple[str, int, str]:
+HostOption = Annotated[str | None, typer.Option(
+    help="DICOM host. Default: MWLB_DICOM_HOST, or localhost when it binds every address.")]
+PortOption = Annotated[int | None, typer.Option(help="Default: MWLB_DICOM_PORT.")]
+TimeoutOption = Annotated[float, typer.Option(
+    help="Seconds to wait for the connection and for each answer.")]
+
+
+def _peer(host: str | None, port: int | None, config: Any) -> tuple[str, int, str]:
+    """Host, port and AE title of the broker a DICOM command talks to: the options,
+    else the settings."""
     settings = settings_from(config)
-    return host, port or settings.dicom_port, settings.ae_title
+    if port is None:
+        port = settings.dicom_port
+        if port <= 0:
+            raise CommandError(f"MWLB_DICOM_PORT is {port} (no fixed port to call): give "
+                               "--port", USAGE_ERROR)
+    return host or client_host(settings.dicom_host), port, settings.ae_title
 
 
 def echo(
-    host: Annotated[str, typer.Option(help="DICOM host.")] = "localhost",
-    port: Annotated[int | None, typer.Option(help="Default: MWLB_DICOM_PORT.")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
     aec: Annotated[str | None, typer.Option(help="Called AE title (default MWLB_AE_TITLE).")]
     = None,
     aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "MWLB_ECHO",
+    timeout: TimeoutOption = 10.0,
     config: ConfigOption = None,
 ) -> None:
-    """C-ECHO (DICOM Verification): is the AE there and does it accept us?"""
+    """C-ECHO (DICOM Verification, PS3.4 Annex A): is the AE there and does it accept
+    us? A refusal says why (nothing listening, or the A-ASSOCIATE-RJ reason)."""
     from pynetdicom import AE
 
+    from broker.cli_dicom import associate
+
     host, port_, title = _peer(host, port, config)
+    called = aec or title
     ae = AE(ae_title=aet)
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(host, port_, ae_title=aec or title)
-    if not assoc.is_established:
-        err_console.print(f"[red]association with {aec or title} at {host}:{port_} refused "
-                          f"or failed[/red]")
-        raise typer.Exit(1)
-    status = assoc.send_c_echo()
-    assoc.release()
+    assoc = associate(ae, host, port_, called, timeout)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
     code = getattr(status, "Status", None)
+    if code is None:
+        raise CommandError(f"no C-ECHO response from {called} at {host}:{port_}")
     if code != 0x0000:
-        err_console.print(f"[red]C-ECHO status {code!r}[/red]")
-        raise typer.Exit(1)
-    console.print(f"C-ECHO {aec or title} at {host}:{port_}: success")
+        raise CommandError(f"C-ECHO {called} at {host}:{port_}: status 0x{code:04X}")
+    console.print(f"C-ECHO {called} at {host}:{port_}: success")
 
 
 @worklist_app.command("query")
 def worklist_query(
     station: Annotated[str, typer.Option(help="Scheduled Station AE Title key.")] = "",
-    date: Annotated[str, typer.Option(help="SPS Start Date (YYYYMMDD or a range).")] = "",
+    date: Annotated[str, typer.Option(
+        help="SPS Start Date: YYYY-MM-DD or YYYYMMDD, or a range FROM-TO (FROM/TO, "
+             "FROM..TO; either end may be left out).")] = "",
     modality: Annotated[str, typer.Option(help="Modality key.")] = "",
     patient_id: Annotated[str, typer.Option(help="Patient ID key.")] = "",
     accession: Annotated[str, typer.Option(help="Accession Number key.")] = "",
-    host: Annotated[str, typer.Option(help="DICOM host.")] = "localhost",
-    port: Annotated[int | None, typer.Option(help="Default: MWLB_DICOM_PORT.")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
     aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "MWLB_QUERY",
+    timeout: TimeoutOption = 30.0,
     config: ConfigOption = None,
 ) -> None:
-    """Modality Worklist C-FIND with readable output (like `findscu -W`, but friendly)."""
+    """Modality Worklist C-FIND (PS3.4 K.4) with readable output (like `findscu -W`,
+    but friendly)."""
     from pydicom.dataset import Dataset
     from pynetdicom import AE
 
+    from broker.cli_dicom import associate, sps_start_date
+
+    start_date = sps_start_date(date)
     host, port_, title = _peer(host, port, config)
     ds = Dataset()
     for keyword, value in (("PatientName", ""), ("PatientID", patient_id),
@@ -224,7 +248,7 @@ def worklist_query(
         setattr(ds, keyword, value)
     item = Dataset()
     for keyword, value in (("ScheduledStationAETitle", station),
-                           ("ScheduledProcedureStepStartDate", date),
+                           ("ScheduledProcedureStepStartDate", start_date),
                            ("ScheduledProcedureStepStartTime", ""), ("Modality", modality),
                            ("ScheduledProcedureStepID", ""),
                            ("ScheduledProcedureStepDescription", ""),
@@ -233,16 +257,16 @@ def worklist_query(
     ds.ScheduledProcedureStepSequence = [item]
     ae = AE(ae_title=aet)
     ae.add_requested_context("1.2.840.10008.5.1.4.31")
-    assoc = ae.associate(host, port_, ae_title=title)
-    if not assoc.is_established:
-        err_console.print(f"[red]association with {title} at {host}:{port_} failed[/red]")
-        raise typer.Exit(1)
+    assoc = associate(ae, host, port_, title, timeout)
     table = Table("start", "SPS ID", "modality", "station", "patient", "patient ID",
                   "accession", "description", "status")
-    final = None
+    final: int | None = None
     try:
         for status, found in assoc.send_c_find(ds, "1.2.840.10008.5.1.4.31"):
             code = getattr(status, "Status", None)
+            if code is None:
+                raise CommandError(f"no C-FIND response from {title} at {host}:{port_} "
+                                   f"within {timeout:g} s (or the association was aborted)")
             if found is not None and code in (0xFF00, 0xFF01):
                 step = found.ScheduledProcedureStepSequence[0]
                 table.add_row(f"{step.get('ScheduledProcedureStepStartDate', '')} "

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from broker.bootstrap import Role, Root, build
 from broker.cli_common import ConfigOption, console, err_console, settings_from
+from broker.cli_errors import CommandError
 
 reconcile_app = typer.Typer(help="Performed work that needs a person: the reconciliation "
                             "inbox.", no_args_is_help=True)
@@ -70,8 +71,7 @@ def reconcile_show(item_id: int, config: ConfigOption = None) -> None:
     with runtime.session_factory() as session:
         item = session.get(ReconciliationItem, item_id)
         if item is None:
-            err_console.print(f"no reconciliation item {item_id}")
-            raise typer.Exit(1)
+            raise CommandError(f"no reconciliation item {item_id}")
         console.print(f"item {item.id}  {item.kind}  {item.state}  {item.detail}")
         console.print(f"observed: patient id {item.patient_id!r}, name {item.patient_name!r}, "
                       f"birth date {item.birth_date!r}, modality {item.modality!r}, station "
@@ -98,8 +98,7 @@ def reconcile_link(
     try:
         outcome = root.use_cases.link_item(item_id, order, getpass.getuser())
     except ResolveError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CommandError(str(exc)) from exc
     console.print(outcome)
     _queued(root)
     root.close()
@@ -114,8 +113,7 @@ def reconcile_dismiss(item_id: int, config: ConfigOption = None) -> None:
     try:
         console.print(root.use_cases.dismiss_item(item_id, getpass.getuser()))
     except ResolveError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CommandError(str(exc)) from exc
 
 
 @outbound_app.command("list")

@@ -13,9 +13,13 @@ import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from broker.hl7.message import HL7_VERSIONS
 from broker.mapping import PACKAGED_PROFILES
@@ -332,6 +336,7 @@ class Settings(BaseSettings):
         default="",
         description="Durability tests only: 'crash-after-commit:N' ends the process abruptly "
         "after the N-th stored message is committed, before its task is published.",
+        json_schema_extra={"test_only": True},
     )
     sweep_interval: float = Field(
         default=15.0,
@@ -375,6 +380,29 @@ class Settings(BaseSettings):
             raise ValueError("at least one HL7 version must be accepted")
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ValueError, ZoneInfoNotFoundError):
+                raise ValueError(f"no IANA time zone {value!r} (e.g. Europe/Berlin; empty "
+                                 "for the host's zone)") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            driver = make_url(value).drivername
+        except ArgumentError:
+            driver = ""
+        if driver not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+            raise ValueError("give sqlite:///path/to/file.db or postgresql+psycopg://user:"
+                             "password@host/database (the drivers the broker installs)")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -390,6 +418,14 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when tasks run in-process (no Celery broker configured)."""
         return not self.celery_broker_url
+
+
+def user_settings() -> dict[str, FieldInfo]:
+    """The settings a deployment sets: all but those only tests use (marked
+    ``test_only``), which ``serve --help`` and the README leave out."""
+    return {name: field for name, field in Settings.model_fields.items()
+            if not (isinstance(field.json_schema_extra, dict)
+                    and field.json_schema_extra.get("test_only"))}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import signal
 import threading
 
-import typer
-
 from broker.cli import app
 from broker.cli_common import (
     ConfigOption,
     configure_logging,
-    err_console,
     safe_url,
     settings_from,
     settings_help,
 )
+from broker.cli_errors import starting
 from broker.config import Settings
 
 __all__ = ["app"]
@@ -34,11 +32,8 @@ def serve(config: ConfigOption = None) -> None:
     settings = settings_from(config)
     configure_logging(json_lines=settings.log_format == "json")
     broker = BrokerApp(settings)
-    try:
+    with starting():
         broker.start()
-    except Exception as exc:
-        err_console.print(f"[red]could not start:[/red] {exc}")
-        raise typer.Exit(1) from None
     ports = broker.ports()
     _print_banner(settings, ports["mllp"], ports["dicom"], broker.http_port,
                   ports["mllp_tls"], ports["dicom_tls"])
@@ -103,7 +98,8 @@ def web(config: ConfigOption = None) -> None:
     root = build(settings, Role.CONSOLE)
     ensure_first_admin(root.runtime.session_factory, settings)
     server = WebServer(root.runtime, root.use_cases)
-    server.start()
+    with starting():
+        server.start()
     print(f"mwl-broker console on http://localhost:{server.port}/", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from broker.cli_common import ConfigOption, configure_logging, err_console, settings_from
+from broker.cli_common import ConfigOption, configure_logging, settings_from
+from broker.cli_errors import ConfigurationError
 from broker.main import app
 
 __all__ = ["app"]
@@ -28,9 +29,8 @@ def worker(
     configure_logging(loglevel)
     settings = settings_from(config)
     if settings.embedded:
-        err_console.print("[red]MWLB_CELERY_BROKER_URL is empty:[/red] nothing to work for "
-                          "(embedded mode processes in `mwl-broker serve`).")
-        raise typer.Exit(2)
+        raise ConfigurationError("MWLB_CELERY_BROKER_URL is empty: nothing to work for "
+                                 "(embedded mode processes in `mwl-broker serve`)")
     upgrade(settings.database_url)
     root = build(settings, Role.WORKER)
     root.runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
