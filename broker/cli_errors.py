@@ -108,6 +108,7 @@ def explain(exc: Exception) -> tuple[str, int] | None:
 
     from broker.mapping.profile import ProfileError
     from broker.security.access import AccessConfigurationError
+    from broker.security.first_admin import FirstAdminError
 
     problem: str | None = None
     if isinstance(exc, ConfigurationError):
@@ -116,7 +117,7 @@ def explain(exc: Exception) -> tuple[str, int] | None:
         return str(exc), exc.exit_code
     elif isinstance(exc, ValidationError | SettingsError):
         problem = settings_problem(exc)
-    elif isinstance(exc, AccessConfigurationError):
+    elif isinstance(exc, AccessConfigurationError | FirstAdminError):
         problem = str(exc)
     elif isinstance(exc, ProfileError):
         problem = f"MWLB_MAPPINGS_DIR: {exc}"

@@ -103,7 +103,9 @@ def test_a_first_admin_that_cannot_be_created_names_the_setting(
     assert not password or password not in str(refused.value)
 
 
-def test_serve_refuses_to_start_with_a_weak_first_password(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "web"])
+def test_a_server_refuses_to_start_with_a_weak_first_password(tmp_path: Path,
+                                                             command: str) -> None:
     secret = tmp_path / "secret"
     secret.write_text("password1234\n")  # on the common-passwords list
     env = {**os.environ, "MWLB_DATABASE_URL": f"sqlite:///{tmp_path / 'broker.db'}",
@@ -111,7 +113,8 @@ def test_serve_refuses_to_start_with_a_weak_first_password(tmp_path: Path) -> No
            "MWLB_MLLP_HOST": "127.0.0.1", "MWLB_MLLP_PORT": str(free_port()),
            "MWLB_DICOM_HOST": "127.0.0.1", "MWLB_DICOM_PORT": str(free_port()),
            "MWLB_HTTP_HOST": "127.0.0.1", "MWLB_HTTP_PORT": str(free_port())}
-    proc = subprocess.run([CLI, "serve"], env=env, capture_output=True, text=True, timeout=90)
+    proc = subprocess.run([CLI, command], env=env, capture_output=True, text=True,
+                          timeout=90)
     assert proc.returncode != 0
     assert "MWLB_ADMIN_PASSWORD_FILE" in proc.stderr and "common passwords" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
