@@ -285,6 +285,24 @@ class DicomRequest(Base):
     error_comment: Mapped[str] = mapped_column(String(1024), default="")
 
 
+class DicomRefusal(Base):
+    """Refused DICOM associations and connections: how many, per calling AE title, called
+    AE title, peer address and reason, counted over a short interval (``at`` is the
+    last refusal counted). A-ASSOCIATE-RJ reasons are named as in PS3.8 Table 9-21;
+    the others (``tls-handshake-failed``, ``not-dicom``, ...) as in
+    :mod:`broker.dicom.refusals`. Addresses and AE titles only, never patient data."""
+
+    __tablename__ = "dicom_refusal"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    called_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    address: Mapped[str] = mapped_column(String(100), default="")
+    reason: Mapped[str] = mapped_column(String(40))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+
 class PerformedProcedureStep(Base):
     """A Modality Performed Procedure Step SOP Instance (PS3.4 F.7).
 

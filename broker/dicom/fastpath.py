@@ -28,7 +28,8 @@ pynetdicom internals this module depends on, checked against pynetdicom 3.0.x
    :func:`transport_socket` in both modes: the peer certificate for access control,
    TCP_NODELAY / TCP_QUICKACK, the association guard. If it moves, the accessor
    returns None: the TCP options are skipped and a certificate-bound AE title is
-   rejected (fails closed).
+   rejected (fails closed). :func:`close_transport` calls ``Association.dul.socket``'s
+   ``close()`` for a connection refused before its association starts.
 3. ``AssociationServer.contexts`` deep-copied per association in
    ``RequestHandler._handle_connection``, and ``PresentationContext._transfer_syntax``,
    the list the negotiation changes in the copy.
@@ -73,6 +74,15 @@ def transport_socket(assoc: Any) -> socket.socket | None:
     """The association's TCP (or TLS) socket, None if pynetdicom no longer exposes it."""
     sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def close_transport(assoc: Any) -> None:
+    """Close a connection refused before its association thread starts: pynetdicom
+    then finds the transport closed (Evt17) and never reads what the peer sent, which
+    it would log as errors (non-DICOM bytes: an A-ABORT and a line per six bytes)."""
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    if transport is not None:
+        transport.close()
 
 
 class _Contexts(list[Any]):

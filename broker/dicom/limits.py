@@ -7,8 +7,13 @@ out. The rules, each a setting:
   not) from one IP address; a further one is closed as soon as it is accepted, before
   anything is read (as the MLLP listener does).
 * Before the association: a connection has ``dicom_acse_timeout`` seconds for its TLS
-  handshake and again for its A-ASSOCIATE-RQ (the ARTIM timer, PS3.8 9.1.5); the TLS
-  handshake runs in the connection's own thread, never in the accept loop. At most
+  handshake and again for its A-ASSOCIATE-RQ (the ARTIM timer, PS3.8 9.1.5; counted
+  from its first byte, which must arrive within that time too); the TLS handshake
+  runs in the connection's own thread, never in the accept loop. The first byte is
+  looked at, not read: on the TLS port it must open a TLS handshake, on the plaintext
+  port it must be a PDU type (PS3.8 Table 9-11), else the connection is closed with
+  one log line (an HL7 sender on the DICOM port would otherwise get an A-ABORT, and
+  a log line, for every six bytes it sends). At most
   ``dicom_max_associations + dicom_reserved_associations`` connections may wait for
   their A-ASSOCIATE-RQ at once: a new connection closes the one that has waited
   longest, so silent sockets cannot keep a modality from connecting.
@@ -40,6 +45,7 @@ from pynetdicom.dimse_messages import C_CANCEL_RQ, C_ECHO_RQ, C_ECHO_RSP
 
 from broker.config import Settings
 from broker.dicom import fastpath
+from broker.dicom.refusals import PDU_TYPES, TLS_HANDSHAKE, RefusalLog, first_byte
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,28 @@ def _transport(assoc: Any) -> socket.socket | None:
     return fastpath.transport_socket(assoc)
 
 
+def _peek(sock: socket.socket, timeout: float) -> int | None:
+    """The connection's first byte, left unread (the raw socket's, beneath TLS); None
+    when the peer closes or sends nothing within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        data = socket.socket.recv(sock, 1, socket.MSG_PEEK)
+    except OSError:  # timeouts too
+        return None
+    return data[0] if data else None
+
+
+def _tls_failure(exc: Exception, timeout: float) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words (no peer data)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"client certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, TimeoutError):
+        return f"not done within {timeout:g} s"
+    return type(exc).__name__
+
+
 def _close(sock: socket.socket | None) -> None:
     """Shut the connection down from any thread (the base socket's shutdown, so an
     SSLSocket in another thread's handshake just sees its connection end)."""
@@ -95,7 +123,8 @@ class AssociationGuard:
     ports): event handlers for pynetdicom, :meth:`admit` for the EVT_REQUESTED
     handler, and a thread that aborts idle associations."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, refusals: RefusalLog) -> None:
+        self.refusals = refusals
         self.general = settings.dicom_max_associations
         self.reserve = settings.dicom_reserved_associations
         self.per_ip = settings.dicom_max_associations_per_ip
@@ -124,8 +153,8 @@ class AssociationGuard:
     # -- connection --------------------------------------------------------------------
 
     def on_connection(self, event: Any) -> None:
-        """Per-address cap and waiting-room eviction, then the TLS handshake (runs in
-        the connection's thread before its association starts)."""
+        """Per-address cap and waiting-room eviction, then the first byte and the TLS
+        handshake (runs in the connection's thread before its association starts)."""
         assoc = event.assoc
         sock = _transport(assoc)
         ip = str(event.address[0]) if event.address else "?"
@@ -148,29 +177,43 @@ class AssociationGuard:
                      "A-ASSOCIATE-RQ while the waiting room was full", victim.ip)
             _close(victim.sock)
         if refused:
-            log.info("DICOM connection from %s refused: %d already open from that address",
-                     ip, self.per_ip)
-            self._refuse(assoc, sock)
+            self.refusals.refused("address-limit-exceeded", ip,
+                                  detail=f"{self.per_ip} already open")
+            self._refuse(assoc)
+            return
+        if sock is None:
+            return
+        tls = isinstance(sock, ssl.SSLSocket)
+        first = _peek(sock, self.acse_timeout)
+        if first is None:  # closed, or silent for the whole ARTIM time: just close
+            self._refuse(assoc)
+            return
+        expected = (first == TLS_HANDSHAKE) if tls else (first in PDU_TYPES)
+        if not expected:
+            self.refusals.refused("tls-handshake-failed" if tls else "not-dicom", ip,
+                                  detail=first_byte(first, tls_port=tls))
+            self._refuse(assoc)
             return
         if isinstance(sock, ssl.SSLSocket):
-            sock.settimeout(self.acse_timeout)
+            timeout = max(self.acse_timeout - (time.monotonic() - now), 0.01)
+            sock.settimeout(timeout)
             try:
                 sock.do_handshake()
             except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSError
-                log.info("DICOM TLS handshake with %s failed: %s", ip, type(exc).__name__)
-                self._refuse(assoc, sock)
+                self.refusals.refused("tls-handshake-failed", ip,
+                                      detail=_tls_failure(exc, self.acse_timeout))
+                self._refuse(assoc)
                 return
-        if sock is not None:
-            # Bounds a PDU that stops half-way; pynetdicom reads only when data is ready.
-            sock.settimeout(self.network_timeout)
+        # Bounds a PDU that stops half-way; pynetdicom reads only when data is ready.
+        sock.settimeout(self.network_timeout)
 
-    def _refuse(self, assoc: Any, sock: socket.socket | None) -> None:
+    def _refuse(self, assoc: Any) -> None:
         with self._lock:
             conn = self._connections.get(id(assoc))
             if conn is not None:
                 conn.closed = True
         assoc.acse_timeout = 0.01  # nothing will come: end its ARTIM wait at once
-        _close(sock)
+        fastpath.close_transport(assoc)
 
     def _on_close(self, event: Any) -> None:
         with self._lock:

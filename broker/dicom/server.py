@@ -49,6 +49,7 @@ from broker.config import Settings
 from broker.db import unit_of_work
 from broker.dicom import fastpath
 from broker.dicom.limits import LOCAL_LIMIT_EXCEEDED, AssociationGuard, DeferredHandshake
+from broker.dicom.refusals import REASONS, RefusalLog, reject_reason
 from broker.dicom.storage import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -59,7 +60,7 @@ from broker.dicom.storage import (
 )
 from broker.dicom.worklist import find_worklist
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
-from broker.security.access import calling_entry, uses_reserve
+from broker.security.access import calling_entry, refusal_reason, uses_reserve
 from broker.security.tls import certificate_cn
 from broker.services.dimse_status import PROCESSING_FAILURE, MppsError
 
@@ -113,7 +114,8 @@ class DicomServer:
         self.use_cases = use_cases
         self.zone = zone or settings.timezone or local_zone_name()
         self.ae = AE(ae_title=settings.ae_title)
-        self.guard = AssociationGuard(settings)
+        self.refusals = RefusalLog(self.writer)
+        self.guard = AssociationGuard(settings, self.refusals)
         self.ae.maximum_associations = self.guard.backstop
         self.ae.acse_timeout = settings.dicom_acse_timeout  # ARTIM (PS3.8 9.1.5)
         self.ae.network_timeout = settings.dicom_network_timeout
@@ -139,6 +141,7 @@ class DicomServer:
             (evt.EVT_CONN_OPEN, self._on_connection),
             *self.guard.handlers(),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_DATA_RECV, self._on_data),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),
@@ -150,6 +153,7 @@ class DicomServer:
             (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
         self.guard.start()
+        self.refusals.start()
         if self.settings.dicom_port >= 0 and not self.settings.tls_only:
             self._server = self.ae.start_server(
                 (self.settings.dicom_host, self.settings.dicom_port), block=False,
@@ -184,6 +188,7 @@ class DicomServer:
                 server.shutdown()
         self._server = self._tls_server = None
         self.guard.stop()
+        self.refusals.stop()
         self._recorder.shutdown(wait=True)
 
     def _on_requested(self, event: Any) -> None:
@@ -196,32 +201,39 @@ class DicomServer:
         recognized" and a Security Alert is audited. An allowed one beyond the
         association limits (:mod:`broker.dicom.limits`) is rejected with result 2
         (transient), source 3 (service provider, presentation), reason 2
-        "local-limit-exceeded"."""
-        calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        "local-limit-exceeded". Either is logged and counted
+        (:mod:`broker.dicom.refusals`) with the specific reason."""
+        primitive = event.assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
         address = str(event.assoc.requestor.address)
         sock = fastpath.transport_socket(event.assoc)
         cn = certificate_cn(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
         allowed = self.settings.dicom_allowed_calling
         entry = calling_entry(allowed, calling, address, cn)
         if allowed and entry is None:
-            bound = any(e.certificate_subject and e.ae_title.strip() == calling
-                        for e in allowed)
-            why = ("without its certificate" if bound and cn is None
-                   else "not allowed from this address or certificate")
-            log.warning("association from %s at %s rejected: calling AE title %s", calling,
-                        address, why)
+            reason = refusal_reason(allowed, calling, address, cn)
+            self.refusals.refused(reason, address, calling, called)
             try:
                 with unit_of_work(self.writer) as session:
                     audit.security_alert(session, calling, address,
-                                         f"DICOM association rejected: calling AE title {why}")
+                                         f"DICOM association rejected: {REASONS[reason]}")
             except SQLAlchemyError as exc:
                 log.error("security alert not recorded: %s", type(exc).__name__)
             self._reject(event, 0x01, 0x01, 0x03)
             return
         if not self.guard.admit(event.assoc, uses_reserve(entry)):
-            log.warning("association from %s at %s rejected: local limit exceeded", calling,
-                        address)
+            self.refusals.refused("local-limit-exceeded", address, calling, called)
             self._reject(event, *LOCAL_LIMIT_EXCEEDED)
+
+    def _on_rejected(self, event: Any) -> None:
+        """pynetdicom's own A-ASSOCIATE-RJ (the called AE title is not ours, PS3.8
+        reason 7; its thread limit :attr:`AssociationGuard.backstop`): logged and
+        counted like ours."""
+        rq, rj = event.assoc.requestor.primitive, event.assoc.acceptor.primitive
+        self.refusals.refused(reject_reason(rj.result_source, rj.diagnostic),
+                              str(event.assoc.requestor.address),
+                              str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip())
 
     @staticmethod
     def _reject(event: Any, result: int, source: int, reason: int) -> None:

@@ -62,6 +62,21 @@ def calling_entry(allowed: Sequence[AllowedAE], ae_title: str, peer_ip: str,
     return None
 
 
+def refusal_reason(allowed: Sequence[AllowedAE], ae_title: str, peer_ip: str,
+                   certificate_cn: str | None) -> str:
+    """Why :func:`calling_entry` found no entry, for the log and the console:
+    ``calling-ae-title-not-recognized`` (no entry for this AE title),
+    ``address-not-allowed`` (none from this address), else its entries bind it to a
+    certificate: ``certificate-missing`` (none verified) or ``certificate-mismatch``."""
+    title = ae_title.strip()
+    entries = [entry for entry in allowed if entry.ae_title.strip() == title]
+    if not entries:
+        return "calling-ae-title-not-recognized"
+    if not any(host_allowed(peer_ip, entry.hosts) for entry in entries):
+        return "address-not-allowed"
+    return "certificate-missing" if certificate_cn is None else "certificate-mismatch"
+
+
 def calling_allowed(allowed: Sequence[AllowedAE], ae_title: str, peer_ip: str,
                     certificate_cn: str | None) -> bool:
     """DICOM: may ``ae_title`` associate from ``peer_ip`` (with this certificate)?

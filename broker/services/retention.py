@@ -3,7 +3,8 @@ MWLB_RETENTION_DAYS, and what never is.
 
 Pruned: inbound messages that were processed or rejected (except one an order still
 names as its last message), worklist query records with their results, MPPS/IAN
-request records, outbound messages the EHR accepted. Never pruned: messages still
+request records, outbound messages the EHR accepted, counts of refused DICOM
+associations. Never pruned: messages still
 waiting or failed (someone has to look at them), outbound messages pending or failed,
 orders, steps and their history, MPPS instances, the instance index, reconciliation
 items. With retention 0 nothing is pruned.
@@ -18,6 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from broker.models import (
+    DicomRefusal,
     DicomRequest,
     ImagingOrder,
     InboundMessage,
@@ -51,6 +53,7 @@ def prune(session: Session, retention_days: float, *, dry_run: bool = False,
         "outbound messages": (OutboundMessage, [
             OutboundMessage.created_at < cutoff,
             OutboundMessage.status == OutboundStatus.SENT.value]),
+        "refused DICOM association counts": (DicomRefusal, [DicomRefusal.at < cutoff]),
     }
     counts = {}
     for label, (model, conditions) in targets.items():

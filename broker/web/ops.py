@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from broker.models import InboundMessage, OutboundMessage, WorklistQuery
+from broker.models import DicomRefusal, InboundMessage, OutboundMessage, WorklistQuery
 from broker.runtime import Runtime
 from broker.web import queries
 
@@ -32,6 +32,7 @@ class BrokerCollector(Collector):
         with self.runtime.session_factory() as session:
             yield from self._messages(session)
             yield from self._worklist(session)
+            yield from self._refusals(session)
             yield from self._outbound(session)
 
     @staticmethod
@@ -81,6 +82,20 @@ class BrokerCollector(Collector):
                                       "Modality Worklist C-FIND queries and their duration")
         summary.add_metric([], count_value=count or 0, sum_value=(total or 0.0) / 1000)
         yield summary
+
+    @staticmethod
+    def _refusals(session: Any) -> Iterator[Any]:
+        refused = CounterMetricFamily(
+            "mwlb_dicom_associations_refused",
+            "DICOM associations and connections refused, by reason (PS3.8 Table 9-21 "
+            "names, tls-handshake-failed, not-dicom, ...) and calling AE title (empty "
+            "when refused before the A-ASSOCIATE-RQ)", labels=["reason", "calling_ae"])
+        for reason, calling, count in session.execute(
+                select(DicomRefusal.reason, DicomRefusal.calling_ae_title,
+                       func.sum(DicomRefusal.count))
+                .group_by(DicomRefusal.reason, DicomRefusal.calling_ae_title)):
+            refused.add_metric([reason, calling], count)
+        yield refused
 
     @staticmethod
     def _outbound(session: Any) -> Iterator[Any]:

@@ -4,7 +4,7 @@ it, so both always agree. Read-only, one session per call."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +16,7 @@ from broker.config import Settings
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import (
+    DicomRefusal,
     DicomRequest,
     InboundMessage,
     MppsStepLink,
@@ -75,6 +76,33 @@ def last_activity(session: Session) -> list[dict[str, str]]:
             for ae, (at, what) in sorted(seen.items(), key=lambda kv: kv[1][0], reverse=True)]
 
 
+def refused_associations(session: Session, within: timedelta = timedelta(hours=1)
+                         ) -> list[dict[str, Any]]:
+    """DICOM refusals of the last ``within``, per calling AE title and reason, most
+    first: how many, the called AE titles and addresses they came with, the last one."""
+    since = datetime.now(UTC) - within
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for calling, reason, called, address, count, last in session.execute(
+            select(DicomRefusal.calling_ae_title, DicomRefusal.reason,
+                   DicomRefusal.called_ae_title, DicomRefusal.address,
+                   func.sum(DicomRefusal.count), func.max(DicomRefusal.at))
+            .where(DicomRefusal.at >= since)
+            .group_by(DicomRefusal.calling_ae_title, DicomRefusal.reason,
+                      DicomRefusal.called_ae_title, DicomRefusal.address)):
+        group = groups.setdefault((calling, reason), {
+            "calling_ae_title": calling, "reason": reason, "count": 0,
+            "called_ae_titles": set(), "addresses": set(), "last": ""})
+        group["count"] += int(count)
+        if called:
+            group["called_ae_titles"].add(called)
+        group["addresses"].add(address)
+        group["last"] = max(group["last"], iso(last))
+    return [{**g, "called_ae_titles": sorted(g["called_ae_titles"]),
+             "addresses": sorted(g["addresses"])}
+            for g in sorted(groups.values(), key=lambda g: (g["count"], g["last"]),
+                            reverse=True)]
+
+
 def dashboard(session: Session, settings: Settings) -> dict[str, Any]:
     inbound = _counts(session, InboundMessage.status)
     outbound = _counts(session, OutboundMessage.status)
@@ -97,6 +125,7 @@ def dashboard(session: Session, settings: Settings) -> dict[str, Any]:
         "reconciliation_open": session.scalar(select(func.count(ReconciliationItem.id)).where(
             ReconciliationItem.state == "open")) or 0,
         "last_activity": last_activity(session),
+        "refused_associations": refused_associations(session),
     }
 
 
