@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from typing import Any
 
 import httpx
@@ -98,17 +99,28 @@ def test_the_dashboard_queries_series_the_broker_exposes(make_broker: Any,
     app = make_broker(outbound_destinations=destination(ehr.port))
     # Traffic for every series and label value the dashboard selects: an order applied
     # and performed (order status sent to the EHR), one failed (AE), one rejected (AR),
-    # and a worklist query.
+    # a worklist query, and an association refused (a called AE title it does not use).
     perform(app)
     [failed] = send(app.mllp_port, set_field(set_field(sample("05"), "PID", 3, ""),
                                              "MSH", 10, "ORM-NO-PID"))
     [rejected] = send(app.mllp_port, set_field(sample("03"), "MSH", 11, "X"))
     assert (failed.code, rejected.code) == ("AE", "AR")
     findscu(app.dicom_port, ["AccessionNumber=ACC0001"])
+    refused = subprocess.run(["echoscu", "-aet", "CT01_AE", "-aec", "NOT_THE_BROKER",
+                              "127.0.0.1", str(app.dicom_port)], capture_output=True,
+                             timeout=60)
+    assert refused.returncode != 0
     wait_until(lambda: {m.status for m in outbox(app)} == {"sent"}, what="order status sent")
-    scrape = httpx.get(f"http://127.0.0.1:{app.http_port}/metrics", timeout=30)
-    assert scrape.status_code == 200
-    series = exposed_series(scrape.text)
+
+    def scrape() -> str:
+        response = httpx.get(f"http://127.0.0.1:{app.http_port}/metrics", timeout=30)
+        assert response.status_code == 200
+        return response.text
+
+    # Refusals are counted within a second of the refusal.
+    wait_until(lambda: "mwlb_dicom_associations_refused_total{" in scrape(),
+               what="the refusal counted")
+    series = exposed_series(scrape())
 
     panels = json.loads(DASHBOARD.read_text())["panels"]
     queried = 0
