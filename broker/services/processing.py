@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -116,20 +116,24 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     """Apply one message inside the caller's transaction (in a savepoint of its own)
     and record the result on its row (:func:`_record`)."""
     msg: Message | None = None
+    # The caller's pending changes (the row itself, when just added) go in first,
+    # outside the savepoint. Patients, orders and the audit record are then written
+    # with Core statements on the session's connection, in a savepoint of the
+    # connection: the session has none of its objects changed inside it, so nothing
+    # to undo when it is rolled back.
+    session.flush()
+    connection = session.connection()
     try:
-        with session.begin_nested(), warnings.collecting() as found:
+        with connection.begin_nested(), warnings.collecting() as found:
             msg = read(row.raw)
             mapped = mapper(msg, received_at=row.received_at)
-            # Patients, orders and the audit record are written with Core statements
-            # on the session's connection, in its savepoint.
-            connection = session.connection()
             if isinstance(mapped, AdtMessage):
                 outcome = apply_adt(connection, mapped)
             else:
                 outcome = apply_order(connection, mapped, row)
             audit.hl7_applied(connection, row, mapped)
     except HL7Error as exc:
-        _record(session, row, _failure(row, msg or exc.partial, exc))
+        _record(connection, row, _failure(row, msg or exc.partial, exc))
         log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
                  exc.code, exc.location or "")
         return
@@ -138,7 +142,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
         # value the database refuses). Fail it, keeping the reason, instead of looping.
         log.error("message %s (MSH-10 %s): the database refuses its data (%s)", row.id,
                   row.control_id, type(exc).__name__)
-        _record(session, row, _failure(row, msg, HL7Error(
+        _record(connection, row, _failure(row, msg, HL7Error(
             ErrorCode.APPLICATION_INTERNAL_ERROR,
             f"the database refused the data ({type(exc).__name__})")))
         return
@@ -150,7 +154,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
         # Class and code location only: an exception's text may quote patient data.
         log.error("message %s failed: %s at %s:%s", row.id, type(exc).__name__,
                   where.filename, where.lineno)
-        _record(session, row, _failure(row, msg, HL7Error(
+        _record(connection, row, _failure(row, msg, HL7Error(
             ErrorCode.APPLICATION_INTERNAL_ERROR,
             f"internal error ({type(exc).__name__}: {exc})"[:500])))
         return
@@ -163,7 +167,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     if row.ack is None:
         result["ack"] = build_ack(msg, "AA", warnings=found_warnings)
         result["ack_code"] = "AA"
-    _record(session, row, result)
+    _record(connection, row, result)
     log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
 
 
@@ -188,13 +192,13 @@ def _failure(row: InboundMessage, msg: Message | None, error: HL7Error) -> dict[
     return result
 
 
-def _record(session: Session, row: InboundMessage, result: dict[str, Any]) -> None:
+def _record(connection: Connection, row: InboundMessage, result: dict[str, Any]) -> None:
     """Write the result of an attempt (one more attempt counted) with one Core UPDATE
     of the row, and give the row object the values written as its stored state
     (``set_committed_value``): the caller reads them from it, and the ORM has nothing
     of the row left to flush."""
     values = {**result, "attempts": row.attempts + 1, "updated_at": utcnow()}
-    session.connection().execute(_RECORDING, {"pk_": row.id, **values})
+    connection.execute(_RECORDING, {"pk_": row.id, **values})
     for name, value in values.items():
         set_committed_value(row, name, value)
 
