@@ -2,8 +2,9 @@
 it from where, and on which objects, as DICOM audit message XML (PS3.15 A.5.1).
 
 :func:`record` writes the event in the caller's transaction, so it commits (or not)
-with the action it records. Participant objects carry ids (patient id, accession, study UID,
-SOP class) as the standard asks; audit records are access-controlled data, not logs.
+with the action it records. Participant objects carry ids (patient id, accession,
+study UID, SOP class) as the standard asks; audit records are access-controlled data,
+not logs.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from broker.models import (
     StepStatusChange,
 )
 from broker.services.records import (
+    change_status,
     procedure_columns,
-    status_change,
     step_columns,
     with_status,
 )
@@ -69,10 +69,10 @@ class Step:
     stored: dict[str, Any] | None = None  # the row as read; None: new
 
     @classmethod
-    def new(cls, pk: int, procedure_pk: int, placer_step_key: str, status: SPSStatus,
-            station_rule: str, attributes: Attributes) -> Step:
-        step = cls(pk, procedure_pk, placer_step_key, status.value, station_rule,
-                   attributes, {})
+    def new(cls, pk: int, procedure_pk: int, placer_step_key: str, station_rule: str,
+            attributes: Attributes) -> Step:
+        """A new step, without a status until it is given one (:meth:`OrderState.set_status`)."""
+        step = cls(pk, procedure_pk, placer_step_key, "", station_rule, attributes, {})
         step.sync()
         return step
 
@@ -156,17 +156,11 @@ class OrderState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def set_status(self, step: Step, status: SPSStatus, *, cause: str) -> bool:
-        """Set the step's status (column and attribute) and record the change in its
-        history with ``cause`` (ids only); True when it changed."""
-        if step.status == status.value:
-            return False
-        self.record(step, step.status or "", status, cause)
-        step.status = status.value
-        step.attributes = with_status(step.attributes, status.value)
-        return True
-
-    def record(self, step: Step, old: str, new: SPSStatus, cause: str) -> None:
-        self.history.append({"sps_pk": step.id, **status_change(old, new, cause)})
+        """:func:`broker.services.records.change_status`, the history row kept to
+        write; True when the status changed."""
+        return change_status(step, status, cause=cause,
+                             history=lambda change: self.history.append(
+                                 {"sps_pk": step.id, **change}))
 
     def find_order(self, procedure: ProcedureRecord) -> Order | None:
         """The order with the procedure's placer order number, else the one with its

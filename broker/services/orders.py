@@ -253,10 +253,10 @@ def _create_step(unit: _Unit, order: Order | None, procedure: ProcedureRecord,
     attributes = dict(step.attributes)
     if not attributes.get("ScheduledProcedureStepID"):
         attributes = {**attributes, "ScheduledProcedureStepID": f"SPS{pk:07d}"}
-    sps = Step.new(pk, rp.id, step.placer_step_key, decision.status, step.station_rule,
-                   attributes)
+    sps = Step.new(pk, rp.id, step.placer_step_key, step.station_rule, attributes)
     rp.steps.append(sps)
-    unit.state.record(sps, "", decision.status, unit.cause)
+    # A new step has no status yet: its history starts with the one decided.
+    unit.state.set_status(sps, decision.status, cause=unit.cause)
     outcome.append(f"step {sps.sps_id} {decision.status.value}")
     return order
 

@@ -8,7 +8,8 @@ are :func:`broker.domain.types.station_ae_titles` of its attributes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from broker.domain.matching import normalise_time, person_name_key, person_name_keys
 from broker.domain.types import Attributes
@@ -84,18 +85,28 @@ def with_status(attributes: Attributes | None, status: str) -> Attributes:
     return {**(attributes or {}), "ScheduledProcedureStepStatus": status}
 
 
-def status_change(old: str, new: SPSStatus, cause: str) -> dict[str, str]:
-    """The step history row of a status change; ``cause`` names what changed it (ids
-    only)."""
-    return {"old_status": old, "new_status": new.value, "cause": cause[:CAUSE_LENGTH]}
+class HasStatus(Protocol):
+    """A scheduled procedure step, as a mapped row or as a plain one."""
+
+    status: str
+    attributes: Attributes
+
+
+def change_status(step: HasStatus, status: SPSStatus, *, cause: str,
+                  history: Callable[[dict[str, str]], None]) -> bool:
+    """Set the step status (column and attribute) and hand the step history row of the
+    change to ``history``, ``cause`` naming what changed it (ids only); True when it
+    changed."""
+    if step.status == status.value:
+        return False
+    history({"old_status": step.status or "", "new_status": status.value,
+             "cause": cause[:CAUSE_LENGTH]})
+    step.status = status.value
+    step.attributes = with_status(step.attributes, status.value)
+    return True
 
 
 def set_step_status(sps: ScheduledProcedureStep, status: SPSStatus, *, cause: str) -> bool:
-    """Set the status of a mapped step (column and attribute) and record the change in
-    its history with ``cause`` (ids only); True when it changed."""
-    if sps.status == status.value:
-        return False
-    sps.history.append(StepStatusChange(**status_change(sps.status or "", status, cause)))
-    sps.status = status.value
-    sps.attributes = with_status(sps.attributes, status.value)
-    return True
+    """:func:`change_status` of a mapped step, its history kept in the session."""
+    return change_status(sps, status, cause=cause,
+                         history=lambda change: sps.history.append(StepStatusChange(**change)))
