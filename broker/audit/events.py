@@ -1,9 +1,10 @@
 """Audit events (DICOM PS3.15 A.5.3, IHE ITI ATNA): what happened, who did
 it from where, and on which objects, as DICOM audit message XML (PS3.15 A.5.1).
 
-:func:`record` adds the event to the caller's session, so it commits (or not) with the
-action it records. Participant objects carry ids (patient id, accession, study UID,
-SOP class) as the standard asks; audit records are access-controlled data, not logs.
+:func:`record` writes the event in the caller's transaction, so it commits (or not)
+with the action it records. Participant objects carry ids (patient id, accession,
+study UID, SOP class) as the standard asks; audit records are access-controlled data,
+not logs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from xml.etree import ElementTree as ET
 
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
-from broker.models import AuditEvent
+from broker.models import AuditEvent, Base
 
 SOURCE_ID = "MWL_BROKER"
+_RECORDING = insert(Base.metadata.tables[AuditEvent.__tablename__])
 
 
 @dataclass(frozen=True)
@@ -137,17 +140,17 @@ def build_message(event: Code, action: str, outcome: int, actors: list[Actor],
 BROKER = Actor(SOURCE_ID, requestor=False)
 
 
-def record(session: Session, event: Code, *, action: str = "E", outcome: int = SUCCESS,
-           actors: list[Actor] | None = None, participants: list[Participant] | None = None,
-           event_type: Code | None = None, detail: str = "") -> AuditEvent:
-    """Add an audit event to ``session`` (committed with the caller's transaction)."""
+def record(session: Session | Connection, event: Code, *, action: str = "E",
+           outcome: int = SUCCESS, actors: list[Actor] | None = None,
+           participants: list[Participant] | None = None, event_type: Code | None = None,
+           detail: str = "") -> None:
+    """Write an audit event in the transaction of ``session`` (a session or its
+    connection): it commits, or not, with the caller's."""
     actors = actors or [BROKER]
     now = datetime.now(UTC)
-    row = AuditEvent(
-        at=now, event_id=event.code, event_name=(event_type or event).meaning, action=action,
-        outcome=outcome, user=actors[0].user_id[:128], address=actors[0].address[:100],
-        detail=detail[:400],
-        message=build_message(event, action, outcome, actors, participants or [],
-                              event_type=event_type, at=now))
-    session.add(row)
-    return row
+    session.execute(_RECORDING, {
+        "at": now, "event_id": event.code, "event_name": (event_type or event).meaning,
+        "action": action, "outcome": outcome, "user": actors[0].user_id[:128],
+        "address": actors[0].address[:100], "detail": detail[:400],
+        "message": build_message(event, action, outcome, actors, participants or [],
+                                 event_type=event_type, at=now)})

@@ -8,7 +8,7 @@ import hashlib
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from broker.audit import events as ev
@@ -45,12 +45,12 @@ def application(session: Session, settings: Settings, *, start: bool) -> None:
            detail=f"configuration {fingerprint}")
 
 
-def hl7_applied(session: Session, row: InboundMessage, mapped: OrderMessage | AdtMessage
-                ) -> None:
+def hl7_applied(connection: Connection, row: InboundMessage,
+                mapped: OrderMessage | AdtMessage) -> None:
     """Order Record (A.5.3.9) or Patient Record (A.5.3.10) for an applied message."""
     if isinstance(mapped, AdtMessage):
         action = "C" if mapped.event in ("A01", "A04", "A05") else "U"
-        record(session, ev.PATIENT_RECORD, action=action, actors=[_sender(row), BROKER],
+        record(connection, ev.PATIENT_RECORD, action=action, actors=[_sender(row), BROKER],
                participants=[patient(mapped.patient.patient_id)],
                detail=f"ADT^{mapped.event} message {row.id}")
         return
@@ -58,7 +58,7 @@ def hl7_applied(session: Session, row: InboundMessage, mapped: OrderMessage | Ad
     parts = [patient(mapped.patient.patient_id)] + [
         study(str(p.attributes.get("StudyInstanceUID", "")),
               str(p.attributes.get("AccessionNumber", ""))) for p in mapped.procedures]
-    record(session, ev.ORDER_RECORD, action=ACTIONS.get(controls[0] if controls else "", "U"),
+    record(connection, ev.ORDER_RECORD, action=ACTIONS.get(controls[0] if controls else "", "U"),
            actors=[_sender(row), BROKER], participants=parts,
            detail=f"{row.message_type} message {row.id}")
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table
 
 from broker.domain import lifecycle
 from broker.domain.errors import OrderRule, OrderRuleError
@@ -32,22 +31,20 @@ from broker.domain.lifecycle import Decision, OrderAction
 from broker.domain.types import OrderMessage, PatientRecord, ProcedureRecord, StepRecord
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
 from broker.hl7.warnings import TABLE_VALUE, warn
-from broker.models import (
-    ImagingOrder,
-    InboundMessage,
-    Patient,
-    RequestedProcedure,
-    ScheduledProcedureStep,
-    SPSStatus,
-    StepStatusChange,
+from broker.models import InboundMessage, SPSStatus
+from broker.services import order_state
+from broker.services.order_state import (
+    ORDERS,
+    PROCEDURES,
+    STEPS,
+    Order,
+    OrderState,
+    Procedure,
+    Step,
 )
-from broker.services.patients import create_patient, find_patient, survivor
-from broker.services.records import (
-    merge_attributes,
-    set_step_status,
-    sync_procedure,
-    sync_step,
-)
+from broker.services.patients import create_patient, survivor
+from broker.services.records import merge_attributes
+from broker.services.rows import KeyPool
 
 GENERATED_ACCESSION_PREFIX = "MWB"
 
@@ -61,8 +58,9 @@ def generate_study_uid() -> str:
 class _Unit:
     """What every step of one message is applied with."""
 
-    session: Session
-    patient: Patient
+    state: OrderState
+    keys: KeyPool
+    patient_pk: int
     inbound: InboundMessage
     profile: str
     outcome: list[str] = field(default_factory=list)
@@ -73,25 +71,48 @@ class _Unit:
         return f"HL7 message {self.inbound.id}, MSH-10 {self.inbound.control_id}"
 
 
-def apply_order(session: Session, message: OrderMessage, inbound: InboundMessage) -> list[str]:
+def apply_order(connection: Connection, message: OrderMessage,
+                inbound: InboundMessage) -> list[str]:
     """Apply every procedure and step of ``message``; returns outcome lines (ids only).
 
-    Raises HL7Error for the whole message; the caller rolls everything back then, so a
-    message is applied completely or not at all.
+    The stored state is read in one query and changed in memory; the changes are
+    written when every step has been applied. Raises HL7Error for the whole message;
+    the caller rolls everything back then, so a message is applied completely or not
+    at all.
     """
     outcome: list[str] = []
-    patient = _patient_for_order(session, message.patient, outcome)
-    unit = _Unit(session, patient, inbound, message.profile, outcome)
+    state = order_state.load(connection, message.patient, message.procedures)
+    patient_pk = _patient_for_order(connection, state, message.patient, outcome)
+    keys = KeyPool(connection, _rows_to_create(state, message))
+    unit = _Unit(state, keys, patient_pk, inbound, message.profile, outcome)
     sequence = 0
     for procedure in message.procedures:
         decisions = []
         for step in procedure.steps:
             sequence += 1
             decisions.append((step, decide(step, sequence), sequence))
-        order = _find_order(session, procedure)
+        order = _find_order(state, procedure)
         for step, decision, seq in decisions:
             order = _apply_step(unit, order, procedure, step, decision, seq)
+    order_state.write(connection, state)
     return outcome
+
+
+def _rows_to_create(state: OrderState, message: OrderMessage) -> dict[Table, int]:
+    """How many orders, procedures and steps the message is expected to create: those
+    of its records not stored yet. New rows get their keys before they are written
+    (one statement for all), so that generated identifiers go in with the row."""
+    orders: set[tuple[str, str, str, str]] = set()
+    procedures = steps = 0
+    for procedure in message.procedures:
+        order = state.find_order(procedure)
+        rp = None if order is None else _find_procedure(order, procedure)
+        if order is None:
+            orders.add((procedure.placer_order_number, procedure.placer_issuer,
+                        procedure.filler_order_number, procedure.filler_issuer))
+        procedures += rp is None
+        steps += sum(rp is None or _find_step(rp, step) is None for step in procedure.steps)
+    return {ORDERS: len(orders), PROCEDURES: procedures, STEPS: steps}
 
 
 def order_rule_error(err: OrderRuleError) -> HL7Error:
@@ -133,34 +154,28 @@ def decide(step: StepRecord, sequence: int) -> Decision:
     return decision
 
 
-def _patient_for_order(session: Session, record: PatientRecord, outcome: list[str]) -> Patient:
-    patient = find_patient(session, record.patient_id, record.issuer)
-    if patient is None:
-        patient = create_patient(session, record)
-        outcome.append(f"patient {patient.id} created from order")
-        return patient
-    current = survivor(session, patient)
-    if current is not patient:
-        outcome.append(f"patient {patient.id} was merged into {current.id}: order applied there")
+def _patient_for_order(connection: Connection, state: OrderState, record: PatientRecord,
+                       outcome: list[str]) -> int:
+    if state.patient is None:
+        created = create_patient(connection, record)
+        outcome.append(f"patient {created} created from order")
+        return created
+    patient_pk, merged_into = state.patient
+    current = survivor(connection, patient_pk, merged_into)
+    if current != patient_pk:
+        outcome.append(f"patient {patient_pk} was merged into {current}: order applied there")
     return current
 
 
-def _find_order(session: Session, procedure: ProcedureRecord) -> ImagingOrder | None:
-    clauses = []
-    if procedure.placer_order_number:
-        clauses.append((ImagingOrder.placer_order_number == procedure.placer_order_number)
-                       & (ImagingOrder.placer_issuer == procedure.placer_issuer))
-    if procedure.filler_order_number:
-        clauses.append((ImagingOrder.filler_order_number == procedure.filler_order_number)
-                       & (ImagingOrder.filler_issuer == procedure.filler_issuer))
-    if not clauses:
+def _find_order(state: OrderState, procedure: ProcedureRecord) -> Order | None:
+    if not (procedure.placer_order_number or procedure.filler_order_number):
         raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 2,
                           "placer (ORC-2) or filler (ORC-3) order number is required")
-    return session.scalars(select(ImagingOrder).where(or_(*clauses)).limit(1)).first()
+    return state.find_order(procedure)
 
 
-def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRecord,
-                step: StepRecord, decision: Decision, sequence: int) -> ImagingOrder:
+def _apply_step(unit: _Unit, order: Order | None, procedure: ProcedureRecord,
+                step: StepRecord, decision: Decision, sequence: int) -> Order:
     outcome = unit.outcome
     if decision.action is OrderAction.CREATE:
         return _create_step(unit, order, procedure, step, decision, sequence)
@@ -173,11 +188,11 @@ def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRec
                           "no requested procedure with this ID in the order", sequence=sequence)
     order.last_message_pk = unit.inbound.id
     if decision.action is OrderAction.CANCEL:
-        _cancel(rp, sequence, outcome, unit.cause)
+        _cancel(unit, rp, sequence)
     elif decision.action is OrderAction.DISCONTINUE:
         for sps in rp.steps:
             new = lifecycle.discontinue_outcome(SPSStatus(sps.status))
-            if set_step_status(sps, new, cause=unit.cause):
+            if unit.state.set_status(sps, new, cause=unit.cause):
                 outcome.append(f"step {sps.sps_id} {new.value}")
     else:
         found = _find_step(rp, step)
@@ -199,17 +214,18 @@ def _apply_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRec
                 raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 5,
                                   f"step is {current.value}; cannot become "
                                   f"{decision.status.value}", sequence=sequence)
-            if set_step_status(sps, decision.status, cause=unit.cause):
+            if unit.state.set_status(sps, decision.status, cause=unit.cause):
                 outcome.append(f"step {sps.sps_id} {decision.status.value}")
     return order
 
 
-def _create_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRecord,
-                 step: StepRecord, decision: Decision, sequence: int) -> ImagingOrder:
-    session, patient, inbound, outcome = unit.session, unit.patient, unit.inbound, unit.outcome
+def _create_step(unit: _Unit, order: Order | None, procedure: ProcedureRecord,
+                 step: StepRecord, decision: Decision, sequence: int) -> Order:
+    inbound, outcome = unit.inbound, unit.outcome
     if order is None:
-        order = ImagingOrder(
-            patient=patient,
+        order = Order(
+            id=unit.keys.take(ORDERS),
+            patient_pk=unit.patient_pk,
             placer_order_number=procedure.placer_order_number or None,
             placer_issuer=procedure.placer_issuer,
             filler_order_number=procedure.filler_order_number or None,
@@ -217,42 +233,35 @@ def _create_step(unit: _Unit, order: ImagingOrder | None, procedure: ProcedureRe
             sending_application=inbound.sending_application or "",
             sending_facility=inbound.sending_facility or "",
             profile=unit.profile,
+            last_message_pk=inbound.id,
         )
-        session.add(order)
-        session.flush()
+        unit.state.orders.append(order)
         outcome.append(f"order {order.id} created")
-    elif order.patient_pk != patient.id:
+    elif order.patient_pk != unit.patient_pk:
         raise field_error(ErrorCode.DUPLICATE_KEY_IDENTIFIER, "ORC", 2,
                           "order number already belongs to another patient", sequence=sequence)
     order.last_message_pk = inbound.id
     rp = _find_procedure(order, procedure)
     if rp is None:
-        rp = _create_procedure(session, order, procedure)
+        rp = _create_procedure(unit.keys, order, procedure)
         outcome.append(f"procedure {rp.requested_procedure_id} created")
     if _find_step(rp, step) is not None:
         raise field_error(ErrorCode.DUPLICATE_KEY_IDENTIFIER, "OBR", 20,
                           "scheduled procedure step already exists", sequence=sequence)
     assert decision.status is not None
-    sps = ScheduledProcedureStep(
-        procedure=rp,
-        sps_id=step.attributes.get("ScheduledProcedureStepID") or "",
-        placer_step_key=step.placer_step_key,
-        status=decision.status.value,
-        station_rule=step.station_rule,
-        attributes=dict(step.attributes),
-    )
-    sps.history.append(StepStatusChange(new_status=decision.status.value, cause=unit.cause))
-    session.add(sps)
-    if not sps.sps_id:
-        session.flush()
-        sps.attributes = {**sps.attributes, "ScheduledProcedureStepID": f"SPS{sps.id:07d}"}
-    sync_step(sps)
+    pk = unit.keys.take(STEPS)
+    attributes = dict(step.attributes)
+    if not attributes.get("ScheduledProcedureStepID"):
+        attributes = {**attributes, "ScheduledProcedureStepID": f"SPS{pk:07d}"}
+    sps = Step.new(pk, rp.id, step.placer_step_key, step.station_rule, attributes)
+    rp.steps.append(sps)
+    # A new step has no status yet: its history starts with the one decided.
+    unit.state.set_status(sps, decision.status, cause=unit.cause)
     outcome.append(f"step {sps.sps_id} {decision.status.value}")
     return order
 
 
-def _create_procedure(session: Session, order: ImagingOrder,
-                      procedure: ProcedureRecord) -> RequestedProcedure:
+def _create_procedure(keys: KeyPool, order: Order, procedure: ProcedureRecord) -> Procedure:
     attributes = dict(procedure.attributes)
     if not attributes.get("AccessionNumber"):
         # Procedures of one order share the accession number.
@@ -260,16 +269,11 @@ def _create_procedure(session: Session, order: ImagingOrder,
         attributes["AccessionNumber"] = shared or f"{GENERATED_ACCESSION_PREFIX}{order.id:07d}"
     if not attributes.get("StudyInstanceUID"):
         attributes["StudyInstanceUID"] = generate_study_uid()
-    rp = RequestedProcedure(order=order, attributes=attributes,
-                            requested_procedure_id=attributes.get("RequestedProcedureID") or "",
-                            study_instance_uid=attributes["StudyInstanceUID"])
-    session.add(rp)
-    if not rp.requested_procedure_id:
-        rp.requested_procedure_id = f"~{uuid.uuid4().hex[:15]}"  # until the id is known
-        session.flush()
-        rp.attributes = {**rp.attributes, "RequestedProcedureID": f"RP{rp.id:07d}"}
-    sync_procedure(rp)
-    session.flush()
+    pk = keys.take(PROCEDURES)
+    if not attributes.get("RequestedProcedureID"):
+        attributes = {**attributes, "RequestedProcedureID": f"RP{pk:07d}"}
+    rp = Procedure.new(pk, order.id, attributes)
+    order.procedures.append(rp)
     return rp
 
 
@@ -280,7 +284,7 @@ def _procedure_code(attributes: dict[str, object]) -> str:
     return ""
 
 
-def _find_procedure(order: ImagingOrder, procedure: ProcedureRecord) -> RequestedProcedure | None:
+def _find_procedure(order: Order, procedure: ProcedureRecord) -> Procedure | None:
     rp_id = procedure.attributes.get("RequestedProcedureID")
     if rp_id:
         return next((p for p in order.procedures if p.requested_procedure_id == rp_id), None)
@@ -293,7 +297,7 @@ def _find_procedure(order: ImagingOrder, procedure: ProcedureRecord) -> Requeste
     return matches[0] if len(matches) == 1 else None
 
 
-def _find_step(rp: RequestedProcedure, step: StepRecord) -> ScheduledProcedureStep | None:
+def _find_step(rp: Procedure, step: StepRecord) -> Step | None:
     sps_id = step.attributes.get("ScheduledProcedureStepID")
     if sps_id:
         return next((s for s in rp.steps if s.sps_id == sps_id), None)
@@ -302,27 +306,26 @@ def _find_step(rp: RequestedProcedure, step: StepRecord) -> ScheduledProcedureSt
     return None
 
 
-def _update(rp: RequestedProcedure, sps: ScheduledProcedureStep, procedure: ProcedureRecord,
-            step: StepRecord) -> None:
+def _update(rp: Procedure, sps: Step, procedure: ProcedureRecord, step: StepRecord) -> None:
     """XO: replace what the message sends, keep what it leaves empty (HL7 null
     semantics: only ``""`` clears); identifiers the broker generated stay as they are."""
     keep = {"AccessionNumber", "RequestedProcedureID", "StudyInstanceUID"}
     rp_update = {k: v for k, v in procedure.attributes.items() if not (k in keep and not v)}
     rp.attributes = merge_attributes(rp.attributes, rp_update)
-    sync_procedure(rp)
+    rp.sync()
     sps_update = {k: v for k, v in step.attributes.items()
                   if not (k == "ScheduledProcedureStepID" and not v)}
     sps.attributes = merge_attributes(sps.attributes, sps_update)
     if step.station_rule:
         sps.station_rule = step.station_rule
-    sync_step(sps)
+    sps.sync()
 
 
-def _cancel(rp: RequestedProcedure, sequence: int, outcome: list[str], cause: str) -> None:
+def _cancel(unit: _Unit, rp: Procedure, sequence: int) -> None:
     statuses = [SPSStatus(s.status) for s in rp.steps]
     if statuses and all(s == SPSStatus.COMPLETED for s in statuses):
         raise field_error(ErrorCode.APPLICATION_RECORD_LOCKED, "ORC", 1,
                           "procedure is completed and cannot be cancelled", sequence=sequence)
     for sps, new in zip(rp.steps, lifecycle.cancel_outcomes(statuses), strict=True):
-        if set_step_status(sps, new, cause=cause):
-            outcome.append(f"step {sps.sps_id} {new.value}")
+        if unit.state.set_status(sps, new, cause=unit.cause):
+            unit.outcome.append(f"step {sps.sps_id} {new.value}")

@@ -16,34 +16,51 @@ Patient Update).
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, update
 
 from broker.domain.types import AdtMessage, PatientRecord
 from broker.hl7.errors import ErrorCode, field_error
 from broker.models import ImagingOrder, Patient
-from broker.services.records import merge_attributes, sync_patient
+from broker.services.records import merge_attributes, patient_columns
+from broker.services.rows import changed, inserting, table, update_rows
+
+PATIENTS = table(Patient)
+ORDERS = table(ImagingOrder)
 
 # Maximum merge chain followed (guards against a cycle written by hand).
 _MAX_MERGE_DEPTH = 32
 
+# What an ADT message reads of a patient row, and may change of it.
+_COLUMNS = ("id", "merged_into_id", "last_adt_datetime", "specific_character_set",
+            "attributes", *patient_columns({}))
+_FINDING = select(*[PATIENTS.c[name] for name in _COLUMNS]).where(
+    PATIENTS.c.patient_id == bindparam("patient_id"), PATIENTS.c.issuer == bindparam("issuer"))
+_FOLLOWING = select(PATIENTS.c.merged_into_id).where(PATIENTS.c.id == bindparam("pk"))
+_CREATING = inserting(PATIENTS).returning(PATIENTS.c.id)
+_MOVING_ORDERS = update(ORDERS).where(ORDERS.c.patient_pk == bindparam("prior")).values(
+    patient_pk=bindparam("surviving"))
 
-def find_patient(session: Session, patient_id: str, issuer: str) -> Patient | None:
-    return session.scalars(
-        select(Patient).where(Patient.patient_id == patient_id, Patient.issuer == issuer)
-    ).first()
+
+def find_patient(connection: Connection, patient_id: str, issuer: str
+                 ) -> dict[str, Any] | None:
+    """The patient row (the columns an ADT message works with), None when unknown."""
+    row = connection.execute(_FINDING, {"patient_id": patient_id, "issuer": issuer}
+                             ).mappings().first()
+    return None if row is None else dict(row)
 
 
-def survivor(session: Session, patient: Patient) -> Patient:
+def survivor(connection: Connection, patient_pk: int, merged_into: int | None) -> int:
     """Follow merge links to the record that now holds the patient's orders."""
-    current = patient
+    current, following = patient_pk, merged_into
     for _ in range(_MAX_MERGE_DEPTH):
-        if current.merged_into_id is None:
+        if following is None:
             return current
-        nxt = session.get(Patient, current.merged_into_id)
-        if nxt is None:
+        link = connection.execute(_FOLLOWING, {"pk": following}).first()
+        if link is None:
             return current
-        current = nxt
+        current, following = following, link[0]
     return current
 
 
@@ -51,44 +68,43 @@ def _charset(record: PatientRecord) -> str:
     return "\\".join(record.specific_character_set)
 
 
-def create_patient(session: Session, record: PatientRecord) -> Patient:
-    patient = Patient(
-        patient_id=record.patient_id,
-        issuer=record.issuer,
-        attributes=dict(record.attributes),
-        specific_character_set=_charset(record),
-    )
-    sync_patient(patient)
-    session.add(patient)
-    session.flush()
-    return patient
+def create_patient(connection: Connection, record: PatientRecord, *,
+                   last_adt_datetime: str = "") -> int:
+    """Insert the patient the record describes; returns its primary key."""
+    attributes = dict(record.attributes)
+    return connection.execute(_CREATING, {
+        "patient_id": record.patient_id, "issuer": record.issuer, "attributes": attributes,
+        "specific_character_set": _charset(record), "last_adt_datetime": last_adt_datetime,
+        **patient_columns(attributes)}).scalar_one()
 
 
-def update_patient(patient: Patient, record: PatientRecord) -> None:
-    patient.attributes = merge_attributes(patient.attributes, record.attributes)
+def _update_patient(connection: Connection, patient: dict[str, Any], record: PatientRecord,
+                    event_datetime: str) -> None:
+    attributes = merge_attributes(patient["attributes"], record.attributes)
+    values = {"attributes": attributes, **patient_columns(attributes),
+              "last_adt_datetime": event_datetime or patient["last_adt_datetime"]}
     if record.specific_character_set:
-        patient.specific_character_set = _charset(record)
-    sync_patient(patient)
+        values["specific_character_set"] = _charset(record)
+    update_rows(connection, PATIENTS, [(patient["id"], changed(patient, values))])
 
 
-def apply_adt(session: Session, message: AdtMessage) -> list[str]:
+def apply_adt(connection: Connection, message: AdtMessage) -> list[str]:
     """Apply one ADT message; returns outcome lines (internal ids only)."""
     if message.prior_patient is not None or message.event in ("A40", "A47"):
-        return _merge(session, message)
+        return _merge(connection, message)
     record = message.patient
-    patient = find_patient(session, record.patient_id, record.issuer)
+    patient = find_patient(connection, record.patient_id, record.issuer)
     if patient is None:
-        patient = create_patient(session, record)
-        patient.last_adt_datetime = message.event_datetime
-        return [f"patient {patient.id} created ({message.event})"]
-    target = survivor(session, patient)
-    if target is not patient:
-        return [f"patient {patient.id} is merged into {target.id}: {message.event} not applied"]
-    if _older(message.event_datetime, patient.last_adt_datetime):
-        return [f"patient {patient.id}: {message.event} older than the last update, not applied"]
-    update_patient(patient, record)
-    patient.last_adt_datetime = message.event_datetime or patient.last_adt_datetime
-    return [f"patient {patient.id} updated ({message.event})"]
+        created = create_patient(connection, record, last_adt_datetime=message.event_datetime)
+        return [f"patient {created} created ({message.event})"]
+    pk = patient["id"]
+    target = survivor(connection, pk, patient["merged_into_id"])
+    if target != pk:
+        return [f"patient {pk} is merged into {target}: {message.event} not applied"]
+    if _older(message.event_datetime, patient["last_adt_datetime"]):
+        return [f"patient {pk}: {message.event} older than the last update, not applied"]
+    _update_patient(connection, patient, record, message.event_datetime)
+    return [f"patient {pk} updated ({message.event})"]
 
 
 def _older(event: str, last: str) -> bool:
@@ -100,7 +116,7 @@ def _older(event: str, last: str) -> bool:
     return a.ljust(width, "0") < b.ljust(width, "0")
 
 
-def _merge(session: Session, message: AdtMessage) -> list[str]:
+def _merge(connection: Connection, message: AdtMessage) -> list[str]:
     if message.prior_patient is None:
         raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "MRG", 1,
                           "MRG-1 prior patient identifier is required")
@@ -109,19 +125,18 @@ def _merge(session: Session, message: AdtMessage) -> list[str]:
     if (prior_id, prior_issuer) == (record.patient_id, record.issuer):
         raise field_error(ErrorCode.DUPLICATE_KEY_IDENTIFIER, "MRG", 1,
                           "MRG-1 is the same identifier as PID-3")
-    prior = find_patient(session, prior_id, prior_issuer)
+    prior = find_patient(connection, prior_id, prior_issuer)
     if prior is None:
         return [f"{message.event}: prior patient unknown, nothing to merge"]
-    surviving = find_patient(session, record.patient_id, record.issuer)
+    surviving = find_patient(connection, record.patient_id, record.issuer)
     if surviving is None:
-        surviving = create_patient(session, record)
+        surviving_pk = create_patient(connection, record,
+                                      last_adt_datetime=message.event_datetime)
     else:
-        update_patient(surviving, record)
-    surviving.last_adt_datetime = message.event_datetime or surviving.last_adt_datetime
-    moved = session.execute(
-        update(ImagingOrder).where(ImagingOrder.patient_pk == prior.id)
-        .values(patient_pk=surviving.id)
-        .execution_options(synchronize_session="fetch")
-    ).rowcount  # type: ignore[attr-defined]
-    prior.merged_into_id = surviving.id
-    return [f"patient {prior.id} merged into {surviving.id}; {moved} order(s) moved"]
+        surviving_pk = surviving["id"]
+        _update_patient(connection, surviving, record, message.event_datetime)
+    moved = connection.execute(_MOVING_ORDERS, {"prior": prior["id"],
+                                                "surviving": surviving_pk}).rowcount
+    link = changed(prior, {"merged_into_id": surviving_pk})
+    update_rows(connection, PATIENTS, [(prior["id"], link)])
+    return [f"patient {prior['id']} merged into {surviving_pk}; {moved} order(s) moved"]

@@ -25,11 +25,12 @@ import logging
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
@@ -39,11 +40,16 @@ from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import HL7Warning
-from broker.models import InboundMessage, MessageStatus
+from broker.models import InboundMessage, MessageStatus, utcnow
 from broker.services.orders import apply_order
 from broker.services.patients import apply_adt
+from broker.services.rows import table
 
 log = logging.getLogger(__name__)
+
+_INBOUND = table(InboundMessage)
+# The columns to set are those of the parameters it is run with.
+_RECORDING = update(_INBOUND).where(_INBOUND.c.id == bindparam("pk_"))
 
 class Mapper(Protocol):
     """Maps a parsed message to domain records; bound to the loaded profiles by the
@@ -107,21 +113,27 @@ def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Map
 
 def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
                   read: Reader = parse) -> None:
-    """Apply one message inside the caller's transaction, recording the result."""
-    row.attempts += 1
+    """Apply one message inside the caller's transaction (in a savepoint of its own)
+    and record the result on its row (:func:`_record`)."""
     msg: Message | None = None
+    # The caller's pending changes (the row itself, when just added) go in first,
+    # outside the savepoint. Patients, orders and the audit record are then written
+    # with Core statements on the session's connection, in a savepoint of the
+    # connection: the session has none of its objects changed inside it, so nothing
+    # to undo when it is rolled back.
+    session.flush()
+    connection = session.connection()
     try:
-        with session.begin_nested(), warnings.collecting() as found:
+        with connection.begin_nested(), warnings.collecting() as found:
             msg = read(row.raw)
             mapped = mapper(msg, received_at=row.received_at)
             if isinstance(mapped, AdtMessage):
-                outcome = apply_adt(session, mapped)
+                outcome = apply_adt(connection, mapped)
             else:
-                outcome = apply_order(session, mapped, row)
-            audit.hl7_applied(session, row, mapped)
-            session.flush()
+                outcome = apply_order(connection, mapped, row)
+            audit.hl7_applied(connection, row, mapped)
     except HL7Error as exc:
-        _fail(row, msg or exc.partial, exc)
+        _record(connection, row, _failure(row, msg or exc.partial, exc))
         log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
                  exc.code, exc.location or "")
         return
@@ -130,51 +142,65 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
         # value the database refuses). Fail it, keeping the reason, instead of looping.
         log.error("message %s (MSH-10 %s): the database refuses its data (%s)", row.id,
                   row.control_id, type(exc).__name__)
-        _fail(row, msg, HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,
-                                 f"the database refused the data ({type(exc).__name__})"))
+        _record(connection, row, _failure(row, msg, HL7Error(
+            ErrorCode.APPLICATION_INTERNAL_ERROR,
+            f"the database refused the data ({type(exc).__name__})")))
         return
     except SQLAlchemyError:
+        row.attempts += 1  # kept if the caller's transaction goes on
         raise
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         # Class and code location only: an exception's text may quote patient data.
         log.error("message %s failed: %s at %s:%s", row.id, type(exc).__name__,
                   where.filename, where.lineno)
-        _fail(row, msg, HL7Error(ErrorCode.APPLICATION_INTERNAL_ERROR,
-                                 f"internal error ({type(exc).__name__}: {exc})"[:500]))
+        _record(connection, row, _failure(row, msg, HL7Error(
+            ErrorCode.APPLICATION_INTERNAL_ERROR,
+            f"internal error ({type(exc).__name__}: {exc})"[:500])))
         return
-    row.status = MessageStatus.PROCESSED.value
-    row.outcome = "; ".join(outcome)
-    row.error_code = row.error_location = row.error_text = None
-    row.processed_at = datetime.now(UTC)
-    all_warnings = record_warnings(row, msg.warnings if msg else [], found)
+    found_warnings = merged_warnings(row, msg.warnings, found)
+    result: dict[str, Any] = {
+        "status": MessageStatus.PROCESSED.value, "outcome": "; ".join(outcome),
+        "error_code": None, "error_location": None, "error_text": None,
+        "processed_at": datetime.now(UTC), "warnings": warnings.to_json(found_warnings),
+        "warning_count": len(found_warnings)}
     if row.ack is None:
-        row.ack = build_ack(msg, "AA", warnings=all_warnings)
-        row.ack_code = "AA"
+        result["ack"] = build_ack(msg, "AA", warnings=found_warnings)
+        result["ack_code"] = "AA"
+    _record(connection, row, result)
     log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
 
 
-def record_warnings(row: InboundMessage, read: list[HL7Warning],
+def merged_warnings(row: InboundMessage, read: list[HL7Warning],
                     found: list[HL7Warning]) -> list[HL7Warning]:
-    """Every adjustment made to accept the message, kept on the row and returned for
-    the ACK: a reused control id, those of reading it, those of mapping it. They are
+    """Every adjustment made to accept the message, kept on the row and sent in the
+    ACK: a reused control id, those of reading it, those of mapping it. They are
     worked out again on each attempt, so reprocessing replaces the earlier list."""
     merged = [warnings.CONTROL_ID_REUSED] if row.control_id_reused else []
     merged += [w for w in [*read, *found] if w not in merged]
-    row.warnings = warnings.to_json(merged)
-    row.warning_count = len(merged)
     return merged
 
 
-def _fail(row: InboundMessage, msg: Message | None, error: HL7Error) -> None:
-    row.status = MessageStatus.FAILED.value
-    row.error_code = error.code
-    row.error_location = str(error.location or "")
-    row.error_text = error.text
-    row.processed_at = datetime.now(UTC)
+def _failure(row: InboundMessage, msg: Message | None, error: HL7Error) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "status": MessageStatus.FAILED.value, "error_code": error.code,
+        "error_location": str(error.location or ""), "error_text": error.text,
+        "processed_at": datetime.now(UTC)}
     if row.ack is None:
-        row.ack = build_ack(msg, error.ack_code, error)
-        row.ack_code = error.ack_code
+        result["ack"] = build_ack(msg, error.ack_code, error)
+        result["ack_code"] = error.ack_code
+    return result
+
+
+def _record(connection: Connection, row: InboundMessage, result: dict[str, Any]) -> None:
+    """Write the result of an attempt (one more attempt counted) with one Core UPDATE
+    of the row, and give the row object the values written as its stored state
+    (``set_committed_value``): the caller reads them from it, and the ORM has nothing
+    of the row left to flush."""
+    values = {**result, "attempts": row.attempts + 1, "updated_at": utcnow()}
+    connection.execute(_RECORDING, {"pk_": row.id, **values})
+    for name, value in values.items():
+        set_committed_value(row, name, value)
 
 
 def reset_for_reprocess(session: Session, row: InboundMessage) -> bool:

@@ -13,11 +13,12 @@ from broker.models import (
     InboundMessage,
     MessageStatus,
     Patient,
+    RequestedProcedure,
     ScheduledProcedureStep,
 )
 from broker.services.processing import process_through
 from tests.conftest import sample
-from tests.integration.hl7util import Ack
+from tests.integration.hl7util import Ack, set_all, set_field
 from tests.service.conftest import Services
 from tests.service.messages import ACCESSION_05, PATIENT_05, STUDY_05, edited
 
@@ -151,6 +152,44 @@ def test_xo_on_a_completed_step_is_refused_206(services: Services) -> None:
     assert starts(services)["SPS0001"] == "20250310093000"
     assert_failed(services.process(sample("07")), 206, "ORC^1^1")
     assert services.statuses() == {"SPS0001": "COMPLETED", "SPS0002": "COMPLETED"}
+
+
+def test_an_order_is_found_by_its_placer_number_before_its_filler_number(
+        services: Services) -> None:
+    """An XO whose ORC-2 names one order and ORC-3 another changes the order with that
+    placer order number (orders are found by ORC-2, else by ORC-3)."""
+    services.process(sample("05"))  # PLC-1001 / FIL-5001
+    second = edited("05", "NW-2", only_group=1)
+    for segment in ("ORC", "OBR"):
+        second = set_all(set_all(second, segment, 2, "PLC-2002^EHR"), segment, 3,
+                         "FIL-6002^RIS")
+    second = set_field(set_field(second, "OBR", 19, "RP0009"), "OBR", 20, "SPS0091")
+    assert_processed(services.process(second))
+    xo = set_all(edited(second, "XO-2", order_control="XO"), "ORC", 3, "FIL-5001^RIS")
+    xo = set_field(xo, "ORC", 7, "1^once^^20250310120000^^R")
+    assert_processed(services.process(xo))
+    assert starts(services) == {"SPS0001": "20250310093000", "SPS0002": "20250310093500",
+                                "SPS0091": "20250310120000"}
+
+
+def test_groups_that_add_a_procedure_and_a_step_without_rp_id_apply_together(
+        services: Services) -> None:
+    """A NW whose first group adds procedure RP0002 to order PLC-1001 and whose second
+    group sends no RP ID: two procedures with its code now, so none is the one meant
+    and the step gets a procedure of its own, with a generated RP ID."""
+    services.process(sample("05"))
+    more = edited("05", "NW-MORE")
+    more = set_field(set_field(more, "OBR", 19, "RP0002", occurrence=0), "OBR", 20, "SPS0003",
+                     occurrence=0)
+    more = set_field(set_field(more, "OBR", 19, "", occurrence=1), "OBR", 20, "SPS0004",
+                     occurrence=1)
+    row = services.process(more)
+    assert_processed(row)
+    assert services.statuses() == dict.fromkeys(
+        ("SPS0001", "SPS0002", "SPS0003", "SPS0004"), "SCHEDULED")
+    assert services.count(RequestedProcedure) == 3
+    generated = services.steps()["SPS0004"].procedure_pk
+    assert f"procedure RP{generated:07d} created" in (row.outcome or "")
 
 
 def test_a_pair_outside_the_table_is_refused_103(services: Services) -> None:
