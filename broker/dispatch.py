@@ -21,14 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.batching import take_batch
 from broker.config import Settings
 from broker.jobs import Job
-from broker.models import InboundMessage, MessageStatus
+from broker.notify import applied_watch
 from broker.outage import Outage, describe_redis
 
 if TYPE_CHECKING:
@@ -178,11 +177,12 @@ def celery_publisher(settings: Settings) -> Celery:
 
 
 class CeleryDispatcher:
-    """Distributed mode: publish to Redis; wait by watching the message row."""
+    """Distributed mode: publish to Redis; learn that a message was applied from the
+    database (:mod:`broker.notify`: notifications on PostgreSQL, polling on SQLite)."""
 
     def __init__(self, celery: Celery, session_factory: sessionmaker[Session]) -> None:
         self.celery = celery
-        self.session_factory = session_factory
+        self.applied = applied_watch(session_factory)
 
     def dispatch(self, message_pk: int) -> None:
         self.submit(Job.PROCESS_INBOUND, message_pk)
@@ -191,22 +191,10 @@ class CeleryDispatcher:
         self.celery.send_task(job.task_name, args, countdown=countdown or None)
 
     def wait(self, message_pk: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        pause = 0.001  # the application ACK waits on this: poll briskly, then back off
-        while True:
-            with self.session_factory() as session:
-                status = session.scalar(
-                    select(InboundMessage.status).where(InboundMessage.id == message_pk)
-                )
-            if status != MessageStatus.RECEIVED.value:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.01)
+        return self.applied.wait(message_pk, timeout)
 
     def close(self) -> None:
-        return None
+        self.applied.close()
 
 
 class BackgroundDispatcher:
