@@ -21,14 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.batching import take_batch
 from broker.config import Settings
 from broker.jobs import Job
-from broker.models import InboundMessage, MessageStatus
+from broker.notify import applied_watch
 from broker.outage import Outage, describe_redis
 
 if TYPE_CHECKING:
@@ -178,11 +177,12 @@ def celery_publisher(settings: Settings) -> Celery:
 
 
 class CeleryDispatcher:
-    """Distributed mode: publish to Redis; wait by watching the message row."""
+    """Distributed mode: publish to Redis; learn that a message was applied from the
+    database (:mod:`broker.notify`: notifications on PostgreSQL, polling on SQLite)."""
 
     def __init__(self, celery: Celery, session_factory: sessionmaker[Session]) -> None:
         self.celery = celery
-        self.session_factory = session_factory
+        self.applied = applied_watch(session_factory)
 
     def dispatch(self, message_pk: int) -> None:
         self.submit(Job.PROCESS_INBOUND, message_pk)
@@ -191,22 +191,10 @@ class CeleryDispatcher:
         self.celery.send_task(job.task_name, args, countdown=countdown or None)
 
     def wait(self, message_pk: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        pause = 0.001  # the application ACK waits on this: poll briskly, then back off
-        while True:
-            with self.session_factory() as session:
-                status = session.scalar(
-                    select(InboundMessage.status).where(InboundMessage.id == message_pk)
-                )
-            if status != MessageStatus.RECEIVED.value:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.01)
+        return self.applied.wait(message_pk, timeout)
 
     def close(self) -> None:
-        return None
+        self.applied.close()
 
 
 class BackgroundDispatcher:
@@ -214,11 +202,12 @@ class BackgroundDispatcher:
     per task would otherwise hold up the MLLP event loop (most of its time when
     profiled). Inbound messages waiting together are published as one
     :attr:`Job.PROCESS_INBOUND_BATCH` task (a publish costs 0.6-1 ms of CPU here, more than
-    storing the message); when the last publish was less than LINGER ago, the publisher
-    waits LINGER for more to gather, so a burst costs a few publishes while a lone
-    message goes out at once. The work is committed before it is handed over, so a task
-    not yet published when the process dies is re-dispatched by the sweeper; ``close``
-    publishes what is still queued."""
+    storing the message); when the last publish carried several messages and was less
+    than LINGER ago, the publisher waits LINGER for more to gather, so a burst costs a
+    few publishes while a lone message, or a sender waiting for each ACK before the
+    next message, goes out at once. The work is committed before it is handed over, so
+    a task not yet published when the process dies is re-dispatched by the sweeper;
+    ``close`` publishes what is still queued."""
 
     MAX_COALESCED = 500
     LINGER = 0.005
@@ -231,6 +220,7 @@ class BackgroundDispatcher:
         self.on_recovered: Callable[[str], None] | None = None
         self._queue: queue.Queue[tuple[Job, tuple[Any, ...], float] | None] = queue.Queue()
         self._last_publish = 0.0
+        self._last_gathered = 0  # inbound messages in the last publish
         self._thread = threading.Thread(target=self._run, name="mwl-publish", daemon=True)
         self._thread.start()
 
@@ -245,7 +235,8 @@ class BackgroundDispatcher:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if time.monotonic() - self._last_publish < self.LINGER:
+            if (self._last_gathered > 1
+                    and time.monotonic() - self._last_publish < self.LINGER):
                 time.sleep(self.LINGER)
             items = take_batch(self._queue, item, self.MAX_COALESCED)
             inbound = [args[0] for job, args, countdown in items
@@ -255,7 +246,7 @@ class BackgroundDispatcher:
                 items.insert(0, (Job.PROCESS_INBOUND_BATCH, (inbound,), 0.0))
             for job, args, countdown in items:
                 self._publish(job, args, countdown)
-            self._last_publish = time.monotonic()
+            self._last_publish, self._last_gathered = time.monotonic(), len(inbound)
 
     def _publish(self, job: Job, args: tuple[Any, ...], countdown: float) -> None:
         try:

@@ -66,8 +66,8 @@ def process_inbound(self: Task, message_pk: int) -> int:
 
 @app.task(name=Job.PROCESS_INBOUND_BATCH.task_name)
 def process_inbound_batch(message_pks: list[int]) -> int:
-    """:meth:`UseCases.apply_messages` (which hands a message meeting a database
-    error to a :func:`process_inbound` task of its own, with that task's retries)."""
+    """:meth:`UseCases.apply_messages` (one transaction; when the database fails it,
+    each message goes to a :func:`process_inbound` task of its own, with its retries)."""
     return _use_cases().apply_messages(message_pks)
 
 

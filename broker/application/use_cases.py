@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,14 +20,19 @@ from broker.config import StorageMode
 from broker.db import unit_of_work
 from broker.dispatch import Dispatcher, JobRunner
 from broker.jobs import Job
-from broker.models import DicomRequest, InboundMessage, MessageStatus
+from broker.models import DicomRequest, InboundMessage
 from broker.outage import Outage
 from broker.runtime import Runtime
 from broker.services import mpps, outbound, studies
 from broker.services.dry_run import DryRun, dry_run
 from broker.services.forward import forward_pending
 from broker.services.inbound import Inbox
-from broker.services.processing import lock_key, process_through, reset_for_reprocess
+from broker.services.processing import (
+    lock_key,
+    process_batch,
+    process_through,
+    reset_for_reprocess,
+)
 from broker.services.resolve import ResolveError, dismiss_item, link_item
 from broker.services.sweeper import pending_messages, pending_tasks
 
@@ -103,29 +107,21 @@ class UseCases:
                                read=runtime.read)
 
     def apply_messages(self, message_pks: list[int]) -> int:
-        """Apply several stored messages, in order: what the serve process publishes
-        when messages arrive faster than it could publish one job each (one Redis round
-        trip for many wake-ups). A message that meets a database error is handed to a
+        """Apply several stored messages in one transaction (each under a savepoint of
+        its own, per-patient order kept: :func:`process_batch`): what the serve process
+        publishes when messages arrive faster than it could publish one job each. When
+        the database fails the batch, each message is handed to a
         :attr:`Job.PROCESS_INBOUND` job of its own (with that task's retries)."""
-        applied = 0
-        try:  # one query instead of one per message for those already applied (a sweep
-            # after a Redis restart re-dispatches what may already be queued)
-            with self.runtime.session_factory() as session:
-                pending = set(session.scalars(select(InboundMessage.id).where(
-                    InboundMessage.id.in_(message_pks),
-                    InboundMessage.status == MessageStatus.RECEIVED.value)))
-            message_pks = [pk for pk in message_pks if pk in pending]
-        except SQLAlchemyError:
-            pass  # each message meets the error below and is retried on its own
-        for message_pk in message_pks:
-            try:
-                self.apply_message(message_pk)
-                applied += 1
-            except SQLAlchemyError as exc:  # handed to a job of its own, with its retries
-                DATABASE.failed(exc)
+        runtime = self.runtime
+        try:
+            applied = process_batch(runtime.session_factory, message_pks, runtime.map,
+                                    read=runtime.read)
+        except SQLAlchemyError as exc:
+            DATABASE.failed(exc)
+            for message_pk in message_pks:
                 self.dispatcher.submit(Job.PROCESS_INBOUND, message_pk, countdown=1)
-            else:
-                DATABASE.ok()
+            return 0
+        DATABASE.ok()
         return applied
 
     def dry_run(self, raw: bytes,

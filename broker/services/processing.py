@@ -1,33 +1,37 @@
-"""Apply stored inbound messages to patients and orders: the body of the Celery task.
+"""Apply stored inbound messages to patients and orders: the body of the Celery tasks.
 
 Contract:
 
-* Takes a message row id; idempotent: a message that is no longer ``received`` is left
+* Takes message row ids; idempotent: a message that is no longer ``received`` is left
   alone, so a task that runs twice has no double effect.
 * Messages with the same ordering key (the patient, PID-3) are applied strictly in
-  arrival (id) order, however many workers run: each call first applies every earlier
-  pending message of the same patient, under a per-patient lock (PostgreSQL advisory
-  transaction lock; SQLite's BEGIN IMMEDIATE serialises all writers anyway).
-* Each message is applied in one transaction with its new status, outcome and (in
-  application ACK mode) its ACK: all of it or nothing.
+  arrival (id) order, however many workers run: before a message, every earlier
+  pending message of the same patient is applied, under a per-patient lock
+  (PostgreSQL advisory transaction locks, taken in one statement in the order of their
+  lock ids so that two workers locking several patients never deadlock; SQLite's
+  BEGIN IMMEDIATE serialises all writers anyway).
+* A batch of messages is applied in one transaction, each message under a savepoint
+  of its own with its new status, outcome and (in application ACK mode) its ACK: all
+  of that message or nothing of it. The transaction also announces the messages it
+  applied (:func:`broker.notify.announce_applied`), delivered when it commits.
 * A content error (HL7Error) rolls back the message's changes and records status
   ``failed`` with the Table 0357 code, location and text; an unexpected error does
   the same with code 207, and so does data the database refuses (DataError,
-  IntegrityError: it would fail again on every retry). Other database errors are
-  transient and propagate: the row stays ``received`` and is retried (task retry with
-  back-off, then the sweeper, or the sender's resend).
+  IntegrityError: it would fail again on every retry). The other messages of the batch
+  are applied all the same. Other database errors are transient and propagate: the
+  whole transaction rolls back, every row stays ``received`` and is retried (task retry
+  with back-off, then the sweeper, or the sender's resend).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -41,6 +45,7 @@ from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import HL7Warning
 from broker.models import InboundMessage, MessageStatus, utcnow
+from broker.notify import announce_applied
 from broker.services.orders import apply_order
 from broker.services.patients import apply_adt
 from broker.services.rows import table
@@ -65,9 +70,10 @@ class Mapper(Protocol):
 Reader = Callable[[bytes], Message]
 
 
-def _lock_id(key: str) -> int:
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def _lock_id(key: ColumnElement[str] | str) -> ColumnElement[int]:
+    # PostgreSQL's 64-bit text hash: computed by the server, so that a statement can
+    # lock the keys it reads.
+    return func.hashtextextended(key, 0)
 
 
 def lock_key(session: Session, key: str) -> None:
@@ -77,38 +83,67 @@ def lock_key(session: Session, key: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(_lock_id(key))))
 
 
-def ordering_key(row: InboundMessage) -> str:
-    return row.ordering_key or f"message:{row.id}"
-
-
 def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper, *,
                     read: Reader = parse) -> int:
     """Apply every pending message of the same patient up to and including
     ``message_pk``, oldest first. Returns how many messages were applied here."""
-    with factory() as session:
-        row = session.get(InboundMessage, message_pk)
-        if row is None or row.status != MessageStatus.RECEIVED.value:
-            return 0
-        key, raw_key = ordering_key(row), row.ordering_key
-    applied = 0
-    while True:
-        with unit_of_work(factory) as session:
-            lock_key(session, key)
-            query = select(InboundMessage).where(
-                InboundMessage.status == MessageStatus.RECEIVED.value,
-                InboundMessage.id <= message_pk,
-            )
-            query = (query.where(InboundMessage.ordering_key == raw_key) if raw_key
-                     else query.where(InboundMessage.id == message_pk))
-            pending = session.scalars(
-                query.order_by(InboundMessage.id).limit(1).with_for_update()
-            ).first()
-            if pending is None:
-                return applied
-            apply_message(session, pending, mapper, read=read)
-            applied += 1
-            if pending.id == message_pk:  # nothing later can be pending before it
-                return applied
+    return process_batch(factory, [message_pk], mapper, read=read)
+
+
+def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
+                  mapper: Mapper, *, read: Reader = parse) -> int:
+    """Apply the messages ``message_pks`` (in any order), each after every earlier
+    pending message of its patient, in one transaction (see the module doc). Returns
+    how many messages were applied here."""
+    if not message_pks:
+        return 0
+    with unit_of_work(factory) as session:
+        keys = _lock_ordering_keys(session, message_pks)
+        pending = _pending(session, message_pks, keys)
+        for row in pending:
+            apply_message(session, row, mapper, read=read)
+        announce_applied(session, [row.id for row in pending])
+        return len(pending)
+
+
+def _lock_ordering_keys(session: Session, message_pks: Collection[int]) -> set[str]:
+    """The ordering keys of those of ``message_pks`` still waiting, each locked on
+    PostgreSQL, in lock id order, in one statement (the server sorts before it calls the
+    volatile lock function). A message without a key needs no lock: it is applied
+    alone, and its row lock (:func:`_pending`) keeps a second run out."""
+    keys = (select(InboundMessage.ordering_key)
+            .where(InboundMessage.id.in_(message_pks),
+                   InboundMessage.status == MessageStatus.RECEIVED.value,
+                   InboundMessage.ordering_key != "")
+            .distinct().subquery())
+    query = select(keys.c.ordering_key)
+    if session.get_bind().dialect.name == "postgresql":
+        lock_id = _lock_id(keys.c.ordering_key)
+        query = query.add_columns(func.pg_advisory_xact_lock(lock_id)).order_by(lock_id)
+    return set(session.scalars(query))
+
+
+def _pending(session: Session, message_pks: Collection[int],
+             keys: set[str]) -> list[InboundMessage]:
+    """What to apply, oldest first, read (and row-locked) in one query: the waiting
+    messages of ``message_pks`` and, for each locked ordering key, every waiting
+    message of that key up to the batch's last one."""
+    batch = set(message_pks)
+    rows = session.scalars(
+        select(InboundMessage)
+        .where(InboundMessage.status == MessageStatus.RECEIVED.value,
+               InboundMessage.id <= max(batch),
+               or_(InboundMessage.ordering_key.in_(keys),
+                   and_(InboundMessage.id.in_(batch), InboundMessage.ordering_key == "")))
+        .order_by(InboundMessage.id)
+        .with_for_update()
+    ).all()
+    through: dict[str, int] = {}  # per ordering key, its last message in the batch
+    for row in rows:
+        if row.id in batch:
+            through[row.ordering_key] = row.id  # ascending ids: the last one stays
+    # (the rows without a key are all in the batch, so all up to their own "through")
+    return [row for row in rows if row.id <= through.get(row.ordering_key, 0)]
 
 
 def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,

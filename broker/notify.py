@@ -1,0 +1,197 @@
+"""Learning that stored inbound messages were applied, for the application-mode ACK
+(:meth:`broker.dispatch.Dispatcher.wait`), without polling their rows.
+
+The processor's transaction announces the ids it applied (processed or failed) on the
+channel :data:`CHANNEL` (:func:`announce_applied`). PostgreSQL delivers a NOTIFY to the
+sessions listening when, and only if, that transaction commits, that is exactly when
+the rows can be read (PostgreSQL documentation, NOTIFY / LISTEN).
+
+:class:`Notified` (PostgreSQL through psycopg): one connection of its own, in a thread,
+listens and wakes the waiting threads. A lost notice never loses an ACK: each waiter
+still looks at its row every ``poll_interval`` seconds (a slow safety net), and when
+the listening connection is lost the thread reconnects and, once listening again,
+looks at the rows of every waiter (the notices sent meanwhile are gone). Ids announced
+recently are remembered, so that a waiter arriving after the notice of its message
+looks at the row instead of waiting for the poll.
+
+:class:`Polling` (SQLite, which has no notifications): looks at the row briskly, then
+backing off to every 10 ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Iterable
+from typing import Protocol
+
+import psycopg
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.models import InboundMessage, MessageStatus
+from broker.outage import Outage
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mwlb_applied"
+# A NOTIFY payload must be shorter than 8000 bytes: longer lists go in several notices.
+PAYLOAD_LIMIT = 7000
+# How the listening session shows in pg_stat_activity.
+APPLICATION_NAME = "mwl-broker applied-listener"
+
+
+def announce_applied(session: Session, message_pks: Collection[int]) -> None:
+    """Announce, at the commit of ``session``'s transaction, that the messages
+    ``message_pks`` were applied (PostgreSQL; nothing elsewhere)."""
+    if not message_pks or session.get_bind().dialect.name != "postgresql":
+        return
+    payloads, current = [], ""
+    for pk in message_pks:
+        if len(current) > PAYLOAD_LIMIT:
+            payloads.append(current)
+            current = ""
+        current = f"{current},{pk}" if current else str(pk)
+    payloads.append(current)
+    session.execute(select(*(func.pg_notify(CHANNEL, p) for p in payloads)))
+
+
+def _ids(payload: str) -> list[int]:
+    return [int(part) for part in payload.split(",") if part.isdigit()]
+
+
+def _finished(factory: sessionmaker[Session], message_pks: Collection[int]) -> list[int]:
+    """Those of ``message_pks`` no longer waiting to be applied."""
+    with factory() as session:
+        return list(session.scalars(select(InboundMessage.id).where(
+            InboundMessage.id.in_(message_pks),
+            InboundMessage.status != MessageStatus.RECEIVED.value)))
+
+
+class AppliedWatch(Protocol):
+    def wait(self, message_pk: int, timeout: float) -> bool:
+        """True once message ``message_pk`` is applied (or gone), False after
+        ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def applied_watch(factory: sessionmaker[Session]) -> AppliedWatch:
+    """Notifications on PostgreSQL through psycopg, polling elsewhere."""
+    dialect = factory.kw["bind"].dialect
+    if (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
+        return Notified(factory)
+    return Polling(factory)
+
+
+class Polling:
+    """Looks at the row until it is applied."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+
+    def wait(self, message_pk: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pause = 0.001  # the application ACK waits on this: poll briskly, then back off
+        while not _finished(self.factory, [message_pk]):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.01)
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+class Notified:
+    """LISTEN on :data:`CHANNEL` in a thread (started by the first :meth:`wait`), with
+    the safety nets of the module doc."""
+
+    RECENT = 10_000  # ids remembered: many seconds of traffic
+    STOP_CHECK = 0.25  # how often the listening thread looks whether to stop
+
+    def __init__(self, factory: sessionmaker[Session], *, poll_interval: float = 1.0,
+                 reconnect_interval: float = 0.5) -> None:
+        self.factory = factory
+        self.poll_interval = poll_interval
+        self.reconnect_interval = reconnect_interval
+        self.health = Outage("database notifications (application ACKs wait for the "
+                             "slower poll)", log)
+        engine = factory.kw["bind"]
+        self._connect_args = engine.dialect.create_connect_args(engine.url)
+        self._lock = threading.Lock()
+        self._waiters: dict[int, list[threading.Event]] = {}
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._listening = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait(self, message_pk: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        event = threading.Event()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, daemon=True,
+                                                name="mwl-applied-listener")
+                self._thread.start()
+            self._waiters.setdefault(message_pk, []).append(event)
+            # The notice came before this waiter (or may be missed): look at the row. A
+            # notice does not settle it alone: the message may be queued again since.
+            look = message_pk in self._recent or not self._listening
+        try:
+            if look and _finished(self.factory, [message_pk]):
+                return True
+            while (remaining := deadline - time.monotonic()) > 0:
+                if event.wait(min(remaining, self.poll_interval)):
+                    return True
+                if _finished(self.factory, [message_pk]):  # the safety net
+                    return True
+            return False
+        finally:
+            with self._lock:
+                events = self._waiters.get(message_pk, [])
+                events.remove(event)
+                if not events:
+                    self._waiters.pop(message_pk, None)
+
+    def _applied(self, message_pks: Iterable[int]) -> None:
+        with self._lock:
+            for pk in message_pks:
+                self._recent[pk] = None
+                for event in self._waiters.get(pk, ()):
+                    event.set()
+            while len(self._recent) > self.RECENT:
+                self._recent.popitem(last=False)
+
+    def _listen(self) -> None:
+        args, kwargs = self._connect_args
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(*args, **kwargs, autocommit=True,
+                                     application_name=APPLICATION_NAME) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    with self._lock:
+                        waiting = list(self._waiters)
+                    if waiting:  # applied while nobody listened: no notice will come
+                        self._applied(_finished(self.factory, waiting))
+                    with self._lock:
+                        self._listening = True
+                    self.health.ok()
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=self.STOP_CHECK):
+                            self._applied(_ids(notice.payload))
+            except Exception as exc:  # the database is away: retry, the polls cover it
+                self.health.failed(exc)
+            finally:
+                with self._lock:
+                    self._listening = False
+            self._stop.wait(self.reconnect_interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2 * self.STOP_CHECK + 1)

@@ -1,0 +1,83 @@
+"""Batches of stored messages applied in one transaction (``process_batch``, the
+apply-messages use case), on SQLite and PostgreSQL: each message keeps its own
+outcome (a savepoint each; HL7 v2.5.1 2.9.2 application acknowledgement with the
+Table 0357 code of a refusal), and the messages of one patient apply in arrival order
+whatever order the batch lists them in."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from broker.models import InboundMessage, MessageStatus, ScheduledProcedureStep
+from broker.services.processing import process_batch
+from tests.builders import order
+from tests.conftest import sample
+from tests.service.conftest import Services
+from tests.service.messages import edited
+from tests.service.test_orders import assert_failed, assert_processed, starts
+
+
+def applied_order(services: Services, pks: list[int]) -> list[int]:
+    rows = [services.message(pk) for pk in pks]
+    return [row.id for row in sorted(rows, key=lambda r: (r.processed_at, r.id))]
+
+
+def test_a_refused_message_fails_alone_and_the_others_are_applied(
+        services: Services) -> None:
+    """One message of the batch is refused (a change to an order nobody placed: AE 204
+    at ORC-2): it alone is recorded failed with its AE, and nothing of it is kept; the
+    messages around it reach the worklist."""
+    first = services.store(order(1))
+    refused = services.store(edited("06", "XO-UNKNOWN"))
+    last = services.store(order(2))
+    assert services.use_cases.apply_messages([first, refused, last]) == 3
+    assert_processed(services.message(first))
+    assert_failed(services.message(refused), 204, "ORC^1^2")
+    assert_processed(services.message(last))
+    assert sorted(services.steps()) == ["SPS1", "SPS2"]
+    assert services.use_cases.apply_messages([first, refused, last]) == 0  # idempotent
+
+
+def test_one_patients_messages_apply_in_arrival_order_whatever_the_batch_order(
+        services: Services) -> None:
+    """The batch lists a patient's reschedule (XO) before the order it changes (NW),
+    with another patient's order between: the NW is applied first, so the XO finds its
+    order and its start time stays."""
+    nw = services.store(sample("05"))
+    other = services.store(order(7))
+    xo = services.store(sample("06"))
+    assert process_batch(services.factory, [xo, other, nw], services.map) == 3
+    for pk in (nw, other, xo):
+        assert_processed(services.message(pk))
+    assert starts(services)["SPS0001"] == "20250310110000"
+    assert applied_order(services, [nw, other, xo]) == [nw, other, xo]
+
+
+def test_an_earlier_waiting_message_of_the_patient_is_applied_first(
+        services: Services) -> None:
+    """A batch holding only the XO still applies the patient's earlier waiting NW
+    before it; another patient's waiting message is left to its own task."""
+    nw = services.store(sample("05"))
+    waiting = services.store(order(8))
+    xo = services.store(sample("06"))
+    assert process_batch(services.factory, [xo], services.map) == 2
+    assert_processed(services.message(nw))
+    assert_processed(services.message(xo))
+    assert services.message(waiting).status == MessageStatus.RECEIVED.value
+    assert starts(services)["SPS0001"] == "20250310110000"
+    assert applied_order(services, [nw, xo]) == [nw, xo]
+
+
+def test_a_batch_of_many_patients_applies_each_once(services: Services) -> None:
+    """Forty orders of twenty patients (two each), listed newest first, one message
+    already applied by an earlier task: every order has its step, none twice."""
+    pks = [services.store(order(n, patients=20)) for n in range(100, 140)]
+    assert services.use_cases.apply_message(pks[5]) == 1
+    assert services.use_cases.apply_messages(pks[::-1]) == 39
+    assert services.count(ScheduledProcedureStep) == 40
+    with services.factory() as session:
+        statuses = set(session.scalars(select(InboundMessage.status)))
+    assert statuses == {MessageStatus.PROCESSED.value}
+    for patient in range(20):  # each patient's two orders, in arrival order
+        mine = [pk for n, pk in zip(range(100, 140), pks, strict=True) if n % 20 == patient]
+        assert applied_order(services, mine) == mine
