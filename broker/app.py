@@ -25,7 +25,6 @@ from broker.runtime import Runtime
 from broker.security.access import check_startup
 from broker.security.tls import server_context
 from broker.services.inbound import Inbox
-from broker.services.message_store import MessageStoreWriter
 from broker.services.sweeper import Sweeper
 from broker.web.server import WebServer
 
@@ -66,7 +65,7 @@ class BrokerApp:
         factory = self.runtime.session_factory
         self.use_cases = self.root.use_cases
         self.dispatcher = self.use_cases.dispatcher
-        self.store_writer = MessageStoreWriter(self.runtime.engine)
+        self.store_writer = self.root.message_store()
         self.runtime.store_health = self.store_writer.health
         inbox = Inbox(self.store_writer, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version,
