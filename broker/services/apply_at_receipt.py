@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from broker.hl7.message import parse
@@ -32,6 +32,13 @@ from broker.services.message_store import Applied
 from broker.services.processing import Mapper, Reader, apply_message, lock_key
 
 log = logging.getLogger(__name__)
+
+# Is an earlier message of this ordering key still waiting to be applied? Built once:
+# building the statement per message cost more than running it.
+EARLIER_PENDING = select(exists().where(
+    InboundMessage.ordering_key == bindparam("key"),
+    InboundMessage.status == MessageStatus.RECEIVED.value,
+    InboundMessage.id < bindparam("pk")))
 
 
 class ApplyAtReceipt:
@@ -46,10 +53,7 @@ class ApplyAtReceipt:
         key = values["ordering_key"]
         if key:
             lock_key(session, key)
-            if session.scalar(select(exists().where(
-                    InboundMessage.ordering_key == key,
-                    InboundMessage.status == MessageStatus.RECEIVED.value,
-                    InboundMessage.id < pk))):
+            if session.scalar(EARLIER_PENDING, {"key": key, "pk": pk}):
                 return None
         row = InboundMessage(id=pk, processed_at=None, outcome=None, **values)
         make_transient_to_detached(row)  # the row as just inserted, without reading it
