@@ -203,8 +203,12 @@ class Inbox:
             log.info("duplicate of message %s (MSH-10 %s): replaying its ACK", pk,
                      values.get("control_id"))
             return Received(pk, ack)
-        log.info("stored message %s type %s MSH-10 %s status %s", pk,
-                 values.get("message_type"), values.get("control_id"), status)
+        # Applied at receipt: the processor's line says the outcome. One line per message
+        # is enough; a second cost as much as reading and checking the message.
+        applied = status in (MessageStatus.PROCESSED.value, MessageStatus.FAILED.value)
+        log.log(logging.DEBUG if applied else logging.INFO,
+                "stored message %s type %s MSH-10 %s status %s", pk,
+                values.get("message_type"), values.get("control_id"), status)
         return Received(pk, ack, new=True, pending=status == MessageStatus.RECEIVED.value)
 
     def _refused_sender(self, msg: Message, peer: str) -> Callable[[Session], None] | None:
