@@ -26,7 +26,6 @@ from broker.security.access import check_startup
 from broker.security.first_admin import ensure_first_admin
 from broker.security.tls import server_context
 from broker.services.inbound import Inbox
-from broker.services.message_store import MessageStoreWriter
 from broker.services.sweeper import Sweeper
 from broker.web.server import WebServer
 
@@ -68,7 +67,7 @@ class BrokerApp:
         ensure_first_admin(factory, settings)
         self.use_cases = self.root.use_cases
         self.dispatcher = self.use_cases.dispatcher
-        self.store_writer = MessageStoreWriter(self.runtime.engine)
+        self.store_writer = self.root.message_store()
         self.runtime.store_health = self.store_writer.health
         inbox = Inbox(self.store_writer, settings.ack_mode,
                       accept_any_version=settings.accept_unknown_hl7_version,

@@ -5,7 +5,8 @@ reader, mapper) -> dispatcher -> :class:`~broker.application.UseCases`. Each pro
 builds one :class:`Root` (``serve``, a Celery worker at its start, ``web``, each
 command) with :func:`build`. Whether jobs run in this process (embedded: no Celery
 broker configured) or go to Celery workers (distributed) is decided here, and only
-here, from the settings and the process's :class:`Role`.
+here, from the settings and the process's :class:`Role`; so is whether the MLLP
+listener's message store applies each message in the commit that stores it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from enum import Enum
 from functools import cached_property
 
 from broker.application import UseCases
-from broker.config import Settings
+from broker.config import AckMode, Settings
 from broker.dispatch import (
     BackgroundDispatcher,
     CeleryDispatcher,
@@ -31,6 +32,8 @@ from broker.dispatch import (
 from broker.outage import Outage
 from broker.presence import Presence
 from broker.runtime import Runtime
+from broker.services.apply_at_receipt import ApplyAtReceipt
+from broker.services.message_store import MessageStoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,17 @@ class Root:
         if role is Role.COMMAND:
             return CommandDispatcher(runner, health, later)
         return later
+
+    def message_store(self) -> MessageStoreWriter:
+        """The MLLP listener's group-commit writer. In embedded mode with application
+        ACKs it also applies each message in the commit that stores it, so the ACK
+        carries the outcome after one commit (:mod:`broker.services.apply_at_receipt`);
+        otherwise it stores, and the dispatcher hands the message to the processor."""
+        runtime, settings = self.runtime, self.settings
+        apply = None
+        if settings.embedded and settings.ack_mode is AckMode.APPLICATION:
+            apply = ApplyAtReceipt(runtime.map, read=runtime.read)
+        return MessageStoreWriter(runtime.engine, apply)
 
     def start_presence(self, name: str,
                        on_recovery: Callable[[str], None] | None = None) -> Presence | None:

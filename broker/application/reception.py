@@ -5,10 +5,13 @@ answer (AA only after the commit, HL7 v2.5.1 2.9.2).
 message to the processor. Parsing happens on the event loop (linear and capped, tens
 of microseconds) except for large messages, which are parsed in a worker thread; the
 commit is waited for, off the loop, in the group-commit writer. ``application`` mode
-hands it over and waits for the processor's ACK (AA, or AE/AR with the ERR naming the
-field). If processing has not finished within MWLB_APPLICATION_ACK_TIMEOUT the message
-is still safely stored, so the listener answers AA on the store alone (and records
-that AA for duplicate replay); the outcome then shows in the message store.
+answers with the processor's ACK (AA, or AE/AR with the ERR naming the field): when
+the writer applied the message in the commit that stored it (embedded mode), that ACK
+comes back with the commit; otherwise the message is handed over and the listener waits
+for the processor (the in-process dispatcher's future, or the row's status in
+distributed mode). If processing has not finished within MWLB_APPLICATION_ACK_TIMEOUT
+the message is still safely stored, so the listener answers AA on the store alone (and
+records that AA for duplicate replay); the outcome then shows in the message store.
 """
 
 from __future__ import annotations
@@ -50,20 +53,19 @@ class Reception:
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mwl-mllp")
 
     async def receive(self, raw: bytes, peer: str) -> bytes | None:
-        loop = asyncio.get_running_loop()
         received = await self.inbox.receive(raw, peer)
         pk = received.message_pk
         if pk is None:  # the store failed: AR 207
             return received.ack
         if received.new:
             self._failpoint()
+        # Committed ``received``, or a duplicate still in flight: make sure it is queued.
+        if received.pending or received.ack is None:
             self._dispatch(pk)
-        if received.ack is not None:  # store mode, rejected, or a duplicate's replay
+        if received.ack is not None:  # applied, store mode, rejected, or a replay
             return received.ack
-        if not received.new:  # a duplicate still in flight: make sure it is queued
-            self._dispatch(pk)
-        await loop.run_in_executor(self._pool, self.dispatcher.wait, pk, self.ack_timeout)
-        return await loop.run_in_executor(self._pool, self._final_ack, pk, raw)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._processed_ack, pk, raw)
 
     def _dispatch(self, pk: int) -> None:
         """Hand over a committed message; if Redis is away the row is safe and the
@@ -80,6 +82,11 @@ class Reception:
             if self._stored >= self._crash_after:
                 log.critical("failpoint crash-after-commit reached: exiting")
                 os._exit(137)
+
+    def _processed_ack(self, pk: int, raw: bytes) -> bytes:
+        """Wait (up to the ACK timeout) for the processor, then answer."""
+        self.dispatcher.wait(pk, self.ack_timeout)
+        return self._final_ack(pk, raw)
 
     def _final_ack(self, pk: int, raw: bytes) -> bytes:
         """The ACK the processor stored, else AA on the durable store (see module doc).

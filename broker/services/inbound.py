@@ -13,8 +13,10 @@ Contract (HL7 v2.5.1 2.9.2 original-mode acknowledgement with Table 0357 error c
    therefore only ever replayed to the message it was built for.
 3. AA is only ever sent after the row (raw bytes + dedup key) is committed. In
    ``store`` ACK mode the AA is written into that same row, so one commit suffices; in
-   ``application`` mode the processor writes the ACK with the outcome. Rows are
-   committed in groups by :mod:`broker.services.message_store`.
+   ``application`` mode the processor writes the ACK with the outcome, in the same
+   commit when the writer applies messages as it stores them
+   (:mod:`broker.services.apply_at_receipt`). Rows are committed in groups by
+   :mod:`broker.services.message_store`.
 4. When the database cannot commit, the answer is AR with ERR 207 and nothing is kept,
    so the sender's resend is processed as new.
 
@@ -42,7 +44,7 @@ from broker.hl7.message import HL7_VERSIONS, Message, ReadOptions, content_hash,
 from broker.hl7.warnings import CONTROL_ID_REUSED, HL7Warning, to_json
 from broker.models import MessageStatus
 from broker.security.access import peer_ip, sender_allowed
-from broker.services.message_store import MessageStoreWriter, Pending
+from broker.services.message_store import MessageStoreWriter, Pending, Stored
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,13 @@ OFF_LOOP_BYTES = 64 * 1024
 class Received:
     """What the listener does next: send ``ack`` now, or (``ack`` None) wait for the
     processor to finish message ``message_pk`` and send the ACK it stored. ``new`` is
-    True when this call stored the message (it must be dispatched for processing)."""
+    True when this call stored the message; ``pending`` when it was committed
+    ``received`` (it must be dispatched for processing)."""
 
     message_pk: int | None
     ack: bytes | None
     new: bool = False
+    pending: bool = False
 
 
 def check_header(msg: Message, *, accept_any_version: bool = False,
@@ -188,20 +192,24 @@ class Inbox:
         return msg, Pending(values, alert, on_reuse)
 
     def outcome(self, msg: Message | None, pending: Pending,
-                stored: tuple[int, bytes | None, bool] | None) -> Received:
+                stored: Stored | None) -> Received:
         if stored is None:  # the database could not commit: nothing was kept
             return Received(None, build_ack(msg, "AR", HL7Error(
                 ErrorCode.APPLICATION_INTERNAL_ERROR,
                 "message store unavailable; nothing was kept, please resend")))
-        pk, ack, new = stored
+        pk, ack, new, status = stored
         values = pending.values
         if not new:
             log.info("duplicate of message %s (MSH-10 %s): replaying its ACK", pk,
                      values.get("control_id"))
             return Received(pk, ack)
-        log.info("stored message %s type %s MSH-10 %s status %s", pk,
-                 values.get("message_type"), values.get("control_id"), values["status"])
-        return Received(pk, ack, new=values["status"] == MessageStatus.RECEIVED.value)
+        # Applied at receipt: the processor's line says the outcome. One line per message
+        # is enough; a second cost as much as reading and checking the message.
+        applied = status in (MessageStatus.PROCESSED.value, MessageStatus.FAILED.value)
+        log.log(logging.DEBUG if applied else logging.INFO,
+                "stored message %s type %s MSH-10 %s status %s", pk,
+                values.get("message_type"), values.get("control_id"), status)
+        return Received(pk, ack, new=True, pending=status == MessageStatus.RECEIVED.value)
 
     def _refused_sender(self, msg: Message, peer: str) -> Callable[[Session], None] | None:
         """MSH-3/MSH-4 must be allowed from the peer's address. For a

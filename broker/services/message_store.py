@@ -14,9 +14,17 @@ which is stored as a new message and flagged (``Pending.on_reuse``). Then one ``
 ... ON CONFLICT (MSH-3, MSH-4, MSH-10, content hash) DO NOTHING RETURNING id``; no id
 back means a racing connection stored the same message first: a duplicate too.
 
-If a batch fails, each of its messages is stored again in a transaction of its own,
-so one message the database refuses cannot take the others with it; a message that
-still cannot be stored gets ``None`` (the caller answers AR 207, nothing is kept).
+A writer given an ``apply`` step (:mod:`broker.services.apply_at_receipt`: embedded
+mode, application ACK mode) also applies, in the same transaction, each new message
+stored without an ACK, so the row and its outcome share one commit and the caller gets
+the outcome's ACK with the id. A message ``apply`` leaves alone is committed
+``received``, without an ACK, for the dispatcher.
+
+If a batch fails, it is stored again without applying anything when it was being
+applied (the raw messages are kept whatever went wrong in applying them); if storing
+fails, each of its messages is stored again in a transaction of its own, so one message
+the database refuses cannot take the others with it; a message that still cannot be
+stored gets ``None`` (the caller answers AR 207, nothing is kept).
 
 ``health`` says whether the store can commit (readiness, /readyz): a failure that is
 not the database refusing one message's content (disk full, read-only database,
@@ -35,7 +43,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,6 +61,30 @@ KEY_COLUMNS = ("sending_application", "sending_facility", "control_id")
 DEDUP_COLUMNS = (*KEY_COLUMNS, "content_hash")
 
 
+class Stored(NamedTuple):
+    """A committed message: its row id, the ACK stored with it (None: not decided yet),
+    whether this call stored it (False: a duplicate of a stored message) and its
+    status as committed."""
+
+    pk: int
+    ack: bytes | None
+    new: bool
+    status: str
+
+
+class Applied(NamedTuple):
+    """The outcome an ``apply`` step recorded on a message row: its status and the ACK
+    to send."""
+
+    status: str
+    ack: bytes | None
+
+
+# Applies a just-stored message in the writer's transaction: (session, row id, column
+# values) -> the outcome recorded, or None when the message is left to the dispatcher.
+Apply = Callable[[Session, int, dict[str, Any]], Applied | None]
+
+
 @dataclass
 class Pending:
     """A message ready to store: its column values (ACK included when already known);
@@ -62,15 +94,16 @@ class Pending:
     values: dict[str, Any]
     alert: Callable[[Session], None] | None = None
     on_reuse: Callable[[dict[str, Any]], None] | None = None
-    result: Future[tuple[int, bytes | None, bool] | None] = field(default_factory=Future)
+    result: Future[Stored | None] = field(default_factory=Future)
 
 
 class MessageStoreWriter:
-    """Stores :class:`Pending` messages; ``store`` returns a future of (id, stored
-    ACK, whether this call stored it) or None when the database failed."""
+    """Stores :class:`Pending` messages (and applies them, given ``apply``);
+    ``store`` returns a future of :class:`Stored`, or None when the database failed."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, apply: Apply | None = None) -> None:
         self.engine = engine
+        self._apply = apply
         self._statements = _Statements(engine)
         self._queue: queue.Queue[Pending | None] = queue.Queue()
         self._conn: Connection | None = None  # held, not checked out (and pinged) per batch
@@ -78,7 +111,7 @@ class MessageStoreWriter:
         self._thread = threading.Thread(target=self._run, name="mwl-store", daemon=True)
         self._thread.start()
 
-    def store(self, pending: Pending) -> Future[tuple[int, bytes | None, bool] | None]:
+    def store(self, pending: Pending) -> Future[Stored | None]:
         self._queue.put(pending)
         return pending.result
 
@@ -132,13 +165,21 @@ class MessageStoreWriter:
             self._conn = self.engine.connect()
         return self._conn
 
-    def _write(self, batch: list[Pending]) -> None:
+    def _write(self, batch: list[Pending], *, apply: bool = True) -> None:
+        applying = apply and self._apply is not None
         try:
             conn = self._connection()
             with conn.begin():
                 results = self._insert_batch(conn, batch)
+                if applying:
+                    results = self._apply_batch(conn, batch, results)
         except Exception as exc:  # SQLAlchemy's, or the driver's own (raw cursor)
             self._discard_connection()
+            if applying:  # keep the raw messages: store them alone, for the dispatcher
+                log.warning("%d message(s) to be stored without applying them (%s)",
+                            len(batch), type(exc).__name__)
+                self._write(batch, apply=False)
+                return
             if len(batch) == 1:
                 if refused_by_content(exc):
                     log.error("message store refused a message (%s)", type(exc).__name__)
@@ -147,14 +188,13 @@ class MessageStoreWriter:
                 batch[0].result.set_result(None)
                 return
             for pending in batch:  # find the one the database refuses, keep the rest
-                self._write([pending])
+                self._write([pending], apply=False)
             return
         self.health.ok()
         for pending, result in zip(batch, results, strict=True):
             pending.result.set_result(result)
 
-    def _insert_batch(self, conn: Connection,
-                      batch: list[Pending]) -> list[tuple[int, bytes | None, bool]]:
+    def _insert_batch(self, conn: Connection, batch: list[Pending]) -> list[Stored]:
         for pending in batch:
             if pending.alert is not None:
                 with Session(bind=conn) as session:
@@ -165,6 +205,18 @@ class MessageStoreWriter:
             return [self._statements.store(cursor, pending) for pending in batch]
         finally:
             cursor.close()
+
+    def _apply_batch(self, conn: Connection, batch: list[Pending],
+                     results: list[Stored]) -> list[Stored]:
+        """Apply, in arrival order, each message this batch stored without an ACK."""
+        assert self._apply is not None
+        with Session(bind=conn) as session:
+            for n, (pending, stored) in enumerate(zip(batch, results, strict=True)):
+                if stored.new and stored.ack is None:
+                    applied = self._apply(session, stored.pk, pending.values)
+                    if applied is not None:
+                        results[n] = stored._replace(ack=applied.ack, status=applied.status)
+        return results
 
 
 class StoreFull(Exception):
@@ -187,13 +239,13 @@ class _Statements:
             if processor is not None:
                 self._processors[column.key] = processor
         where = " AND ".join(f"{c} = {self._mark(c)}" for c in KEY_COLUMNS)
-        self._select_sql = (f"SELECT id, content_hash, ack FROM inbound_message WHERE {where} "
-                            "ORDER BY id")
+        self._select_sql = (f"SELECT id, content_hash, ack, status FROM inbound_message "
+                            f"WHERE {where} ORDER BY id")
 
     def _mark(self, name: str) -> str:
         return f"%({name})s" if self.dialect.paramstyle == "pyformat" else f":{name}"
 
-    def store(self, cursor: Any, pending: Pending) -> tuple[int, bytes | None, bool]:
+    def store(self, cursor: Any, pending: Pending) -> Stored:
         values = pending.values
         if values.get("control_id") is not None:
             stored = self._stored(cursor, pending)
@@ -209,21 +261,21 @@ class _Statements:
         cursor.execute(self._insert_sql, params)
         row = cursor.fetchone()
         if row is not None:
-            return int(row[0]), values.get("ack"), True
+            return Stored(int(row[0]), values.get("ack"), True, values["status"])
         stored = self._stored(cursor, pending)
         if stored is None:  # cannot happen: the conflicting row is visible now
             raise RuntimeError("message store: conflicting row not found")
         return stored
 
-    def _stored(self, cursor: Any, pending: Pending) -> tuple[int, bytes | None, bool] | None:
+    def _stored(self, cursor: Any, pending: Pending) -> Stored | None:
         """The stored duplicate of the message (same key and content), if any; a stored
         message with the same key and other content marks it as reusing the key."""
         values = pending.values
         cursor.execute(self._select_sql, self._params(values, KEY_COLUMNS))
         rows = cursor.fetchall()
-        for pk, digest, ack in rows:
+        for pk, digest, ack, status in rows:
             if digest == values["content_hash"]:
-                return int(pk), bytes(ack) if ack is not None else None, False
+                return Stored(int(pk), bytes(ack) if ack is not None else None, False, status)
         if rows and not values.get("control_id_reused"):
             values["control_id_reused"] = True
             if pending.on_reuse is not None:

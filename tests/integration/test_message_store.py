@@ -45,11 +45,12 @@ def test_a_batch_keeps_what_it_can_and_detects_repeats(tmp_path: Path) -> None:
         blocker.close()
     assert first.result(30) is not None
     one, again, bad, four = (f.result(30) for f in later)
-    assert one is not None and one[2] is True
-    assert again == (one[0], one[1], False)  # the repeat replays the first one's ACK
+    assert one is not None and one.new is True
+    assert again is not None  # the repeat replays the first one's ACK
+    assert (again.pk, again.ack, again.new) == (one.pk, one.ack, False)
     assert bad is None  # refused: the caller answers AR 207 and nothing is kept
-    assert four is not None and four[2] is True
-    assert b"MSA|AA|B1" in (one[1] or b"")
+    assert four is not None and four.new is True
+    assert b"MSA|AA|B1" in (one.ack or b"")
     writer.close()
     with engine.connect() as conn:
         ids = conn.execute(select(InboundMessage.control_id).order_by(InboundMessage.id)

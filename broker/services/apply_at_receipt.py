@@ -1,0 +1,86 @@
+"""Applying an inbound message in the transaction that stores it: the row and its
+outcome share one commit (one fsync), and the ACK built from the outcome is sent after
+that commit (an original-mode AA means the receiving application accepted the
+message, HL7 v2.5.1 2.9.2). Used by the group-commit writer
+(:class:`broker.services.message_store.MessageStoreWriter`) when the processing runs in
+the same process as the listener (embedded mode, application ACK mode).
+
+Contract, for a message the writer has just stored, inside its transaction:
+
+* Per-patient arrival order, as :func:`broker.services.processing.process_through`
+  keeps it: under the patient's ordering lock, a message whose ordering key has an
+  earlier message still ``received`` is not applied here. It is committed
+  ``received`` and left to the dispatcher, which applies the earlier ones first.
+* Otherwise it is applied by :func:`broker.services.processing.apply_message` inside a
+  savepoint: status, outcome and ACK as the processor records them (a content error
+  is recorded ``failed`` with its AE/AR). An exception that escapes it (a transient
+  database error, an unexpected error) rolls back that savepoint only: the raw message
+  is committed ``received`` and left to the dispatcher, and is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import bindparam, exists, select
+from sqlalchemy.orm import Session, make_transient_to_detached
+
+from broker.hl7.message import parse
+from broker.models import InboundMessage, MessageStatus
+from broker.services.message_store import Applied
+from broker.services.processing import Mapper, Reader, apply_message, lock_key
+
+log = logging.getLogger(__name__)
+
+# Is an earlier message of this ordering key still waiting to be applied? Built once:
+# building the statement per message cost more than running it.
+EARLIER_PENDING = select(exists().where(
+    InboundMessage.ordering_key == bindparam("key"),
+    InboundMessage.status == MessageStatus.RECEIVED.value,
+    InboundMessage.id < bindparam("pk")))
+
+
+class ApplyAtReceipt:
+    """Applies one just-stored message in the caller's session (see the module
+    contract); returns its outcome, or None when it is left to the dispatcher."""
+
+    def __init__(self, mapper: Mapper, *, read: Reader = parse) -> None:
+        self.mapper = mapper
+        self.read = read
+
+    def __call__(self, session: Session, pk: int, values: dict[str, Any]) -> Applied | None:
+        key = values["ordering_key"]
+        if key:
+            lock_key(session, key)
+            if session.scalar(EARLIER_PENDING, {"key": key, "pk": pk}):
+                return None
+        row = InboundMessage(id=pk, processed_at=None, outcome=None, **values)
+        make_transient_to_detached(row)  # the row as just inserted, without reading it
+        session.add(row)
+        try:
+            with session.begin_nested():
+                apply_message(session, row, self.mapper, read=self.read)
+                session.flush()
+        except Exception as exc:
+            session.expunge(row)
+            if not self._still_stored(session, pk):
+                raise  # the whole transaction is gone: the writer stores the raw messages
+            log.warning("message %s stored, not applied at receipt (%s): left to the "
+                        "dispatcher", pk, type(exc).__name__)
+            return None
+        return Applied(row.status, row.ack)
+
+    @staticmethod
+    def _still_stored(session: Session, pk: int) -> bool:
+        """Whether the transaction still holds the stored row after a failure. SQLite
+        rolls the whole transaction back on some errors (RAISE(ROLLBACK) in a trigger,
+        a full disk, an I/O error; "Response To Errors Within A Transaction") and then
+        runs later statements, COMMIT included, outside of any: the row is gone and the
+        commit would keep nothing. A PostgreSQL transaction in the failed state refuses
+        the query."""
+        try:
+            return session.scalar(select(InboundMessage.id)
+                                  .where(InboundMessage.id == pk)) is not None
+        except Exception:
+            return False
