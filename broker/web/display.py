@@ -82,7 +82,8 @@ def time_element(value: datetime | str | None, zone: ZoneInfo) -> Markup:
 
 def between(first: datetime | str, last: datetime | str, zone: ZoneInfo) -> str:
     """"between 09:01 and 09:40" in ``zone``: clock times on one day, dates and times
-    across days, seconds when both fall in the same minute."""
+    across days, seconds when both fall in the same minute ("at 09:01:05" when both
+    fall in the same second)."""
     start, end = instant(first), instant(last)
     assert start is not None and end is not None
     start, end = start.astimezone(zone), end.astimezone(zone)
@@ -92,7 +93,9 @@ def between(first: datetime | str, last: datetime | str, zone: ZoneInfo) -> str:
         pattern = "%H:%M:%S"
     else:
         pattern = "%H:%M"
-    return f"between {start.strftime(pattern)} and {end.strftime(pattern)}"
+    first_text, last_text = start.strftime(pattern), end.strftime(pattern)
+    return f"at {first_text}" if first_text == last_text else \
+        f"between {first_text} and {last_text}"
 
 
 def dicom_datetime(value: object) -> str:

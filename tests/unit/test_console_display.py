@@ -43,13 +43,15 @@ def test_moments_are_shown_in_the_configured_zone() -> None:
         '<time datetime="2025-03-10T15:01:02+00:00">2025-03-10 10:01:02</time>'
 
 
-def test_between_gives_clock_times_on_one_day() -> None:
+def test_a_run_of_hits_gives_clock_times_on_one_day() -> None:
     assert display.between("2025-03-10T14:01:00+00:00", "2025-03-10T14:40:59+00:00",
                            CHICAGO) == "between 09:01 and 09:40"
     assert display.between("2025-03-10T14:01:05+00:00", "2025-03-10T14:01:50+00:00",
                            CHICAGO) == "between 09:01:05 and 09:01:50"
     assert display.between("2025-03-11T04:50:00+00:00", "2025-03-11T05:10:00+00:00",
                            CHICAGO) == "between 2025-03-10 23:50 and 2025-03-11 00:10"
+    assert display.between("2025-03-10T14:01:05+00:00", "2025-03-10T14:01:05.4+00:00",
+                           CHICAGO) == "at 09:01:05"
 
 
 @pytest.mark.parametrize(("value", "shown"), [
