@@ -89,7 +89,7 @@ def dashboard(session: Session, settings: Settings, hours: int = traffic.DEFAULT
     ``hours`` (broker.web.traffic), health, and what needs attention."""
     inbound = _counts(session, InboundMessage.status)
     outbound = _counts(session, OutboundMessage.status)
-    age = oldest_unprocessed_age(session)
+    state = health(session, settings)
     window = traffic.Window.last(hours)
     data = {
         "hl7_inbound": {"received": sum(inbound.values()),
@@ -100,7 +100,7 @@ def dashboard(session: Session, settings: Settings, hours: int = traffic.DEFAULT
                         "with_warnings": session.scalar(
                             select(func.count(InboundMessage.id))
                             .where(InboundMessage.warning_count > 0)) or 0,
-                        "oldest_pending_seconds": age},
+                        "oldest_pending_seconds": state.get("oldest_unprocessed_seconds")},
         "dicom": {"worklist_queries": session.scalar(select(func.count(WorklistQuery.id))) or 0,
                   "mpps": session.scalar(select(func.count(PerformedProcedureStep.id))) or 0,
                   "instances": session.scalar(select(func.count(StoredInstance.id))) or 0},
@@ -111,7 +111,7 @@ def dashboard(session: Session, settings: Settings, hours: int = traffic.DEFAULT
         "traffic": traffic.hl7(session, window),
         "hl7_warnings": traffic.warnings(session, window),
         "stations": traffic.stations(session, window),
-        "health": health(session, settings),
+        "health": state,
         "last_activity": last_activity(session),
     }
     data["attention"] = attention(data)
