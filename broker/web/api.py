@@ -80,7 +80,7 @@ def _found(value: Any, what: str) -> Any:
 @router.get("/dashboard")
 def dashboard(request: Request, session: DB, user: Viewer,
               hours: int = traffic.DEFAULT_HOURS) -> dict[str, Any]:
-    """What the dashboard shows: counters per interface since the store began (inbound:
+    """What the dashboard shows: counters per interface over what the store holds (inbound:
     received = processed + failed + rejected + pending), queues, health, last activity
     per AE title, and over the last ``hours`` (1, 3, 6, 12 or 24): HL7 received, sent and
     failed per time bucket (``traffic``, one-minute buckets up to 3 h), the adjustments
@@ -146,7 +146,8 @@ def why_not(request: Request, session: DB, user: Viewer, sps_pk: int,
 
 @router.get("/timeline/{accession}")
 def timeline(session: DB, user: Viewer, accession: str) -> dict[str, Any]:
-    """Everything that happened to an order, in time order."""
+    """Everything that happened to an order, in time order; a run of C-FIND queries of
+    one station that returned a step is one event with its ``count`` and ``last`` time."""
     return dict(_found(queries.timeline(session, accession), "accession"))
 
 

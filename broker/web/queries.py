@@ -84,8 +84,8 @@ def last_activity(session: Session) -> list[dict[str, str]]:
 
 def dashboard(session: Session, settings: Settings, hours: int = traffic.DEFAULT_HOURS
               ) -> dict[str, Any]:
-    """Everything the dashboard shows: counts since the store began (inbound by status,
-    so received = processed + failed + rejected + pending), the traffic of the last
+    """Everything the dashboard shows: what the store holds (inbound by status, so
+    received = processed + failed + rejected + pending), the traffic of the last
     ``hours`` (broker.web.traffic), health, and what needs attention."""
     inbound = _counts(session, InboundMessage.status)
     outbound = _counts(session, OutboundMessage.status)
