@@ -467,6 +467,7 @@ class OutboundMessage(Base):
     __table_args__ = (
         UniqueConstraint("destination", "sequence", name="uq_outbound_sequence"),
         Index("ix_outbound_queue", "destination", "status", "sequence"),
+        Index("ix_outbound_sent", "sent_at"),  # the console's traffic per minute
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

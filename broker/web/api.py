@@ -16,10 +16,33 @@ from broker.db import unit_of_work
 from broker.models import Role, User
 from broker.security import accounts as sec
 from broker.services.resolve import ResolveError
-from broker.web import mappings, queries
+from broker.web import mappings, queries, traffic
 from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of, use_cases_of
 
 router = APIRouter(prefix="/api", tags=["api"])
+
+# The top of the OpenAPI documentation page (/docs): how a script gets in.
+DESCRIPTION = """\
+Modality worklist and HL7 integration broker: the console's JSON API.
+
+### Authentication: the API token flow
+
+Every `/api` call acts as a console user: a logged-in browser sends its session cookie,
+a script sends an **API token** with that user's role.
+
+1. **Log in** to the console at `/login` (an admin creates users: the Users & tokens
+   page, or `mwl-broker users add NAME --role viewer`).
+2. **Create a token** on the console's *API tokens* page (it is shown once: copy it),
+   or from the logged-in session: `POST /api/tokens` with `{"name": "nightly report"}`.
+3. **Use it** in the `Authorization` header:
+   `curl -H "Authorization: Bearer mwlb_..." "http://HOST:8080/api/messages?status=failed"`.
+   Here, **Authorize** with the token to try the calls below.
+
+A token stops working (401) when it is revoked (the *API tokens* page,
+`POST /api/tokens/{token_id}/revoke`, `mwl-broker tokens revoke ID`) or its user is
+disabled. Reading needs the viewer role, repairing the operator role, managing users
+the admin role.
+"""
 
 
 class Ids(BaseModel):
@@ -55,10 +78,15 @@ def _found(value: Any, what: str) -> Any:
 
 
 @router.get("/dashboard")
-def dashboard(request: Request, session: DB, user: Viewer) -> dict[str, Any]:
-    """Counters per interface, last activity per AE title, outbound queue, health."""
-    settings = runtime_of(request).settings
-    return {**queries.dashboard(session, settings), "health": queries.health(session, settings)}
+def dashboard(request: Request, session: DB, user: Viewer,
+              hours: int = traffic.DEFAULT_HOURS) -> dict[str, Any]:
+    """What the dashboard shows: counters per interface over what the store holds (inbound:
+    received = processed + failed + rejected + pending), queues, health, last activity
+    per AE title, and over the last ``hours`` (1, 3, 6, 12 or 24): HL7 received, sent and
+    failed per time bucket (``traffic``, one-minute buckets up to 3 h), the adjustments
+    messages were accepted with, worklist queries per station, and what needs
+    attention. Times are ISO 8601 in UTC."""
+    return queries.dashboard(session, runtime_of(request).settings, hours)
 
 
 @router.get("/messages")
@@ -118,7 +146,8 @@ def why_not(request: Request, session: DB, user: Viewer, sps_pk: int,
 
 @router.get("/timeline/{accession}")
 def timeline(session: DB, user: Viewer, accession: str) -> dict[str, Any]:
-    """Everything that happened to an order, in time order."""
+    """Everything that happened to an order, in time order; a run of C-FIND queries of
+    one station that returned a step is one event with its ``count`` and ``last`` time."""
     return dict(_found(queries.timeline(session, accession), "accession"))
 
 

@@ -21,8 +21,7 @@ from broker.web.deps import LoginRequired
 
 
 def create_app(runtime: Runtime, use_cases: UseCases) -> FastAPI:
-    app = FastAPI(title="mwl-broker", version="0.1.0",
-                  description="Modality worklist and HL7 integration broker: console API.")
+    app = FastAPI(title="mwl-broker", version="0.1.0", description=api.DESCRIPTION)
     app.state.runtime = runtime
     app.state.use_cases = use_cases
     app.state.metrics = ops.metrics_registry(runtime)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from broker.application import UseCases
@@ -45,16 +46,23 @@ def db(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(db)]
 
 
-def _user(request: Request) -> User | None:
-    """The caller, in a short transaction of its own (it records the activity)."""
+# Declared so that the OpenAPI documentation (/docs) offers "Authorize" with a token.
+BEARER = HTTPBearer(auto_error=False, scheme_name="API token", description=(
+    "A token from POST /api/tokens or the console's API tokens page, sent as "
+    "`Authorization: Bearer mwlb_...`."))
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+def _user(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User | None:
+    """The caller, by API token or else session cookie, in a short transaction of its
+    own (it records the activity)."""
     runtime = runtime_of(request)
-    auth = request.headers.get("authorization", "")
     cookie = request.cookies.get(COOKIE)
-    if not auth.lower().startswith("bearer ") and not cookie:
-        return None
+    if credentials is None and (protections.bearer(request) or not cookie):
+        return None  # "Bearer" without a token is refused, never taken for the cookie
     with unit_of_work(runtime.session_factory) as session:
-        if auth.lower().startswith("bearer "):
-            return token_user(session, auth[7:].strip())
+        if credentials is not None:
+            return token_user(session, credentials.credentials.strip())
         assert cookie is not None
         return session_user(session, cookie, runtime.settings.session_idle_minutes)
 
@@ -62,8 +70,8 @@ def _user(request: Request) -> User | None:
 def api_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
     """Dependency: the caller, who must hold ``role`` (401 / 403 otherwise)."""
 
-    def dependency(request: Request) -> User:
-        user = _user(request)
+    def dependency(request: Request, credentials: Credentials) -> User:
+        user = _user(request, credentials)
         if user is None:
             raise HTTPException(401, "log in or send an API token",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -77,8 +85,8 @@ def api_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
 def page_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
     """Dependency for pages: like :func:`api_user` but sends people to /login."""
 
-    def dependency(request: Request) -> User:
-        user = _user(request)
+    def dependency(request: Request, credentials: Credentials) -> User:
+        user = _user(request, credentials)
         if user is None:
             raise LoginRequired()
         if not has_role(user, role):

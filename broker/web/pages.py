@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -16,6 +17,9 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
 from sqlalchemy import select
 
 from broker.audit import hooks as audit
@@ -24,7 +28,7 @@ from broker.models import Role, User
 from broker.security import accounts as sec
 from broker.security.accounts import csrf_token, end_session, has_role, session_user, start_session
 from broker.services.resolve import ResolveError
-from broker.web import mappings, queries
+from broker.web import chart, display, mappings, queries, traffic
 from broker.web.deps import (
     COOKIE,
     DB,
@@ -41,6 +45,31 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False, dependencies=[Depends(form_token_required)])
 
 
+@lru_cache(maxsize=8)
+def zone_named(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def zone_of(request: Request) -> ZoneInfo:
+    """The zone the console shows times in (MWLB_TIMEZONE, else the host's)."""
+    return zone_named(runtime_of(request).timezone)
+
+
+@pass_context
+def _when(context: Context, value: Any) -> Markup:
+    return display.time_element(value, zone_of(context["request"]))
+
+
+@pass_context
+def _between(context: Context, first: Any, last: Any) -> str:
+    return display.between(first, last, zone_of(context["request"]))
+
+
+# Every page shows person names, moments and DICOM dates through these (broker.web.display).
+templates.env.filters.update(person=display.person_name, dicom_dt=display.dicom_datetime,
+                             when=_when, between=_between)
+
+
 def render(request: Request, name: str, user: User | None, status_code: int = 200,
            headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
     cookie = request.cookies.get(COOKIE)
@@ -48,6 +77,7 @@ def render(request: Request, name: str, user: User | None, status_code: int = 20
         "user": user, "operator": user is not None and has_role(user, Role.OPERATOR),
         "admin": user is not None and has_role(user, Role.ADMIN),
         "csrf": csrf_token(cookie) if cookie and user is not None else "",
+        "zone": runtime_of(request).timezone,
         "notice": request.query_params.get("notice", ""), **context},
         status_code=status_code, headers=headers)
 
@@ -99,10 +129,15 @@ def logout(request: Request) -> Response:
 
 
 @router.get("/")
-def dashboard(request: Request, session: DB, user: PageViewer) -> HTMLResponse:
-    settings = runtime_of(request).settings
-    return render(request, "dashboard.html", user, data=queries.dashboard(session, settings),
-                  health=queries.health(session, settings))
+def dashboard(request: Request, session: DB, user: PageViewer,
+              hours: int = traffic.DEFAULT_HOURS) -> HTMLResponse:
+    """Counts, the traffic chart of the last ``hours``, worklist queries per station and
+    what needs attention (dashboard.js reloads the panels marked ``data-live``)."""
+    data = queries.dashboard(session, runtime_of(request).settings, hours)
+    return render(request, "dashboard.html", user, data=data, windows=traffic.WINDOW_HOURS,
+                  chart=chart.traffic_chart(data["traffic"], zone_of(request)),
+                  sparklines={s["ae_title"]: chart.sparkline(s["per_bucket"])
+                              for s in data["stations"]})
 
 
 def _moment(value: str) -> datetime | None:
@@ -119,7 +154,7 @@ def _moment(value: str) -> datetime | None:
 def messages(request: Request, session: DB, user: PageViewer, control_id: str = "",
              accession: str = "", patient_id: str = "", type: str = "", status: str = "",
              since: str = "", until: str = "", warnings: str = "") -> HTMLResponse:
-    zone = ZoneInfo(runtime_of(request).timezone)
+    zone = zone_of(request)
     start, end = _moment(since), _moment(until)
     rows = queries.search_messages(
         session, control_id=control_id, accession=accession, patient_id=patient_id,
@@ -156,7 +191,7 @@ def reprocess(request: Request, user: PageOperator,
 def worklist(request: Request, session: DB, user: PageViewer, ae_title: str = "",
              date: str | None = None, modality: str = "", status: str = "") -> HTMLResponse:
     if date is None:  # first visit: today's list, as a modality asks for it each morning
-        date = datetime.now(ZoneInfo(runtime_of(request).timezone)).strftime("%Y%m%d")
+        date = datetime.now(zone_of(request)).strftime("%Y%m%d")
     rows = (queries.station_worklist(session, runtime_of(request).settings, ae_title=ae_title,
                                      date=date, modality=modality, status=status)
             if ae_title else [])
@@ -295,7 +330,36 @@ def users_delete(request: Request, user: PageAdmin, name: str) -> Response:
                        f"{name} deleted")
 
 
+@router.get("/tokens")
+def tokens_page(request: Request, session: DB, user: PageViewer) -> HTMLResponse:
+    """The caller's API tokens: create one for a script (shown once), revoke one."""
+    return render(request, "tokens.html", user, tokens=sec.list_tokens(session, user),
+                  created=None)
+
+
+@router.post("/tokens")
+def tokens_create(request: Request, user: PageViewer,
+                  name: Annotated[str, Form(min_length=1, max_length=64)]) -> HTMLResponse:
+    """A new token for the caller, with the caller's role: shown on this page only, never
+    stored in the clear (nor cached: ``no-store``)."""
+    with unit_of_work(runtime_of(request).session_factory) as session:
+        token = sec.create_api_token(session, user, name, client_address(request))
+        listed = sec.list_tokens(session, user)
+    return render(request, "tokens.html", user, headers={"Cache-Control": "no-store"},
+                  tokens=listed, created={"name": name, "token": token},
+                  console=str(request.base_url).rstrip("/"))
+
+
 @router.post("/tokens/{token_id}/revoke")
-def tokens_revoke(request: Request, user: PageAdmin, token_id: int) -> Response:
-    return _admin_form(request, lambda s, addr: sec.revoke_token(
-        s, user.name, addr, token_id), f"API token {token_id} revoked")
+def tokens_revoke(request: Request, user: PageViewer, token_id: int,
+                  page: Annotated[str, Form()] = "/tokens") -> Response:
+    """Revoke an API token: one's own, or anyone's as an admin; back to the API tokens
+    page or (``page``) the admin's Users & tokens page."""
+    owner = None if has_role(user, Role.ADMIN) else user
+    target = page if page in ("/tokens", "/users") else "/tokens"
+    try:
+        with unit_of_work(runtime_of(request).session_factory) as session:
+            sec.revoke_token(session, user.name, client_address(request), token_id, owner)
+    except sec.NotFound as exc:
+        return back(target, f"not done: {exc}")
+    return back(target, f"API token {token_id} revoked")

@@ -91,13 +91,14 @@ def same_origin(request: Request, origin: str, trusted: list[str]) -> bool:
         _netloc("http", host), _netloc("https", host))
 
 
-def _bearer(request: Request) -> bool:
+def bearer(request: Request) -> bool:
+    """The request says it is authenticated with an API token."""
     return request.headers.get("authorization", "").lower().startswith("bearer ")
 
 
 def origin_refusal(request: Request, trusted: list[str]) -> str:
     """Why this request must be refused as cross-site ("" when it may go on)."""
-    if request.method not in UNSAFE or _bearer(request):
+    if request.method not in UNSAFE or bearer(request):
         return ""
     origin = request_origin(request)
     if COOKIE in request.cookies:

@@ -3,16 +3,19 @@ it, so both always agree. Read-only, one session per call."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
+from broker.domain.status import MessageStatus
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import (
@@ -32,6 +35,10 @@ from broker.models import (
 )
 from broker.outage import describe, describe_redis
 from broker.services.worklist_query import build_query, excluding_keys
+from broker.web import traffic
+from broker.web.display import instant
+
+PENDING_WARN_SECONDS = 60  # a message pending longer than this is worth a look
 
 
 def iso(value: datetime | None) -> str:
@@ -103,20 +110,25 @@ def refused_associations(session: Session, within: timedelta = timedelta(hours=1
                             reverse=True)]
 
 
-def dashboard(session: Session, settings: Settings) -> dict[str, Any]:
+def dashboard(session: Session, settings: Settings, hours: int = traffic.DEFAULT_HOURS
+              ) -> dict[str, Any]:
+    """Everything the dashboard shows: what the store holds (inbound by status, so
+    received = processed + failed + rejected + pending), the traffic of the last
+    ``hours`` (broker.web.traffic), health, and what needs attention."""
     inbound = _counts(session, InboundMessage.status)
     outbound = _counts(session, OutboundMessage.status)
-    age = oldest_unprocessed_age(session)
-    return {
+    state = health(session, settings)
+    window = traffic.Window.last(hours)
+    data = {
         "hl7_inbound": {"received": sum(inbound.values()),
-                        "processed": inbound.get("processed", 0),
-                        "failed": inbound.get("failed", 0),
-                        "rejected": inbound.get("rejected", 0),
-                        "queued": inbound.get("received", 0),
+                        **{status.value: inbound.get(status.value, 0)
+                           for status in (MessageStatus.PROCESSED, MessageStatus.FAILED,
+                                          MessageStatus.REJECTED)},
+                        "pending": inbound.get(MessageStatus.RECEIVED.value, 0),
                         "with_warnings": session.scalar(
                             select(func.count(InboundMessage.id))
                             .where(InboundMessage.warning_count > 0)) or 0,
-                        "oldest_queued_seconds": age},
+                        "oldest_pending_seconds": state.get("oldest_unprocessed_seconds")},
         "dicom": {"worklist_queries": session.scalar(select(func.count(WorklistQuery.id))) or 0,
                   "mpps": session.scalar(select(func.count(PerformedProcedureStep.id))) or 0,
                   "instances": session.scalar(select(func.count(StoredInstance.id))) or 0},
@@ -124,9 +136,61 @@ def dashboard(session: Session, settings: Settings) -> dict[str, Any]:
                      "failed": outbound.get("failed", 0)},
         "reconciliation_open": session.scalar(select(func.count(ReconciliationItem.id)).where(
             ReconciliationItem.state == "open")) or 0,
+        "traffic": traffic.hl7(session, window),
+        "hl7_warnings": traffic.warnings(session, window),
+        "stations": traffic.stations(session, window),
+        "health": state,
         "last_activity": last_activity(session),
         "refused_associations": refused_associations(session),
     }
+    data["attention"] = attention(data)
+    return data
+
+
+def attention(data: dict[str, Any]) -> list[dict[str, str]]:
+    """What someone should look at, worst first: {"level": "bad" | "warn", "text",
+    "href"} built from :func:`dashboard`'s numbers (no values from messages)."""
+    window = f"in the last {data['traffic']['hours']} h"
+    inbound, outbound, state = data["hl7_inbound"], data["outbound"], data["health"]
+    waited = inbound["oldest_pending_seconds"] or 0
+    found: list[dict[str, str]] = []
+
+    def add(level: str, text: str, href: str = "") -> None:
+        found.append({"level": level, "text": text, "href": href})
+
+    if state["database"] != "ok":
+        add("bad", f"Database {state['database']}")
+    if state["redis"] not in ("ok", "not used (embedded)"):
+        add("bad", f"Redis {state['redis']}")
+    if inbound["failed"]:
+        add("bad", f"{_many(inbound['failed'], 'HL7 message')} failed, waiting for an "
+            "operator", "/messages?status=failed")
+    if outbound["failed"]:
+        add("bad", f"{_many(outbound['failed'], 'message')} to the EHR failed",
+            "/outbound?status=failed")
+    if waited >= PENDING_WARN_SECONDS:
+        add("warn", f"The oldest pending HL7 message has waited {waited:.0f} s to be applied",
+            "/messages?status=received")
+    rejected = data["traffic"]["totals"]["by_status"]["rejected"]
+    if rejected:
+        add("warn", f"{_many(rejected, 'HL7 message')} "
+            f"rejected {window}", "/messages?status=rejected")
+    if data["hl7_warnings"]["messages"]:
+        add("warn", f"{_many(data['hl7_warnings']['messages'], 'HL7 message')} accepted "
+            f"with adjustments {window}", "/messages?warnings=1")
+    if data["reconciliation_open"]:
+        add("warn", f"{_many(data['reconciliation_open'], 'performed work item')} to "
+            "reconcile", "/reconciliation")
+    for station in data["stations"]:
+        if station["unsuccessful"]:
+            queries = _many(station["unsuccessful"], "worklist query", "worklist queries")
+            add("warn", f"{station['ae_title']}: {queries} not successful {window}",
+                f"/worklist?ae_title={quote(station['ae_title'])}")
+    return found
+
+
+def _many(count: int, one: str, several: str = "") -> str:
+    return f"{count} {one if count == 1 else several or one + 's'}"
 
 
 def health(session: Session, settings: Settings) -> dict[str, Any]:
@@ -158,6 +222,8 @@ def search_messages(session: Session, *, control_id: str = "", accession: str = 
                     patient_id: str = "", message_type: str = "", status: str = "",
                     since: datetime | None = None, until: datetime | None = None,
                     with_warnings: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest ``limit`` stored messages matching every filter given; ``since`` and
+    ``until`` bound the time received (a naive datetime is UTC)."""
     query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
     if with_warnings:
         query = query.where(InboundMessage.warning_count > 0)
@@ -174,10 +240,11 @@ def search_messages(session: Session, *, control_id: str = "", accession: str = 
         query = query.where(InboundMessage.message_type.like(f"{message_type}%"))
     if status:
         query = query.where(InboundMessage.status == status)
+    # In UTC, as stored: SQLite compares the text of the wall-clock time.
     if since:
-        query = query.where(InboundMessage.received_at >= since)
+        query = query.where(InboundMessage.received_at >= instant(since))
     if until:
-        query = query.where(InboundMessage.received_at <= until)
+        query = query.where(InboundMessage.received_at <= instant(until))
     return [_message_row(row) for row in session.scalars(query)]
 
 
@@ -346,15 +413,14 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
         step = steps[change.sps_pk]
         add(change.at, "step", f"{step.sps_id}: {change.old_status or 'new'} -> "
             f"{change.new_status} ({change.cause})")
-    for query, sps_pk in session.execute(
-            select(WorklistQuery, WorklistQueryResult.sps_pk)
-            .join(WorklistQueryResult, WorklistQueryResult.query_pk == WorklistQuery.id)
-            .where(WorklistQueryResult.sps_pk.in_(list(steps)))):
-        add(query.at, "C-FIND", f"{steps[sps_pk].sps_id} returned to {query.calling_ae_title}")
-    mpps_rows = list(session.scalars(
-        select(PerformedProcedureStep).join(MppsStepLink)
+    hits = [(iso(at), ae, steps[sps_pk].sps_id) for at, ae, sps_pk in session.execute(
+        select(WorklistQuery.at, WorklistQuery.calling_ae_title, WorklistQueryResult.sps_pk)
+        .join(WorklistQueryResult, WorklistQueryResult.query_pk == WorklistQuery.id)
+        .where(WorklistQueryResult.sps_pk.in_(list(steps))))]
+    # The UIDs alone: PostgreSQL has no equality for the json column DISTINCT would compare.
+    uids = list(session.scalars(
+        select(PerformedProcedureStep.sop_instance_uid).join(MppsStepLink)
         .where(MppsStepLink.sps_pk.in_(list(steps))).distinct()))
-    uids = [m.sop_instance_uid for m in mpps_rows]
     if uids:
         for req in session.scalars(select(DicomRequest).where(
                 DicomRequest.sop_instance_uid.in_(uids))):
@@ -372,6 +438,7 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
             f"{out.control_id}: {out.status}, ACK {out.ack_code or '-'}, "
             f"{out.attempts} attempt(s)", f"outbound:{out.id}")
     events.sort(key=lambda e: e["at"])
+    events = with_cfind_hits(events, hits)
     first_rp = rps[0]
     patient = first_rp.order.patient
     return {"accession": accession,
@@ -384,6 +451,34 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
                                        "modality": s.modality} for s in rp.steps]}
                            for rp in rps],
             "events": events}
+
+
+def with_cfind_hits(events: list[dict[str, Any]],
+                    hits: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """``events`` (in time order) with the C-FIND hits ``(at, calling AE title, SPS ID)``
+    merged in, a run of hits of one step to one station as one event: where the first
+    hit falls, with ``count`` and the ``last`` hit's time ("SPS0003 returned 12 times to
+    CT01_AE"). Any other event in between ends the runs, so the order of what happened
+    stays readable."""
+    merged: list[dict[str, Any]] = []
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    queue = deque(sorted(hits))
+    for event in [*events, None]:
+        while queue and (event is None or queue[0][0] <= event["at"]):
+            at, ae, sps_id = queue.popleft()
+            run = runs.get((ae, sps_id))
+            if run is None:
+                run = runs[(ae, sps_id)] = {"at": at, "kind": "C-FIND", "ref": "",
+                                            "station": ae, "step": sps_id, "count": 0}
+                merged.append(run)
+            run["count"] += 1
+            run["last"] = at
+            times = "" if run["count"] == 1 else f" {run['count']} times"
+            run["text"] = f"{sps_id} returned{times} to {ae}"
+        if event is not None:
+            runs.clear()
+            merged.append(event)
+    return merged
 
 
 # -- reconciliation and outbound -------------------------------------------------------

@@ -1,21 +1,18 @@
-// Refresh the dashboard's numbers every 5 seconds from the JSON API.
+// Keep the dashboard current: every 10 seconds, fetch the page again and swap in the
+// panels marked data-live (matched by id). The server renders them, chart included.
 (function () {
-  function pick(data, path) {
-    return path.split(".").reduce(function (o, k) { return o == null ? o : o[k]; }, data);
-  }
   function refresh() {
-    fetch("/api/dashboard", {credentials: "same-origin"})
-      .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (data) {
-        if (!data) { return; }
-        document.querySelectorAll("[data-key]").forEach(function (el) {
-          var value = pick(data, el.getAttribute("data-key"));
-          if (value === undefined) { return; }
-          var target = el.querySelector("a") || el;
-          target.textContent = value;
+    fetch(window.location.href, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) { return r.ok && !r.redirected ? r.text() : null; })
+      .then(function (html) {
+        if (!html) { return; }
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        document.querySelectorAll("[data-live]").forEach(function (panel) {
+          var next = fresh.getElementById(panel.id);
+          if (next) { panel.replaceWith(document.importNode(next, true)); }
         });
       })
       .catch(function () {});
   }
-  setInterval(refresh, 5000);
+  setInterval(refresh, 10000);
 })();
