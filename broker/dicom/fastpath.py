@@ -15,7 +15,8 @@ The fast path (on unless ``MWLB_DICOM_FAST_PATH=false``):
 
 C-ECHO, C-STORE, N-CREATE and N-SET requests are served as soon as they are complete,
 in pynetdicom's DUL thread (:class:`_ServeOnArrival`), instead of waiting for two
-threads that poll each other.
+threads that poll each other, and that thread waits for its socket rather than
+sleeping between loops (:class:`_WaitOnSocket`).
 
 With the fast path off, :func:`find_responder` hands each pending response back as a
 ``(status, Dataset)`` pair, pynetdicom encodes and sends it, the contexts are
@@ -52,6 +53,11 @@ pynetdicom internals this module depends on, checked against pynetdicom 3.0.x
    should that raise, ``Association.dul.event_queue.put("Evt19")`` aborts, as the DUL
    does for a message it cannot decode (the reactor's own ``abort()`` would wait for
    the DUL thread, which is the caller).
+7. ``DULServiceProvider``, subclassed and swapped in as the class of a new
+   association's ``Association.dul`` (before its thread starts) by
+   :func:`serve_on_arrival`, and its ``run_reactor`` loop that calls
+   ``time.sleep(self._run_loop_delay)`` only when a loop found nothing to do, in its
+   own thread; ``Association.dul.socket.socket`` as in 2.
 
 Public API used by both modes: the ``EVT_C_FIND`` event (``identifier``, ``request``,
 ``context``, ``is_cancelled``), ``Association.requestor.maximum_length`` (the peer's
@@ -66,7 +72,10 @@ import copy
 import functools
 import logging
 import queue
+import select
 import socket
+import ssl
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -75,6 +84,7 @@ from pydicom.uid import UID
 from pynetdicom import _config
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_CREATE, N_SET
 from pynetdicom.dsutils import encode
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import uid_to_service_class
 
 from broker.dicom.encoder import ResponsePlan, Unsupported
@@ -182,10 +192,35 @@ class _ServeOnArrival(queue.Queue[Any]):
             self._assoc.dul.event_queue.put("Evt19")
 
 
+class _WaitOnSocket(DULServiceProvider):
+    """pynetdicom's DUL reactor sleeps ``_run_loop_delay`` (1 ms) after every loop that
+    found nothing to do, so a PDU arriving meanwhile waits for the sleep to end: the
+    next C-STORE after each response, the A-ASSOCIATE-RQ, the A-RELEASE-RQ. In the
+    reactor's own thread, reading that delay waits instead for the socket to be
+    readable, at most as long, and then asks for no sleep."""
+
+    _idle_wait = 0.001  # pynetdicom's delay
+
+    @property
+    def _run_loop_delay(self) -> float:  # type: ignore[override]
+        sock = transport_socket(self.assoc)
+        if threading.current_thread() is not self or sock is None:
+            return self._idle_wait
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return 0.0
+        try:
+            select.select([sock], [], [], self._idle_wait)
+        except (OSError, ValueError):  # closed meanwhile: the reactor finds out
+            return self._idle_wait
+        return 0.0
+
+
 def serve_on_arrival(assoc: Any) -> None:
-    """Give a new association the :class:`_ServeOnArrival` queue (fast path only; before
-    the association starts, from EVT_CONN_OPEN)."""
+    """Give a new association the :class:`_ServeOnArrival` queue and a DUL reactor that
+    waits on its socket (fast path only; before the association starts, from
+    EVT_CONN_OPEN)."""
     assoc.dimse.msg_queue = _ServeOnArrival(assoc)
+    assoc.dul.__class__ = _WaitOnSocket
 
 
 class PendingWriter:

@@ -16,9 +16,8 @@ import logging
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, case, false, select
+from sqlalchemy import Connection, Insert, case, false, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import Insert
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
