@@ -51,7 +51,7 @@ def test_a_modality_leaving_nagles_algorithm_on_is_not_held_back(make_broker: An
     delayed by the broker's TCP stack (40 ms on Linux) would then hold back every
     instance."""
     app = make_broker()
-    count = 40
+    count = 60
     files = write_images(tmp_path / "in", count, accession="ACC0099", study_uid=generate_uid())
     began = time.monotonic()
     storescu(app.dicom_port, files)
