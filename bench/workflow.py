@@ -2,8 +2,9 @@
 instances per second, with the time until the broker has linked / reconciled them.
 
 Each MPPS message goes on its own association, as modalities send them (N-CREATE at
-the start of the exam, N-SET at its end); C-STORE is DCMTK ``storescu`` sending a
-series of small CT images on one association (storage_mode discard).
+the start of the exam, N-SET at its end), from a blocking SCU (:mod:`bench.mpps_scu`);
+C-STORE is DCMTK ``storescu`` sending a series of small CT images on one association
+(storage_mode discard).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
+from bench import mpps_scu
 from broker.app import BrokerApp
 from broker.hl7.client import MLLPClient
 from broker.models import PerformedProcedureStep, StoredInstance
 from tests.builders import order
-from tests.modality import MPPS, final, in_progress, n_create, n_set, step_item, storescu
+from tests.modality import final, in_progress, step_item, storescu
 from tests.modality import write_images as synthetic_images
 
 
@@ -43,8 +45,8 @@ def mpps_pairs(app: BrokerApp, first: int, count: int) -> tuple[float, float]:
         uid = generate_uid()
         item = step_item(accession=f"ACC{n}", rp_id=f"RP{n}", sps_id=f"SPS{n}")
         ds = in_progress([item], patient_id=f"BP{n % 1000}", patient_name=f"Bench^Patient^{n}")
-        assert n_create(app.dicom_port, MPPS, uid, ds).Status == 0
-        assert n_set(app.dicom_port, uid, final()).Status == 0
+        assert mpps_scu.n_create(app.dicom_port, uid, ds) == 0
+        assert mpps_scu.n_set(app.dicom_port, uid, final()) == 0
     sent = time.perf_counter() - began
     linked = select(func.count()).select_from(PerformedProcedureStep).where(
         PerformedProcedureStep.linked_version == 2)

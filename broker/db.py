@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -92,6 +92,35 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def unsynced_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose commit does not wait for the disk: once committed it is
+    atomic and visible and survives the broker's process being killed, but an OS crash
+    or power cut may lose it until the next durable commit (any other transaction),
+    whose flush of the write-ahead log, written in order, carries it too. PostgreSQL:
+    ``SET LOCAL synchronous_commit`` off; SQLite: ``synchronous=NORMAL`` for this
+    transaction (WAL mode; the level cannot change inside one, so it is lowered before
+    and restored after, and a connection that cannot be restored is discarded)."""
+    with engine.connect() as conn:
+        if not is_sqlite(engine):
+            with conn.begin():
+                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                yield conn
+            return
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                driver.execute("PRAGMA synchronous=FULL")
+            except Exception:
+                conn.invalidate()
+                raise
 
 
 def refresh_planner_statistics(engine: Engine) -> bool:

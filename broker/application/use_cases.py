@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.application.reception import Reception
 from broker.audit import hooks as audit
 from broker.config import StorageMode
-from broker.db import unit_of_work
+from broker.db import unit_of_work, unsynced_transaction
 from broker.dispatch import Dispatcher, JobRunner
 from broker.jobs import Job
 from broker.models import DicomRequest, InboundMessage
@@ -237,11 +237,13 @@ class UseCases:
     def record_instance(self, ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str,
                         calling_ae_title: str, transfer_syntax_uid: str,
                         file_path: str) -> None:
-        """Index a stored instance (C-STORE, PS3.4 B.2); its study is reconciled when
-        the association ends (:meth:`instances_received`)."""
-        with unit_of_work(self.runtime.session_factory) as session:
+        """Index a stored instance (C-STORE, PS3.4 B.2) in a transaction committed
+        before the response but without waiting for the disk; :meth:`instances_received`
+        commits durably when the association ends, which makes its instances durable
+        too (:func:`broker.db.unsynced_transaction`). Its study is reconciled then."""
+        with unsynced_transaction(self.runtime.engine) as conn:
             studies.index_instance(
-                session, ds, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid,
+                conn, ds, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid,
                 calling_ae_title=calling_ae_title, transfer_syntax_uid=transfer_syntax_uid,
                 file_path=file_path,
                 forward=self.settings.storage_mode is StorageMode.FORWARD)
@@ -249,7 +251,9 @@ class UseCases:
     def instances_received(self, calling: str, address: str,
                            stored: Mapping[str, tuple[int, str]]) -> None:
         """An association that stored instances ended: audit the transfer (study ->
-        (count, patient id)), reconcile each study, forward in storage_mode forward."""
+        (count, patient id)), reconcile each study, forward in storage_mode forward.
+        The audit's commit is durable, and so makes the association's instance rows
+        durable too (:meth:`record_instance`)."""
         if not stored:
             return
         try:

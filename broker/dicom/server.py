@@ -12,10 +12,12 @@
 Handlers are thin: unpack the event, call one use case (:mod:`broker.application`,
 which owns the transaction and the dispatch of the follow-up job), map its result or
 exception to a status. Each association runs in its own pynetdicom
-thread with its own sessions. TCP_NODELAY is set on every accepted socket (Nagle costs
-about 80 ms per association here) and pynetdicom's identifier logging is
-off: it is slow and would print patient data. Whatever reaches beneath pynetdicom's
-public API (the C-FIND fast path, the transport socket) is in
+threads with their own sessions. TCP_NODELAY is set on every accepted socket (Nagle
+costs about 80 ms per association here), and TCP_QUICKACK after every write (a
+modality that keeps Nagle's algorithm on would otherwise wait 40 ms for our ACK before
+each data set); pynetdicom's identifier logging is off: it is slow and would print
+patient data. Whatever reaches beneath pynetdicom's public API (the C-FIND fast path,
+C-ECHO / C-STORE / N-CREATE / N-SET served as they arrive, the transport socket) is in
 :mod:`broker.dicom.fastpath`; ``MWLB_DICOM_FAST_PATH=false`` turns the fast path off.
 """
 
@@ -39,6 +41,7 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_RELEASE
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -92,8 +95,9 @@ def _status(code: int, comment: str, error_id: int | None = None,
 
 def _quick_ack(sock: socket.socket) -> None:
     """ACK at once instead of delaying: a modality that keeps Nagle's algorithm on (DCMTK
-    since 3.6.2 does unless TCP_NODELAY=1) otherwise waits ~40 ms for our ACK before it
-    sends the data set that follows a command, on every C-STORE and N-CREATE."""
+    since 3.6.2 does unless TCP_NODELAY=1) sends a PDU's first bytes and then waits for
+    our ACK before the rest, on every C-STORE and N-CREATE; delayed, that ACK comes
+    ~40 ms later."""
     quickack = getattr(socket, "TCP_QUICKACK", None)
     if quickack is not None:
         with contextlib.suppress(OSError):
@@ -142,12 +146,13 @@ class DicomServer:
             *self.guard.handlers(),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_DATA_RECV, self._on_data),
+            (evt.EVT_DATA_SENT, self._on_sent),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_N_CREATE, self._on_n_create),
             (evt.EVT_N_SET, self._on_n_set),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACSE_RECV, self._on_acse),
             (evt.EVT_RELEASED, self._on_association_end),
             (evt.EVT_ABORTED, self._on_association_end),
             (evt.EVT_CONN_CLOSE, self._on_association_end),
@@ -159,7 +164,7 @@ class DicomServer:
                 (self.settings.dicom_host, self.settings.dicom_port), block=False,
                 evt_handlers=handlers)
             if self.settings.dicom_fast_path:
-                fastpath.share_contexts(self._server)
+                fastpath.tune_server(self._server)
             log.info("DICOM server %s listening on port %s", self.settings.ae_title,
                      self.port)
         else:
@@ -170,7 +175,7 @@ class DicomServer:
                 evt_handlers=handlers,
                 ssl_context=cast(ssl.SSLContext, DeferredHandshake(tls_context)))
             if self.settings.dicom_fast_path:
-                fastpath.share_contexts(self._tls_server)
+                fastpath.tune_server(self._tls_server)
             log.info("DICOM TLS on port %s", self.tls_port)
 
     @property
@@ -242,16 +247,19 @@ class DicomServer:
         # and the transport is closed, else the peer may only see the socket close.
         event.assoc.kill()
 
-    @staticmethod
-    def _on_connection(event: Any) -> None:
+    def _on_connection(self, event: Any) -> None:
         sock = fastpath.transport_socket(event.assoc)
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _quick_ack(sock)
+        if self.settings.dicom_fast_path:
+            fastpath.serve_on_arrival(event.assoc)
 
     @staticmethod
-    def _on_data(event: Any) -> None:
-        """Linux clears TCP_QUICKACK as it goes: set it again after every read."""
+    def _on_sent(event: Any) -> None:
+        """Linux goes back to delaying ACKs when it sends an answer soon after a read
+        (its "pingpong" mode), so TCP_QUICKACK set once is gone after our first
+        response: set it again after every write."""
         sock = fastpath.transport_socket(event.assoc)
         if sock is not None:
             _quick_ack(sock)
@@ -426,6 +434,13 @@ class DicomServer:
             entry = stored.setdefault(study, [0, str(ds.get("PatientID", ""))])
             entry[0] += 1
         return 0x0000
+
+    def _on_acse(self, event: Any) -> None:
+        """An A-RELEASE-RQ ends the association's transfer before the A-RELEASE-RP goes
+        out (PS3.8 7.2): the modality has its answer only once the instances it stored
+        are durable."""
+        if isinstance(event.primitive, A_RELEASE) and event.primitive.result is None:
+            self._on_association_end(event)
 
     def _on_association_end(self, event: Any) -> None:
         with self._lock:

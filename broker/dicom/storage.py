@@ -1,9 +1,12 @@
 """Storage SCP (PS3.4 Annex B): index each received instance, then keep, spool for
 forwarding, or discard the file as ``storage_mode`` says.
 
-The index row is committed before the response; a database failure answers 0xA700
-(Refused: Out of Resources, Table B.2-1) so that the modality keeps the instance and
-sends it again. An instance without SOP/Study Instance UIDs answers 0xC000 (cannot
+The index row is committed before the response, without waiting for the disk; the
+association's DICOM Instances Transferred audit record, committed durably when the
+association ends (before the A-RELEASE-RP), makes its rows durable too
+(:func:`broker.db.unsynced_transaction`). A database failure answers 0xA700 (Refused:
+Out of Resources, Table B.2-1) so that the modality keeps the instance and sends it
+again. An instance without SOP/Study Instance UIDs answers 0xC000 (cannot
 understand). Study reconciliation runs in a task, started when the association ends.
 """
 

@@ -11,11 +11,13 @@ A matched study whose patient id or name differs from the order opens a
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import Connection, Insert, case, false, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
@@ -47,34 +49,51 @@ def _text(ds: Dataset, keyword: str, size: int) -> str:
     return "" if value is None else str(value).strip()[:size]
 
 
-def index_instance(session: Session, ds: Dataset, *, sop_class_uid: str,
+# Refreshed when an instance is stored again; its receipt time and order stay.
+_REFRESHED = ("sop_class_uid", "study_instance_uid", "series_instance_uid",
+              "accession_number", "patient_id", "patient_name", "patient_birth_date",
+              "modality", "study_datetime", "calling_ae_title", "transfer_syntax_uid",
+              "file_path", "forward_state", "forward_attempts", "forward_due_at")
+
+
+@functools.cache
+def _index_statement(dialect_name: str) -> Insert:
+    """INSERT ... ON CONFLICT (sop_instance_uid) DO UPDATE, built once per dialect (its
+    construction costs more than its execution)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(StoredInstance)
+    return statement.on_conflict_do_update(
+        index_elements=[StoredInstance.sop_instance_uid],
+        set_={**{name: statement.excluded[name] for name in _REFRESHED},
+              "reconciled": case((StoredInstance.procedure_pk.is_(None), false()),
+                                 else_=StoredInstance.reconciled)})
+
+
+def index_instance(conn: Connection, ds: Dataset, *, sop_class_uid: str,
                    sop_instance_uid: str, calling_ae_title: str, transfer_syntax_uid: str,
-                   file_path: str = "", forward: bool = False) -> StoredInstance:
+                   file_path: str = "", forward: bool = False) -> None:
     """Insert or refresh the index row of one stored instance (PS3.4 B.2.2: storing an
-    instance again replaces it)."""
-    row = session.scalars(select(StoredInstance).where(
-        StoredInstance.sop_instance_uid == sop_instance_uid)).first()
-    if row is None:
-        row = StoredInstance(sop_instance_uid=sop_instance_uid)
-        session.add(row)
-    row.sop_class_uid = sop_class_uid
-    row.study_instance_uid = _text(ds, "StudyInstanceUID", 64)
-    row.series_instance_uid = _text(ds, "SeriesInstanceUID", 64)
-    row.accession_number = _text(ds, "AccessionNumber", 16)
-    row.patient_id = _text(ds, "PatientID", 64)
-    row.patient_name = _text(ds, "PatientName", 400)
-    row.patient_birth_date = _text(ds, "PatientBirthDate", 8)
-    row.modality = _text(ds, "Modality", 16)
-    row.study_datetime = (_text(ds, "StudyDate", 8) + _text(ds, "StudyTime", 13))[:21]
-    row.calling_ae_title = calling_ae_title[:16]
-    row.transfer_syntax_uid = transfer_syntax_uid
-    row.file_path = file_path
-    row.forward_state = "pending" if forward else "none"
-    row.forward_attempts, row.forward_due_at = 0, datetime.now(UTC)
-    if row.procedure_pk is None:
-        row.reconciled = False
-    session.flush()
-    return row
+    instance again replaces it), in one statement. A refreshed row keeps its receipt
+    time and its order; it is reconciled again unless it already has an order."""
+    conn.execute(_index_statement(conn.dialect.name), {
+        "sop_instance_uid": sop_instance_uid,
+        "sop_class_uid": sop_class_uid,
+        "study_instance_uid": _text(ds, "StudyInstanceUID", 64),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+        "accession_number": _text(ds, "AccessionNumber", 16),
+        "patient_id": _text(ds, "PatientID", 64),
+        "patient_name": _text(ds, "PatientName", 400),
+        "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+        "modality": _text(ds, "Modality", 16),
+        "study_datetime": (_text(ds, "StudyDate", 8) + _text(ds, "StudyTime", 13))[:21],
+        "calling_ae_title": calling_ae_title[:16],
+        "transfer_syntax_uid": transfer_syntax_uid,
+        "file_path": file_path,
+        "forward_state": "pending" if forward else "none",
+        "forward_attempts": 0,
+        "forward_due_at": datetime.now(UTC),
+        "reconciled": False,
+    })
 
 
 def record_availability(session: Session, ds: Dataset, *, sop_instance_uid: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydicom.uid import RLELossless, generate_uid
 from pynetdicom import AE, evt
 from sqlalchemy import select
 
-from broker.models import StoredInstance
+from broker.models import AuditEvent, StoredInstance
 from tests.modality import storescu, write_images
 from tests.workflow import wait_until
 
@@ -41,6 +42,56 @@ def test_instances_are_indexed_and_discarded_by_default(make_broker: Any,
             first.calling_ae_title, first.patient_id) == (study, "ACC0099", "CT", "CT09_AE",
                                                           "135790")
     assert first.file_path == "" and not (tmp_path / "store").exists()
+
+
+def test_a_modality_leaving_nagles_algorithm_on_is_not_held_back(make_broker: Any,
+                                                                  tmp_path: Path) -> None:
+    """DCMTK's storescu keeps Nagle's algorithm on by default: it sends the start of
+    each C-STORE's data only once the broker has acknowledged the command. An ACK
+    delayed by the broker's TCP stack (40 ms on Linux) would then hold back every
+    instance."""
+    app = make_broker()
+    count = 60
+    files = write_images(tmp_path / "in", count, accession="ACC0099", study_uid=generate_uid())
+    began = time.monotonic()
+    storescu(app.dicom_port, files)
+    assert time.monotonic() - began < count * 0.040
+    assert len(index(app)) == count
+
+
+def test_the_transfer_is_recorded_before_the_release_is_answered(make_broker: Any,
+                                                                 tmp_path: Path) -> None:
+    """Each instance is indexed before its C-STORE response, and the association's
+    DICOM Instances Transferred audit record (PS3.15 A.5.3.7) is committed before the
+    A-RELEASE-RP, with every instance counted."""
+    app = make_broker()
+    study = generate_uid()
+    storescu(app.dicom_port, write_images(tmp_path / "in", 3, accession="ACC0099",
+                                          study_uid=study))
+    with app.runtime.session_factory() as session:
+        details = list(session.scalars(select(AuditEvent.detail).where(
+            AuditEvent.event_id == "110104")))
+    assert details == ["3 instance(s) stored"]
+    assert {r.study_instance_uid for r in index(app)} == {study}
+
+
+def test_an_instance_stored_again_replaces_its_index_row(make_broker: Any,
+                                                         tmp_path: Path) -> None:
+    """PS3.4 B.2.2: storing an SOP Instance again replaces it; the row keeps its
+    receipt time."""
+    app = make_broker()
+    first = write_images(tmp_path / "a", 1, accession="ACC0099", study_uid=generate_uid())[0]
+    storescu(app.dicom_port, [first])
+    before = index(app)[0]
+    again = pydicom.dcmread(first)
+    again.AccessionNumber, again.Modality = "ACC0100", "MR"
+    again.save_as(tmp_path / "again.dcm")
+    storescu(app.dicom_port, [tmp_path / "again.dcm"], aet="MR01_AE")
+    rows = index(app)
+    assert len(rows) == 1
+    assert (rows[0].accession_number, rows[0].modality, rows[0].calling_ae_title) == (
+        "ACC0100", "MR", "MR01_AE")
+    assert rows[0].received_at == before.received_at
 
 
 def test_keep_writes_each_instance_as_received(make_broker: Any, tmp_path: Path) -> None:

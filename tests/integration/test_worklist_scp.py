@@ -51,7 +51,8 @@ def make_broker(request: pytest.FixtureRequest, make_broker: Callable[..., Any],
             raise AssertionError("fast path used with MWLB_DICOM_FAST_PATH=false")
 
         monkeypatch.setattr(fastpath, "PendingWriter", forbidden)
-        monkeypatch.setattr(fastpath, "share_contexts", forbidden)
+        monkeypatch.setattr(fastpath, "tune_server", forbidden)
+        monkeypatch.setattr(fastpath, "serve_on_arrival", forbidden)
     return functools.partial(make_broker, dicom_fast_path=request.param)
 
 
