@@ -59,10 +59,11 @@ pynetdicom internals this module depends on, checked against pynetdicom 3.0.x
    ``time.sleep(self._run_loop_delay)`` only when a loop found nothing to do, in its
    own thread; ``Association.dul.socket.socket`` as in 2.
 
-Public API used by both modes: the ``EVT_C_FIND`` event (``identifier``, ``request``,
-``context``, ``is_cancelled``), ``Association.requestor.maximum_length`` (the peer's
-Maximum Length, PS3.8 D.1), ``Association.accepted_contexts``,
-:func:`pynetdicom.sop_class.uid_to_service_class` and :func:`pynetdicom.dsutils.encode`.
+Public API used by both modes: the ``EVT_C_FIND`` event (``identifier``, ``request``
+and its encoded ``Identifier``, ``context``, ``is_cancelled``),
+``Association.requestor.maximum_length`` (the peer's Maximum Length, PS3.8 D.1),
+``Association.accepted_contexts``, :func:`pynetdicom.sop_class.uid_to_service_class`
+and :func:`pynetdicom.dsutils.encode` / ``decode``.
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
+from io import BytesIO
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import _config
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_CREATE, N_SET
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import uid_to_service_class
 
@@ -258,17 +260,28 @@ class PendingWriter:
             self._buffer, self._size = [], 0
 
 
-def item_encoder(identifier: Dataset, syntax: UID,
+@functools.lru_cache(maxsize=1024)
+def response_plan(encoded: bytes, transfer_syntax: str) -> ResponsePlan | None:
+    """The :class:`ResponsePlan` of an encoded identifier, None where the plan declines;
+    memoised on the identifier's bytes, as a modality repeats its queries."""
+    syntax = UID(transfer_syntax)
+    if not syntax.is_little_endian or syntax.is_deflated:
+        return None
+    identifier = decode(BytesIO(encoded), syntax.is_implicit_VR, True, False)
+    try:
+        return ResponsePlan.from_query(identifier, implicit=syntax.is_implicit_VR)
+    except Unsupported:
+        return None
+
+
+def item_encoder(identifier: Dataset, encoded: bytes, syntax: UID,
                  zone: str) -> Callable[[WorklistItem], bytes]:
-    """Encode items with the query's :class:`ResponsePlan`, or with pydicom (as
-    pynetdicom would) where the plan declines."""
+    """Encode items with the query's :class:`ResponsePlan` (``encoded``: the identifier's
+    bytes in ``syntax``), or with pydicom (as pynetdicom would) where the plan declines."""
     general = functools.partial(encode, is_implicit_vr=syntax.is_implicit_VR,
                                 is_little_endian=syntax.is_little_endian,
                                 deflated=syntax.is_deflated)
-    plan: ResponsePlan | None = None
-    if syntax.is_little_endian and not syntax.is_deflated:
-        with contextlib.suppress(Unsupported):
-            plan = ResponsePlan.from_query(identifier, implicit=syntax.is_implicit_VR)
+    plan = response_plan(encoded, str(syntax))
 
     def encode_item(item: WorklistItem) -> bytes:
         if plan is not None:
@@ -294,7 +307,8 @@ class FindResponder(Protocol):
 
 class _FastResponder:
     def __init__(self, event: Any, identifier: Dataset, zone: str) -> None:
-        self._encode = item_encoder(identifier, UID(str(event.context.transfer_syntax)), zone)
+        self._encode = item_encoder(identifier, event.request.Identifier.getvalue(),
+                                    UID(str(event.context.transfer_syntax)), zone)
         self._writer = PendingWriter(event.assoc, event.context.context_id,
                                      str(event.request.AffectedSOPClassUID),
                                      event.request.MessageID)

@@ -61,7 +61,7 @@ from broker.dicom.storage import (
     file_path,
     write_file,
 )
-from broker.dicom.worklist import find_worklist
+from broker.dicom.worklist import QueryCache, find_worklist
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
 from broker.security.access import calling_entry, refusal_reason, uses_reserve
 from broker.security.tls import certificate_cn
@@ -134,6 +134,7 @@ class DicomServer:
         self._server: Any = None
         self._tls_server: Any = None
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-cfind-log")
+        self._queries = QueryCache(settings)
         # Studies stored per association: reconciled once the association ends.
         self._studies: dict[int, dict[str, list[Any]]] = {}
         self._lock = threading.Lock()
@@ -286,10 +287,14 @@ class DicomServer:
         final = 0x0000
         responder = fastpath.find_responder(event, identifier, self.zone,
                                             fast=self.settings.dicom_fast_path)
+        encoded = event.request.Identifier.getvalue()
+        syntax = str(event.context.transfer_syntax)
         with self.session_factory() as session:
             for status, item in find_worklist(session, identifier, self.settings,
                                               is_cancelled=lambda: event.is_cancelled,
-                                              returned=returned):
+                                              returned=returned,
+                                              select=lambda: self._queries.select(encoded,
+                                                                                  syntax)):
                 if item is None:
                     final = status
                     break

@@ -262,3 +262,19 @@ def test_the_switch_decides_the_context_copy(make_broker: Any) -> None:
     broker = make_broker()
     shared = isinstance(broker.dicom._server.contexts, fastpath._Contexts)
     assert shared is broker.dicom.settings.dicom_fast_path
+
+
+def test_a_repeated_query_sees_the_worklist_as_it_is_now(make_broker: Any,
+                                                         scu_find: Any) -> None:
+    """A modality asks the same thing again and again: each answer is the current
+    worklist, never the one of an earlier identical query."""
+    broker = make_broker()
+    day = query(PatientID="", step={"ScheduledProcedureStepStartDate": "20250310"})
+    send(broker.mllp_port, order(1))
+    assert [s for s, _ in scu_find(broker.dicom_port, day)] == [0xFF00, 0x0000]
+    send(broker.mllp_port, order(2))
+    answers = scu_find(broker.dicom_port, day)
+    assert [s for s, _ in answers] == [0xFF00, 0xFF00, 0x0000]
+    assert {i.PatientID for s, i in answers if i is not None} == {"BP1", "BP2"}
+    assert [s for s, _ in scu_find(broker.dicom_port, query(PatientID="BP2"))] == [
+        0xFF00, 0x0000]

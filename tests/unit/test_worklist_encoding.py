@@ -168,14 +168,17 @@ class _Socket:
         self.sent += data
 
 
-def _event(syntax: str, max_pdu: int) -> Any:
-    """What the responders read of an EVT_C_FIND event, with a socket that keeps
-    what the fast path writes."""
+def _event(q: Dataset, syntax: str, max_pdu: int) -> Any:
+    """What the responders read of an EVT_C_FIND event for query ``q``, with a socket
+    that keeps what the fast path writes."""
     assoc = SimpleNamespace(dul=SimpleNamespace(socket=_Socket()),
                             requestor=SimpleNamespace(maximum_length=max_pdu))
+    uid = UID(syntax)
+    identifier = BytesIO(encode(q, uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated))
     return SimpleNamespace(assoc=assoc,
                            context=SimpleNamespace(transfer_syntax=syntax, context_id=5),
-                           request=SimpleNamespace(AffectedSOPClassUID=MWL, MessageID=9))
+                           request=SimpleNamespace(AffectedSOPClassUID=MWL, MessageID=9,
+                                                   Identifier=identifier))
 
 
 def _messages(data: bytes) -> list[tuple[int, bytes]]:
@@ -205,7 +208,7 @@ def responses(q: Dataset, items: list[tuple[int, WorklistItem]], syntax: str, *,
               fast: bool, max_pdu: int = 0) -> list[tuple[int, bytes]]:
     """The pending responses the modality receives: written by the fast path, or
     yielded as (status, Dataset) and encoded as pynetdicom's C-FIND SCP does."""
-    event = _event(syntax, max_pdu)
+    event = _event(q, syntax, max_pdu)
     responder = fastpath.find_responder(event, q, "Europe/Berlin", fast=fast)
     yielded = [pair for status, item in items for pair in responder.pending(status, item)]
     responder.close()
