@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from functools import cached_property
 
 from broker.hl7 import charsets
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
@@ -45,6 +46,12 @@ class Delimiters:
     @property
     def encoding_characters(self) -> str:
         return self.component + self.repetition + self.escape + self.subcomponent
+
+    @cached_property
+    def blank(self) -> str:
+        """What a field holding nothing but spaces and delimiters is made of (such a
+        field is "not sent")."""
+        return " " + self.component + self.subcomponent + self.repetition
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,8 @@ class Segment:
     length (callers loop ``get(..., repetition=i)``).
     """
 
-    __slots__ = ("_components", "_fields", "_repetitions", "delimiters", "message", "name",
-                 "text")
+    __slots__ = ("_components", "_fields", "_parts", "_repetitions", "delimiters", "message",
+                 "name", "text")
 
     def __init__(self, text: str, message: Message) -> None:
         self.text = text
@@ -92,6 +99,7 @@ class Segment:
         self._fields: list[str] | None = None
         self._repetitions: dict[int, list[str]] | None = None
         self._components: dict[tuple[int, int], list[str]] | None = None
+        self._parts: dict[tuple[int, int], list[list[str]]] | None = None
 
     @property
     def fields(self) -> list[str]:
@@ -105,7 +113,7 @@ class Segment:
         return self._fields
 
     def raw_field(self, number: int) -> str:
-        fields = self.fields
+        fields = self._fields or self.fields
         return fields[number] if 0 < number < len(fields) else ""
 
     def repetitions(self, number: int) -> list[str]:
@@ -147,6 +155,37 @@ class Segment:
             return []
         return [self._unescape_sub(c) for c in comps]
 
+    def parts(self, number: int, repetition: int = 0) -> list[list[str]]:
+        """One repetition of a field as components of unescaped sub-components (cached;
+        do not modify): split at the delimiters first, then each part unescaped (HL7
+        v2.5.1 2.7), so an escaped delimiter stays inside its part. MSH-1 and MSH-2
+        are one part each; an absent repetition has no components."""
+        cache = self._parts
+        if cache is None:
+            cache = self._parts = {}
+        key = (number, repetition)
+        found = cache.get(key)
+        if found is None:
+            reps = self.repetitions(number)
+            if repetition >= len(reps):
+                found = []
+            elif self.name == "MSH" and number <= 2:
+                found = [[reps[repetition]]]
+            else:
+                found = self._split_parts(reps[repetition])
+            cache[key] = found
+        return found
+
+    def _split_parts(self, rep: str) -> list[list[str]]:
+        d = self.delimiters
+        comps = rep.split(d.component)
+        if d.escape in rep:
+            unescape = self.message.unescape
+            return [[unescape(s) for s in c.split(d.subcomponent)] for c in comps]
+        if d.subcomponent in rep:
+            return [c.split(d.subcomponent) for c in comps]
+        return [[c] for c in comps]
+
     def get(self, number: int, component: int = 0, subcomponent: int = 0,
             repetition: int = 0) -> str:
         """The unescaped value at field[.component[.subcomponent]] of a repetition.
@@ -160,10 +199,10 @@ class Segment:
         rep = reps[repetition]
         if self.name == "MSH" and number <= 2:
             return rep
+        d = self.delimiters
         if not component:
-            if rep == NULL:
-                return NULL
-            d = self.delimiters
+            if rep == NULL or d.escape not in rep:
+                return rep
             return d.component.join(
                 d.subcomponent.join(self.message.unescape(s) for s in c.split(d.subcomponent))
                 for c in rep.split(d.component)

@@ -17,8 +17,7 @@ who reads the message store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -72,15 +71,24 @@ CONTROL_ID_REUSED = HL7Warning(
     "processed as a new message", ErrorLocation("MSH", 10))
 
 
-@contextmanager
-def collecting() -> Iterator[list[HL7Warning]]:
+class _Collection:
+    """The context manager :func:`collecting` returns (a class: it is entered for every
+    field the mapping reads, where a generator-based one costs several times more)."""
+
+    __slots__ = ("found", "token")
+
+    def __enter__(self) -> list[HL7Warning]:
+        self.found: list[HL7Warning] = []
+        self.token = _current.set(self.found)
+        return self.found
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self.token)
+
+
+def collecting() -> _Collection:
     """Collect the warnings raised by :func:`warn` in this context into a list."""
-    found: list[HL7Warning] = []
-    token = _current.set(found)
-    try:
-        yield found
-    finally:
-        _current.reset(token)
+    return _Collection()
 
 
 def warn(code: int, text: str, location: ErrorLocation | None = None) -> None:

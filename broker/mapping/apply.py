@@ -27,12 +27,12 @@ from broker.mapping.converters import hd_item, map_level
 from broker.mapping.fields import (
     MessageContext,
     Scope,
-    field_parts,
     first_value,
     layer_of,
     locating,
     sub_value,
 )
+from broker.mapping.plan import Plan, plan_for
 from broker.mapping.profile import Profile, ProfileSet
 from broker.mapping.structure import STRUCTURES, map_group, split_groups
 
@@ -41,8 +41,9 @@ from broker.mapping.structure import STRUCTURES, map_group, split_groups
 MOVING_EVENTS = frozenset({"A40", "A47"})
 
 
-def _patient(msg: Message, profile: Profile, scope: Scope,
+def _patient(msg: Message, plan: Plan, scope: Scope,
              base: MessageContext) -> PatientRecord:
+    profile = plan.profile
     pid = msg.segment("PID")
     if pid is None:
         raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "PID segment is required",
@@ -58,7 +59,7 @@ def _patient(msg: Message, profile: Profile, scope: Scope,
     if not patient_id or patient_id == NULL:
         raise field_error(ErrorCode.REQUIRED_FIELD_MISSING, "PID", 3,
                           "PID-3 patient identifier is required")
-    id_parts = field_parts(pid, 3, chosen)[0]
+    id_parts = pid.parts(3, chosen)[0]
     if sum(1 for p in id_parts if p.strip()) > 1:
         warn(DATA_TYPE, "PatientID: only the first sub-component of CX.1 was used",
              ErrorLocation("PID", 3, 1))
@@ -68,7 +69,7 @@ def _patient(msg: Message, profile: Profile, scope: Scope,
         exc.location = ErrorLocation("PID", 3)
         raise
     issuer = sub_value(pid, 3, 4, 1, chosen)
-    attributes = map_level(profile, "patient", scope, base)
+    attributes = map_level(plan.rules(base.structure, "patient"), scope, base)
     attributes["PatientID"] = patient_id
     if issuer:
         with locating(ErrorLocation("PID", 3, 4)):
@@ -123,7 +124,8 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str,
     base = MessageContext(zone, v25, structure, received_at or datetime.now(UTC))
     first_group = layer_of(split.groups[0]) if split.groups else {}
     patient_scope = Scope([first_group, split.message_layer], msg)
-    patient = _patient(msg, profile, patient_scope, base)
+    plan = plan_for(profiles, profile)
+    patient = _patient(msg, plan, patient_scope, base)
     if structure == "ADT":
         return _adt(msg, profile, patient)
     if not split.groups:
@@ -131,7 +133,7 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str,
                        ErrorLocation("ORC"))
     order = OrderMessage(profile=profile.name, patient=patient)
     for g, group in enumerate(split.groups, start=1):
-        map_group(msg, profile, structure, base, split, group, g, order)
+        map_group(msg, plan, structure, base, split, group, g, order)
     return order
 
 

@@ -36,7 +36,11 @@ def first_part(component: Component) -> str:
     HL7 v2.5.1 2A.2.26), trimmed of spaces."""
     if isinstance(component, str):
         return component.strip()
-    return next((p.strip() for p in component if p.strip()), "")
+    for part in component:
+        value = part.strip()
+        if value:
+            return value
+    return ""
 
 UID_SYNTAX = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))+$")
 TS_SYNTAX = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")

@@ -1,8 +1,8 @@
 """The converter registry: one reader per profile ``convert`` name (text, identifier,
 uid, person_name, code, quantity, ...), each turning the field a rule points at into
 the DICOM value (:mod:`broker.mapping.conversions` for the value rules, IHE RAD TF-2x
-Appendix B), and the evaluation of a profile's rules at one level (patient, procedure,
-step).
+Appendix B), and profile rules compiled for one message structure
+(:class:`CompiledRule`) and evaluated at one level (patient, procedure, step).
 
 A converter returns None when the field was not sent, ``""`` for the HL7 explicit
 null, else the value. Conversions of values not needed to schedule the exam
@@ -12,28 +12,28 @@ the message naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from broker.domain.types import Attributes
+from broker.hl7 import warnings
 from broker.hl7.errors import HL7Error
 from broker.hl7.message import NULL, Path, Segment
 from broker.hl7.warnings import DATA_TYPE, warn
 from broker.mapping import conversions as conv
 from broker.mapping.fields import (
-    Context,
     MessageContext,
     Scope,
-    field_parts,
     first_value,
+    forward,
     is_blank,
-    locating,
     location_of,
     raw_text,
     read_value,
     text_of,
 )
-from broker.mapping.profile import Profile, Rule
+from broker.mapping.profile import Rule
 from broker.mapping.start import START_DATE, START_TIME, scheduled_start
 
 # Conversions of values not needed to schedule the exam: a malformed one (a birth
@@ -43,42 +43,50 @@ from broker.mapping.start import START_DATE, START_TIME, scheduled_start
 # the scheduled start) is refused naming the field.
 DROPPABLE = frozenset({"birth_date", "date", "time", "quantity"})
 
+# A converter reads the field at a path of the scope for one rule of one message.
+Converter = Callable[[Scope, Path, Rule, MessageContext], Any]
+
+# Converters that read more than the field at their path (every segment of its name,
+# every OBX). Every other converter returns None, warning nothing, for a field that is
+# empty or in a segment the scope lacks: such a source is passed over unread.
+BEYOND_THE_FIELD = frozenset({"formatted_text", "quantity", "allergies"})
+
 
 # -- converters -----------------------------------------------------------------------
 
-def _limit(ctx: Context, default: int) -> int:
-    return ctx.rule.max_length or default
+def _limit(rule: Rule, default: int) -> int:
+    return rule.max_length or default
 
 
-def _text_scalar(fn: Callable[[str, Context], Any]) -> Callable[[Scope, Path, Context], Any]:
+def _text_scalar(fn: Callable[[str, Rule, MessageContext], Any]) -> Converter:
     """A converter of free text: blank -> None, ``""`` -> ""."""
 
-    def convert(scope: Scope, path: Path, ctx: Context) -> Any:
+    def convert(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
         raw = raw_text(scope, path)
         if raw is None:
             return None
         if raw == NULL:
             return ""
-        return fn(raw, ctx)
+        return fn(raw, rule, base)
 
     return convert
 
 
-def _scalar(fn: Callable[[str, Context], Any], *,
-            identifier: bool = False) -> Callable[[Scope, Path, Context], Any]:
+def _scalar(fn: Callable[[str, Rule, MessageContext], Any], *,
+            identifier: bool = False) -> Converter:
     """A converter of one coded value, identifier or timestamp: not sent -> None,
     ``""`` -> ""; an identifier whose other parts were dropped is kept with a warning."""
 
-    def convert(scope: Scope, path: Path, ctx: Context) -> Any:
+    def convert(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
         value, dropped = read_value(scope, path)
         if value is None:
             return None
         if value == NULL:
             return ""
         if dropped and identifier:
-            warn(DATA_TYPE, f"{ctx.rule.attribute}: only the first component or "
+            warn(DATA_TYPE, f"{rule.attribute}: only the first component or "
                             "sub-component of the field was used")
-        return fn(value, ctx)
+        return fn(value, rule, base)
 
     return convert
 
@@ -94,47 +102,47 @@ def _name_field(scope: Scope, path: Path) -> Segment | str | None:
     return None if is_blank(seg, raw) else seg
 
 
-def _person_name(scope: Scope, path: Path, ctx: Context) -> Any:
+def _person_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     seg = _name_field(scope, path)
     if not isinstance(seg, Segment):
         return seg
-    structured = [field_parts(seg, path.field, i) for i, r in enumerate(seg.repetitions(path.field))
+    structured = [seg.parts(path.field, i) for i, r in enumerate(seg.repetitions(path.field))
                   if not is_blank(seg, r)]
-    return conv.person_name(structured, v25=ctx.v25, keyword=ctx.rule.attribute) or None
+    return conv.person_name(structured, v25=base.v25, keyword=rule.attribute) or None
 
 
-def _xcn_name(scope: Scope, path: Path, ctx: Context) -> Any:
+def _xcn_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     seg = _name_field(scope, path)
     if not isinstance(seg, Segment):
         return seg
-    return conv.xcn_name(field_parts(seg, path.field), keyword=ctx.rule.attribute) or None
+    return conv.xcn_name(seg.parts(path.field), keyword=rule.attribute) or None
 
 
-def _cn_name(scope: Scope, path: Path, ctx: Context) -> Any:
+def _cn_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     seg = _name_field(scope, path)
     if not isinstance(seg, Segment):
         return seg
-    parts = field_parts(seg, path.field)
+    parts = seg.parts(path.field)
     index = (path.component or 1) - 1
     if index >= len(parts):
         return None
-    return conv.cn_subcomponents(parts[index], keyword=ctx.rule.attribute) or None
+    return conv.cn_subcomponents(parts[index], keyword=rule.attribute) or None
 
 
-def _code(scope: Scope, path: Path, ctx: Context) -> Any:
+def _code(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     seg = scope.first(path.segment)
     if seg is None or is_blank(seg, seg.raw_field(path.field)):
         return None
-    comps = field_parts(seg, path.field)
+    comps = seg.parts(path.field)
     # Which components hold value, scheme and meaning: CE 1/3/2, or the alternate
     # identifier 4/6/5 (OBR-4 protocol in ORM); may differ per message structure.
-    order = ctx.rule.params.get("components", [1, 3, 2])
+    order = rule.params.get("components", [1, 3, 2])
     if isinstance(order, dict):
-        order = order.get(ctx.structure, [1, 3, 2])
+        order = order.get(base.structure, [1, 3, 2])
     padded: list[list[str]] = [*comps, *[[""]] * 9]
     value_parts, scheme_parts, meaning_parts = (padded[i - 1] for i in order)
     item = conv.code_item(conv.first_part(value_parts), text_of(meaning_parts),
-                          conv.first_part(scheme_parts), keyword=ctx.rule.attribute)
+                          conv.first_part(scheme_parts), keyword=rule.attribute)
     return [item] if item else None
 
 
@@ -144,48 +152,48 @@ def _coded_text_value(parts: list[list[str]]) -> str:
     return text or (conv.first_part(parts[0]) if parts else "")
 
 
-def _coded_text(scope: Scope, path: Path, ctx: Context) -> Any:
+def _coded_text(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     seg = scope.first(path.segment)
     if seg is None or is_blank(seg, seg.raw_field(path.field)):
         return None
     if seg.raw_field(path.field) == NULL:
         return ""
-    chosen = _coded_text_value(field_parts(seg, path.field))
+    chosen = _coded_text_value(seg.parts(path.field))
     if not chosen:
         return None
-    return conv.text(chosen, max_length=_limit(ctx, 64), keyword=ctx.rule.attribute,
-                     on_overflow=ctx.rule.overflow)
+    return conv.text(chosen, max_length=_limit(rule, 64), keyword=rule.attribute,
+                     on_overflow=rule.overflow)
 
 
-def _formatted_text(scope: Scope, path: Path, ctx: Context) -> Any:
+def _formatted_text(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     parts = [s.get(path.field) for s in scope.all(path.segment)]
     parts = [p for p in parts if p and p != NULL and p.strip()]
     if not parts:
         return None
-    return conv.long_text("\r\n".join(parts), max_length=_limit(ctx, 10240),
-                          keyword=ctx.rule.attribute, on_overflow=ctx.rule.overflow)
+    return conv.long_text("\r\n".join(parts), max_length=_limit(rule, 10240),
+                          keyword=rule.attribute, on_overflow=rule.overflow)
 
 
-def _quantity(scope: Scope, path: Path, ctx: Context) -> Any:
-    codes = set(ctx.rule.params.get("codes", []))
-    table = conv.HEIGHT_TO_M if ctx.rule.params.get("kind") == "height" else conv.WEIGHT_TO_KG
+def _quantity(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
+    codes = set(rule.params.get("codes", []))
+    table = conv.HEIGHT_TO_M if rule.params.get("kind") == "height" else conv.WEIGHT_TO_KG
     for obx in scope.everywhere("OBX"):
         value = first_value(obx, path.field, path.component or 1)
         if first_value(obx, 3) in codes and value and value != NULL:
-            return conv.quantity(value, first_value(obx, 6), table, keyword=ctx.rule.attribute)
+            return conv.quantity(value, first_value(obx, 6), table, keyword=rule.attribute)
     return None
 
 
-def _allergies(scope: Scope, path: Path, ctx: Context) -> Any:
+def _allergies(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     values = []
     for seg in scope.everywhere(path.segment):
-        chosen = _coded_text_value(field_parts(seg, path.field))
+        chosen = _coded_text_value(seg.parts(path.field))
         if chosen and chosen != NULL:
-            values.append(conv.text(chosen, max_length=64, keyword=ctx.rule.attribute))
+            values.append(conv.text(chosen, max_length=64, keyword=rule.attribute))
     return values or None
 
 
-def _pregnancy(scope: Scope, path: Path, ctx: Context) -> Any:
+def _pregnancy(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     seg = scope.first(path.segment)
     if seg is None:
         return None
@@ -194,7 +202,7 @@ def _pregnancy(scope: Scope, path: Path, ctx: Context) -> Any:
     return 3 if "B6" in codes else None
 
 
-def _location(scope: Scope, path: Path, ctx: Context) -> Any:
+def _location(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     """PL: point of care ^ room ^ bed, each its first sub-component (PL.1 may be HD
     from v2.7)."""
     seg = scope.first(path.segment)
@@ -202,20 +210,20 @@ def _location(scope: Scope, path: Path, ctx: Context) -> Any:
         return None
     if seg.raw_field(path.field) == NULL:
         return ""
-    comps = field_parts(seg, path.field)
+    comps = seg.parts(path.field)
     joined = "^".join(conv.first_part(c) for c in comps[:3]).rstrip("^")
     if not joined.strip("^"):
         return None
-    return conv.text(joined, max_length=_limit(ctx, 64), keyword=ctx.rule.attribute,
-                     on_overflow=ctx.rule.overflow)
+    return conv.text(joined, max_length=_limit(rule, 64), keyword=rule.attribute,
+                     on_overflow=rule.overflow)
 
 
-def _issuer_sequence(scope: Scope, path: Path, ctx: Context) -> Any:
+def _issuer_sequence(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     """An HD in sub-components (CX.4): namespace & universal id & universal id type."""
     seg = scope.first(path.segment)
     if seg is None:
         return None
-    parts = field_parts(seg, path.field)
+    parts = seg.parts(path.field)
     index = (path.component or 1) - 1
     subs = [*(parts[index] if index < len(parts) else []), "", "", ""]
     subs = [s.strip() for s in subs]
@@ -224,12 +232,12 @@ def _issuer_sequence(scope: Scope, path: Path, ctx: Context) -> Any:
     return [hd_item(subs[0], subs[1], subs[2])]
 
 
-def _hd_issuer_sequence(scope: Scope, path: Path, ctx: Context) -> Any:
+def _hd_issuer_sequence(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     """EI.2-4 (namespace ^ universal id ^ type) as an issuer sequence item."""
     seg = scope.first(path.segment)
     if seg is None:
         return None
-    padded = [*field_parts(seg, path.field), [""], [""], [""], [""]]
+    padded = [*seg.parts(path.field), [""], [""], [""], [""]]
     hd = [conv.first_part(c) for c in padded[1:4]]
     if not any(hd):
         return None
@@ -246,28 +254,28 @@ def hd_item(namespace: str, universal: str, universal_type: str) -> Attributes:
     return item
 
 
-CONVERTERS: dict[str, Callable[[Scope, Path, Context], Any]] = {
-    "text": _text_scalar(lambda v, c: conv.text(
-        v, max_length=_limit(c, 64), keyword=c.rule.attribute, on_overflow=c.rule.overflow)),
-    "long_text": _text_scalar(lambda v, c: conv.long_text(
-        v, max_length=_limit(c, 10240), keyword=c.rule.attribute,
-        on_overflow=c.rule.overflow)),
+CONVERTERS: dict[str, Converter] = {
+    "text": _text_scalar(lambda v, r, m: conv.text(
+        v, max_length=_limit(r, 64), keyword=r.attribute, on_overflow=r.overflow)),
+    "long_text": _text_scalar(lambda v, r, m: conv.long_text(
+        v, max_length=_limit(r, 10240), keyword=r.attribute,
+        on_overflow=r.overflow)),
     "formatted_text": _formatted_text,
-    "identifier": _scalar(lambda v, c: conv.identifier(
-        v, max_length=_limit(c, 16), keyword=c.rule.attribute, on_overflow=c.rule.overflow),
+    "identifier": _scalar(lambda v, r, m: conv.identifier(
+        v, max_length=_limit(r, 16), keyword=r.attribute, on_overflow=r.overflow),
         identifier=True),
-    "ae_title": _scalar(lambda v, c: conv.identifier(
-        v, max_length=16, keyword=c.rule.attribute, on_overflow=c.rule.overflow),
+    "ae_title": _scalar(lambda v, r, m: conv.identifier(
+        v, max_length=16, keyword=r.attribute, on_overflow=r.overflow),
         identifier=True),
-    "uid": _scalar(lambda v, c: conv.uid(v, keyword=c.rule.attribute), identifier=True),
+    "uid": _scalar(lambda v, r, m: conv.uid(v, keyword=r.attribute), identifier=True),
     "person_name": _person_name,
     "xcn_name": _xcn_name,
     "cn_name": _cn_name,
-    "date": _scalar(lambda v, c: conv.date(v, c.zone, keyword=c.rule.attribute)),
-    "time": _scalar(lambda v, c: conv.time(v, c.zone, keyword=c.rule.attribute)),
-    "birth_date": _scalar(lambda v, c: conv.birth_date(v, keyword=c.rule.attribute)),
-    "priority": _scalar(lambda v, c: conv.priority(v, keyword=c.rule.attribute)),
-    "sex": _scalar(lambda v, c: conv.sex(v, keyword=c.rule.attribute)),
+    "date": _scalar(lambda v, r, m: conv.date(v, m.zone, keyword=r.attribute)),
+    "time": _scalar(lambda v, r, m: conv.time(v, m.zone, keyword=r.attribute)),
+    "birth_date": _scalar(lambda v, r, m: conv.birth_date(v, keyword=r.attribute)),
+    "priority": _scalar(lambda v, r, m: conv.priority(v, keyword=r.attribute)),
+    "sex": _scalar(lambda v, r, m: conv.sex(v, keyword=r.attribute)),
     "code": _code,
     "coded_text": _coded_text,
     "quantity": _quantity,
@@ -281,36 +289,81 @@ CONVERTERS: dict[str, Callable[[Scope, Path, Context], Any]] = {
 
 # -- rules ----------------------------------------------------------------------------
 
-def _evaluate(rule: Rule, scope: Scope, ctx: Context) -> Any:
-    sources = rule.sources_for(ctx.structure)
-    if rule.convert in ("start_date", "start_time"):
-        start = scheduled_start(scope, [Path.parse(p) for p in sources], ctx)
-        return None if start is None else start[0 if rule.convert == "start_date" else 1]
-    for text_path in sources:
-        path = Path.parse(text_path)
-        where = location_of(scope, path)
-        try:
-            with locating(where):
-                value = CONVERTERS[rule.convert](scope, path, ctx)
-        except HL7Error as exc:
-            if exc.location is None:
-                exc.location = where
-            if rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME):
-                warn(exc.code, f"{exc.text}; value not used", exc.location)
-                continue
-            raise
-        if value is not None:
-            return value
-    return None
+@dataclass(frozen=True)
+class CompiledRule:
+    """A profile rule for one message structure, ready to evaluate: its sources parsed
+    into HL7 paths and its converter looked up once (``None`` for the scheduled start,
+    :func:`broker.mapping.start.scheduled_start`).
+
+    ``unparsable`` is the first source that is not an HL7 path (``paths`` are those
+    before it): it raises ValueError where it is reached, as when the sources were
+    parsed for each message.
+    """
+
+    rule: Rule
+    paths: tuple[Path, ...]
+    unparsable: str | None
+    converter: Converter | None
+    droppable: bool
+    field_only: bool
+
+    @classmethod
+    def of(cls, rule: Rule, structure: str) -> CompiledRule:
+        paths: list[Path] = []
+        unparsable = None
+        for source in rule.sources_for(structure):
+            try:
+                paths.append(Path.parse(source))
+            except ValueError:
+                unparsable = source
+                break
+        start = rule.convert in ("start_date", "start_time")
+        return cls(rule, tuple(paths), unparsable,
+                   None if start else CONVERTERS[rule.convert],
+                   rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME),
+                   rule.convert not in BEYOND_THE_FIELD)
+
+    def evaluate(self, scope: Scope, base: MessageContext) -> Any:
+        """The value of the first source that has one (None: none has).
+
+        Warnings of a source get its location; a failing droppable conversion is a
+        warning and the next source is tried, any other failure is raised located."""
+        rule, converter = self.rule, self.converter
+        if converter is None:
+            if self.unparsable is not None:
+                Path.parse(self.unparsable)  # raises: not an HL7 path
+            start = scheduled_start(scope, self.paths, base)
+            return None if start is None else start[0 if rule.convert == "start_date" else 1]
+        for path in self.paths:
+            if self.field_only:
+                seg = scope.first(path.segment)
+                if seg is None or not seg.raw_field(path.field):
+                    continue
+            try:
+                with warnings.collecting() as found:
+                    value = converter(scope, path, rule, base)
+            except HL7Error as exc:
+                if exc.location is None:
+                    exc.location = location_of(scope, path)
+                if self.droppable:
+                    warn(exc.code, f"{exc.text}; value not used", exc.location)
+                    continue
+                raise
+            if found:
+                forward(found, location_of(scope, path))
+            if value is not None:
+                return value
+        if self.unparsable is not None:
+            Path.parse(self.unparsable)  # raises: not an HL7 path
+        return None
 
 
-def map_level(profile: Profile, level: str, scope: Scope, base: MessageContext) -> Attributes:
+def map_level(rules: Sequence[CompiledRule], scope: Scope, base: MessageContext) -> Attributes:
+    """The attributes of one level (patient, procedure or step) from its compiled
+    rules, in profile order."""
     out: Attributes = {}
-    for rule in profile.rules:
-        if rule.level != level:
-            continue
-        ctx = Context(base.zone, base.v25, base.structure, base.received_at, rule)
-        value = _evaluate(rule, scope, ctx)
+    for compiled in rules:
+        value = compiled.evaluate(scope, base)
         if value is not None:
-            out[rule.attribute] = value
+            out[compiled.rule.attribute] = value
     return out

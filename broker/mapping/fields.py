@@ -25,32 +25,34 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.hl7 import warnings
 from broker.hl7.errors import ErrorLocation
 from broker.hl7.message import NULL, Message, Path, Segment
-from broker.hl7.warnings import located, warn
+from broker.hl7.warnings import HL7Warning, located, warn
 from broker.mapping import conversions as conv
-from broker.mapping.profile import Rule
 
 
 @dataclass
 class Scope:
-    """The segments a rule may read, nearest layer first."""
+    """The segments a rule may read, nearest layer first (``nearest``: each segment
+    name's segments in the nearest layer that has it)."""
 
     layers: list[dict[str, list[Segment]]]
     message: Message
+    nearest: dict[str, list[Segment]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nearest = {name: segments for layer in reversed(self.layers)
+                        for name, segments in layer.items()}
 
     def all(self, name: str) -> list[Segment]:
-        for layer in self.layers:
-            if name in layer:
-                return layer[name]
-        return []
+        return self.nearest.get(name, [])
 
     def first(self, name: str) -> Segment | None:
-        found = self.all(name)
+        found = self.nearest.get(name)
         return found[0] if found else None
 
     def everywhere(self, name: str) -> list[Segment]:
@@ -68,13 +70,6 @@ class MessageContext:
     received_at: datetime
 
 
-@dataclass(frozen=True)
-class Context(MessageContext):
-    """A message context plus the rule being evaluated."""
-
-    rule: Rule
-
-
 def layer_of(segments: list[Segment]) -> dict[str, list[Segment]]:
     out: dict[str, list[Segment]] = {}
     for seg in segments:
@@ -84,24 +79,9 @@ def layer_of(segments: list[Segment]) -> dict[str, list[Segment]]:
 
 # -- reading fields -------------------------------------------------------------------
 
-def field_parts(seg: Segment, number: int, repetition: int = 0) -> list[list[str]]:
-    """One repetition of a field as components of unescaped sub-components: split at
-    the delimiters first, then unescape each part (HL7 v2.5.1 2.7), so an escaped
-    delimiter stays inside its part."""
-    reps = seg.repetitions(number)
-    if repetition >= len(reps):
-        return []
-    d = seg.delimiters
-    if seg.name == "MSH" and number <= 2:
-        return [[reps[repetition]]]
-    return [[seg.message.unescape(s) for s in c.split(d.subcomponent)]
-            for c in reps[repetition].split(d.component)]
-
-
 def is_blank(seg: Segment, text: str) -> bool:
     """Nothing but spaces and delimiters: "not sent" (never a clear)."""
-    d = seg.delimiters
-    return not text.strip(" " + d.component + d.subcomponent + d.repetition)
+    return not text.strip(seg.delimiters.blank)
 
 
 def text_of(parts: list[str]) -> str:
@@ -114,7 +94,7 @@ def sub_value(seg: Segment | None, number: int, component: int, sub: int = 1,
     """One sub-component (1-based), trimmed; '' when absent."""
     if seg is None:
         return ""
-    parts = field_parts(seg, number, repetition)
+    parts = seg.parts(number, repetition)
     if component > len(parts) or sub > len(parts[component - 1]):
         return ""
     return parts[component - 1][sub - 1].strip()
@@ -124,7 +104,7 @@ def first_value(seg: Segment | None, number: int, component: int = 1, repetition
     """A component's value: its first non-empty sub-component, trimmed."""
     if seg is None:
         return ""
-    parts = field_parts(seg, number, repetition)
+    parts = seg.parts(number, repetition)
     return conv.first_part(parts[component - 1]) if component <= len(parts) else ""
 
 
@@ -143,22 +123,25 @@ def read_value(scope: Scope, path: Path) -> tuple[str | None, bool]:
         return NULL, False
     if is_blank(seg, raw):
         return None, False
-    parts = field_parts(seg, path.field)
+    parts = seg.parts(path.field)
     index = (path.component or 1) - 1
     if index >= len(parts):
         return None, False
     subs = parts[index]
     if path.subcomponent:
         chosen = subs[path.subcomponent - 1].strip() if path.subcomponent <= len(subs) else ""
-        others: list[str] = []
+        dropped = False
+    elif len(subs) == 1:
+        chosen, dropped = subs[0].strip(), False
     else:
-        chosen = conv.first_part(subs)
-        others = [s for s in subs if s.strip()][1:]
-    if not path.component:
-        others += [s for comp in parts[1:] for s in comp if s.strip()]
+        filled = [s for s in subs if s.strip()]
+        chosen = filled[0].strip() if filled else ""
+        dropped = len(filled) > 1
     if not chosen:
         return None, False
-    return chosen, bool(others)
+    if not dropped and not path.component:
+        dropped = any(s.strip() for comp in parts[1:] for s in comp)
+    return chosen, dropped
 
 
 def raw_text(scope: Scope, path: Path) -> str | None:
@@ -189,13 +172,18 @@ def location_of(scope: Scope, path: Path) -> ErrorLocation:
                          _sequence_of(scope, path.segment))
 
 
+def forward(found: list[HL7Warning], location: ErrorLocation) -> None:
+    """Record warnings collected while reading one field in the enclosing collection,
+    with ``location`` unless they carry their own."""
+    located(found, 0, location)
+    for warning in found:
+        warn(warning.code, warning.text, warning.location)
+
+
 @contextmanager
 def locating(location: ErrorLocation) -> Iterator[None]:
-    """Warnings raised inside get ``location`` unless they carry their own."""
+    """Warnings raised inside get ``location`` unless they carry their own (those of
+    a block that raises are dropped with it)."""
     with warnings.collecting() as inner:
-        try:
-            yield
-        finally:
-            located(inner, 0, location)
-    for found in inner:
-        warn(found.code, found.text, found.location)
+        yield
+    forward(inner, location)

@@ -6,6 +6,7 @@ a creating order without any, taken from the receipt time or refused as the prof
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -16,7 +17,6 @@ from broker.hl7.message import NULL, Path
 from broker.hl7.warnings import DATA_TYPE, REQUIRED_FIELD, warn
 from broker.mapping import conversions as conv
 from broker.mapping.fields import (
-    Context,
     MessageContext,
     Scope,
     locating,
@@ -36,7 +36,8 @@ def _receipt(ctx: MessageContext) -> datetime:
     return at.astimezone(ZoneInfo(ctx.zone)).replace(tzinfo=None)
 
 
-def scheduled_start(scope: Scope, paths: list[Path], ctx: Context) -> tuple[str, str] | None:
+def scheduled_start(scope: Scope, paths: Sequence[Path],
+                    ctx: MessageContext) -> tuple[str, str] | None:
     """The scheduled start (DA, TM) from a chain of TS sources, or None when none has
     a value.
 

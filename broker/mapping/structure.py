@@ -36,6 +36,7 @@ from broker.mapping.fields import (
     first_value,
     layer_of,
 )
+from broker.mapping.plan import Plan
 from broker.mapping.profile import Profile, Station
 from broker.mapping.start import ensure_start
 
@@ -64,7 +65,7 @@ def split_groups(msg: Message) -> GroupSplit:
     return GroupSplit(layer_of(head), groups)
 
 
-def _station_for(profile: Profile, msg: Message, attrs: Attributes, proc: Attributes,
+def _station_for(plan: Plan, msg: Message, attrs: Attributes, proc: Attributes,
                  scope: Scope) -> tuple[Station | None, str]:
     modality = str(attrs.get("Modality", ""))
     codes = [_first_code(proc.get("RequestedProcedureCodeSequence")),
@@ -76,13 +77,12 @@ def _station_for(profile: Profile, msg: Message, attrs: Attributes, proc: Attrib
     facts = {"modality": [modality], "procedure_code": [c for c in codes if c],
              "location": [location], "sending_application": [msg.msh.get(3)],
              "sending_facility": [msg.msh.get(4)]}
-    for rule in profile.stations:
-        conditions = rule.when.model_dump(exclude_none=True)
+    for rule, conditions in plan.stations:
         if all(any(fnmatch.fnmatchcase(v, pattern) for v in facts[key])
-               for key, pattern in conditions.items()):
+               for key, pattern in conditions):
             return rule, rule.name
-    if profile.default_station is not None:
-        return profile.default_station, "default"
+    if plan.profile.default_station is not None:
+        return plan.profile.default_station, "default"
     return None, ""
 
 
@@ -108,8 +108,9 @@ def _apply_catalog(profile: Profile, proc: Attributes, step: Attributes) -> None
                  "CodeMeaning": c.meaning} for c in entry.protocol]
 
 
-def map_group(msg: Message, profile: Profile, structure: str, base: MessageContext,
+def map_group(msg: Message, plan: Plan, structure: str, base: MessageContext,
                split: GroupSplit, group: list[Segment], g: int, order: OrderMessage) -> None:
+    profile = plan.profile
     group_layer = layer_of(group)
     orc = group[0]
     control, status = orc.get(1).upper(), orc.get(5).upper()
@@ -131,14 +132,14 @@ def map_group(msg: Message, profile: Profile, structure: str, base: MessageConte
         steps = [({}, obr.get(1) or str(g))]
     for step_layer, step_key in steps:
         scope = Scope([step_layer, group_layer, split.message_layer], msg)
-        proc = map_level(profile, "procedure", scope, base)
-        attrs = map_level(profile, "step", scope, base)
+        proc = map_level(plan.rules(structure, "procedure"), scope, base)
+        attrs = map_level(plan.rules(structure, "step"), scope, base)
         _apply_catalog(profile, proc, attrs)
         record = StepRecord(control, status, step_key, attrs)
         if control in CREATING or control == "XO":
             ensure_start(attrs, profile, base, g, required=control in CREATING)
             if not attrs.get("ScheduledStationAETitle"):
-                station, rule_name = _station_for(profile, msg, attrs, proc, scope)
+                station, rule_name = _station_for(plan, msg, attrs, proc, scope)
                 if station is None:
                     if control in CREATING:
                         raise field_error(ErrorCode.TABLE_VALUE_NOT_FOUND,
