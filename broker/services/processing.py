@@ -10,7 +10,8 @@ Contract:
   (PostgreSQL advisory transaction locks, taken in one statement in the order of their
   lock ids so that two workers locking several patients never deadlock; SQLite's
   BEGIN IMMEDIATE serialises all writers anyway).
-* A batch of messages is applied in one transaction, each message under a savepoint
+* A batch of messages is applied in one transaction (up to TRANSACTION_MESSAGES of
+  them; a longer batch in several, in id order), each message under a savepoint
   of its own with its new status, outcome and (in application ACK mode) its ACK: all
   of that message or nothing of it. The transaction also announces the messages it
   applied (:func:`broker.notify.announce_applied`), delivered when it commits.
@@ -31,7 +32,18 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    ColumnExpressionArgument,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -65,12 +77,18 @@ class Mapper(Protocol):
                  received_at: datetime | None = None) -> OrderMessage | AdtMessage: ...
 
 
+# Messages applied in one transaction, a savepoint each. PostgreSQL keeps the ids of up
+# to 64 subtransactions of a transaction in shared memory; beyond that every other
+# session's snapshot looks them up in pg_subtrans (PostgreSQL documentation,
+# "Subtransactions"), slowing the worklist queries while the transaction runs.
+TRANSACTION_MESSAGES = 50
+
 # Parses stored bytes; the caller binds the read options used at receipt (charset
 # aliases), so a message reads the same, with the same warnings, at both times.
 Reader = Callable[[bytes], Message]
 
 
-def _lock_id(key: ColumnElement[str] | str) -> ColumnElement[int]:
+def _lock_id(key: ColumnExpressionArgument[str] | str) -> ColumnElement[int]:
     # PostgreSQL's 64-bit text hash: computed by the server, so that a statement can
     # lock the keys it reads.
     return func.hashtextextended(key, 0)
@@ -93,56 +111,63 @@ def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Map
 def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
                   mapper: Mapper, *, read: Reader = parse) -> int:
     """Apply the messages ``message_pks`` (in any order), each after every earlier
-    pending message of its patient, in one transaction (see the module doc). Returns
-    how many messages were applied here."""
-    if not message_pks:
-        return 0
+    pending message of its patient, in transactions of up to TRANSACTION_MESSAGES
+    messages in id order (see the module doc). Returns how many messages were applied
+    here."""
+    ordered = sorted(message_pks)
+    return sum(_apply_together(factory, ordered[at:at + TRANSACTION_MESSAGES], mapper, read)
+               for at in range(0, len(ordered), TRANSACTION_MESSAGES))
+
+
+def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
+                    mapper: Mapper, read: Reader) -> int:
     with unit_of_work(factory) as session:
-        keys = _lock_ordering_keys(session, message_pks)
-        pending = _pending(session, message_pks, keys)
+        waiting = _lock_waiting(session, message_pks)
+        if not waiting:  # a task run again, or its messages applied with others
+            return 0
+        pending = _pending(session, waiting)
         for row in pending:
             apply_message(session, row, mapper, read=read)
         announce_applied(session, [row.id for row in pending])
         return len(pending)
 
 
-def _lock_ordering_keys(session: Session, message_pks: Collection[int]) -> set[str]:
-    """The ordering keys of those of ``message_pks`` still waiting, each locked on
-    PostgreSQL, in lock id order, in one statement (the server sorts before it calls the
-    volatile lock function). A message without a key needs no lock: it is applied
-    alone, and its row lock (:func:`_pending`) keeps a second run out."""
-    keys = (select(InboundMessage.ordering_key)
-            .where(InboundMessage.id.in_(message_pks),
-                   InboundMessage.status == MessageStatus.RECEIVED.value,
-                   InboundMessage.ordering_key != "")
-            .distinct().subquery())
-    query = select(keys.c.ordering_key)
+def _lock_waiting(session: Session, message_pks: list[int]) -> dict[int, str]:
+    """Those of ``message_pks`` still waiting, with their ordering keys, each key
+    locked on PostgreSQL, in lock id order, in this one statement (the server sorts
+    before it evaluates a volatile function of the select list). A message without a
+    key takes no lock: it is applied alone, and its row lock (:func:`_pending`) keeps a
+    second run out."""
+    query = select(InboundMessage.id, InboundMessage.ordering_key).where(
+        InboundMessage.id.in_(message_pks),
+        InboundMessage.status == MessageStatus.RECEIVED.value)
     if session.get_bind().dialect.name == "postgresql":
-        lock_id = _lock_id(keys.c.ordering_key)
-        query = query.add_columns(func.pg_advisory_xact_lock(lock_id)).order_by(lock_id)
-    return set(session.scalars(query))
+        lock_id = _lock_id(InboundMessage.ordering_key)
+        query = query.add_columns(case((InboundMessage.ordering_key != "",
+                                        func.pg_advisory_xact_lock(lock_id)))
+                                  ).order_by(lock_id)
+    return {pk: key for pk, key, *_ in session.execute(query)}
 
 
-def _pending(session: Session, message_pks: Collection[int],
-             keys: set[str]) -> list[InboundMessage]:
-    """What to apply, oldest first, read (and row-locked) in one query: the waiting
-    messages of ``message_pks`` and, for each locked ordering key, every waiting
-    message of that key up to the batch's last one."""
-    batch = set(message_pks)
+def _pending(session: Session, waiting: dict[int, str]) -> list[InboundMessage]:
+    """What to apply, oldest first, read again (and row-locked) now that the keys are
+    locked: the ``waiting`` messages still waiting and, before each, every waiting
+    message of its ordering key."""
+    keys = {key for key in waiting.values() if key}
     rows = session.scalars(
         select(InboundMessage)
         .where(InboundMessage.status == MessageStatus.RECEIVED.value,
-               InboundMessage.id <= max(batch),
+               InboundMessage.id <= max(waiting),
                or_(InboundMessage.ordering_key.in_(keys),
-                   and_(InboundMessage.id.in_(batch), InboundMessage.ordering_key == "")))
+                   and_(InboundMessage.id.in_(waiting), InboundMessage.ordering_key == "")))
         .order_by(InboundMessage.id)
         .with_for_update()
     ).all()
-    through: dict[str, int] = {}  # per ordering key, its last message in the batch
+    through: dict[str, int] = {}  # per ordering key, its last message asked for
     for row in rows:
-        if row.id in batch:
+        if row.id in waiting:
             through[row.ordering_key] = row.id  # ascending ids: the last one stays
-    # (the rows without a key are all in the batch, so all up to their own "through")
+    # (the rows without a key are all asked for, so all up to their own "through")
     return [row for row in rows if row.id <= through.get(row.ordering_key, 0)]
 
 

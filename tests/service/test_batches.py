@@ -68,16 +68,19 @@ def test_an_earlier_waiting_message_of_the_patient_is_applied_first(
     assert applied_order(services, [nw, xo]) == [nw, xo]
 
 
-def test_a_batch_of_many_patients_applies_each_once(services: Services) -> None:
-    """Forty orders of twenty patients (two each), listed newest first, one message
-    already applied by an earlier task: every order has its step, none twice."""
-    pks = [services.store(order(n, patients=20)) for n in range(100, 140)]
+def test_a_long_batch_of_many_patients_applies_each_once_in_order(
+        services: Services) -> None:
+    """120 orders of 20 patients (6 each), listed newest first, one message already
+    applied by an earlier task: applied in several transactions, every order has its
+    step, none twice, each patient's in arrival order."""
+    numbers = range(100, 220)
+    pks = [services.store(order(n, patients=20)) for n in numbers]
     assert services.use_cases.apply_message(pks[5]) == 1
-    assert services.use_cases.apply_messages(pks[::-1]) == 39
-    assert services.count(ScheduledProcedureStep) == 40
+    assert services.use_cases.apply_messages(pks[::-1]) == 119
+    assert services.count(ScheduledProcedureStep) == 120
     with services.factory() as session:
         statuses = set(session.scalars(select(InboundMessage.status)))
     assert statuses == {MessageStatus.PROCESSED.value}
-    for patient in range(20):  # each patient's two orders, in arrival order
-        mine = [pk for n, pk in zip(range(100, 140), pks, strict=True) if n % 20 == patient]
+    for patient in range(20):
+        mine = [pk for n, pk in zip(numbers, pks, strict=True) if n % 20 == patient]
         assert applied_order(services, mine) == mine
