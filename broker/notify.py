@@ -40,12 +40,12 @@ log = logging.getLogger(__name__)
 CHANNEL = "mwlb_applied"
 # How the listening session shows in pg_stat_activity.
 APPLICATION_NAME = "mwl-broker applied-listener"
-# TCP keepalives on the listening connection (libpq connection parameters, unless the
-# database URL sets them): it only ever reads, so without them a connection lost
-# without a word (a server gone from the network) would go unnoticed, and every ACK
-# would wait for the poll, until the operating system gave up on it.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-              "keepalives_count": 3}
+# libpq connection parameters of the listening connection, unless the database URL sets
+# them (PostgreSQL documentation, "Parameter Key Words"): TCP keepalives, since it only
+# ever reads, so a connection lost without a word (a server gone from the network)
+# would otherwise go unnoticed, every ACK waiting for the poll; and a bounded connect.
+LISTEN_PARAMETERS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                     "keepalives_count": 3, "connect_timeout": 10}
 
 
 def applied_notice(message_pk: ColumnElement[int] | InstrumentedAttribute[int]
@@ -165,7 +165,7 @@ class Notified:
 
     def _listen(self) -> None:
         args, kwargs = self._connect_args
-        params = {**KEEPALIVES, **kwargs, "autocommit": True,
+        params = {**LISTEN_PARAMETERS, **kwargs, "autocommit": True,
                   "application_name": APPLICATION_NAME}
         while not self._stop.is_set():
             try:
