@@ -1,10 +1,11 @@
 """Learning that stored inbound messages were applied, for the application-mode ACK
 (:meth:`broker.dispatch.Dispatcher.wait`), without polling their rows.
 
-The processor's transaction announces the ids it applied (processed or failed) on the
-channel :data:`CHANNEL` (:func:`announce_applied`). PostgreSQL delivers a NOTIFY to the
-sessions listening when, and only if, that transaction commits, that is exactly when
-the rows can be read (PostgreSQL documentation, NOTIFY / LISTEN).
+The processor's transaction announces each message it applies (processed or failed) on
+the channel :data:`CHANNEL`, in the statement that takes the messages
+(:func:`applied_notice`). PostgreSQL delivers a NOTIFY to the sessions listening when,
+and only if, that transaction commits, that is exactly when the rows can be read
+(PostgreSQL documentation, NOTIFY / LISTEN).
 
 :class:`Notified` (PostgreSQL through psycopg): one connection of its own, in a thread,
 listens and wakes the waiting threads. A lost notice never loses an ACK: each waiter
@@ -28,8 +29,8 @@ from collections.abc import Collection, Iterable
 from typing import Protocol
 
 import psycopg
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, String, cast, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from broker.models import InboundMessage, MessageStatus
 from broker.outage import Outage
@@ -37,37 +38,32 @@ from broker.outage import Outage
 log = logging.getLogger(__name__)
 
 CHANNEL = "mwlb_applied"
-# A NOTIFY payload must be shorter than 8000 bytes: longer lists go in several notices.
-PAYLOAD_LIMIT = 7000
 # How the listening session shows in pg_stat_activity.
 APPLICATION_NAME = "mwl-broker applied-listener"
+# libpq connection parameters of the listening connection, unless the database URL sets
+# them (PostgreSQL documentation, "Parameter Key Words"): TCP keepalives, since it only
+# ever reads, so a connection lost without a word (a server gone from the network)
+# would otherwise go unnoticed, every ACK waiting for the poll; and a bounded connect.
+LISTEN_PARAMETERS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                     "keepalives_count": 3, "connect_timeout": 10}
 
 
-def announce_applied(session: Session, message_pks: Collection[int]) -> None:
-    """Announce, at the commit of ``session``'s transaction, that the messages
-    ``message_pks`` were applied (PostgreSQL; nothing elsewhere)."""
-    if not message_pks or session.get_bind().dialect.name != "postgresql":
-        return
-    payloads, current = [], ""
-    for pk in message_pks:
-        if len(current) > PAYLOAD_LIMIT:
-            payloads.append(current)
-            current = ""
-        current = f"{current},{pk}" if current else str(pk)
-    payloads.append(current)
-    session.execute(select(*(func.pg_notify(CHANNEL, p) for p in payloads)))
+def applied_notice(message_pk: ColumnElement[int] | InstrumentedAttribute[int]
+                   ) -> ColumnElement[None]:
+    """A select-list expression of PostgreSQL announcing message ``message_pk`` on
+    :data:`CHANNEL`, for the query that takes the messages a transaction applies: the
+    notice is delivered when that transaction commits, and not at all if it rolls back
+    (duplicates within it are folded into one)."""
+    return func.pg_notify(CHANNEL, cast(message_pk, String))
 
 
-def _ids(payload: str) -> list[int]:
-    return [int(part) for part in payload.split(",") if part.isdigit()]
-
-
-def _finished(factory: sessionmaker[Session], message_pks: Collection[int]) -> list[int]:
-    """Those of ``message_pks`` no longer waiting to be applied."""
+def _finished(factory: sessionmaker[Session], message_pks: Collection[int]) -> set[int]:
+    """Those of ``message_pks`` no longer waiting to be applied (applied, or gone)."""
     with factory() as session:
-        return list(session.scalars(select(InboundMessage.id).where(
+        waiting = set(session.scalars(select(InboundMessage.id).where(
             InboundMessage.id.in_(message_pks),
-            InboundMessage.status != MessageStatus.RECEIVED.value)))
+            InboundMessage.status == MessageStatus.RECEIVED.value)))
+    return set(message_pks) - waiting
 
 
 class AppliedWatch(Protocol):
@@ -169,10 +165,11 @@ class Notified:
 
     def _listen(self) -> None:
         args, kwargs = self._connect_args
+        params = {**LISTEN_PARAMETERS, **kwargs, "autocommit": True,
+                  "application_name": APPLICATION_NAME}
         while not self._stop.is_set():
             try:
-                with psycopg.connect(*args, **kwargs, autocommit=True,
-                                     application_name=APPLICATION_NAME) as conn:
+                with psycopg.connect(*args, **params) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     with self._lock:
                         waiting = list(self._waiters)
@@ -183,7 +180,8 @@ class Notified:
                     self.health.ok()
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=self.STOP_CHECK):
-                            self._applied(_ids(notice.payload))
+                            if notice.payload.isdigit():  # the message's id
+                                self._applied([int(notice.payload)])
             except Exception as exc:  # the database is away: retry, the polls cover it
                 self.health.failed(exc)
             finally:

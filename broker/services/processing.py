@@ -14,7 +14,7 @@ Contract:
   them; a longer batch in several, in id order), each message under a savepoint
   of its own with its new status, outcome and (in application ACK mode) its ACK: all
   of that message or nothing of it. The transaction also announces the messages it
-  applied (:func:`broker.notify.announce_applied`), delivered when it commits.
+  applies (:func:`broker.notify.applied_notice`), delivered when it commits.
 * A content error (HL7Error) rolls back the message's changes and records status
   ``failed`` with the Table 0357 code, location and text; an unexpected error does
   the same with code 207, and so does data the database refuses (DataError,
@@ -57,7 +57,7 @@ from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import HL7Warning
 from broker.models import InboundMessage, MessageStatus, utcnow
-from broker.notify import announce_applied
+from broker.notify import applied_notice
 from broker.services.orders import apply_order
 from broker.services.patients import apply_adt
 from broker.services.rows import table
@@ -128,7 +128,6 @@ def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
         pending = _pending(session, waiting)
         for row in pending:
             apply_message(session, row, mapper, read=read)
-        announce_applied(session, [row.id for row in pending])
         return len(pending)
 
 
@@ -151,24 +150,27 @@ def _lock_waiting(session: Session, message_pks: list[int]) -> dict[int, str]:
 
 def _pending(session: Session, waiting: dict[int, str]) -> list[InboundMessage]:
     """What to apply, oldest first, read again (and row-locked) now that the keys are
-    locked: the ``waiting`` messages still waiting and, before each, every waiting
-    message of its ordering key."""
-    keys = {key for key in waiting.values() if key}
-    rows = session.scalars(
+    locked: the ``waiting`` messages that still wait and, before each, every waiting
+    message of its ordering key. On PostgreSQL the same statement announces each of
+    them (:func:`broker.notify.applied_notice`): the notices go out when the
+    transaction commits, when each of them has its outcome, and not at all if it rolls
+    back."""
+    through: dict[str, int] = {}  # per ordering key, its last message asked for
+    for pk, key in waiting.items():
+        if key:
+            through[key] = max(pk, through.get(key, 0))
+    query = (
         select(InboundMessage)
         .where(InboundMessage.status == MessageStatus.RECEIVED.value,
-               InboundMessage.id <= max(waiting),
-               or_(InboundMessage.ordering_key.in_(keys),
-                   and_(InboundMessage.id.in_(waiting), InboundMessage.ordering_key == "")))
+               or_(InboundMessage.id.in_([pk for pk, key in waiting.items() if not key]),
+                   *(and_(InboundMessage.ordering_key == key, InboundMessage.id <= last)
+                     for key, last in through.items())))
         .order_by(InboundMessage.id)
         .with_for_update()
-    ).all()
-    through: dict[str, int] = {}  # per ordering key, its last message asked for
-    for row in rows:
-        if row.id in waiting:
-            through[row.ordering_key] = row.id  # ascending ids: the last one stays
-    # (the rows without a key are all asked for, so all up to their own "through")
-    return [row for row in rows if row.id <= through.get(row.ordering_key, 0)]
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.add_columns(applied_notice(InboundMessage.id))
+    return list(session.scalars(query))
 
 
 def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
