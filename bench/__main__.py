@@ -198,14 +198,16 @@ def cfind_part(workdir: Path, results: Results) -> None:
         url = f"sqlite:///{workdir}/worklist-{size}.db"
         with Broker(url, worklist_max_results=str(RESULT_CAP),
                     dicom_fast_path=FAST_PATH) as broker:
-            peer = cfind.Wlmscpfs(_worklist(workdir, size, broker), free_port())
-            try:
-                findscu_rows += _findscu_rows(size, [
-                    ("mwl-broker", broker.dicom_port, "MWL_BROKER"),
-                    ("wlmscpfs", peer.port, peer.AE_TITLE)])
-            finally:
-                peer.stop()
+            wl_dir = _worklist(workdir, size, broker)
+            findscu_rows += _findscu_rows(size, [("mwl-broker", broker.dicom_port,
+                                                  "MWL_BROKER")])
             open_rows.append(_open_row(size, broker.dicom_port, results))
+        # wlmscpfs alone: its per-association processes read every file per query
+        peer = cfind.Wlmscpfs(wl_dir, free_port())
+        try:
+            findscu_rows += _findscu_rows(size, [("wlmscpfs", peer.port, peer.AE_TITLE)])
+        finally:
+            peer.stop()
     table("Modality Worklist C-FIND (DCMTK findscu -W, one association per query)",
           ["steps", "server", "(a) one Patient ID", "(b) station + today", "(b) items",
            "(c) universal", "(c) items", f"{CLIENTS} clients on (b), queries/s"],

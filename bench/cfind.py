@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -99,16 +100,19 @@ def concurrent_rate(port: int, called: str, query: Query, clients: int,
 
 
 class Wlmscpfs:
-    """DCMTK's worklist SCP on a directory of .wl files (AE title subdirectory)."""
+    """DCMTK's worklist SCP on a directory of .wl files (AE title subdirectory); it
+    forks a process per association."""
 
     AE_TITLE = "WLMSCPFS"
 
     def __init__(self, files: Path, port: int) -> None:
         self.root, self.port = files.parent, port
         assert files.name == self.AE_TITLE
+        # A session of its own: stop() ends the per-association children with it.
         self.proc = subprocess.Popen(
             ["wlmscpfs", "-dfp", str(self.root), str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV,
+            start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if subprocess.run(["echoscu", "-aec", self.AE_TITLE, "127.0.0.1", str(port)],
@@ -118,5 +122,5 @@ class Wlmscpfs:
         raise RuntimeError("wlmscpfs did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(10)
