@@ -166,13 +166,16 @@ class Segment:
         key = (number, repetition)
         found = cache.get(key)
         if found is None:
-            reps = self.repetitions(number)
-            if repetition >= len(reps):
-                found = []
-            elif self.name == "MSH" and number <= 2:
-                found = [[reps[repetition]]]
+            if self.name == "MSH" and number <= 2:
+                reps = self.repetitions(number)
+                found = [[reps[repetition]]] if repetition < len(reps) else []
             else:
-                found = self._split_parts(reps[repetition])
+                raw = self.raw_field(number)
+                if not repetition and self.delimiters.repetition not in raw:
+                    found = self._split_parts(raw) if raw else []  # one repetition or none
+                else:
+                    reps = self.repetitions(number)
+                    found = self._split_parts(reps[repetition]) if repetition < len(reps) else []
             cache[key] = found
         return found
 
