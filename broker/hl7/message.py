@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from functools import cached_property
+from functools import lru_cache
 
 from broker.hl7 import charsets
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
@@ -42,16 +42,17 @@ class Delimiters:
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    # What a field of nothing but spaces and delimiters is made of ("not sent").
+    blank: str = dataclass_field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blank",
+                           " " + self.component + self.subcomponent + self.repetition)
 
     @property
     def encoding_characters(self) -> str:
         return self.component + self.repetition + self.escape + self.subcomponent
 
-    @cached_property
-    def blank(self) -> str:
-        """What a field holding nothing but spaces and delimiters is made of (such a
-        field is "not sent")."""
-        return " " + self.component + self.subcomponent + self.repetition
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,16 @@ class Segment:
         key = (number, repetition)
         found = cache.get(key)
         if found is None:
-            reps = self.repetitions(number)
-            if repetition >= len(reps):
-                found = []
-            elif self.name == "MSH" and number <= 2:
-                found = [[reps[repetition]]]
+            if self.name == "MSH" and number <= 2:
+                reps = self.repetitions(number)
+                found = [[reps[repetition]]] if repetition < len(reps) else []
             else:
-                found = self._split_parts(reps[repetition])
+                raw = self.raw_field(number)
+                if not repetition and self.delimiters.repetition not in raw:
+                    found = self._split_parts(raw) if raw else []  # one repetition or none
+                else:
+                    reps = self.repetitions(number)
+                    found = self._split_parts(reps[repetition]) if repetition < len(reps) else []
             cache[key] = found
         return found
 
@@ -345,6 +349,7 @@ HL7_VERSIONS: tuple[str, ...] = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.
                                  "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 
 
+@lru_cache(maxsize=256)  # a few versions, read for every message and its ACK
 def version_key(version: str) -> tuple[int, ...] | None:
     """``2.5.1`` -> ``(2, 5, 1)``; None when MSH-12 is empty or not a dotted number."""
     parts = version.strip().split(".")

@@ -17,14 +17,16 @@ who reads the message store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.hl7.errors import ErrorCode, ErrorLocation
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,17 @@ class _Collection:
 def collecting() -> _Collection:
     """Collect the warnings raised by :func:`warn` in this context into a list."""
     return _Collection()
+
+
+def collect(call: Callable[..., T], *args: Any) -> tuple[T, list[HL7Warning]]:
+    """``call(*args)`` with the warnings it raises collected: (its result, the
+    warnings). Those of a call that raises are dropped with it."""
+    found: list[HL7Warning] = []
+    token = _current.set(found)
+    try:
+        return call(*args), found
+    finally:
+        _current.reset(token)
 
 
 def warn(code: int, text: str, location: ErrorLocation | None = None) -> None:

@@ -43,13 +43,12 @@ from broker.mapping.start import START_DATE, START_TIME, scheduled_start
 # the scheduled start) is refused naming the field.
 DROPPABLE = frozenset({"birth_date", "date", "time", "quantity"})
 
-# A converter reads the field at a path of the scope for one rule of one message.
-Converter = Callable[[Scope, Path, Rule, MessageContext], Any]
-
-# Converters that read more than the field at their path (every segment of its name,
-# every OBX). Every other converter returns None, warning nothing, for a field that is
-# empty or in a segment the scope lacks: such a source is passed over unread.
-BEYOND_THE_FIELD = frozenset({"formatted_text", "quantity", "allergies"})
+# A field converter reads the field at a path of the segment that holds it: the
+# nearest such segment in scope, and only when the field is not empty (an empty field,
+# or a segment the scope lacks, is not sent: None, no warning). A scope converter
+# reads beyond that one field (every segment of the path's name, every OBX).
+FieldConverter = Callable[[Segment, Path, Rule, MessageContext], Any]
+ScopeConverter = Callable[[Scope, Path, Rule, MessageContext], Any]
 
 
 # -- converters -----------------------------------------------------------------------
@@ -58,11 +57,11 @@ def _limit(rule: Rule, default: int) -> int:
     return rule.max_length or default
 
 
-def _text_scalar(fn: Callable[[str, Rule, MessageContext], Any]) -> Converter:
+def _text_scalar(fn: Callable[[str, Rule, MessageContext], Any]) -> FieldConverter:
     """A converter of free text: blank -> None, ``""`` -> ""."""
 
-    def convert(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-        raw = raw_text(scope, path)
+    def convert(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+        raw = raw_text(seg, path)
         if raw is None:
             return None
         if raw == NULL:
@@ -73,12 +72,12 @@ def _text_scalar(fn: Callable[[str, Rule, MessageContext], Any]) -> Converter:
 
 
 def _scalar(fn: Callable[[str, Rule, MessageContext], Any], *,
-            identifier: bool = False) -> Converter:
+            identifier: bool = False) -> FieldConverter:
     """A converter of one coded value, identifier or timestamp: not sent -> None,
     ``""`` -> ""; an identifier whose other parts were dropped is kept with a warning."""
 
-    def convert(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-        value, dropped = read_value(scope, path)
+    def convert(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+        value, dropped = read_value(seg, path)
         if value is None:
             return None
         if value == NULL:
@@ -91,37 +90,35 @@ def _scalar(fn: Callable[[str, Rule, MessageContext], Any], *,
     return convert
 
 
-def _name_field(scope: Scope, path: Path) -> Segment | str | None:
-    """The segment holding a name field; ``""`` for the explicit null, None when blank."""
-    seg = scope.first(path.segment)
-    if seg is None:
-        return None
+def _name_field(seg: Segment, path: Path) -> Segment | str | None:
+    """The segment when its name field has a name; ``""`` for the explicit null, None
+    when blank."""
     raw = seg.raw_field(path.field)
     if raw == NULL:
         return ""
     return None if is_blank(seg, raw) else seg
 
 
-def _person_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-    seg = _name_field(scope, path)
-    if not isinstance(seg, Segment):
-        return seg
+def _person_name(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+    named = _name_field(seg, path)
+    if not isinstance(named, Segment):
+        return named
     structured = [seg.parts(path.field, i) for i, r in enumerate(seg.repetitions(path.field))
                   if not is_blank(seg, r)]
     return conv.person_name(structured, v25=base.v25, keyword=rule.attribute) or None
 
 
-def _xcn_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-    seg = _name_field(scope, path)
-    if not isinstance(seg, Segment):
-        return seg
+def _xcn_name(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+    named = _name_field(seg, path)
+    if not isinstance(named, Segment):
+        return named
     return conv.xcn_name(seg.parts(path.field), keyword=rule.attribute) or None
 
 
-def _cn_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-    seg = _name_field(scope, path)
-    if not isinstance(seg, Segment):
-        return seg
+def _cn_name(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+    named = _name_field(seg, path)
+    if not isinstance(named, Segment):
+        return named
     parts = seg.parts(path.field)
     index = (path.component or 1) - 1
     if index >= len(parts):
@@ -129,9 +126,8 @@ def _cn_name(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
     return conv.cn_subcomponents(parts[index], keyword=rule.attribute) or None
 
 
-def _code(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-    seg = scope.first(path.segment)
-    if seg is None or is_blank(seg, seg.raw_field(path.field)):
+def _code(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+    if is_blank(seg, seg.raw_field(path.field)):
         return None
     comps = seg.parts(path.field)
     # Which components hold value, scheme and meaning: CE 1/3/2, or the alternate
@@ -152,9 +148,8 @@ def _coded_text_value(parts: list[list[str]]) -> str:
     return text or (conv.first_part(parts[0]) if parts else "")
 
 
-def _coded_text(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-    seg = scope.first(path.segment)
-    if seg is None or is_blank(seg, seg.raw_field(path.field)):
+def _coded_text(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
+    if is_blank(seg, seg.raw_field(path.field)):
         return None
     if seg.raw_field(path.field) == NULL:
         return ""
@@ -193,20 +188,16 @@ def _allergies(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> An
     return values or None
 
 
-def _pregnancy(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
-    seg = scope.first(path.segment)
-    if seg is None:
-        return None
+def _pregnancy(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
     codes = {first_value(seg, path.field, 1, i).upper()
              for i in range(len(seg.repetitions(path.field)))}
     return 3 if "B6" in codes else None
 
 
-def _location(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
+def _location(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
     """PL: point of care ^ room ^ bed, each its first sub-component (PL.1 may be HD
     from v2.7)."""
-    seg = scope.first(path.segment)
-    if seg is None or is_blank(seg, seg.raw_field(path.field)):
+    if is_blank(seg, seg.raw_field(path.field)):
         return None
     if seg.raw_field(path.field) == NULL:
         return ""
@@ -218,11 +209,8 @@ def _location(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any
                      on_overflow=rule.overflow)
 
 
-def _issuer_sequence(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
+def _issuer_sequence(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
     """An HD in sub-components (CX.4): namespace & universal id & universal id type."""
-    seg = scope.first(path.segment)
-    if seg is None:
-        return None
     parts = seg.parts(path.field)
     index = (path.component or 1) - 1
     subs = [*(parts[index] if index < len(parts) else []), "", "", ""]
@@ -232,11 +220,8 @@ def _issuer_sequence(scope: Scope, path: Path, rule: Rule, base: MessageContext)
     return [hd_item(subs[0], subs[1], subs[2])]
 
 
-def _hd_issuer_sequence(scope: Scope, path: Path, rule: Rule, base: MessageContext) -> Any:
+def _hd_issuer_sequence(seg: Segment, path: Path, rule: Rule, base: MessageContext) -> Any:
     """EI.2-4 (namespace ^ universal id ^ type) as an issuer sequence item."""
-    seg = scope.first(path.segment)
-    if seg is None:
-        return None
     padded = [*seg.parts(path.field), [""], [""], [""], [""]]
     hd = [conv.first_part(c) for c in padded[1:4]]
     if not any(hd):
@@ -254,13 +239,12 @@ def hd_item(namespace: str, universal: str, universal_type: str) -> Attributes:
     return item
 
 
-CONVERTERS: dict[str, Converter] = {
+FIELD_CONVERTERS: dict[str, FieldConverter] = {
     "text": _text_scalar(lambda v, r, m: conv.text(
         v, max_length=_limit(r, 64), keyword=r.attribute, on_overflow=r.overflow)),
     "long_text": _text_scalar(lambda v, r, m: conv.long_text(
         v, max_length=_limit(r, 10240), keyword=r.attribute,
         on_overflow=r.overflow)),
-    "formatted_text": _formatted_text,
     "identifier": _scalar(lambda v, r, m: conv.identifier(
         v, max_length=_limit(r, 16), keyword=r.attribute, on_overflow=r.overflow),
         identifier=True),
@@ -278,12 +262,16 @@ CONVERTERS: dict[str, Converter] = {
     "sex": _scalar(lambda v, r, m: conv.sex(v, keyword=r.attribute)),
     "code": _code,
     "coded_text": _coded_text,
-    "quantity": _quantity,
-    "allergies": _allergies,
     "pregnancy": _pregnancy,
     "location": _location,
     "issuer_sequence": _issuer_sequence,
     "hd_issuer_sequence": _hd_issuer_sequence,
+}
+
+SCOPE_CONVERTERS: dict[str, ScopeConverter] = {
+    "formatted_text": _formatted_text,
+    "quantity": _quantity,
+    "allergies": _allergies,
 }
 
 
@@ -293,7 +281,7 @@ CONVERTERS: dict[str, Converter] = {
 class CompiledRule:
     """A profile rule for one message structure, ready to evaluate: its sources parsed
     into HL7 paths and its converter looked up once (``None`` for the scheduled start,
-    :func:`broker.mapping.start.scheduled_start`).
+    :func:`broker.mapping.start.scheduled_start`; ``scoped`` for a scope converter).
 
     ``unparsable`` is the first source that is not an HL7 path (``paths`` are those
     before it): it raises ValueError where it is reached, as when the sources were
@@ -301,27 +289,29 @@ class CompiledRule:
     """
 
     rule: Rule
+    sources: tuple[str, ...]
     paths: tuple[Path, ...]
     unparsable: str | None
-    converter: Converter | None
+    converter: FieldConverter | ScopeConverter | None
+    scoped: bool
     droppable: bool
-    field_only: bool
 
     @classmethod
     def of(cls, rule: Rule, structure: str) -> CompiledRule:
+        sources = tuple(rule.sources_for(structure))
         paths: list[Path] = []
         unparsable = None
-        for source in rule.sources_for(structure):
+        for source in sources:
             try:
                 paths.append(Path.parse(source))
             except ValueError:
                 unparsable = source
                 break
-        start = rule.convert in ("start_date", "start_time")
-        return cls(rule, tuple(paths), unparsable,
-                   None if start else CONVERTERS[rule.convert],
-                   rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME),
-                   rule.convert not in BEYOND_THE_FIELD)
+        scoped = rule.convert in SCOPE_CONVERTERS
+        converter = (SCOPE_CONVERTERS[rule.convert] if scoped
+                     else FIELD_CONVERTERS.get(rule.convert))  # None: start_date/time
+        return cls(rule, sources, tuple(paths), unparsable, converter, scoped,
+                   rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME))
 
     def evaluate(self, scope: Scope, base: MessageContext) -> Any:
         """The value of the first source that has one (None: none has).
@@ -332,16 +322,24 @@ class CompiledRule:
         if converter is None:
             if self.unparsable is not None:
                 Path.parse(self.unparsable)  # raises: not an HL7 path
-            start = scheduled_start(scope, self.paths, base)
+            read = scope.starts.get(self.sources)
+            if read is None:
+                read = scope.starts[self.sources] = warnings.collect(
+                    scheduled_start, scope, self.paths, base)
+            start, found = read
+            for warning in found:
+                warn(warning.code, warning.text, warning.location)
             return None if start is None else start[0 if rule.convert == "start_date" else 1]
         for path in self.paths:
-            if self.field_only:
+            if self.scoped:
+                target: Scope | Segment = scope
+            else:
                 seg = scope.first(path.segment)
                 if seg is None or not seg.raw_field(path.field):
-                    continue
+                    continue  # not sent
+                target = seg
             try:
-                with warnings.collecting() as found:
-                    value = converter(scope, path, rule, base)
+                value, found = warnings.collect(converter, target, path, rule, base)
             except HL7Error as exc:
                 if exc.location is None:
                     exc.location = location_of(scope, path)

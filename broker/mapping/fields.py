@@ -38,11 +38,15 @@ from broker.mapping import conversions as conv
 @dataclass
 class Scope:
     """The segments a rule may read, nearest layer first (``nearest``: each segment
-    name's segments in the nearest layer that has it)."""
+    name's segments in the nearest layer that has it). ``starts`` keeps the scheduled
+    start read from each chain of sources (their texts), with its warnings: the start
+    date and start time rules read the same chain."""
 
     layers: list[dict[str, list[Segment]]]
     message: Message
     nearest: dict[str, list[Segment]] = field(init=False)
+    starts: dict[tuple[str, ...], tuple[tuple[str, str] | None, list[HL7Warning]]] = field(
+        init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.nearest = {name: segments for layer in reversed(self.layers)
@@ -108,14 +112,14 @@ def first_value(seg: Segment | None, number: int, component: int = 1, repetition
     return conv.first_part(parts[component - 1]) if component <= len(parts) else ""
 
 
-def read_value(scope: Scope, path: Path) -> tuple[str | None, bool]:
-    """A coded value, identifier or timestamp at ``path``: ``(value, dropped)``.
+def read_value(seg: Segment | None, path: Path) -> tuple[str | None, bool]:
+    """A coded value, identifier or timestamp at ``path`` of ``seg`` (the segment the
+    path names; None when the scope has none): ``(value, dropped)``.
 
     The value is None when not sent, ``""`` (the explicit null) to clear, else the
     first component (when the path names none) and its first non-empty sub-component
     (when the path names none), trimmed. ``dropped`` says other non-empty parts were
     left out."""
-    seg = scope.first(path.segment)
     if seg is None:
         return None, False
     raw = seg.raw_field(path.field)
@@ -139,17 +143,14 @@ def read_value(scope: Scope, path: Path) -> tuple[str | None, bool]:
         dropped = len(filled) > 1
     if not chosen:
         return None, False
-    if not dropped and not path.component:
+    if not dropped and not path.component and len(parts) > 1:
         dropped = any(s.strip() for comp in parts[1:] for s in comp)
     return chosen, dropped
 
 
-def raw_text(scope: Scope, path: Path) -> str | None:
+def raw_text(seg: Segment, path: Path) -> str | None:
     """Free text at ``path`` (whole field, component or sub-component), delimiters
     inside it kept as the characters they are; None when blank."""
-    seg = scope.first(path.segment)
-    if seg is None:
-        return None
     raw = seg.raw_field(path.field)
     if raw == NULL and not path.component:
         return NULL

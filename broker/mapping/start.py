@@ -50,7 +50,7 @@ def scheduled_start(scope: Scope, paths: Sequence[Path],
     """
     chosen: tuple[str, Path] | None = None
     for i, path in enumerate(paths):
-        value, _ = read_value(scope, path)
+        value, _ = read_value(scope.first(path.segment), path)
         if not value or value == NULL:
             continue
         where = location_of(scope, path)
