@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -201,12 +202,18 @@ class BackgroundDispatcher:
     """Publishes from a thread of its own, for the serve process: a Redis round trip
     per task would otherwise hold up the MLLP event loop (most of its time when
     profiled). Inbound messages waiting together are published as one
-    :attr:`Job.PROCESS_INBOUND_BATCH` task (a publish costs 0.6-1 ms of CPU here, more than
-    storing the message); when the last publish carried several messages and was less
-    than LINGER ago, the publisher waits LINGER for more to gather, so a burst costs a
-    few publishes while a lone message, or a sender waiting for each ACK before the
-    next message, goes out at once. The work is committed before it is handed over, so
-    a task not yet published when the process dies is re-dispatched by the sweeper;
+    :attr:`Job.PROCESS_INBOUND_BATCH` task (a publish costs 0.6-1 ms of CPU here, more
+    than storing the message, and a worker pays for each task it takes). Before it
+    publishes, the publisher waits up to LINGER for more messages to gather:
+
+    * while a message it published is still being applied with its sender waiting for
+      the ACK (application mode, several connections), until that message is applied:
+      the next batch is ready when the worker is;
+    * after a publish that gathered several messages less than LINGER ago (a burst).
+
+    A lone message, or one connection waiting for each ACK before it sends the next
+    message, goes out at once. The work is committed before it is handed over, so a
+    task not yet published when the process dies is re-dispatched by the sweeper;
     ``close`` publishes what is still queued."""
 
     MAX_COALESCED = 500
@@ -221,23 +228,53 @@ class BackgroundDispatcher:
         self._queue: queue.Queue[tuple[Job, tuple[Any, ...], float] | None] = queue.Queue()
         self._last_publish = 0.0
         self._last_gathered = 0  # inbound messages in the last publish
+        self._lock = threading.Lock()
+        self._unpublished: set[int] = set()  # inbound messages queued here
+        self._waiting: Counter[int] = Counter()  # messages whose ACK waits, by id
+        self._applying: set[int] = set()  # of those, the ones published
+        self._applied = threading.Event()  # set when the last of those is applied
         self._thread = threading.Thread(target=self._run, name="mwl-publish", daemon=True)
         self._thread.start()
 
     def dispatch(self, message_pk: int) -> None:
+        with self._lock:
+            self._unpublished.add(message_pk)
         self.submit(Job.PROCESS_INBOUND, message_pk)
 
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         self._queue.put((job, args, countdown))
 
     def wait(self, message_pk: int, timeout: float) -> bool:
-        return self.inner.wait(message_pk, timeout)
+        with self._lock:
+            self._waiting[message_pk] += 1
+            if message_pk not in self._unpublished:
+                self._applying.add(message_pk)
+        try:
+            return self.inner.wait(message_pk, timeout)
+        finally:
+            with self._lock:
+                self._waiting[message_pk] -= 1
+                if not self._waiting[message_pk]:
+                    del self._waiting[message_pk]
+                    self._applying.discard(message_pk)
+                idle = not self._applying
+            if idle:
+                self._applied.set()
+
+    def _linger(self) -> None:
+        with self._lock:
+            applying = bool(self._applying)
+            if applying:
+                self._applied.clear()
+        if applying:
+            self._applied.wait(self.LINGER)
+        elif (self._last_gathered > 1
+              and time.monotonic() - self._last_publish < self.LINGER):
+            time.sleep(self.LINGER)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if (self._last_gathered > 1
-                    and time.monotonic() - self._last_publish < self.LINGER):
-                time.sleep(self.LINGER)
+            self._linger()
             items = take_batch(self._queue, item, self.MAX_COALESCED)
             inbound = [args[0] for job, args, countdown in items
                        if job is Job.PROCESS_INBOUND and not countdown]
@@ -247,6 +284,9 @@ class BackgroundDispatcher:
             for job, args, countdown in items:
                 self._publish(job, args, countdown)
             self._last_publish, self._last_gathered = time.monotonic(), len(inbound)
+            with self._lock:
+                self._unpublished.difference_update(inbound)
+                self._applying.update(pk for pk in inbound if pk in self._waiting)
 
     def _publish(self, job: Job, args: tuple[Any, ...], countdown: float) -> None:
         try:
