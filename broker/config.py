@@ -217,7 +217,9 @@ class Settings(BaseSettings):
     application_ack_timeout: float = Field(
         default=10.0,
         description="Application ACK mode: seconds to wait for processing before answering "
-        "AA on the durable store alone (the result then shows in the message store).",
+        "AA on the durable store alone (the result then shows in the message store). In "
+        "embedded mode only a message left to the processor waits (one applied in the "
+        "commit that stores it is answered with that commit).",
     )
     worklist_max_results: int = Field(
         default=5000, description="Cap on C-FIND pending responses per query (0 = no cap)."
