@@ -81,6 +81,7 @@ WORK_ITEMS = int(os.environ.get("BENCH_WORK_ITEMS", "100"))
 FAST_PATH = os.environ.get("BENCH_FAST_PATH", "true")
 RESULT_CAP = 10_000
 CLIENTS = 8
+WLMSCPFS_FULL = 10_000  # wlmscpfs past this many steps: one run, no concurrent loops
 
 
 def repeat(runs: int, measure: Callable[[int], float]) -> list[float]:
@@ -160,16 +161,19 @@ def _findscu_rows(size: int, servers: list[tuple[str, int, str]]) -> list[list[s
     rows = []
     for name, port, aet in servers:
         queries = cfind.queries(size, date.today(), RESULT_CAP if name == "mwl-broker" else 0)
-        # wlmscpfs reads every file per query (10 s at 100,000): one run past 10,000.
-        runs = RUNS if name == "mwl-broker" or size <= 10_000 else 1
+        # wlmscpfs reads every file per query (10 s at 100,000 steps): past 10,000, one
+        # run and no concurrent loops (eight such queries would take minutes).
+        full = name == "mwl-broker" or size <= WLMSCPFS_FULL
         cells = [str(size), name]
         for query in queries:
             cfind.findscu(port, aet, query, check=True)
-            cells.append(fmt([cfind.findscu(port, aet, query) for _ in range(runs)], " ms"))
-        rate = cfind.concurrent_rate(port, aet, queries[1], CLIENTS, CONCURRENT_SECONDS)
+            times = [cfind.findscu(port, aet, query) for _ in range(RUNS if full else 1)]
+            cells.append(fmt(times, " ms"))
         cells.insert(4, str(queries[1].expected))
         cells.insert(6, str(queries[2].expected))
-        rows.append([*cells, f"{rate:.1f}"])
+        rate = (f"{cfind.concurrent_rate(port, aet, queries[1], CLIENTS, CONCURRENT_SECONDS):.1f}"
+                if full else "-")
+        rows.append([*cells, rate])
     return rows
 
 
@@ -214,7 +218,8 @@ def cfind_part(workdir: Path, results: Results) -> None:
           findscu_rows)
     print(f"\n(c) on the broker is cut at MWLB_WORKLIST_MAX_RESULTS={RESULT_CAP} "
           "(final status 0xA700); wlmscpfs has no cap and returns every item. The broker "
-          f"database is SQLite (the embedded default); MWLB_DICOM_FAST_PATH={FAST_PATH}.")
+          f"database is SQLite (the embedded default); MWLB_DICOM_FAST_PATH={FAST_PATH}. "
+          f"wlmscpfs past {WLMSCPFS_FULL} steps: one run per query, no concurrent loops.")
     table(f"Modality Worklist C-FIND on open associations (mwl-broker; one association "
           f"per client kept open, {OPEN_QUERIES} queries per run for (a), "
           f"{max(OPEN_QUERIES // 10, 1)} for (b); time from the request's first byte to the "
