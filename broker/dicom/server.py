@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -62,7 +63,7 @@ from broker.dicom.storage import (
     write_file,
 )
 from broker.dicom.worklist import QueryCache, find_worklist
-from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult
+from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult, utcnow
 from broker.security.access import calling_entry, refusal_reason, uses_reserve
 from broker.security.tls import certificate_cn
 from broker.services.dimse_status import PROCESSING_FAILURE, MppsError
@@ -302,13 +303,14 @@ class DicomServer:
         responder.close()
         log.info("C-FIND from %s: %d item(s)", calling, len(returned))
         self._recorder.submit(self._record_query, event, identifier, final, returned,
-                              (time.perf_counter() - began) * 1000)
+                              (time.perf_counter() - began) * 1000, utcnow())
         yield final, None
 
     def _record_query(self, event: Any, identifier: Dataset, status: int, returned: list[int],
-                      duration_ms: float) -> None:
+                      duration_ms: float, answered_at: datetime) -> None:
         """Keep the C-FIND keys and what they returned (for the console's "why is it not
-        on the worklist?" and order timeline); off the response path, in its own thread."""
+        on the worklist?" and order timeline); off the response path, in its own thread,
+        with the time the query was answered (the thread may lag behind under load)."""
         try:
             keys = identifier.to_json_dict()
         except Exception:  # an identifier pydicom cannot write as JSON: keep what we can
@@ -316,7 +318,7 @@ class DicomServer:
         try:
             with unit_of_work(self.writer) as session:
                 query = WorklistQuery(
-                    calling_ae_title=str(event.assoc.requestor.ae_title)[:16],
+                    at=answered_at, calling_ae_title=str(event.assoc.requestor.ae_title)[:16],
                     peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"[:100],
                     identifier=keys, status=status, result_count=len(returned),
                     duration_ms=round(duration_ms, 2))
