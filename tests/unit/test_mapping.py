@@ -118,6 +118,26 @@ def test_09_omi_ipc_steps(profiles: ProfileSet) -> None:
     assert steps[0].attributes["ScheduledStationName"] == "CT01"
 
 
+def test_omi_steps_of_two_procedures_in_one_group(profiles: ProfileSet) -> None:
+    raw = set_field(sample("09"), "IPC", 1, "ACC0003^HOSP_RIS", occurrence=1)
+    raw = set_field(raw, "IPC", 2, "RP0003", occurrence=1)
+    raw = set_field(raw, "TQ1", 7, "20250310150000-0500")
+    msg, found = mapped(raw, profiles)
+    assert isinstance(msg, OrderMessage)
+    first, second = msg.procedures
+    assert (first.attributes["AccessionNumber"], second.attributes["AccessionNumber"]) == (
+        "ACC0002", "ACC0003")
+    assert second.attributes["IssuerOfAccessionNumberSequence"] == [
+        {"LocalNamespaceEntityID": "HOSP_RIS"}]
+    for key in ("RequestedProcedureCodeSequence", "RequestedProcedureComments",
+                "RequestedProcedurePriority", "ReasonForRequestedProcedureCodeSequence"):
+        assert first.attributes[key] == second.attributes[key], key
+    first.attributes["RequestedProcedureCodeSequence"][0]["CodeValue"] = "CHANGED"
+    assert second.attributes["RequestedProcedureCodeSequence"][0]["CodeValue"] == "CTAPC"
+    assert [s.start_datetime for s in steps(msg)] == ["20250310150000"] * 2
+    assert found == []
+
+
 def test_every_sample_order_gives_items_with_a_station(profiles: ProfileSet) -> None:
     for name in ("05", "06", "07", "08", "09"):
         items = render_items(order(sample(name), profiles))
