@@ -277,7 +277,7 @@ SCOPE_CONVERTERS: dict[str, ScopeConverter] = {
 
 # -- rules ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CompiledRule:
     """A profile rule for one message structure, ready to evaluate: its sources parsed
     into HL7 paths and its converter looked up once (``None`` for the scheduled start,
@@ -285,7 +285,8 @@ class CompiledRule:
 
     ``unparsable`` is the first source that is not an HL7 path (``paths`` are those
     before it): it raises ValueError where it is reached, as when the sources were
-    parsed for each message.
+    parsed for each message. ``reads`` names the segments the rule reads (None: a
+    scope converter, which may read others).
     """
 
     rule: Rule
@@ -295,6 +296,7 @@ class CompiledRule:
     converter: FieldConverter | ScopeConverter | None
     scoped: bool
     droppable: bool
+    reads: frozenset[str] | None
 
     @classmethod
     def of(cls, rule: Rule, structure: str) -> CompiledRule:
@@ -311,7 +313,8 @@ class CompiledRule:
         converter = (SCOPE_CONVERTERS[rule.convert] if scoped
                      else FIELD_CONVERTERS.get(rule.convert))  # None: start_date/time
         return cls(rule, sources, tuple(paths), unparsable, converter, scoped,
-                   rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME))
+                   rule.convert in DROPPABLE and rule.attribute not in (START_DATE, START_TIME),
+                   None if scoped else frozenset(p.segment for p in paths))
 
     def evaluate(self, scope: Scope, base: MessageContext) -> Any:
         """The value of the first source that has one (None: none has).
@@ -356,12 +359,32 @@ class CompiledRule:
         return None
 
 
-def map_level(rules: Sequence[CompiledRule], scope: Scope, base: MessageContext) -> Attributes:
+def map_level(rules: Sequence[CompiledRule], scope: Scope, base: MessageContext,
+              shared: dict[CompiledRule, Any] | None = None) -> Attributes:
     """The attributes of one level (patient, procedure or step) from its compiled
-    rules, in profile order."""
+    rules, in profile order.
+
+    ``shared`` keeps, across the steps of one order group, the values of the rules
+    that read none of a step's own segments (the scope's nearest layer, IPC): such a
+    rule reads the same fields for every step, so it gives the same value, warnings
+    and errors, and is evaluated for the first step only (its warnings are then in
+    the message's collection; each step gets its own copy of a sequence)."""
     out: Attributes = {}
+    own = scope.layers[0]
     for compiled in rules:
-        value = compiled.evaluate(scope, base)
+        if shared is None or compiled.reads is None or not compiled.reads.isdisjoint(own):
+            value = compiled.evaluate(scope, base)
+        elif compiled in shared:
+            value = _copy(shared[compiled])
+        else:
+            value = shared[compiled] = compiled.evaluate(scope, base)
         if value is not None:
             out[compiled.rule.attribute] = value
     return out
+
+
+def _copy(value: Any) -> Any:
+    """A value for another step: a sequence (of items) is copied, text is shared."""
+    if isinstance(value, list):
+        return [dict(item) if isinstance(item, dict) else item for item in value]
+    return value

@@ -5,7 +5,7 @@ chapter 2A data types).
 A rule's source path is looked up in the step's own segments first (IPC), then its
 order group (ORC, TQ1, OBR, NTE, OBX), then the message (MSH, PID, PV1, AL1, Z...).
 Converter errors are raised, and converter warnings recorded, with the location of the
-field they came from (:func:`location_of`, :func:`locating`).
+field they came from (:func:`location_of`, :func:`forward`, :func:`locating`).
 
 * Coded values, identifiers and timestamps (ID, IS, CWE/CE code, EI, HD, TS) whose
   rule names no component are read from their first component, and from a component

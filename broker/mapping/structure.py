@@ -29,7 +29,7 @@ from broker.domain.types import (
 from broker.hl7.errors import ErrorCode, ErrorLocation, HL7Error, field_error
 from broker.hl7.message import Message, Segment
 from broker.hl7.warnings import REQUIRED_FIELD, warn
-from broker.mapping.converters import map_level
+from broker.mapping.converters import CompiledRule, map_level
 from broker.mapping.fields import (
     MessageContext,
     Scope,
@@ -130,10 +130,11 @@ def map_group(msg: Message, plan: Plan, structure: str, base: MessageContext,
             raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "each ORC needs an OBR segment",
                            ErrorLocation("OBR", sequence=g))
         steps = [({}, obr.get(1) or str(g))]
+    shared: dict[CompiledRule, Any] | None = {} if len(steps) > 1 else None
     for step_layer, step_key in steps:
         scope = Scope([step_layer, group_layer, split.message_layer], msg)
-        proc = map_level(plan.rules(structure, "procedure"), scope, base)
-        attrs = map_level(plan.rules(structure, "step"), scope, base)
+        proc = map_level(plan.rules(structure, "procedure"), scope, base, shared)
+        attrs = map_level(plan.rules(structure, "step"), scope, base, shared)
         _apply_catalog(profile, proc, attrs)
         record = StepRecord(control, status, step_key, attrs)
         if control in CREATING or control == "XO":

@@ -330,6 +330,18 @@ def test_field_splits_are_cached() -> None:
     assert pid.get(3, 1, repetition=1) == "" and pid.components(3, 1) == []
 
 
+def test_field_parts_are_split_before_unescaping() -> None:
+    msg = parse(b"MSH|^~\\&|EHR|HOSP|MWL||20250310||ORM^O01|1|P|2.3.1\r"
+                b"PID|1||A\\T\\B&C^^D\\S\\E~F&G||Smith\r")
+    pid = msg.segment("PID")
+    assert pid is not None
+    assert pid.parts(3) == [["A&B", "C"], [""], ["D^E"]]
+    assert pid.parts(3, 1) == [["F", "G"]] and pid.parts(3, 2) == []
+    assert pid.parts(5) == [["Smith"]] and pid.parts(4) == [] and pid.parts(40) == []
+    assert pid.parts(3) is pid.parts(3)
+    assert msg.msh.parts(1) == [["|"]] and msg.msh.parts(2) == [["^~\\&"]]
+
+
 def test_many_repetitions_are_refused_quickly_naming_the_field() -> None:
     import time
 

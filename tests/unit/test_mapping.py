@@ -118,6 +118,26 @@ def test_09_omi_ipc_steps(profiles: ProfileSet) -> None:
     assert steps[0].attributes["ScheduledStationName"] == "CT01"
 
 
+def test_omi_steps_of_two_procedures_in_one_group(profiles: ProfileSet) -> None:
+    raw = set_field(sample("09"), "IPC", 1, "ACC0003^HOSP_RIS", occurrence=1)
+    raw = set_field(raw, "IPC", 2, "RP0003", occurrence=1)
+    raw = set_field(raw, "TQ1", 7, "20250310150000-0500")
+    msg, found = mapped(raw, profiles)
+    assert isinstance(msg, OrderMessage)
+    first, second = msg.procedures
+    assert (first.attributes["AccessionNumber"], second.attributes["AccessionNumber"]) == (
+        "ACC0002", "ACC0003")
+    assert second.attributes["IssuerOfAccessionNumberSequence"] == [
+        {"LocalNamespaceEntityID": "HOSP_RIS"}]
+    for key in ("RequestedProcedureCodeSequence", "RequestedProcedureComments",
+                "RequestedProcedurePriority", "ReasonForRequestedProcedureCodeSequence"):
+        assert first.attributes[key] == second.attributes[key], key
+    first.attributes["RequestedProcedureCodeSequence"][0]["CodeValue"] = "CHANGED"
+    assert second.attributes["RequestedProcedureCodeSequence"][0]["CodeValue"] == "CTAPC"
+    assert [s.start_datetime for s in steps(msg)] == ["20250310150000"] * 2
+    assert found == []
+
+
 def test_every_sample_order_gives_items_with_a_station(profiles: ProfileSet) -> None:
     for name in ("05", "06", "07", "08", "09"):
         items = render_items(order(sample(name), profiles))
@@ -493,3 +513,53 @@ def test_dry_run_without_received_at_uses_now(profiles: ProfileSet) -> None:
     start = steps(msg)[0].start_datetime
     assert before.strftime("%Y%m%d%H%M") <= start[:12] <= datetime.now(UTC).strftime(
         "%Y%m%d%H%M")
+
+
+# -- rules compiled once per loaded profile set -----------------------------------------
+
+START_TIME_RULE = """  - attribute: ScheduledProcedureStepStartTime
+    level: step
+    source:
+      ORM: [ORC-7.4, OBR-27.4, TQ1-7, OBR-36, OBR-6, ORC-15, OBR-7]"""
+
+
+def test_start_date_and_time_rules_with_their_own_sources(tmp_path: Path) -> None:
+    own = site_profile(tmp_path, START_TIME_RULE, START_TIME_RULE.replace(
+        "[ORC-7.4, OBR-27.4, TQ1-7, OBR-36, OBR-6, ORC-15, OBR-7]", "[OBR-36]"))
+    raw = set_field(sample("05"), "OBR", 36, "20250312071500")
+    first = steps(mapped(raw, own)[0])[0]
+    assert first.attributes["ScheduledProcedureStepStartDate"] == "20250310"  # ORC-7.4
+    assert first.attributes["ScheduledProcedureStepStartTime"] == "071500"  # OBR-36
+
+
+def test_a_start_read_for_both_start_rules_warns_once(profiles: ProfileSet) -> None:
+    raw = set_field(no_start(sample("05")), "OBR", 36, "20250311071500")
+    _msg, found = mapped(raw, profiles)
+    assert [str(w.location) for w in found if "taken from OBR-36" in w.text] == ["OBR^1^36"]
+
+
+def test_a_source_that_is_not_an_hl7_path_is_refused_when_a_message_needs_it(
+        tmp_path: Path) -> None:
+    odd = site_profile(tmp_path, "source: {ORM: OBR-24,", "source: {ORM: [OBR-24, OBR 24],")
+    assert steps(mapped(sample("05"), odd)[0])[0].attributes["Modality"] == "DX"
+    with pytest.raises(ValueError, match="not an HL7 path"):
+        mapped(set_all(sample("05"), "OBR", 24, ""), odd)
+
+
+def test_a_start_source_that_is_not_an_hl7_path_is_refused(tmp_path: Path) -> None:
+    odd = site_profile(tmp_path, START_TIME_RULE, START_TIME_RULE.replace("OBR-7]", "OBR7]"))
+    with pytest.raises(ValueError, match="not an HL7 path"):
+        mapped(sample("05"), odd)
+
+
+def test_profiles_loaded_again_map_with_their_new_rules(tmp_path: Path) -> None:
+    site = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, site)
+    before = load_profiles(site)
+    assert steps(mapped(sample("05"), before)[0])[0].attributes["Modality"] == "DX"
+    text = (site / "default.yaml").read_text()
+    (site / "default.yaml").write_text(text.replace("source: {ORM: OBR-24,", "source: "
+                                                    "{ORM: OBR-4.6,", 1))
+    after = load_profiles(site)
+    assert steps(mapped(sample("05"), after)[0])[0].attributes["Modality"] == "99HOSP"
+    assert steps(mapped(sample("05"), before)[0])[0].attributes["Modality"] == "DX"
