@@ -89,7 +89,7 @@ def test_test_only_settings_stay_out_of_the_readme() -> None:
 
 def test_the_hl7_versions_are_the_ones_read() -> None:
     text = README.read_text()
-    ranges = re.findall(rf"{re.escape(HL7_VERSIONS[0])}(?: to |-)(\d+(?:\.\d+)+)", text)
+    ranges = re.findall(rf"(?<![\d.]){re.escape(HL7_VERSIONS[0])}(?: to |-)(\d+(?:\.\d+)+)", text)
     assert ranges and set(ranges) == {HL7_VERSIONS[-1]}
     assert ", ".join(HL7_VERSIONS) in text
 
