@@ -41,11 +41,11 @@ from broker.web.display import instant
 PENDING_WARN_SECONDS = 60  # a message pending longer than this is worth a look
 
 
-def iso(value: datetime | None) -> str:
+def iso(value: datetime | None, timespec: str = "seconds") -> str:
     if value is None:
         return ""
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.isoformat(timespec="seconds")
+    return aware.isoformat(timespec=timespec)
 
 
 # -- dashboard -------------------------------------------------------------------------
@@ -402,7 +402,8 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
     events: list[dict[str, Any]] = []
 
     def add(at: datetime | None, kind: str, text_: str, ref: str = "") -> None:
-        events.append({"at": iso(at), "kind": kind, "text": text_, "ref": ref})
+        events.append({"at": iso(at), "when": iso(at, "microseconds"), "kind": kind,
+                       "text": text_, "ref": ref})
 
     for msg in session.scalars(select(InboundMessage).where(
             InboundMessage.accession_number == accession)):
@@ -413,7 +414,8 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
         step = steps[change.sps_pk]
         add(change.at, "step", f"{step.sps_id}: {change.old_status or 'new'} -> "
             f"{change.new_status} ({change.cause})")
-    hits = [(iso(at), ae, steps[sps_pk].sps_id) for at, ae, sps_pk in session.execute(
+    hits = [(iso(at, "microseconds"), ae, steps[sps_pk].sps_id)
+            for at, ae, sps_pk in session.execute(
         select(WorklistQuery.at, WorklistQuery.calling_ae_title, WorklistQueryResult.sps_pk)
         .join(WorklistQueryResult, WorklistQueryResult.query_pk == WorklistQuery.id)
         .where(WorklistQueryResult.sps_pk.in_(list(steps))))]
@@ -437,8 +439,13 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
         add(out.created_at, "HL7 out", f"ORC-5 {out.trigger} to {out.destination} MSH-10 "
             f"{out.control_id}: {out.status}, ACK {out.ack_code or '-'}, "
             f"{out.attempts} attempt(s)", f"outbound:{out.id}")
-    events.sort(key=lambda e: e["at"])
+    events.sort(key=lambda e: e["when"])
     events = with_cfind_hits(events, hits)
+    for event in events:  # ordered to the microsecond; shown to the second
+        when = event.pop("when")
+        event["at"] = iso(datetime.fromisoformat(when)) if when else ""
+        if "last" in event:
+            event["last"] = iso(datetime.fromisoformat(event["last"]))
     first_rp = rps[0]
     patient = first_rp.order.patient
     return {"accession": accession,
@@ -455,20 +462,21 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
 
 def with_cfind_hits(events: list[dict[str, Any]],
                     hits: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
-    """``events`` (in time order) with the C-FIND hits ``(at, calling AE title, SPS ID)``
-    merged in, a run of hits of one step to one station as one event: where the first
-    hit falls, with ``count`` and the ``last`` hit's time ("SPS0003 returned 12 times to
-    CT01_AE"). Any other event in between ends the runs, so the order of what happened
-    stays readable."""
+    """``events`` (in time order) with the C-FIND hits ``(when, calling AE title, SPS
+    ID)`` merged in, a run of hits of one step to one station as one event: where the
+    first hit falls, with ``count`` and the ``last`` hit's time ("SPS0003 returned 12
+    times to CT01_AE"). Any other event in between ends the runs, so the order of what
+    happened stays readable. Events and hits are placed by ``when``, ISO 8601 to the
+    microsecond: things of one second keep their order."""
     merged: list[dict[str, Any]] = []
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     queue = deque(sorted(hits))
     for event in [*events, None]:
-        while queue and (event is None or queue[0][0] <= event["at"]):
+        while queue and (event is None or queue[0][0] <= event["when"]):
             at, ae, sps_id = queue.popleft()
             run = runs.get((ae, sps_id))
             if run is None:
-                run = runs[(ae, sps_id)] = {"at": at, "kind": "C-FIND", "ref": "",
+                run = runs[(ae, sps_id)] = {"when": at, "kind": "C-FIND", "ref": "",
                                             "station": ae, "step": sps_id, "count": 0}
                 merged.append(run)
             run["count"] += 1

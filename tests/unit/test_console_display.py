@@ -97,3 +97,19 @@ def test_traffic_chart_scales_to_a_round_top_and_labels_local_clock_times() -> N
                                             (50, 50), (51, 100)])
 def test_chart_top(value: int, top: int) -> None:
     assert chart.ceiling(value) == top
+
+
+def test_timeline_keeps_the_order_of_one_second() -> None:
+    """An order received at .100 s, queried at .400 s and .700 s, and started (MPPS) at
+    .900 s of the same second: the hits come after the order and before the MPPS, as
+    one run."""
+    from broker.web.queries import with_cfind_hits
+
+    def event(when: str, kind: str) -> dict[str, str]:
+        return {"when": f"2026-12-02T09:01:05.{when}+00:00", "kind": kind}
+
+    hits = [(f"2026-12-02T09:01:05.{ms}+00:00", "CT01_AE", "SPS0003")
+            for ms in ("400000", "700000")]
+    merged = with_cfind_hits([event("100000", "HL7 in"), event("900000", "MPPS")], hits)
+    assert [e["kind"] for e in merged] == ["HL7 in", "C-FIND", "MPPS"]
+    assert merged[1]["count"] == 2
