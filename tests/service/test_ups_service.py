@@ -352,3 +352,18 @@ def test_workitem_rows_keep_the_transaction_uid_private(services: Services) -> N
         assert row.transaction_uid == tuid
     found = search(services, TransactionUID="")
     assert all("TransactionUID" not in i for i in found.items)
+
+
+def test_a_new_station_is_an_assigned_event(services: Services) -> None:
+    uid = create(services)
+    run(services, lambda s: ups.subscribe(s, "WATCH", uid, deletion_lock=False))
+    change = Dataset()
+    change.ScheduledStationNameCodeSequence = code("AI_NODE9")
+    run(services, lambda s: ups.update(s, uid, "", change, by="RIS"))
+    rows = run(services, lambda s: ups.events_after(s, 0, "WATCH"))
+    assert [r.event_type_id for r in rows] == [1, 5]
+    assert rows[-1].payload.ScheduledStationNameCodeSequence[0].CodeValue == "AI_NODE9"
+    node9 = Dataset()
+    node9.CodeValue = "AI_NODE9"
+    found = search(services, ScheduledStationNameCodeSequence=[node9])
+    assert [i.SOPInstanceUID for i in found.items] == [uid]

@@ -69,6 +69,21 @@ def progress_report(progress: Dataset) -> dict[str, Any]:
     return ds.to_json_dict()
 
 
+ASSIGNED_KEYWORDS = ("ScheduledStationNameCodeSequence", "ScheduledStationClassCodeSequence",
+                     "ScheduledStationGeographicLocationCodeSequence",
+                     "ScheduledHumanPerformersSequence")
+
+
+def assigned(scheduled: Dataset) -> dict[str, Any]:
+    """Event Information of a UPS Assigned (Event Type ID 5): where (and by whom) the
+    workitem is now to be performed."""
+    ds = Dataset()
+    for keyword in ASSIGNED_KEYWORDS:
+        if keyword in scheduled:
+            ds[keyword] = scheduled[keyword]
+    return ds.to_json_dict()
+
+
 def row(workitem_uid: str, event: UPSEventType, payload: dict[str, Any], *, cause: str,
         recipient: str | None = None) -> dict[str, Any]:
     """An ``ups_event`` row to insert."""

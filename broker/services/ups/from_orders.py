@@ -8,7 +8,8 @@ in the state its step status leads to (:func:`broker.domain.ups.state_for_step`)
 its priority from the order (:func:`broker.domain.ups.priority_for`). A step whose
 status the message changes moves its workitem (a cancelled order cancels its
 SCHEDULED workitems: :func:`broker.domain.ups.follows_step`), and a step the message
-updates (XO) updates the scheduled attributes of its workitem while SCHEDULED.
+updates (XO) updates the scheduled attributes of its workitem while SCHEDULED (a new
+station is a UPS Assigned event, PS3.4 CC.2.4.2).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from broker.models import UPSWorkitem
 from broker.services.order_state import OrderState, Procedure, Step
 from broker.services.rows import table
 from broker.services.ups import events
-from broker.services.ups.datasets import scheduled_columns, step_scheduled
+from broker.services.ups.datasets import scheduled_columns, step_scheduled, to_dataset
 
 WORKITEMS = table(UPSWorkitem)
 _MOVING = (update(WORKITEMS).where(WORKITEMS.c.id == bindparam("pk_"))
@@ -117,16 +118,21 @@ def _follow(connection: Connection, touched: dict[int, tuple[Procedure, Step]],
     """Move / update the existing workitems of the steps the message changed."""
     found = connection.execute(
         select(WORKITEMS.c.id, WORKITEMS.c.uid, WORKITEMS.c.sps_pk, WORKITEMS.c.state,
-               WORKITEMS.c.transaction_uid)
+               WORKITEMS.c.transaction_uid, WORKITEMS.c.station_name_code)
         .where(WORKITEMS.c.sps_pk.in_(list(touched))).with_for_update()).all()
     moves, outcome = [], []
-    for pk, uid, sps_pk, current, tuid in found:
+    for pk, uid, sps_pk, current, tuid, station in found:
         procedure, step = touched[sps_pk]
         now_state = UPSState(current)
         if now_state is UPSState.SCHEDULED and step.stored is not None and (
                 step.attributes != step.stored["attributes"]):
+            scheduled = _scheduled(procedure, step)
             connection.execute(update(WORKITEMS).where(WORKITEMS.c.id == pk).values(
-                **_scheduled(procedure, step), updated_at=now))
+                **scheduled, updated_at=now))
+            if scheduled["station_name_code"] != station:
+                event_rows.append(events.row(uid, UPSEventType.ASSIGNED, events.assigned(
+                    to_dataset(step_scheduled(step.attributes, procedure.attributes))),
+                    cause=cause))
         target = follows_step(now_state, step.status) if sps_pk in changed_status else None
         if target is None:
             continue

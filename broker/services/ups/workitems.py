@@ -155,7 +155,8 @@ def update(session: Session, uid: str, transaction_uid: str, changes: Dataset, *
     11.6). SCHEDULED: no Transaction UID needed; IN PROGRESS: the one it was claimed
     with (else 0xC301); COMPLETED / CANCELED: 0xC300. Attributes that may not be set
     (identity, state, Transaction UID) are left out with a warning. A change of the
-    Progress Information Sequence is a Progress Report event. Returns the warnings."""
+    Progress Information Sequence is a Progress Report event, one of the scheduled
+    station or performers an Assigned event (PS3.4 CC.2.4.2). Returns the warnings."""
     row = _row(session, uid)
     rules.check_update(UPSState(row.state), transaction_uid, row.transaction_uid)
     warnings = []
@@ -185,6 +186,9 @@ def update(session: Session, uid: str, transaction_uid: str, changes: Dataset, *
     if PROGRESS in kept:
         events.append(session, [events.row(uid, UPSEventType.PROGRESS_REPORT,
                                            events.progress_report(kept), cause=f"update by {by}")])
+    if any(k in kept for k in events.ASSIGNED_KEYWORDS):
+        events.append(session, [events.row(uid, UPSEventType.ASSIGNED, events.assigned(merged),
+                                           cause=f"update by {by}")])
     return warnings
 
 
