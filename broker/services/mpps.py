@@ -56,7 +56,7 @@ from broker.services.dimse_status import (
 from broker.services.outbox import lock_procedures, report_procedure
 from broker.services.reconciliation import Observation, check_demographics, open_item
 from broker.services.records import set_step_status
-from broker.services.ups.workitems import follow_steps
+from broker.services.ups.workitems import follow_steps, performed_from_mpps
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,8 @@ def move_steps(session: Session, row: PerformedProcedureStep, ds: Dataset
             moved[step.id] = new
     session.flush()
     # One state machine: the steps' UPS workitems follow (PS3.4 CC.1.1).
-    changed += follow_steps(session, moved, cause=f"MPPS {row.id} ({row.status})")
+    changed += follow_steps(session, moved, cause=f"MPPS {row.id} ({row.status})",
+                            performed=performed_from_mpps(ds))
     return changed, cancelled
 
 

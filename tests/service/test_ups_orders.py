@@ -17,9 +17,11 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.domain.ups import UPSState, missing_for_final_state
 from broker.mapping.profile import load_profiles
 from broker.models import UPSEvent, UPSWorkitem
 from broker.services import mpps, ups
+from broker.services.ups.datasets import keywords
 from broker.web.queries import timeline
 from tests.conftest import sample
 from tests.ehr import field
@@ -141,6 +143,14 @@ def test_mpps_moves_the_workitems(services: Services) -> None:
     services.use_cases.link_mpps(pk)
     assert {w.state for w in workitems(services).values()} == {"COMPLETED"}
     assert [m.trigger for m in services.outbox()] == ["IP", "CM"]  # once, by the MPPS
+    # What the MPPS reports is kept as the Performed Procedure item (PS3.3 C.30.3),
+    # complete as Table CC.2.5-3 asks of a COMPLETED workitem.
+    ds = services.use_cases.ups.retrieve(claimed)
+    item = ds.UnifiedProcedureStepPerformedProcedureSequence[0]
+    assert item.PerformedProcedureStepEndDateTime == "20250310094500"
+    assert item.PerformedStationNameCodeSequence[0].CodeValue == "CT01_AE"
+    assert len(item.OutputInformationSequence) == 1
+    assert missing_for_final_state(UPSState.COMPLETED, keywords(ds)) == []
 
 
 def _refusal(call: Callable[[], Any]) -> int:

@@ -312,11 +312,58 @@ def request_cancellation(session: Session, uid: str, *, by: str, reason: str = "
 
 # -- scheduled step -> workitem (MPPS, console) -----------------------------------------
 
-def follow_steps(session: Session, changes: dict[int, str], *, cause: str) -> list[str]:
+def performed_from_mpps(mpps: Dataset) -> Dataset:
+    """The Performed Procedure item (PS3.3 C.30.3) of what an MPPS reports (PS3.3
+    C.4.13-C.4.16): start and end, the station (its AE title as the code), the
+    performed protocol as the workitem code, and the series it produced as Output
+    Information (one item per series, with its instances)."""
+    item = Dataset()
+
+    def text(keyword: str) -> str:
+        return str(mpps.get(keyword, "") or "")
+
+    item.PerformedProcedureStepStartDateTime = (text("PerformedProcedureStepStartDate")
+                                                + text("PerformedProcedureStepStartTime"))
+    item.PerformedProcedureStepEndDateTime = (text("PerformedProcedureStepEndDate")
+                                              + text("PerformedProcedureStepEndTime"))
+    station = text("PerformedStationAETitle")
+    if station:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = station[:16], "99MWLB"
+        code.CodeMeaning = text("PerformedStationName") or station
+        item.PerformedStationNameCodeSequence = [code]
+    protocol = mpps.get("PerformedProtocolCodeSequence") or mpps.get(
+        "ProcedureCodeSequence") or []
+    if protocol:
+        item.PerformedWorkitemCodeSequence = [protocol[0]]
+    outputs = []
+    study = next((str(i.get("StudyInstanceUID", "")) for i in
+                  mpps.get("ScheduledStepAttributesSequence") or []), "")
+    for series in mpps.get("PerformedSeriesSequence") or []:
+        out = Dataset()
+        out.TypeOfInstances = "DICOM"
+        out.StudyInstanceUID = study
+        out.SeriesInstanceUID = series.get("SeriesInstanceUID", "")
+        refs = []
+        for image in series.get("ReferencedImageSequence") or []:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = image.get("ReferencedSOPClassUID", "")
+            ref.ReferencedSOPInstanceUID = image.get("ReferencedSOPInstanceUID", "")
+            refs.append(ref)
+        out.ReferencedSOPSequence = refs
+        outputs.append(out)
+    item.OutputInformationSequence = outputs
+    return item
+
+
+def follow_steps(session: Session, changes: dict[int, str], *, cause: str,
+                 performed: Dataset | None = None) -> list[str]:
     """Move the workitems of steps whose status changed (step id -> new status) to the
     state it leads to (:func:`broker.domain.ups.follows_step`): an MPPS IN PROGRESS
     puts the workitem IN PROGRESS (with a Transaction UID given to nobody), COMPLETED
-    completes it, DISCONTINUED cancels it. Returns what changed, for the log."""
+    completes it, DISCONTINUED cancels it. A workitem completed this way keeps
+    ``performed`` as its Performed Procedure item (:func:`performed_from_mpps`) unless
+    a performer stored one. Returns what changed, for the log."""
     if not changes:
         return []
     rows = session.scalars(select(UPSWorkitem).where(UPSWorkitem.sps_pk.in_(list(changes)))
@@ -329,6 +376,19 @@ def follow_steps(session: Session, changes: dict[int, str], *, cause: str) -> li
             continue
         if target is UPSState.IN_PROGRESS:
             row.transaction_uid = generate_uid()
+        if target is UPSState.COMPLETED and performed is not None:
+            own = stored(row)
+            if rules.PERFORMED_SEQUENCE not in own:
+                own[rules.PERFORMED_SEQUENCE] = _sequence_of(rules.PERFORMED_SEQUENCE,
+                                                             performed)
+                row.attributes = own.to_json_dict()
+                _fill_performed(row, dataset_of(session, row))
         move(session, row, target, cause=cause, follow_step=False)
         done.append(f"UPS {row.uid} {target.value}")
     return done
+
+
+def _sequence_of(keyword: str, item: Dataset) -> Any:
+    holder = Dataset()
+    setattr(holder, keyword, [item])
+    return holder[keyword]
