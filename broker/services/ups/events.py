@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from broker.domain.ups import UPSEventType, UPSState
 from broker.models import UPSEvent
-from broker.services.rows import table
+from broker.services.rows import inserting, table
 
 EVENTS = table(UPSEvent)
 CAUSE_LENGTH = 200
@@ -36,15 +36,18 @@ class UPSEventRow:
     payload: Dataset
 
 
+def _cs(value: str) -> dict[str, Any]:
+    return {"vr": "CS", "Value": [value]}
+
+
 def state_report(state: UPSState | str, input_readiness: str = "READY",
                  reason: str = "") -> dict[str, Any]:
-    """Event Information of a UPS State Report (Event Type ID 1)."""
-    ds = Dataset()
-    ds.ProcedureStepState = str(state)
-    ds.InputReadinessState = input_readiness or "READY"
+    """Event Information of a UPS State Report (Event Type ID 1), in the DICOM JSON
+    model (PS3.18 F.2) directly: the order apply path writes one per new workitem."""
+    payload = {"00404041": _cs(input_readiness or "READY"), "00741000": _cs(str(state))}
     if reason:
-        ds.ReasonForCancellation = reason[:64]
-    return ds.to_json_dict()
+        payload["00741238"] = {"vr": "LT", "Value": [reason[:400]]}
+    return payload
 
 
 def cancel_requested(requesting_ae: str, reason: str, contact: str,
@@ -53,7 +56,7 @@ def cancel_requested(requesting_ae: str, reason: str, contact: str,
     ds = Dataset()
     ds.RequestingAE = requesting_ae[:16]
     if reason:
-        ds.ReasonForCancellation = reason[:64]
+        ds.ReasonForCancellation = reason[:400]
     if contact:
         ds.ContactURI = contact
     if contact_name:
@@ -94,4 +97,4 @@ def row(workitem_uid: str, event: UPSEventType, payload: dict[str, Any], *, caus
 def append(target: Session | Connection, rows: list[dict[str, Any]]) -> None:
     """Insert event rows, in order, in the caller's transaction (one statement)."""
     if rows:
-        target.execute(insert(EVENTS), rows)
+        target.execute(inserting(EVENTS), rows)

@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from broker.domain.ups import (
     UPSEventType,
@@ -30,7 +30,7 @@ from broker.domain.ups import (
 )
 from broker.models import UPSWorkitem
 from broker.services.order_state import OrderState, Procedure, Step
-from broker.services.rows import table
+from broker.services.rows import inserting, table
 from broker.services.ups import events
 from broker.services.ups.datasets import scheduled_columns, step_scheduled, to_dataset
 
@@ -89,7 +89,7 @@ def workitems_for_steps(connection: Connection, state: OrderState,
         event_rows.append(events.row(row["uid"], UPSEventType.STATE_REPORT,
                                      events.state_report(initial), cause=cause))
     if new_rows:
-        connection.execute(insert(WORKITEMS), new_rows)
+        connection.execute(inserting(WORKITEMS), new_rows)
         outcome.append(f"{len(new_rows)} UPS workitem(s) created")
     if touched:
         outcome += _follow(connection, touched, changed_status, event_rows, now, cause)

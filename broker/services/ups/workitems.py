@@ -259,7 +259,7 @@ def _record_cancellation(row: UPSWorkitem, reason: str) -> None:
         item.ProcedureStepCancellationDateTime = datetime.now(UTC).strftime(
             "%Y%m%d%H%M%S.%f") + "+0000"
     if reason and not item.get("ReasonForCancellation"):
-        item.ReasonForCancellation = reason[:64]
+        item.ReasonForCancellation = reason[:400]
     row.attributes = own.to_json_dict()
 
 
