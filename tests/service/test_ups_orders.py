@@ -217,3 +217,19 @@ def test_the_timeline_shows_ups_events(services: Services) -> None:
     ups_lines = [e["text"] for e in shown["events"] if e["kind"] == "UPS"]
     assert any("SPS0001" in t and "IN PROGRESS" in t and "AI_APP" in t for t in ups_lines)
     assert sum("SCHEDULED" in t for t in ups_lines) == 2
+
+
+def test_a_waiting_order_workitem_is_updated_and_found_by_its_new_values(
+        services: Services) -> None:
+    services.process(sample("05"))
+    uid = workitems(services)["SPS0001"].uid
+    change = Dataset()
+    change.ScheduledProcedureStepStartDateTime = "20250311080000"
+    change.ProcedureStepLabel = "Chest PA, second read"
+    assert services.use_cases.ups.update(uid, "", change, by="RIS") == []
+    query = Dataset()
+    query.ScheduledProcedureStepStartDateTime = "20250311-20250311"
+    query.ProcedureStepLabel = "*second read"
+    found = services.use_cases.ups.search(query, limit=None).items
+    assert [i.SOPInstanceUID for i in found] == [uid]
+    assert str(found[0].PatientName) == "Doe^Jane^Marie"  # still the order's patient

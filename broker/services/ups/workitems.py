@@ -172,16 +172,15 @@ def update(session: Session, uid: str, transaction_uid: str, changes: Dataset, *
         row.priority = rules.parse_priority(str(kept.ScheduledProcedureStepPriority)).value
     merged = overlay(stored(row), kept)
     row.attributes = merged.to_json_dict()
-    changed = keywords(kept)
     if row.sps_pk is None:
         for name, value in pushed_columns(keywords(merged)).items():
             setattr(row, name, value)
-    else:
-        scheduled = {k: v for k, v in changed.items() if k in _SCHEDULED_KEYWORDS}
-        if scheduled:
-            current = keywords(dataset_of(session, row))
-            for name, value in scheduled_columns({**current, **scheduled}).items():
-                setattr(row, name, value)
+    elif any(elem.keyword in _SCHEDULED_KEYWORDS for elem in kept):
+        # An order-born workitem matches on its own scheduled columns; its patient and
+        # request stay those of the order.
+        current = pushed_columns(keywords(dataset_of(session, row)))
+        for name in (*scheduled_columns({}), *_SCHEDULED_COLUMNS):
+            setattr(row, name, current[name])
     row.updated_at = datetime.now(UTC)
     if PROGRESS in kept:
         events.append(session, [events.row(uid, UPSEventType.PROGRESS_REPORT,
@@ -195,7 +194,9 @@ def update(session: Session, uid: str, transaction_uid: str, changes: Dataset, *
 _SCHEDULED_KEYWORDS = frozenset({
     "ProcedureStepLabel", "WorklistLabel", "ScheduledStationNameCodeSequence",
     "ScheduledStationClassCodeSequence", "ScheduledStationGeographicLocationCodeSequence",
-    "ScheduledWorkitemCodeSequence"})
+    "ScheduledWorkitemCodeSequence", "ScheduledProcedureStepStartDateTime",
+    "ExpectedCompletionDateTime", "InputReadinessState"})
+_SCHEDULED_COLUMNS = ("start_datetime", "expected_completion", "input_readiness")
 
 
 # -- change state (N-ACTION 1) ----------------------------------------------------------
