@@ -233,3 +233,26 @@ def test_a_waiting_order_workitem_is_updated_and_found_by_its_new_values(
     found = services.use_cases.ups.search(query, limit=None).items
     assert [i.SOPInstanceUID for i in found] == [uid]
     assert str(found[0].PatientName) == "Doe^Jane^Marie"  # still the order's patient
+
+
+def test_search_spans_order_born_and_pushed_workitems(services: Services) -> None:
+    """Both origins in one start-ordered answer, each matched on its own columns; a key
+    a pushed workitem keeps no column for (Requested Procedure ID) never matches it."""
+    services.process(sample("05"))
+    pushed = Dataset()
+    pushed.PatientName, pushed.PatientID = "Doe^John", "999"
+    pushed.ProcedureStepLabel = "Lung nodule AI"
+    pushed.ScheduledProcedureStepStartDateTime = "20250310093200"
+    uid = services.use_cases.ups.create(pushed, by="RIS")
+    query = Dataset()
+    query.PatientName = "DOE^J*"
+    found = services.use_cases.ups.search(query, limit=None).items
+    assert [str(i.PatientName) for i in found] == ["Doe^Jane^Marie", "Doe^John",
+                                                   "Doe^Jane^Marie"]
+    assert found[1].SOPInstanceUID == uid
+    page = services.use_cases.ups.search(query, limit=1, offset=1)
+    assert [i.SOPInstanceUID for i in page.items] == [uid] and page.total_capped
+    request = Dataset()
+    request.RequestedProcedureID = "RP0001"
+    query.ReferencedRequestSequence = [request]
+    assert len(services.use_cases.ups.search(query, limit=None).items) == 2

@@ -210,32 +210,45 @@ def order_priority(procedure_priority: str) -> UPSPriority:
 def workitem_dataset(row: UPSWorkitem, step: ScheduledProcedureStep | None,
                      procedure: RequestedProcedure | None, order: ImagingOrder | None,
                      patient: Patient | None,
-                     inputs: list[dict[str, Any]] | None = None) -> Dataset:
-    """The workitem as Retrieve / N-GET / Search give it out."""
+                     inputs: list[dict[str, Any]] | None = None, *,
+                     wanted: set[str] | None = None) -> Dataset:
+    """The workitem as Retrieve / N-GET / Search give it out; with ``wanted``, only
+    those top-level keywords (a search's return keys: the rest is never built)."""
+    attrs: dict[str, Any] = {}
     if step is not None and procedure is not None and patient is not None:
-        base = _order_born(row, step, procedure, order, patient, inputs or [])
-        ds = overlay(base, stored(row))
-    else:
-        ds = stored(row)
+        attrs = _order_born(row, step, procedure, order, patient, inputs or [])
+    if wanted is not None:
+        attrs = {k: v for k, v in attrs.items() if k in wanted}
+    ds = to_dataset(attrs)
+    if step is not None and patient is not None and patient.specific_character_set:
+        ds.SpecificCharacterSet = patient.specific_character_set.split("\\")
+    if row.attributes:
+        own = stored(row)
+        if wanted is not None:
+            for elem in list(own):
+                if elem.keyword not in wanted and elem.keyword != "SpecificCharacterSet":
+                    del own[elem.tag]
+        overlay(ds, own)
     if TRANSACTION_UID in ds:
         del ds[TRANSACTION_UID]
-    ds.SOPClassUID = UPS_SOP_CLASS
-    ds.SOPInstanceUID = row.uid
-    ds.ProcedureStepState = row.state
-    ds.ScheduledProcedureStepPriority = row.priority
-    ds.ScheduledProcedureStepModificationDateTime = dicom_datetime(row.updated_at)
+    # The row is the truth for these.
+    truth = {"SOPClassUID": UPS_SOP_CLASS, "SOPInstanceUID": row.uid,
+             "ProcedureStepState": row.state, "ScheduledProcedureStepPriority": row.priority,
+             "ScheduledProcedureStepModificationDateTime": dicom_datetime(row.updated_at)}
     if "InputReadinessState" not in ds:
-        ds.InputReadinessState = row.input_readiness
+        truth["InputReadinessState"] = row.input_readiness
+    for keyword, value in truth.items():
+        if wanted is None or keyword in wanted:
+            setattr(ds, keyword, value)
     return ds
 
 
 def _order_born(row: UPSWorkitem, step: ScheduledProcedureStep, procedure: RequestedProcedure,
                 order: ImagingOrder | None, patient: Patient,
-                inputs: list[dict[str, Any]]) -> Dataset:
+                inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """An order-born workitem's attributes as a keyword dict, from its rows."""
     step_attrs, rp_attrs = step.attributes or {}, procedure.attributes or {}
-    attrs: dict[str, Any] = {
-        k: v for k, v in (patient.attributes or {}).items() if dictionary_VR(k) != "SQ"
-        or isinstance(v, list)}
+    attrs: dict[str, Any] = dict(patient.attributes or {})
     attrs.pop("SpecificCharacterSet", None)
     request = {k: rp_attrs[k] for k in REQUEST_KEYWORDS if k in rp_attrs}
     if order is not None:
@@ -254,12 +267,10 @@ def _order_born(row: UPSWorkitem, step: ScheduledProcedureStep, procedure: Reque
         ReferencedRequestSequence=[request],
         InputInformationSequence=inputs,
         ScheduledProcedureStepExpirationDateTime="",
-        CommentsOnTheScheduledProcedureStep=_text(step_attrs.get("CommentsOnTheScheduledProcedureStep")),
+        CommentsOnTheScheduledProcedureStep=_text(
+            step_attrs.get("CommentsOnTheScheduledProcedureStep")),
     )
     if step_attrs.get("ScheduledProcessingParametersSequence"):
         attrs["ScheduledProcessingParametersSequence"] = step_attrs[
             "ScheduledProcessingParametersSequence"]
-    ds = to_dataset(attrs)
-    if patient.specific_character_set:
-        ds.SpecificCharacterSet = patient.specific_character_set.split("\\")
-    return ds
+    return attrs

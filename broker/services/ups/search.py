@@ -4,8 +4,8 @@ PS3.4 C.2.2.2): the same key parsing, wild cards, ranges, UID lists and PN polic
 run on the workitem's columns.
 
 An order-born workitem matches on its patient's and requested procedure's rows (the
-truth for them), a pushed one on its own copies: each such key matches
-``COALESCE(row of the order, column of the workitem)``. Matching keys (Table CC.2.5-3,
+truth for them), a pushed one on its own copies: the two are queried apart, each with
+its own columns for these keys, and merged in start order. Matching keys (Table CC.2.5-3,
 "Matching Key Type" R): SOP Instance UID, Procedure Step State, Scheduled Procedure
 Step Priority, Procedure Step Label, Worklist Label, Input Readiness State, Scheduled
 Procedure Step Start DateTime, Expected Completion DateTime, Patient's Name / ID /
@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, false, select
 from sqlalchemy.orm import Session
 
 from broker.models import (
@@ -45,13 +45,10 @@ from broker.services.worklist_query import (
 )
 
 W, P, RP = UPSWorkitem, Patient, RequestedProcedure
+NO_COLUMN = None  # a key the pushed workitems keep no column for: they never match it
 
-
-def _either(order_column: Any, own_column: Any) -> Any:
-    return func.coalesce(order_column, own_column)
-
-
-TOP_LEVEL: dict[str, Any] = {
+# Keys matched on the workitem row, whichever its origin.
+OWN: dict[str, Any] = {
     "SOPInstanceUID": W.uid,
     "ProcedureStepState": W.state,
     "ScheduledProcedureStepPriority": W.priority,
@@ -60,29 +57,49 @@ TOP_LEVEL: dict[str, Any] = {
     "InputReadinessState": W.input_readiness,
     "ScheduledProcedureStepStartDateTime": W.start_datetime,
     "ExpectedCompletionDateTime": W.expected_completion,
-    "PatientID": _either(P.patient_id, W.patient_id),
-    "IssuerOfPatientID": _either(P.issuer, W.issuer),
-    "PatientBirthDate": _either(P.birth_date, W.birth_date),
-    "PatientSex": _either(P.sex, W.sex),
+}
+# Patient and request keys: on the order's rows for an order-born workitem ...
+ORDER_BORN: dict[str, Any] = {
+    **OWN,
+    "PatientID": P.patient_id,
+    "IssuerOfPatientID": P.issuer,
+    "PatientBirthDate": P.birth_date,
+    "PatientSex": P.sex,
     "AdmissionID": P.admission_id,
-    "StudyInstanceUID": _either(RP.study_instance_uid, W.study_instance_uid),
+    "StudyInstanceUID": RP.study_instance_uid,
 }
-TOP_LEVEL_PN: dict[str, tuple[Any, ...]] = {
-    "PatientName": (_either(P.name_key_alphabetic, W.name_key_alphabetic),
-                    _either(P.name_key_ideographic, W.name_key_ideographic),
-                    _either(P.name_key_phonetic, W.name_key_phonetic)),
+# ... on the workitem's own copies for a pushed one.
+PUSHED: dict[str, Any] = {
+    **OWN,
+    "PatientID": W.patient_id,
+    "IssuerOfPatientID": W.issuer,
+    "PatientBirthDate": W.birth_date,
+    "PatientSex": W.sex,
+    "AdmissionID": NO_COLUMN,
+    "StudyInstanceUID": W.study_instance_uid,
 }
-IN_ITEM: dict[str, dict[str, Any]] = {
+NAMES: dict[str, tuple[Any, ...]] = {
+    "order": (P.name_key_alphabetic, P.name_key_ideographic, P.name_key_phonetic),
+    "pushed": (W.name_key_alphabetic, W.name_key_ideographic, W.name_key_phonetic),
+}
+_CODES = {
     "ScheduledStationNameCodeSequence": {"CodeValue": W.station_name_code},
     "ScheduledStationClassCodeSequence": {"CodeValue": W.station_class_code},
     "ScheduledStationGeographicLocationCodeSequence": {"CodeValue": W.station_location_code},
     "ScheduledWorkitemCodeSequence": {"CodeValue": W.workitem_code_value,
                                       "CodingSchemeDesignator": W.workitem_code_scheme},
-    "ReferencedRequestSequence": {
-        "AccessionNumber": _either(RP.accession_number, W.accession_number),
-        "RequestedProcedureID": RP.requested_procedure_id,
-        "StudyInstanceUID": _either(RP.study_instance_uid, W.study_instance_uid)},
 }
+IN_ITEM: dict[str, dict[str, dict[str, Any]]] = {
+    "order": {**_CODES, "ReferencedRequestSequence": {
+        "AccessionNumber": RP.accession_number,
+        "RequestedProcedureID": RP.requested_procedure_id,
+        "StudyInstanceUID": RP.study_instance_uid}},
+    "pushed": {**_CODES, "ReferencedRequestSequence": {
+        "AccessionNumber": W.accession_number,
+        "RequestedProcedureID": NO_COLUMN,
+        "StudyInstanceUID": W.study_instance_uid}},
+}
+TOP_LEVEL = {"order": ORDER_BORN, "pushed": PUSHED}
 # Returned whatever the query asks (Table CC.2.5-3 Return Key Type 1, and the patient).
 REQUIRED_RETURN_KEYS = (
     "SOPClassUID", "SOPInstanceUID", "ScheduledProcedureStepPriority",
@@ -104,45 +121,75 @@ class SearchResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def conditions(query: Dataset) -> tuple[list[ColumnElement[bool]], list[str]]:
-    """The SQL conditions of a query dataset, and the keys given a value that are not
-    matched on."""
-    out: list[ColumnElement[bool]] = [or_(P.id.is_(None), P.merged_into_id.is_(None))]
-    ignored: list[str] = []
+Origin = str  # "order" (born from a scheduled step) or "pushed" (created by an SCU)
 
-    def add(condition: ColumnElement[bool] | None) -> None:
+
+def conditions(query: Dataset, origin: Origin
+               ) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]], list[str]]:
+    """The SQL conditions of a query dataset for the workitems of one origin: those on
+    the workitem row, those on the order's rows (order-born only), and the keys given
+    a value that are not matched on."""
+    own: list[ColumnElement[bool]] = []
+    joined: list[ColumnElement[bool]] = []
+    ignored: list[str] = []
+    columns, in_item = TOP_LEVEL[origin], IN_ITEM[origin]
+
+    def add(column: Any, value: Any, vr: str) -> None:
+        if column is NO_COLUMN:
+            if key_condition(W.uid, value, vr) is not None:
+                own.append(false())
+            return
+        condition = key_condition(column, value, vr)
         if condition is not None:
-            out.append(condition)
+            (own if column.class_ is W else joined).append(condition)
 
     for keyword in requested_keywords(query):
         if keyword in NEVER_MATCHED:
             continue
-        if keyword in TOP_LEVEL:
-            add(key_condition(TOP_LEVEL[keyword], element_value(query, keyword),
-                              dictionary_VR(keyword)))
-        elif keyword in TOP_LEVEL_PN:
-            add(pn_condition(TOP_LEVEL_PN[keyword], element_value(query, keyword)))
-        elif keyword in IN_ITEM:
-            items = query[keyword].value or []
-            for item in items[:1]:
+        if keyword in columns:
+            add(columns[keyword], element_value(query, keyword), dictionary_VR(keyword))
+        elif keyword == "PatientName":
+            condition = pn_condition(NAMES[origin], element_value(query, keyword))
+            if condition is not None:
+                (own if origin == "pushed" else joined).append(condition)
+        elif keyword in in_item:
+            for item in (query[keyword].value or [])[:1]:
                 for sub in requested_keywords(item):
-                    column = IN_ITEM[keyword].get(sub)
-                    if column is not None:
-                        add(key_condition(column, element_value(item, sub),
-                                          dictionary_VR(sub)))
+                    if sub in in_item[keyword]:
+                        add(in_item[keyword][sub], element_value(item, sub),
+                            dictionary_VR(sub))
                     elif has_value(item, sub):
                         ignored.append(f"{keyword}>{sub}")
         elif has_value(query, keyword):
             ignored.append(keyword)
-    return out, ignored
+    return own, joined, ignored
 
 
-def _select(columns: tuple[Any, ...]) -> Select[Any]:
-    return (select(*columns)
-            .outerjoin(ScheduledProcedureStep, W.sps_pk == ScheduledProcedureStep.id)
-            .outerjoin(RP, ScheduledProcedureStep.procedure_pk == RP.id)
-            .outerjoin(ImagingOrder, RP.order_pk == ImagingOrder.id)
-            .outerjoin(P, ImagingOrder.patient_pk == P.id))
+def _candidates(query: Dataset, origin: Origin, columns: tuple[Any, ...]) -> Select[Any]:
+    """The workitems of one origin matching ``query``, in start order. For order-born
+    ones the conditions on the patient and request go into ``sps_pk IN (steps of the
+    matching orders)``, not joins of the outer query: the planner can then start from
+    the patient's or request's index instead of walking every workitem in start order
+    (as the worklist query does for station AE titles). Workitems of a patient merged
+    away are not listed (as on the worklist)."""
+    own, joined, _ignored = conditions(query, origin)
+    if origin == "pushed":
+        statement = select(*columns).where(W.sps_pk.is_(None), *own)
+    elif joined:
+        steps = (select(ScheduledProcedureStep.id)
+                 .join(RP, ScheduledProcedureStep.procedure_pk == RP.id)
+                 .join(ImagingOrder, RP.order_pk == ImagingOrder.id)
+                 .join(P, ImagingOrder.patient_pk == P.id)
+                 .where(P.merged_into_id.is_(None), *joined))
+        statement = select(*columns).where(W.sps_pk.in_(steps), *own)
+    else:
+        statement = (select(*columns)
+                     .join(ScheduledProcedureStep, W.sps_pk == ScheduledProcedureStep.id)
+                     .join(RP, ScheduledProcedureStep.procedure_pk == RP.id)
+                     .join(ImagingOrder, RP.order_pk == ImagingOrder.id)
+                     .join(P, ImagingOrder.patient_pk == P.id)
+                     .where(P.merged_into_id.is_(None), *own))
+    return statement.order_by(W.start_datetime, W.id)
 
 
 def _returned(ds: Dataset, wanted: set[str]) -> Dataset:
@@ -161,23 +208,40 @@ def search(session: Session, query: Dataset, *, limit: int | None, offset: int =
     """The workitems matching ``query`` in start order, ``offset`` of them skipped,
     at most ``limit``; each with the keys the query asks for (an empty sequence key
     returns the whole sequence) and :data:`REQUIRED_RETURN_KEYS`. ``calling`` names
-    who asks (kept for the log's ids, never its keys)."""
-    where, ignored = conditions(query)
-    statement = (_select((W, ScheduledProcedureStep, RP, ImagingOrder, P)).where(*where)
-                 .order_by(W.start_datetime, W.id).offset(max(offset, 0)))
-    if limit is not None:
-        statement = statement.limit(limit + 1)
-    rows = session.execute(statement).all()
-    capped = limit is not None and len(rows) > limit
-    rows = rows[:limit] if limit is not None else rows
+    who asks (kept for the log's ids, never its keys).
+
+    Each origin is read in start order up to the page's end (its index walk stops
+    there) and the two are merged."""
+    ignored = conditions(query, "order")[2]
+    offset = max(offset, 0)
+    wanted_rows = None if limit is None else offset + limit + 1
+    found: list[tuple[str, int]] = []
+    for origin in ("order", "pushed"):
+        statement = _candidates(query, origin, (W.start_datetime, W.id))
+        if wanted_rows is not None:
+            statement = statement.limit(wanted_rows)
+        found += [(start, pk) for start, pk in session.execute(statement)]
+    found.sort()
+    page = found[offset:] if limit is None else found[offset:offset + limit]
+    capped = limit is not None and len(found) > offset + limit
+    ids = [pk for _start, pk in page]
+    loaded = {w.id: (w, s, rp, o, p) for w, s, rp, o, p in session.execute(
+        select(W, ScheduledProcedureStep, RP, ImagingOrder, P)
+        .outerjoin(ScheduledProcedureStep, W.sps_pk == ScheduledProcedureStep.id)
+        .outerjoin(RP, ScheduledProcedureStep.procedure_pk == RP.id)
+        .outerjoin(ImagingOrder, RP.order_pk == ImagingOrder.id)
+        .outerjoin(P, ImagingOrder.patient_pk == P.id)
+        .where(W.id.in_(ids)))} if ids else {}
+    rows = [loaded[pk] for pk in ids if pk in loaded]
     wanted = set(requested_keywords(query)) | set(REQUIRED_RETURN_KEYS)
     inputs: dict[str, list[dict[str, Any]]] = {}
     if "InputInformationSequence" in wanted:
         inputs = input_information(session, [rp.study_instance_uid for _w, _s, rp, _o, _p
                                              in rows if rp is not None])
     items = [_returned(workitem_dataset(w, s, rp, o, p,
-                                        inputs.get(rp.study_instance_uid, []) if rp else []),
-                       wanted) for w, s, rp, o, p in rows]
+                                        inputs.get(rp.study_instance_uid, []) if rp else [],
+                                        wanted=wanted), wanted)
+             for w, s, rp, o, p in rows]
     warnings = [f"{key} is not a matching key of this service: ignored" for key in ignored]
     return SearchResult(items, capped, warnings)
 
@@ -186,6 +250,8 @@ def matching_uids(session: Session, query: Dataset, uids: list[str]) -> set[str]
     """Which of ``uids`` match ``query`` (a filtered global subscription's filter)."""
     if not uids:
         return set()
-    where, _ignored = conditions(query)
-    return set(session.scalars(_select((W.uid,)).where(W.uid.in_(uids), *where)))
-
+    out: set[str] = set()
+    for origin in ("order", "pushed"):
+        statement = _candidates(query, origin, (W.uid,)).where(W.uid.in_(uids))
+        out |= set(session.scalars(statement))
+    return out
