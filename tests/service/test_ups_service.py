@@ -7,6 +7,7 @@ request (CC.2.1.3), subscriptions and the events each subscriber is due (CC.2.2-
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -367,3 +368,31 @@ def test_a_new_station_is_an_assigned_event(services: Services) -> None:
     node9.CodeValue = "AI_NODE9"
     found = search(services, ScheduledStationNameCodeSequence=[node9])
     assert [i.SOPInstanceUID for i in found.items] == [uid]
+
+
+def test_two_performers_claiming_at_once_one_wins(services: Services) -> None:
+    """Concurrent claims through the use case, each in its own transaction: the row
+    lock (PostgreSQL) or the write lock (SQLite) lets exactly one through; the other
+    is refused 0xC302 and the winner's Transaction UID is the one kept."""
+    uid = create(services)
+    barrier = threading.Barrier(4)
+    results: dict[str, object] = {}
+
+    def claim(name: str) -> None:
+        barrier.wait()
+        try:
+            results[name] = services.use_cases.ups.change_state(
+                uid, "IN PROGRESS", f"2.25.{abs(hash(name))}", by=name)
+        except UPSError as err:
+            results[name] = err.code
+
+    threads = [threading.Thread(target=claim, args=(f"AI_{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results.values(), key=str) == [0, 0xC302, 0xC302, 0xC302]
+    [winner] = [name for name, result in results.items() if result == 0]
+    with services.factory() as session:
+        row = session.scalars(select(UPSWorkitem).where(UPSWorkitem.uid == uid)).one()
+        assert row.transaction_uid == f"2.25.{abs(hash(winner))}"
