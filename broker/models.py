@@ -707,3 +707,16 @@ class UPSEvent(Base):
     recipient: Mapped[str | None] = mapped_column(String(16))
     cause: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UPSDelivery(Base):
+    """How far the events due to one subscriber AE have been delivered (N-EVENT-REPORT,
+    PS3.4 CC.2.4): the id of the last ``ups_event`` sent, so a restart resumes after it."""
+
+    __tablename__ = "ups_delivery"
+
+    ae_title: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

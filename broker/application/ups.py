@@ -69,10 +69,11 @@ class UPSUseCases:
     # -- reading -----------------------------------------------------------------------
 
     def search(self, query: Dataset, *, limit: int | None, offset: int = 0,
-               calling: str = "") -> SearchResult:
+               calling: str = "", include_all: bool = False) -> SearchResult:
         """Search Workitems / UPS C-FIND (:func:`broker.services.ups.search`)."""
         with self._factory() as session:
-            return ups.search(session, query, limit=limit, offset=offset, calling=calling)
+            return ups.search(session, query, limit=limit, offset=offset, calling=calling,
+                              include_all=include_all)
 
     def retrieve(self, uid: str) -> Dataset:
         """Retrieve Workitem / N-GET (:func:`broker.services.ups.retrieve`)."""
@@ -85,6 +86,21 @@ class UPSUseCases:
         (:func:`broker.services.ups.events_after`)."""
         with self._factory() as session:
             return ups.events_after(session, event_id, ae_title, limit)
+
+    def subscribers(self) -> list[str]:
+        """AE titles with a subscription (:func:`broker.services.ups.subscriber_ae_titles`)."""
+        with self._factory() as session:
+            return ups.subscriber_ae_titles(session)
+
+    def delivered_up_to(self, ae_title: str) -> int:
+        """The last event id delivered to ``ae_title`` (N-EVENT-REPORT resumes after it)."""
+        with self._factory() as session:
+            return ups.delivered_up_to(session, ae_title)
+
+    def record_delivery(self, ae_title: str, event_id: int) -> None:
+        """Remember the events up to ``event_id`` reached ``ae_title``."""
+        with unit_of_work(self._factory) as session:
+            ups.record_delivery(session, ae_title, event_id)
 
     # -- changing ----------------------------------------------------------------------
 

@@ -396,3 +396,28 @@ def test_two_performers_claiming_at_once_one_wins(services: Services) -> None:
     with services.factory() as session:
         row = session.scalars(select(UPSWorkitem).where(UPSWorkitem.uid == uid)).one()
         assert row.transaction_uid == f"2.25.{abs(hash(winner))}"
+
+
+def test_search_may_return_everything_held(services: Services) -> None:
+    uid = create(services)
+    [item] = run(services, lambda s: ups.search(s, Dataset(), limit=None,
+                                                include_all=True)).items
+    assert item.SOPInstanceUID == uid
+    assert item.ReferencedRequestSequence[0].AccessionNumber == "A100"
+    assert item.PatientSex == "F" and "TransactionUID" not in item
+
+
+def test_delivery_position_per_subscriber(services: Services) -> None:
+    uid = create(services)
+    use_cases = services.use_cases.ups
+    use_cases.subscribe("WATCH", uid, deletion_lock=False)
+    use_cases.subscribe("ALL", ups.GLOBAL_SUBSCRIPTION, deletion_lock=False)
+    assert use_cases.subscribers() == ["ALL", "WATCH"]
+    assert use_cases.delivered_up_to("WATCH") == 0
+    [first] = use_cases.events_after(use_cases.delivered_up_to("WATCH"), "WATCH")
+    use_cases.record_delivery("WATCH", first.id)
+    use_cases.record_delivery("WATCH", first.id - 1)  # never moves back
+    assert use_cases.delivered_up_to("WATCH") == first.id
+    use_cases.request_cancellation(uid, by="RIS")
+    due = use_cases.events_after(use_cases.delivered_up_to("WATCH"), "WATCH")
+    assert [r.event_type_id for r in due] == [2, 1, 1]

@@ -17,6 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('ups_delivery',
+    sa.Column('ae_title', sa.String(length=16), nullable=False),
+    sa.Column('last_event_id', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('ae_title')
+    )
     op.create_table('ups_event',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('workitem_uid', sa.String(length=64), nullable=False),
@@ -105,3 +111,4 @@ def downgrade() -> None:
         batch_op.drop_index('ix_ups_event_workitem')
 
     op.drop_table('ups_event')
+    op.drop_table('ups_delivery')

@@ -21,8 +21,11 @@ from broker.services.ups.steps import report
 from broker.services.ups.subscriptions import (
     FILTERED_GLOBAL_SUBSCRIPTION,
     GLOBAL_SUBSCRIPTION,
+    delivered_up_to,
     events_after,
+    record_delivery,
     subscribe,
+    subscriber_ae_titles,
     suspend_global,
     unsubscribe,
 )
@@ -37,7 +40,8 @@ from broker.services.ups.workitems import (
 
 __all__ = [
     "FILTERED_GLOBAL_SUBSCRIPTION", "GLOBAL_SUBSCRIPTION", "UPS_SOP_CLASS", "SearchResult",
-    "UPSError", "UPSEventRow", "change_state", "create", "events_after", "follow_steps",
-    "report", "request_cancellation", "retrieve", "search", "subscribe", "suspend_global",
-    "unsubscribe", "update", "workitems_for_steps",
+    "UPSError", "UPSEventRow", "change_state", "create", "delivered_up_to", "events_after",
+    "follow_steps", "record_delivery", "report", "request_cancellation", "retrieve", "search",
+    "subscribe", "subscriber_ae_titles", "suspend_global", "unsubscribe", "update",
+    "workitems_for_steps",
 ]

@@ -204,11 +204,12 @@ def _returned(ds: Dataset, wanted: set[str]) -> Dataset:
 
 
 def search(session: Session, query: Dataset, *, limit: int | None, offset: int = 0,
-           calling: str = "") -> SearchResult:
+           calling: str = "", include_all: bool = False) -> SearchResult:
     """The workitems matching ``query`` in start order, ``offset`` of them skipped,
     at most ``limit``; each with the keys the query asks for (an empty sequence key
-    returns the whole sequence) and :data:`REQUIRED_RETURN_KEYS`. ``calling`` names
-    who asks (kept for the log's ids, never its keys).
+    returns the whole sequence) and :data:`REQUIRED_RETURN_KEYS`, or with everything
+    held when ``include_all`` (UPS-RS ``includefield=all``, PS3.18 11.9.3). ``calling``
+    names who asks (kept for the log's ids, never its keys).
 
     Each origin is read in start order up to the page's end (its index walk stops
     there) and the two are merged."""
@@ -238,10 +239,16 @@ def search(session: Session, query: Dataset, *, limit: int | None, offset: int =
     if "InputInformationSequence" in wanted:
         inputs = input_information(session, [rp.study_instance_uid for _w, _s, rp, _o, _p
                                              in rows if rp is not None])
-    items = [_returned(workitem_dataset(w, s, rp, o, p,
-                                        inputs.get(rp.study_instance_uid, []) if rp else [],
-                                        wanted=wanted), wanted)
+    if include_all:
+        wanted.add("InputInformationSequence")
+        inputs = input_information(session, [rp.study_instance_uid for _w, _s, rp, _o, _p
+                                             in rows if rp is not None])
+    items = [workitem_dataset(w, s, rp, o, p,
+                              inputs.get(rp.study_instance_uid, []) if rp else [],
+                              wanted=None if include_all else wanted)
              for w, s, rp, o, p in rows]
+    if not include_all:
+        items = [_returned(ds, wanted) for ds in items]
     warnings = [f"{key} is not a matching key of this service: ignored" for key in ignored]
     return SearchResult(items, capped, warnings)
 

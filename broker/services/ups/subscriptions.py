@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from broker.domain import ups as rules
 from broker.domain.ups import UPSEventType, UPSState, refusal
-from broker.models import UPSEvent, UPSSubscription, UPSWorkitem
+from broker.models import UPSDelivery, UPSEvent, UPSSubscription, UPSWorkitem
 from broker.services.ups import events
 from broker.services.ups.events import UPSEventRow
 from broker.services.ups.search import matching_uids
@@ -183,3 +183,26 @@ def _filter(session: Session, ae: str, page: list[UPSEvent],
     return [r for r in page if r.recipient == ae or r.workitem_uid in specific
             or r.workitem_uid in matching]
 
+
+
+def subscriber_ae_titles(session: Session) -> list[str]:
+    """Every AE title with a subscription (global or to a workitem), for delivery."""
+    return list(session.scalars(select(UPSSubscription.ae_title).distinct()
+                                .order_by(UPSSubscription.ae_title)))
+
+
+def delivered_up_to(session: Session, ae_title: str) -> int:
+    """The id of the last event delivered to ``ae_title`` (0: none yet)."""
+    found = session.get(UPSDelivery, ae_title.strip())
+    return found.last_event_id if found is not None else 0
+
+
+def record_delivery(session: Session, ae_title: str, event_id: int) -> None:
+    """Remember that the events up to ``event_id`` reached ``ae_title`` (never moves
+    back)."""
+    ae = _ae(ae_title)
+    found = session.get(UPSDelivery, ae, with_for_update=True)
+    if found is None:
+        session.add(UPSDelivery(ae_title=ae, last_event_id=event_id))
+    elif event_id > found.last_event_id:
+        found.last_event_id = event_id
