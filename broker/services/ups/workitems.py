@@ -44,7 +44,7 @@ from broker.services.ups.datasets import (
 # What Update may not change (PS3.4 Table CC.2.5-3, N-SET usage "Not allowed"): the
 # identity, the state (Change State does that) and the Transaction UID.
 NOT_UPDATABLE = frozenset({"SOPClassUID", "SOPInstanceUID", "ProcedureStepState",
-                           TRANSACTION_UID, "SpecificCharacterSet"})
+                           TRANSACTION_UID})
 # Attributes whose change is a Progress Report event (PS3.4 CC.2.4.2).
 PROGRESS = "ProcedureStepProgressInformationSequence"
 
@@ -162,6 +162,8 @@ def update(session: Session, uid: str, transaction_uid: str, changes: Dataset, *
     warnings = []
     kept = Dataset()
     for elem in changes:
+        if elem.keyword == "SpecificCharacterSet":
+            continue  # values arrive decoded; what is kept is Unicode
         if elem.keyword in NOT_UPDATABLE:
             warnings.append(f"{elem.keyword} may not be updated: left as it is")
             continue
