@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from broker.domain.ups import UPSState, missing_for_final_state
 from broker.mapping.profile import load_profiles
 from broker.models import UPSEvent, UPSWorkitem
-from broker.services import mpps, ups
+from broker.services import mpps, studies, ups
 from broker.services.ups.datasets import keywords
 from broker.web.queries import timeline
 from tests.conftest import sample
@@ -31,6 +31,7 @@ from tests.service.messages import ACCESSION_05, STUDY_05, edited
 from tests.service.test_ups_service import performed
 
 T = TypeVar("T")
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def run(services: Services, body: Callable[[Session], T]) -> T:
@@ -256,3 +257,26 @@ def test_search_spans_order_born_and_pushed_workitems(services: Services) -> Non
     request.RequestedProcedureID = "RP0001"
     query.ReferencedRequestSequence = [request]
     assert len(services.use_cases.ups.search(query, limit=None).items) == 2
+
+
+def test_instances_held_for_the_study_are_the_input(services: Services) -> None:
+    """Input Information Sequence (0040,4021): the instances the broker stored for the
+    workitem's study, one item per series (PS3.3 C.30.2)."""
+    services.process(sample("05"))
+    series, instances = generate_uid(), [generate_uid(), generate_uid()]
+    for sop_instance in instances:
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY_05, series
+        ds.AccessionNumber, ds.Modality = ACCESSION_05, "DX"
+        services.task("store", lambda s, d=ds, u=sop_instance: studies.index_instance(
+            s.connection(), d, sop_class_uid=CT_IMAGE, sop_instance_uid=u,
+            calling_ae_title="DX01", transfer_syntax_uid="1.2.840.10008.1.2.1"))
+    uid = workitems(services)["SPS0001"].uid
+    [item] = services.use_cases.ups.retrieve(uid).InputInformationSequence
+    assert (item.StudyInstanceUID, item.SeriesInstanceUID, item.TypeOfInstances) == (
+        STUDY_05, series, "DICOM")
+    assert [r.ReferencedSOPInstanceUID for r in item.ReferencedSOPSequence] == instances
+    query = Dataset()
+    query.InputInformationSequence = []
+    [found, _other] = services.use_cases.ups.search(query, limit=None).items
+    assert len(found.InputInformationSequence[0].ReferencedSOPSequence) == 2
