@@ -87,6 +87,11 @@ class UPSUseCases:
         with self._factory() as session:
             return ups.events_after(session, event_id, ae_title, limit)
 
+    def latest_event_id(self) -> int:
+        """The newest event's id: where a new event channel starts."""
+        with self._factory() as session:
+            return ups.latest_event_id(session)
+
     def subscribers(self) -> list[str]:
         """AE titles with a subscription (:func:`broker.services.ups.subscriber_ae_titles`)."""
         with self._factory() as session:

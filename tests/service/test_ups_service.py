@@ -414,6 +414,7 @@ def test_delivery_position_per_subscriber(services: Services) -> None:
     use_cases.subscribe("ALL", ups.GLOBAL_SUBSCRIPTION, deletion_lock=False)
     assert use_cases.subscribers() == ["ALL", "WATCH"]
     assert use_cases.delivered_up_to("WATCH") == 0
+    assert use_cases.events_after(use_cases.latest_event_id(), "WATCH") == []
     [first] = use_cases.events_after(use_cases.delivered_up_to("WATCH"), "WATCH")
     use_cases.record_delivery("WATCH", first.id)
     use_cases.record_delivery("WATCH", first.id - 1)  # never moves back

@@ -23,6 +23,7 @@ from broker.services.ups.subscriptions import (
     GLOBAL_SUBSCRIPTION,
     delivered_up_to,
     events_after,
+    latest_event_id,
     record_delivery,
     subscribe,
     subscriber_ae_titles,
@@ -41,7 +42,7 @@ from broker.services.ups.workitems import (
 __all__ = [
     "FILTERED_GLOBAL_SUBSCRIPTION", "GLOBAL_SUBSCRIPTION", "UPS_SOP_CLASS", "SearchResult",
     "UPSError", "UPSEventRow", "change_state", "create", "delivered_up_to", "events_after",
-    "follow_steps", "record_delivery", "report", "request_cancellation", "retrieve", "search",
-    "subscribe", "subscriber_ae_titles", "suspend_global", "unsubscribe", "update",
-    "workitems_for_steps",
+    "follow_steps", "latest_event_id", "record_delivery", "report", "request_cancellation",
+    "retrieve", "search", "subscribe", "subscriber_ae_titles", "suspend_global",
+    "unsubscribe", "update", "workitems_for_steps",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from broker.domain import ups as rules
@@ -206,3 +206,9 @@ def record_delivery(session: Session, ae_title: str, event_id: int) -> None:
         session.add(UPSDelivery(ae_title=ae, last_event_id=event_id))
     elif event_id > found.last_event_id:
         found.last_event_id = event_id
+
+
+def latest_event_id(session: Session) -> int:
+    """The id of the newest event (0: none): where a deliverer that has sent nothing
+    yet starts, so a new channel does not replay history."""
+    return int(session.scalar(select(func.coalesce(func.max(UPSEvent.id), 0))) or 0)
