@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -44,17 +46,30 @@ REQUEST_KEYWORDS = (
 # -- keyword dicts <-> datasets ---------------------------------------------------------
 
 def to_dataset(attributes: Mapping[str, Any]) -> Dataset:
-    """A Dataset from a stored keyword dict (a sequence is a list of such dicts)."""
+    """A Dataset from a stored keyword dict (a sequence is a list of such dicts).
+
+    The values were checked when they were received and stored; they are not checked
+    again here (no value validation: a search builds a dataset per workitem)."""
     ds = Dataset()
     for keyword, value in attributes.items():
-        if value is None:
-            continue
-        if dictionary_VR(keyword) == "SQ":
-            items = value if isinstance(value, list) else []
-            setattr(ds, keyword, Sequence([to_dataset(i) for i in items if isinstance(i, dict)]))
-        else:
-            setattr(ds, keyword, None if value == "" else value)
+        if value is not None:
+            put(ds, keyword, value)
     return ds
+
+
+def put(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set ``keyword`` in ``ds`` to a stored value ("" or None: zero length; a list of
+    keyword dicts for a sequence), without value validation."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return
+    vr = dictionary_VR(tag)
+    if vr == "SQ":
+        items = value if isinstance(value, list) else []
+        value = Sequence([to_dataset(i) for i in items if isinstance(i, dict)])
+    elif value == "":
+        value = None
+    ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
 
 
 def keywords(ds: Dataset) -> dict[str, Any]:
@@ -239,7 +254,7 @@ def workitem_dataset(row: UPSWorkitem, step: ScheduledProcedureStep | None,
         truth["InputReadinessState"] = row.input_readiness
     for keyword, value in truth.items():
         if wanted is None or keyword in wanted:
-            setattr(ds, keyword, value)
+            put(ds, keyword, value)
     return ds
 
 

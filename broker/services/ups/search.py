@@ -33,7 +33,7 @@ from broker.models import (
     ScheduledProcedureStep,
     UPSWorkitem,
 )
-from broker.services.ups.datasets import workitem_dataset
+from broker.services.ups.datasets import TRANSACTION_UID, put, workitem_dataset
 from broker.services.ups.workitems import input_information
 from broker.services.worklist_query import (
     NEVER_MATCHED,
@@ -193,14 +193,12 @@ def _candidates(query: Dataset, origin: Origin, columns: tuple[Any, ...]) -> Sel
 
 
 def _returned(ds: Dataset, wanted: set[str]) -> Dataset:
-    out = Dataset()
-    for elem in ds:
-        if elem.keyword in wanted or elem.keyword == "SpecificCharacterSet":
-            out[elem.tag] = elem
+    """``ds`` (built with only the ``wanted`` keys) with every wanted key it lacks
+    present and empty (PS3.4 C.2.2.1.2: a requested key we hold nothing for)."""
     for keyword in wanted:
-        if keyword not in out and keyword not in ("", "TransactionUID"):
-            setattr(out, keyword, None)
-    return out
+        if keyword not in ds and keyword != TRANSACTION_UID:
+            put(ds, keyword, None if dictionary_VR(keyword) != "SQ" else [])
+    return ds
 
 
 def search(session: Session, query: Dataset, *, limit: int | None, offset: int = 0,
