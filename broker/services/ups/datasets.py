@@ -23,7 +23,6 @@ from pydicom.sequence import Sequence
 
 from broker.domain.matching import person_name_keys
 from broker.domain.types import station_ae_titles
-from broker.domain.ups import UPSPriority, priority_for
 from broker.models import (
     ImagingOrder,
     Patient,
@@ -214,10 +213,6 @@ def pushed_columns(attributes: Mapping[str, Any]) -> dict[str, str]:
         "study_instance_uid": (_text(attributes.get("StudyInstanceUID"))
                                or _text(request.get("StudyInstanceUID")))[:64],
     }
-
-
-def order_priority(procedure_priority: str) -> UPSPriority:
-    return priority_for(procedure_priority)
 
 
 # -- the dataset given out --------------------------------------------------------------

@@ -109,8 +109,8 @@ def create(session: Session, dataset: Dataset, *, uid: str | None, by: str) -> s
     returns its SOP Instance UID (``uid``, else the dataset's, else a new one).
 
     The Procedure Step State must be SCHEDULED or absent (0xC309); the Transaction UID
-    must not be sent (0x0106); a UID in use is 0x0111. The priority defaults to MEDIUM,
-    the Input Readiness State to READY. A State Report event records the creation.
+    absent or zero length (0x0106); a UID in use is 0x0111. The priority defaults to
+    MEDIUM, the Input Readiness State to READY. A State Report event records it.
     """
     ds = Dataset()
     ds.update(dataset)
@@ -124,7 +124,8 @@ def create(session: Session, dataset: Dataset, *, uid: str | None, by: str) -> s
         raise refusal(rules.NOT_SCHEDULED_ON_CREATE, f"it is {state}")
     if str(ds.get(TRANSACTION_UID, "") or ""):
         raise refusal(rules.INVALID_ATTRIBUTE_VALUE,
-                      "a new workitem carries no Transaction UID (PS3.4 CC.2.5.1.3)")
+                      "a new workitem carries a zero-length Transaction UID "
+                      "(PS3.4 Table CC.2.5-3)")
     if TRANSACTION_UID in ds:
         del ds[TRANSACTION_UID]
     priority = rules.parse_priority(str(ds.get("ScheduledProcedureStepPriority", "")
