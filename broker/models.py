@@ -613,3 +613,110 @@ class AuditEvent(Base):
     detail: Mapped[str] = mapped_column(String(400), default="")
     message: Mapped[str] = mapped_column(Text)
     exported: Mapped[bool] = mapped_column(default=False)
+
+
+class UPSWorkitem(Base):
+    """A Unified Procedure Step workitem (PS3.4 Annex CC; attributes of PS3.4 Table
+    CC.2.5-3). A workitem born from an order names its scheduled step (``sps_pk``): its
+    patient and request are read from the step's rows, so an ADT or order update shows;
+    a pushed one (N-CREATE / UPS-RS Create) holds everything in ``attributes`` and its
+    patient / request keys in the ``patient_*`` / ``accession_number`` columns.
+
+    ``attributes`` is the stored dataset as a keyword dict (what a performer sent: the
+    whole workitem for a pushed one, progress and performed-procedure updates for an
+    order-born one); the typed columns are the matching keys of a search. The
+    Transaction UID is kept here and never returned (PS3.4 CC.1.1)."""
+
+    __tablename__ = "ups_workitem"
+    __table_args__ = (
+        Index("ix_ups_state_start", "state", "start_datetime"),
+        Index("ix_ups_start", "start_datetime", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sps_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("scheduled_procedure_step.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
+    transaction_uid: Mapped[str] = mapped_column(String(64), default="")
+    cancel_requested_by: Mapped[str] = mapped_column(String(64), default="")
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_reason: Mapped[str] = mapped_column(String(400), default="")
+    priority: Mapped[str] = mapped_column(String(8), default="MEDIUM")
+    label: Mapped[str] = mapped_column(String(64), default="")
+    worklist_label: Mapped[str] = mapped_column(String(64), default="")
+    # YYYYMMDDHHMMSS[.ffffff] in the broker's zone, like the step's start_datetime.
+    start_datetime: Mapped[str] = mapped_column(String(26), default="")
+    expected_completion: Mapped[str] = mapped_column(String(26), default="")
+    input_readiness: Mapped[str] = mapped_column(String(16), default="READY")
+    station_name_code: Mapped[str] = mapped_column(String(16), default="", index=True)
+    station_class_code: Mapped[str] = mapped_column(String(16), default="")
+    station_location_code: Mapped[str] = mapped_column(String(16), default="")
+    workitem_code_value: Mapped[str] = mapped_column(String(16), default="")
+    workitem_code_scheme: Mapped[str] = mapped_column(String(16), default="")
+    # Pushed workitems only (order-born ones read the patient and request rows).
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    name_key_alphabetic: Mapped[str] = mapped_column(String(200), default="")
+    name_key_ideographic: Mapped[str] = mapped_column(String(200), default="")
+    name_key_phonetic: Mapped[str] = mapped_column(String(200), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class UPSSubscription(Base):
+    """A subscription of an AE to the events of one workitem, or to all of them (the
+    UPS Global Subscription SOP Instance, or its filtered form with ``filter`` a
+    keyword dict of matching keys), PS3.4 CC.2.2. ``suspended``: a global subscription
+    whose AE no longer gets new workitems (Suspend Global Subscription)."""
+
+    __tablename__ = "ups_subscription"
+    __table_args__ = (UniqueConstraint("ae_title", "workitem_uid", name="uq_ups_subscription"),
+                      Index("ix_ups_subscription_uid", "workitem_uid"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    workitem_uid: Mapped[str] = mapped_column(String(64))
+    deletion_lock: Mapped[bool] = mapped_column(Boolean, default=False)
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UPSEvent(Base):
+    """One UPS event (PS3.4 CC.2.4): what changed on a workitem, in order. The table is
+    the order timeline's source and the delivery queue (WebSocket, N-EVENT-REPORT):
+    deliverers read the rows after the last id they sent. ``recipient`` set: for that
+    AE only (the initial State Report of a new subscription)."""
+
+    __tablename__ = "ups_event"
+    __table_args__ = (Index("ix_ups_event_workitem", "workitem_uid", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workitem_uid: Mapped[str] = mapped_column(String(64))
+    event_type_id: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    recipient: Mapped[str | None] = mapped_column(String(16))
+    cause: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UPSDelivery(Base):
+    """How far the events due to one subscriber AE have been delivered (N-EVENT-REPORT,
+    PS3.4 CC.2.4): the id of the last ``ups_event`` sent, so a restart resumes after it."""
+
+    __tablename__ = "ups_delivery"
+
+    ae_title: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

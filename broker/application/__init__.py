@@ -11,10 +11,13 @@ is the dispatcher's business, chosen in :mod:`broker.bootstrap`.
 * :class:`UseCases`: apply and reprocess messages, resolve the reconciliation inbox,
   resend and deliver outbound messages, record MPPS / IAN / stored instances, link an
   MPPS, reconcile a study, forward instances, sweep; :meth:`UseCases.run` runs a
-  :class:`broker.jobs.Job`.
+  :class:`broker.jobs.Job`;
+* :class:`UPSUseCases` (``UseCases.ups``): the Unified Procedure Step operations of
+  the UPS-RS and UPS DIMSE adapters.
 """
 
 from broker.application.reception import Reception
+from broker.application.ups import UPSUseCases
 from broker.application.use_cases import DATABASE, ResolveError, UseCases
 
-__all__ = ["DATABASE", "Reception", "ResolveError", "UseCases"]
+__all__ = ["DATABASE", "Reception", "ResolveError", "UPSUseCases", "UseCases"]

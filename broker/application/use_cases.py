@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.application.reception import Reception
+from broker.application.ups import UPSUseCases
 from broker.audit import hooks as audit
 from broker.config import StorageMode
 from broker.db import unit_of_work, unsynced_transaction
@@ -69,6 +70,8 @@ class UseCases:
         }
         assert set(self._jobs) == set(Job), "every job has its use case"
         self.dispatcher: Dispatcher = make_dispatcher(self.run, DATABASE)
+        # Unified Procedure Step workitems (PS3.4 Annex CC), for the UPS adapters.
+        self.ups = UPSUseCases(runtime.session_factory, self.settings, self.start_delivery)
 
     # -- jobs ------------------------------------------------------------------------
 

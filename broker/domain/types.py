@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.domain.ups import EVERY_STEP, WorkitemSelection
+
 Attributes = dict[str, Any]
 
 
@@ -90,6 +92,8 @@ class OrderMessage:
     profile: str
     patient: PatientRecord
     procedures: list[ProcedureRecord] = field(default_factory=list)
+    # Which of its new steps are also UPS workitems (the profile's ``workitems`` key).
+    workitems: WorkitemSelection = EVERY_STEP
 
 
 @dataclass

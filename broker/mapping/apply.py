@@ -131,7 +131,8 @@ def map_message(msg: Message, profiles: ProfileSet, *, timezone: str,
     if not split.groups:
         raise HL7Error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "an order needs an ORC segment",
                        ErrorLocation("ORC"))
-    order = OrderMessage(profile=profile.name, patient=patient)
+    order = OrderMessage(profile=profile.name, patient=patient,
+                         workitems=profile.workitem_selection)
     for g, group in enumerate(split.groups, start=1):
         map_group(msg, plan, structure, base, split, group, g, order)
     return order

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydicom.datadict import tag_for_keyword
 
+from broker.domain.ups import EVERY_STEP, WorkitemSelection
 from broker.hl7 import charsets
 from broker.mapping import PACKAGED_PROFILES
 
@@ -143,6 +144,20 @@ class CatalogEntry(Strict):
     protocol: list[Code] = Field(default_factory=list)
 
 
+class Workitems(Strict):
+    """Which scheduled steps are also Unified Procedure Step workitems (PS3.4 Annex CC):
+    none when ``enabled`` is false; else a step whose modality is one of
+    ``modalities`` and one of whose Scheduled Protocol / Requested Procedure code
+    values is one of ``codes`` (an empty list does not restrict)."""
+
+    enabled: bool = True
+    modalities: list[str] = Field(default_factory=list)
+    codes: list[str] = Field(default_factory=list)
+
+    def selection(self) -> WorkitemSelection:
+        return WorkitemSelection(self.enabled, tuple(self.modalities), tuple(self.codes))
+
+
 class Sender(Strict):
     application: str = "*"
     facility: str = "*"
@@ -168,6 +183,8 @@ class Profile(Strict):
     stations: list[StationRule] = Field(default_factory=list)
     default_station: Station | None = None
     procedures: dict[str, CatalogEntry] = Field(default_factory=dict)
+    # Which steps are also UPS workitems; None inherits (default: every step).
+    workitems: Workitems | None = None
 
     @field_validator("charset_aliases")
     @classmethod
@@ -193,6 +210,10 @@ class Profile(Strict):
     @property
     def start_policy(self) -> MissingStart:
         return self.missing_start or "receipt"
+
+    @property
+    def workitem_selection(self) -> WorkitemSelection:
+        return self.workitems.selection() if self.workitems is not None else EVERY_STEP
 
     def rule_for(self, attribute: str) -> Rule | None:
         return next((r for r in self.rules if r.attribute == attribute), None)
@@ -237,6 +258,7 @@ def _resolve(profile: Profile, by_name: dict[str, Profile], seen: tuple[str, ...
         "procedures": {**parent.procedures, **profile.procedures},
         "timezone": profile.timezone or parent.timezone,
         "missing_start": profile.missing_start or parent.missing_start,
+        "workitems": profile.workitems or parent.workitems,
         "preferred_patient_authority": (profile.preferred_patient_authority
                                         or parent.preferred_patient_authority),
     })

@@ -56,6 +56,7 @@ from broker.services.dimse_status import (
 from broker.services.outbox import lock_procedures, report_procedure
 from broker.services.reconciliation import Observation, check_demographics, open_item
 from broker.services.records import set_step_status
+from broker.services.ups.workitems import follow_steps, performed_from_mpps
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,8 @@ def link(session: Session, settings: Settings, mpps_pk: int) -> str:
 def move_steps(session: Session, row: PerformedProcedureStep, ds: Dataset
                ) -> tuple[list[str], list[ScheduledProcedureStep]]:
     """Move ``row``'s linked steps to the status its state leads to
-    (:func:`broker.domain.mpps.step_status_for`).
+    (:func:`broker.domain.mpps.step_status_for`), and their UPS workitems with them
+    (:func:`broker.services.ups.workitems.follow_steps`).
 
     Takes the row locks of their requested procedures first and re-reads the steps, so
     a concurrent order change is seen, not overwritten. Each change is recorded in the
@@ -266,6 +268,7 @@ def move_steps(session: Session, row: PerformedProcedureStep, ds: Dataset
     lock_procedures(session, {step.procedure_pk for step in row.steps})
     wrong_entry = row.status == PPSStatus.DISCONTINUED.value and is_incorrect_worklist_entry(ds)
     changed, cancelled = [], []
+    moved: dict[int, str] = {}
     for step in row.steps:
         if step.status == SPSStatus.CANCELLED.value:
             cancelled.append(step)
@@ -274,7 +277,11 @@ def move_steps(session: Session, row: PerformedProcedureStep, ds: Dataset
         new = step_status_for(row.status, old, wrong_entry=wrong_entry)
         if set_step_status(step, SPSStatus(new), cause=f"MPPS {row.id} ({row.status})"):
             changed.append(f"SPS {step.sps_id} {old}->{new}")
+            moved[step.id] = new
     session.flush()
+    # One state machine: the steps' UPS workitems follow (PS3.4 CC.1.1).
+    changed += follow_steps(session, moved, cause=f"MPPS {row.id} ({row.status})",
+                            performed=performed_from_mpps(ds))
     return changed, cancelled
 
 

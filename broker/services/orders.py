@@ -45,6 +45,7 @@ from broker.services.order_state import (
 from broker.services.patients import create_patient, survivor
 from broker.services.records import merge_attributes
 from broker.services.rows import KeyPool
+from broker.services.ups.from_orders import workitems_for_steps
 
 GENERATED_ACCESSION_PREFIX = "MWB"
 
@@ -95,6 +96,7 @@ def apply_order(connection: Connection, message: OrderMessage,
         for step, decision, seq in decisions:
             order = _apply_step(unit, order, procedure, step, decision, seq)
     order_state.write(connection, state)
+    outcome += workitems_for_steps(connection, state, message.workitems, cause=unit.cause)
     return outcome
 
 

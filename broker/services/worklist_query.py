@@ -112,6 +112,8 @@ def _value_condition(column: Any, key: Key, vr: str) -> ColumnElement[bool]:
     if key.kind is Kind.RANGE:
         low = normalise_time(key.low) if vr == "TM" else key.low
         high = upper_time_bound(key.high) if vr == "TM" and key.high else key.high
+        if vr == "DT":
+            low, high = datetime_bound(low, upper=False), datetime_bound(high, upper=True)
         parts = [not_empty]
         if low:
             parts.append(column >= low)
@@ -119,6 +121,38 @@ def _value_condition(column: Any, key: Key, vr: str) -> ColumnElement[bool]:
             parts.append(column <= high)
         return and_(*parts)
     raise AssertionError(key.kind)
+
+
+def datetime_bound(value: str, *, upper: bool) -> str:
+    """A DT range bound against stored ``YYYYMMDDHHMMSS[.ffffff]`` local values (PS3.4
+    C.2.2.2.5): the UTC offset of the key is dropped (values are kept in the broker's
+    zone) and an upper bound covers every value within its stated precision
+    (``20261202`` -> up to ``20261202235959.999999``)."""
+    text = value.strip()
+    for sign in "+-":
+        if sign in text[4:]:
+            text = text[:4] + text[4:].split(sign)[0]
+    if not text or not upper:
+        return text
+    return text + DT_UPPER_TEMPLATE[len(text):] if len(text) < len(DT_UPPER_TEMPLATE) else text
+
+
+# Fills a DT upper bound to full precision; months and days past the real ones compare
+# as later than any stored value of that period, which is all a bound needs.
+DT_UPPER_TEMPLATE = "99991231235959.999999"
+
+
+def key_condition(column: Any, value: Any, vr: str) -> ColumnElement[bool] | None:
+    """The SQL condition of one matching key value on ``column`` (any SQL expression),
+    None when the key is universal (PS3.4 C.2.2.2)."""
+    key = parse_key(value, vr)
+    return None if key.universal else _value_condition(column, key, vr)
+
+
+def pn_condition(columns: tuple[Any, ...], value: Any) -> ColumnElement[bool] | None:
+    """The SQL condition of a PN key on a name's (alphabetic, ideographic, phonetic)
+    key columns, or on one column; None when universal (the module's PN policy)."""
+    return _pn_condition(columns, value)
 
 
 def _pn_condition(columns: tuple[Column, ...], value: Any) -> ColumnElement[bool] | None:
@@ -167,6 +201,12 @@ def _start_conditions(date_value: Any, time_value: Any) -> list[ColumnElement[bo
     return out
 
 
+def element_value(ds: Dataset, keyword: str) -> Any:
+    """A key's value as matching reads it: None (absent), a string, or a list of
+    strings (multi-valued)."""
+    return _elem_value(ds, keyword)
+
+
 def _elem_value(ds: Dataset, keyword: str) -> Any:
     elem = ds.get(keyword)
     if elem is None:
@@ -188,6 +228,12 @@ def _level_condition(ds: Dataset, keyword: str, columns: dict[str, Column],
     if keyword in pn_columns:
         return True, _pn_condition(pn_columns[keyword], value)
     return False, None
+
+
+def has_value(ds: Dataset, keyword: str) -> bool:
+    """Whether a key carries a value (a key we do not match on then makes the answer
+    0xFF01, K.2.2.1.1.2)."""
+    return _has_value(ds, keyword)
 
 
 def _has_value(ds: Dataset, keyword: str) -> bool:

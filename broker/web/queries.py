@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from broker.config import Settings
 from broker.domain.status import MessageStatus
+from broker.domain.ups import UPSEventType
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import (
@@ -30,6 +31,8 @@ from broker.models import (
     ScheduledProcedureStep,
     StepStatusChange,
     StoredInstance,
+    UPSEvent,
+    UPSWorkitem,
     WorklistQuery,
     WorklistQueryResult,
 )
@@ -439,6 +442,8 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
         add(out.created_at, "HL7 out", f"ORC-5 {out.trigger} to {out.destination} MSH-10 "
             f"{out.control_id}: {out.status}, ACK {out.ack_code or '-'}, "
             f"{out.attempts} attempt(s)", f"outbound:{out.id}")
+    for at, line, ref in ups_events(session, {pk: s.sps_id for pk, s in steps.items()}):
+        add(at, "UPS", line, ref)
     events.sort(key=lambda e: e["when"])
     events = with_cfind_hits(events, hits)
     for event in events:  # ordered to the microsecond; shown to the second
@@ -458,6 +463,36 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
                                        "modality": s.modality} for s in rp.steps]}
                            for rp in rps],
             "events": events}
+
+
+# Procedure Step State (0074,1000) in an event's Event Information (DICOM JSON).
+_STATE_TAG = "00741000"
+
+
+def ups_events(session: Session, sps_ids: dict[int, str]
+               ) -> list[tuple[datetime, str, str]]:
+    """The UPS events of the workitems of these steps (step id -> SPS ID), for the
+    timeline: (when, text, reference). An event addressed to one subscriber only (the
+    initial report of a subscription) is not a change and is left out."""
+    if not sps_ids:
+        return []
+    workitems: dict[str, int] = {
+        uid: sps_pk for uid, sps_pk in session.execute(select(
+            UPSWorkitem.uid, UPSWorkitem.sps_pk).where(UPSWorkitem.sps_pk.in_(list(sps_ids))))
+        if sps_pk is not None}
+    if not workitems:
+        return []
+    out = []
+    for event in session.scalars(select(UPSEvent).where(
+            UPSEvent.workitem_uid.in_(list(workitems)), UPSEvent.recipient.is_(None))
+            .order_by(UPSEvent.id)):
+        kind = UPSEventType(event.event_type_id).name.replace("_", " ").title()
+        state = ((event.payload or {}).get(_STATE_TAG) or {}).get("Value") or [""]
+        sps = sps_ids[workitems[event.workitem_uid]]
+        text_ = f"{sps} workitem: {kind} {state[0]}".rstrip()
+        out.append((event.created_at, f"{text_} ({event.cause})" if event.cause else text_,
+                    f"ups:{event.workitem_uid}"))
+    return out
 
 
 def with_cfind_hits(events: list[dict[str, Any]],
