@@ -57,7 +57,8 @@ def test_only_admins_list_users(broker: Any) -> None:
     assert client(broker, "operator").get("/api/users").status_code == 403
     users = client(broker, "admin").get("/api/users").json()
     assert {(u["name"], u["role"]) for u in users} == {
-        ("viewer", "viewer"), ("operator", "operator"), ("admin", "admin")}
+        ("viewer", "viewer"), ("operator", "operator"), ("admin", "admin"),
+        ("performer", "performer")}
     assert all("password" not in str(u) for u in users)
 
 
