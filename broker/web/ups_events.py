@@ -1,0 +1,157 @@
+"""The UPS-RS event channel: Open Event Channel (PS3.18 8.10.4, 11.13) at
+``ws[s]://HOST/dicomweb/subscribers/{aetitle}`` and Send Event Report (PS3.18 8.10.5)
+over it.
+
+A performer (or admin) opens the channel with its API token (``Authorization: Bearer``
+on the WebSocket handshake; the console's session cookie works too); without one the
+handshake is refused (HTTP 403). The broker then sends, as WebSocket text frames, one
+``application/dicom+json`` dataset per event of the subscriptions of ``aetitle``, in
+order: the N-EVENT-REPORT fields of PS3.7 Table 10.3-1 (Affected SOP Class UID = UPS
+Event SOP Class, Command Field N-EVENT-REPORT-RQ, Message ID, Affected SOP Instance UID
+= the workitem, Event Type ID) with the Event Information of PS3.4 Table CC.2.4-1.
+
+Events are the ``ups_event`` rows the UPS service appends in the transaction of each
+change (read with ``events_after``): the channel polls for rows after the last one it
+sent. Where delivery starts: after the last event sent to this AE title by this
+process; for an AE title new to the process, after the last event that existed when it
+subscribed through /dicomweb or, failing that, when the channel opened. Events of a
+time without a channel are delivered when the AE title reconnects to the same process
+(the position is kept in memory, not across a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from broker.db import unit_of_work
+from broker.models import UPSEvent, User
+from broker.runtime import Runtime
+from broker.security.accounts import may_perform, session_user, token_user
+from broker.web.dicomjson import to_json
+from broker.web.protections import COOKIE
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/dicomweb")
+
+UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
+N_EVENT_REPORT_RQ = 0x0100
+POLL_SECONDS = 0.25
+PAGE = 100
+POLICY_VIOLATION = 1008  # RFC 6455 7.4.1: the handshake is answered with HTTP 403
+
+
+class Cursors:
+    """The last event id delivered per AE title in this process (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def get(self, ae_title: str) -> int | None:
+        return self._last.get(ae_title)
+
+    def set(self, ae_title: str, event_id: int) -> None:
+        self._last[ae_title] = max(event_id, self._last.get(ae_title, 0))
+
+    def start_at(self, ae_title: str, event_id: int) -> None:
+        """Deliver to ``ae_title`` from after ``event_id`` unless it has a position."""
+        self._last.setdefault(ae_title, event_id)
+
+
+def cursors_of(app: Any) -> Cursors:
+    cursors: Cursors | None = getattr(app.state, "ups_cursors", None)
+    if cursors is None:
+        cursors = app.state.ups_cursors = Cursors()
+    return cursors
+
+
+def latest_event_id(runtime: Runtime) -> int:
+    """The id of the newest UPS event (0 when none)."""
+    with runtime.reader_factory() as session:
+        return int(session.scalar(select(func.max(UPSEvent.id))) or 0)
+
+
+def mark_subscription(app: Any, ae_title: str) -> None:
+    """Called before ``ae_title`` subscribes: its channel delivers what follows (the
+    initial State Report of the subscription included)."""
+    cursors_of(app).start_at(ae_title, latest_event_id(app.state.runtime))
+
+
+def event_report(event: Any, message_id: int) -> Dataset:
+    """The Event Report dataset of one event (PS3.18 11.13, PS3.7 10.3.1)."""
+    ds = Dataset()
+    ds.AffectedSOPClassUID = UPS_EVENT_SOP_CLASS
+    ds.CommandField = N_EVENT_REPORT_RQ
+    ds.MessageID = message_id % 0x10000
+    ds.AffectedSOPInstanceUID = event.workitem_uid
+    ds.EventTypeID = int(event.event_type_id)
+    ds.update(event.payload)
+    return ds
+
+
+def _caller(runtime: Runtime, websocket: WebSocket) -> User | None:
+    """The user of the handshake's API token, else of its session cookie."""
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    cookie = websocket.cookies.get(COOKIE)
+    with unit_of_work(runtime.session_factory) as session:
+        if scheme.lower() == "bearer" and token.strip():
+            return token_user(session, token.strip())
+        if header or not cookie:
+            return None
+        return session_user(session, cookie, runtime.settings.session_idle_minutes)
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    """Read (and drop) what the peer sends until it closes the channel."""
+    try:
+        while True:
+            await websocket.receive_text()
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+@router.websocket("/subscribers/{aetitle}")
+async def event_channel(websocket: WebSocket, aetitle: str) -> None:
+    """Open Event Channel (PS3.18 11.13) for ``aetitle``: its events as they happen."""
+    runtime: Runtime = websocket.app.state.runtime
+    ae_title = aetitle.strip()
+    user = await run_in_threadpool(_caller, runtime, websocket)
+    if user is None or not may_perform(user) or not 0 < len(ae_title) <= 16:
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    await websocket.accept()
+    cursors = cursors_of(websocket.app)
+    position = cursors.get(ae_title)
+    if position is None:
+        position = await run_in_threadpool(latest_event_id, runtime)
+        cursors.start_at(ae_title, position)
+    ups = websocket.app.state.use_cases.ups
+    closed = asyncio.create_task(_until_closed(websocket))
+    message_ids = itertools.count(1)
+    log.info("UPS event channel opened for %s", ae_title)
+    try:
+        while not closed.done():
+            events = await run_in_threadpool(ups.events_after, position, ae_title, PAGE)
+            for event in events:
+                report = event_report(event, next(message_ids))
+                await websocket.send_text(orjson.dumps(to_json(report)).decode())
+                position = max(position, int(event.id))
+                cursors.set(ae_title, position)
+            if len(events) < PAGE:
+                await asyncio.wait({closed}, timeout=POLL_SECONDS)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the peer went away while a report was being sent
+    finally:
+        closed.cancel()
+        log.info("UPS event channel closed for %s", ae_title)
