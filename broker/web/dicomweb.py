@@ -40,6 +40,7 @@ from fastapi.responses import Response
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
+from broker.application.ups import UPSUseCases
 from broker.domain import ups as rules
 from broker.domain.ups import UPSError
 from broker.web import ups_events
@@ -84,7 +85,7 @@ def install(app: FastAPI) -> None:
         return error_response(request, DicomWebError(exc.http_status, exc.reason))
 
 
-def worklist(request: Request) -> Any:
+def worklist(request: Request) -> UPSUseCases:
     """The UPS use cases of the process (the application layer)."""
     return use_cases_of(request).ups
 
@@ -157,8 +158,8 @@ async def search_workitems(request: Request, user: Performer) -> Response:
     if query.include_all:
         items = [await call(ups.retrieve, str(ds.SOPInstanceUID)) for ds in items
                  if ds.get("SOPInstanceUID")]
-    texts = list(query.warnings)
-    if getattr(result, "total_capped", False):
+    texts = [*query.warnings, *result.warnings]
+    if result.total_capped:
         texts.append(CAPPED_WARNING)
     if not items:
         return add_warnings(request, Response(status_code=204), texts)

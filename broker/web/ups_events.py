@@ -11,12 +11,16 @@ Event SOP Class, Command Field N-EVENT-REPORT-RQ, Message ID, Affected SOP Insta
 = the workitem, Event Type ID) with the Event Information of PS3.4 Table CC.2.4-1.
 
 Events are the ``ups_event`` rows the UPS service appends in the transaction of each
-change (read with ``events_after``): the channel polls for rows after the last one it
-sent. Where delivery starts: after the last event sent to this AE title by this
-process; for an AE title new to the process, after the last event that existed when it
-subscribed through /dicomweb or, failing that, when the channel opened. Events of a
-time without a channel are delivered when the AE title reconnects to the same process
-(the position is kept in memory, not across a restart).
+change (read with ``events_after``): the channel reads the rows after the last one it
+sent when this process's UPS use cases say they committed events, and every
+``POLL_SECONDS`` for those other processes wrote (an order applied by a worker).
+
+Where delivery starts: after the last event sent to this AE title by this process;
+for an AE title new to the process, after the last event that existed when it
+subscribed through /dicomweb or, failing that, when the channel opened (the UPS
+service gives an AE only the events raised since it subscribed). Events of a time
+without a channel are delivered when the AE title reconnects to the same process (the
+position is kept in memory, not across a restart).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ router = APIRouter(prefix="/dicomweb")
 
 UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
 N_EVENT_REPORT_RQ = 0x0100
-POLL_SECONDS = 0.25
+POLL_SECONDS = 1.0
 PAGE = 100
 POLICY_VIOLATION = 1008  # RFC 6455 7.4.1: the handshake is answered with HTTP 403
 
@@ -66,6 +70,35 @@ class Cursors:
     def start_at(self, ae_title: str, event_id: int) -> None:
         """Deliver to ``ae_title`` from after ``event_id`` unless it has a position."""
         self._last.setdefault(ae_title, event_id)
+
+
+class Wakeups:
+    """The open channels' wake-up signals, set from any thread when the UPS use cases
+    of this process have committed events (:meth:`UPSUseCases.on_events`)."""
+
+    def __init__(self) -> None:
+        self._waiting: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def add(self, signal: asyncio.Event) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+        entry = (asyncio.get_running_loop(), signal)
+        self._waiting.add(entry)
+        return entry
+
+    def discard(self, entry: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        self._waiting.discard(entry)
+
+    def __call__(self) -> None:
+        for loop, signal in list(self._waiting):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(signal.set)
+
+
+def wakeups_of(app: Any) -> Wakeups:
+    wakeups: Wakeups | None = getattr(app.state, "ups_wakeups", None)
+    if wakeups is None:
+        wakeups = app.state.ups_wakeups = Wakeups()
+        app.state.use_cases.ups.on_events(wakeups)
+    return wakeups
 
 
 def cursors_of(app: Any) -> Cursors:
@@ -138,10 +171,14 @@ async def event_channel(websocket: WebSocket, aetitle: str) -> None:
         cursors.start_at(ae_title, position)
     ups = websocket.app.state.use_cases.ups
     closed = asyncio.create_task(_until_closed(websocket))
+    signal = asyncio.Event()
+    wakeups = wakeups_of(websocket.app)
+    entry = wakeups.add(signal)
     message_ids = itertools.count(1)
     log.info("UPS event channel opened for %s", ae_title)
     try:
         while not closed.done():
+            signal.clear()
             events = await run_in_threadpool(ups.events_after, position, ae_title, PAGE)
             for event in events:
                 report = event_report(event, next(message_ids))
@@ -149,9 +186,13 @@ async def event_channel(websocket: WebSocket, aetitle: str) -> None:
                 position = max(position, int(event.id))
                 cursors.set(ae_title, position)
             if len(events) < PAGE:
-                await asyncio.wait({closed}, timeout=POLL_SECONDS)
+                woken = asyncio.ensure_future(signal.wait())
+                await asyncio.wait({closed, woken}, timeout=POLL_SECONDS,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the peer went away while a report was being sent
     finally:
+        wakeups.discard(entry)
         closed.cancel()
         log.info("UPS event channel closed for %s", ae_title)

@@ -52,12 +52,18 @@ def broker(start_distributed: Any) -> Iterator[Any]:
     procs = start_distributed()
     procs.tokens = tokens(procs.database_url)
     procs.base = f"http://127.0.0.1:{procs.env['MWLB_HTTP_PORT']}"
+    procs.clients = []
     yield procs
+    for client in procs.clients:
+        client.close()
 
 
 def http(broker: Any, role: str = "performer") -> httpx.Client:
-    return httpx.Client(base_url=broker.base, timeout=30, headers={
+    """A client of the Worklist Service with an API token of ``role``."""
+    client = httpx.Client(base_url=broker.base, timeout=30, headers={
         "Authorization": f"Bearer {broker.tokens[role]}", "Accept": DICOM_JSON})
+    broker.clients.append(client)
+    return client
 
 
 def channel(broker: Any, ae_title: str, role: str = "performer") -> ClientConnection:
