@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 DICOM_JSON = "application/dicom+json"
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
+FILTERED = "1.2.840.10008.5.1.4.34.5.1"
 UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
 PASSWORD = "correct horse battery"
 
@@ -147,6 +148,9 @@ def test_an_application_performs_an_ordered_workitem(broker: Any) -> None:
                   **{"ScheduledStationNameCodeSequence.CodeValue": "CT01_AE"}) == []
     assert len(search(performer, ScheduledProcedureStepStartDateTime="20250312-")) == 1
     assert len(search(performer, limit=1)) == 1
+    [full] = search(performer, PatientName="DOE*", includefield="all", limit=1)
+    assert full.ReferencedRequestSequence[0].AccessionNumber == "ACC0001"
+    assert full.PatientBirthDate == "19900214" and "TransactionUID" not in full
     paged = performer.get("/dicomweb/workitems", params={"PatientName": "DOE*",
                                                           "fuzzymatching": "true"})
     assert paged.status_code == 200 and "fuzzymatching" in warning(paged)
@@ -243,6 +247,30 @@ def test_create_then_refusals_and_access(broker: Any) -> None:
     assert generated.status_code == 201 and generated.headers["location"] != created.headers[
         "location"]
 
+    # A filtered global subscription hears of the matching workitems only.
+    subscribed = performer.post(f"/dicomweb/workitems/{FILTERED}/subscribers/PUSH_WATCH",
+                                params={"filter": "PatientID=PUSH1"})
+    assert subscribed.status_code == 201, subscribed.text
+    someone_else = Dataset()
+    someone_else.PatientName = "Else^Some"
+    someone_else.PatientID = "ELSE1"
+    with channel(broker, "PUSH_WATCH") as ws:
+        other = generate_uid()
+        assert send_json(performer, "POST", f"/dicomweb/workitems?{other}",
+                         someone_else).status_code == 201
+        for target in (other, uid):
+            claimed = send_json(performer, "PUT", f"/dicomweb/workitems/{target}/state",
+                                state("IN PROGRESS", generate_uid()))
+            assert claimed.status_code == 200, claimed.text
+        heard = []
+        while not heard or heard[-1] != (uid, "IN PROGRESS"):
+            report = Dataset.from_json(json.loads(ws.recv(timeout=15)))
+            heard.append((report.AffectedSOPInstanceUID, report.get("ProcedureStepState")))
+        assert other not in {heard_uid for heard_uid, _ in heard}
+    global_filter = performer.post(f"/dicomweb/workitems/{GLOBAL}/subscribers/X",
+                                   params={"filter": "PatientID=PUSH1"})
+    assert global_filter.status_code == 400 and warning(global_filter)
+
     # Bad requests get the standard's statuses, each with a Warning saying why.
     unknown = performer.get("/dicomweb/workitems", params={"PatientNam": "X"})
     assert unknown.status_code == 400 and "unknown attribute 'PatientNam'" in warning(unknown)
@@ -262,9 +290,14 @@ def test_create_then_refusals_and_access(broker: Any) -> None:
     wrong_accept = performer.get("/dicomweb/workitems", headers={
         "Accept": "application/dicom+xml"})
     assert wrong_accept.status_code == 406
-    scheduled_complete = send_json(performer, "PUT", f"/dicomweb/workitems/{uid}/state",
+    scheduled = generated.headers["location"].rsplit("/", 1)[-1]
+    scheduled_complete = send_json(performer, "PUT", f"/dicomweb/workitems/{scheduled}/state",
                                    state("COMPLETED", generate_uid()))
-    assert scheduled_complete.status_code == 409 and warning(scheduled_complete)
+    assert scheduled_complete.status_code == 409 and "not yet" in warning(scheduled_complete)
+    wrong_transaction = send_json(performer, "PUT", f"/dicomweb/workitems/{uid}/state",
+                                  state("COMPLETED", generate_uid()))
+    assert wrong_transaction.status_code == 400 and "Transaction UID" in warning(
+        wrong_transaction)
     bad_ae = performer.post(f"/dicomweb/workitems/{GLOBAL}/subscribers/{'A' * 17}")
     assert bad_ae.status_code == 400
 
