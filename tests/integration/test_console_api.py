@@ -435,7 +435,7 @@ def test_role_change_and_delete(broker: Any) -> None:
                     admin.post("/api/users/admin/disable"), admin.delete("/api/users/admin")):
         assert refused.status_code == 409 and "last enabled admin" in refused.json()["detail"]
     assert {u["name"]: u["role"] for u in admin.get("/api/users").json()} == {
-        "admin": "admin", "operator": "viewer"}
+        "admin": "admin", "operator": "viewer", "performer": "performer"}
     rows = audit_rows(broker)
     assert ("Security Roles Changed", "admin", 0, "user operator role operator -> viewer") \
         in rows
