@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from broker.web.dicomjson import DicomWebError, valid_uid
+from broker.web.dicomjson import DicomWebError, check_value, valid_uid
 
 FUZZY_WARNING = ("The fuzzymatching parameter is not supported. Only literal matching "
                  "has been performed.")
@@ -95,6 +95,7 @@ def _check_value(attribute_id: str, vr: str, value: str) -> None:
         return
     pattern = _RANGES.get(vr)
     if pattern is None:
+        check_value(attribute_id, vr, value)
         return
     low, dash, high = value.partition("-")
     parts = [low, high] if dash else [low]
@@ -134,6 +135,8 @@ def add_key(ds: Dataset, attribute_id: str, value: str | None) -> None:
         return
     if vr == "UI":
         value = "\\".join(v.strip() for v in re.split(r"[,\\]", value) if v.strip())
+    elif vr == "CS":
+        value = value.upper()  # CS is upper case (PS3.5 6.2): liberal in what we accept
     _check_value(attribute_id, vr, value)
     if tag in holder and holder[tag].value not in (None, "", []):
         if vr != "UI":

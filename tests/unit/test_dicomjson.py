@@ -67,12 +67,20 @@ def test_response_is_an_array_in_the_dicom_json_media_type() -> None:
     ("text", "not a DICOM JSON dataset"),
     ({"PatientName": {"vr": "PN"}}, "is not a tag"),
     ({"00100010": {"vr": "XX", "Value": ["x"]}}, "'XX' is not a VR"),
-    ({"00741000": {"vr": "CS", "Value": "SCHEDULED"}}, "not valid DICOM JSON"),
+    ({"00741000": {"vr": "CS", "Value": "SCHEDULED"}}, "Value is a JSON array"),
+    ({"00081195": {"vr": "UI", "Value": ["1.2.abc"]}}, "Invalid value for VR UI"),
+    ({"00100030": {"vr": "DA", "Value": ["2025-03-10"]}}, "Invalid value for VR DA"),
+    ({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A" * 70}]}}, "exceeds"),
+    ({"00404025": {"vr": "SQ", "Value": [{"00080100": {"vr": "SH", "Value": ["X" * 17]}}]}},
+     "00080100"),
 ])
-def test_bad_payloads_are_refused_with_400(document: Any, says: str) -> None:
+def test_bad_payloads_are_refused_with_400(document: Any, says: str,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(DicomWebError) as caught:
         from_json(document)
     assert caught.value.status == 400 and says in caught.value.text
+    assert "Please see" not in caught.value.text
+    assert caplog.records == []  # the refused value is not logged
 
 
 @pytest.mark.parametrize(("uid", "ok"), [

@@ -87,6 +87,7 @@ def test_common_parameters_accept_and_charset_are_taken() -> None:
     ([("PatientBirthDate", "2026-12-02")], "is not a DA value"),
     ([("ScheduledProcedureStepStartDateTime", "tomorrow")], "is not a DT value"),
     ([("PatientID", "A"), ("PatientID", "B")], "more than once"),
+    ([("PatientName", "A" * 65)], "PatientName: The PN component length (65) exceeds"),
     ([("limit", "-1")], "limit"),
     ([("offset", "ten")], "offset"),
     ([("includefield", "Nonsense")], "unknown attribute 'Nonsense'"),
@@ -94,6 +95,11 @@ def test_common_parameters_accept_and_charset_are_taken() -> None:
 def test_bad_parameters_are_refused_with_400(params: list[tuple[str, str]],
                                              says: str) -> None:
     assert says in _refused(params)
+
+
+def test_code_strings_are_taken_in_any_case() -> None:
+    assert parse_search([("ProcedureStepState", "in progress")]).identifier.ProcedureStepState \
+        == "IN PROGRESS"
 
 
 def test_date_and_time_ranges_may_be_open() -> None:
