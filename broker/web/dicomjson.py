@@ -75,10 +75,15 @@ def add_warnings(request: Request, response: Response, texts: Iterable[str]) -> 
     return response
 
 
-def error_response(request: Request, exc: DicomWebError) -> Response:
+def error_response(request: Request, exc: DicomWebError,
+                   dimse_status: int | None = None) -> Response:
     """The answer to a refused request: its status, the Warning header and the text as
-    a small JSON body for people reading it with curl."""
-    response = Response(orjson.dumps({"detail": exc.text}), status_code=exc.status,
+    a small JSON body for people reading it with curl (with the DIMSE status of PS3.4
+    CC.2 the UPS service refused with, when it did)."""
+    content: dict[str, str] = {"detail": exc.text}
+    if dimse_status is not None:
+        content["status"] = f"0x{dimse_status:04X}"
+    response = Response(orjson.dumps(content), status_code=exc.status,
                         media_type="application/json", headers=exc.headers)
     return add_warnings(request, response, [exc.text])
 

@@ -58,7 +58,6 @@ from broker.web.dicomweb_query import parse_filter, parse_search
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb (UPS-RS)"])
 
-UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"
 GLOBAL_SUBSCRIPTION = "1.2.840.10008.5.1.4.34.5"
 FILTERED_GLOBAL_SUBSCRIPTION = "1.2.840.10008.5.1.4.34.5.1"
 GLOBAL_UIDS = frozenset({GLOBAL_SUBSCRIPTION, FILTERED_GLOBAL_SUBSCRIPTION})
@@ -66,7 +65,6 @@ TRANSACTION_UID = "TransactionUID"
 
 CAPPED_WARNING = ("The number of results exceeded the maximum supported by the server. "
                   "Additional results can be requested.")
-DELETION_LOCK_WARNING = "Deletion Lock not granted."
 
 T = TypeVar("T")
 
@@ -82,7 +80,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(UPSError)
     def _ups_refused(request: Request, exc: UPSError) -> Response:
-        return error_response(request, DicomWebError(exc.http_status, exc.reason))
+        return error_response(request, DicomWebError(exc.http_status, exc.reason),
+                              dimse_status=exc.code)
 
 
 def worklist(request: Request) -> UPSUseCases:

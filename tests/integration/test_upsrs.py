@@ -176,6 +176,7 @@ def test_an_application_performs_an_ordered_workitem(broker: Any) -> None:
         again = send_json(performer, "PUT", f"/dicomweb/workitems/{uid}/state",
                           state("IN PROGRESS", generate_uid()))
         assert again.status_code == 409 and "already IN PROGRESS" in warning(again)
+        assert again.json()["status"] == "0xC302"
 
         progress = Dataset()
         item_progress = Dataset()
