@@ -43,7 +43,6 @@ from starlette.concurrency import run_in_threadpool
 from broker.application.ups import UPSUseCases
 from broker.domain import ups as rules
 from broker.domain.ups import UPSError
-from broker.web import ups_events
 from broker.web.deps import Performer, use_cases_of
 from broker.web.dicomjson import (
     DicomWebError,
@@ -150,13 +149,10 @@ async def search_workitems(request: Request, user: Performer) -> Response:
     ``offset``). 200 with the matches, 204 when none."""
     require_acceptable(request)
     query = parse_search(request.query_params.multi_items())
-    ups = worklist(request)
-    result = await call(ups.search, query.identifier, limit=query.limit,
-                        offset=query.offset, calling=user.name)
+    result = await call(worklist(request).search, query.identifier, limit=query.limit,
+                        offset=query.offset, calling=user.name,
+                        include_all=query.include_all)
     items = list(result.items)
-    if query.include_all:
-        items = [await call(ups.retrieve, str(ds.SOPInstanceUID)) for ds in items
-                 if ds.get("SOPInstanceUID")]
     texts = [*query.warnings, *result.warnings]
     if result.total_capped:
         texts.append(CAPPED_WARNING)
@@ -275,7 +271,6 @@ async def subscribe(request: Request, user: Performer, workitem: str, aetitle: s
         raise DicomWebError(400, f"filter applies to the filtered global subscription "
                                  f"({FILTERED_GLOBAL_SUBSCRIPTION}) only")
     match = parse_filter(filters) if filters else None
-    await call(ups_events.mark_subscription, request.app, ae)
     await call(worklist(request).subscribe, ae, uid, deletion_lock=lock, filter=match)
     return Response(status_code=201)
 

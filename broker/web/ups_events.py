@@ -15,12 +15,13 @@ change (read with ``events_after``): the channel reads the rows after the last o
 sent when this process's UPS use cases say they committed events, and every
 ``POLL_SECONDS`` for those other processes wrote (an order applied by a worker).
 
-Where delivery starts: after the last event sent to this AE title by this process;
-for an AE title new to the process, after the last event that existed when it
-subscribed through /dicomweb or, failing that, when the channel opened (the UPS
-service gives an AE only the events raised since it subscribed). Events of a time
-without a channel are delivered when the AE title reconnects to the same process (the
-position is kept in memory, not across a restart).
+Where delivery starts: after the last event delivered to the AE title, a position the
+UPS service keeps in the database (``ups_delivery``, shared with N-EVENT-REPORT
+delivery: one queue per subscriber AE, each event delivered once by whichever channel
+sent it). It moves after each page of reports sent, so a reconnection, even to another
+process or after a restart, resumes where the last channel stopped; an AE title never
+delivered to gets every event raised since it subscribed (the UPS service gives an AE
+only those), the initial State Reports of its subscriptions first.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from broker.db import unit_of_work
-from broker.models import UPSEvent, User
+from broker.models import User
 from broker.runtime import Runtime
 from broker.security.accounts import may_perform, session_user, token_user
 from broker.web.dicomjson import to_json
@@ -52,24 +52,6 @@ N_EVENT_REPORT_RQ = 0x0100
 POLL_SECONDS = 1.0
 PAGE = 100
 POLICY_VIOLATION = 1008  # RFC 6455 7.4.1: the handshake is answered with HTTP 403
-
-
-class Cursors:
-    """The last event id delivered per AE title in this process (see the module
-    docstring)."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, int] = {}
-
-    def get(self, ae_title: str) -> int | None:
-        return self._last.get(ae_title)
-
-    def set(self, ae_title: str, event_id: int) -> None:
-        self._last[ae_title] = max(event_id, self._last.get(ae_title, 0))
-
-    def start_at(self, ae_title: str, event_id: int) -> None:
-        """Deliver to ``ae_title`` from after ``event_id`` unless it has a position."""
-        self._last.setdefault(ae_title, event_id)
 
 
 class Wakeups:
@@ -99,25 +81,6 @@ def wakeups_of(app: Any) -> Wakeups:
         wakeups = app.state.ups_wakeups = Wakeups()
         app.state.use_cases.ups.on_events(wakeups)
     return wakeups
-
-
-def cursors_of(app: Any) -> Cursors:
-    cursors: Cursors | None = getattr(app.state, "ups_cursors", None)
-    if cursors is None:
-        cursors = app.state.ups_cursors = Cursors()
-    return cursors
-
-
-def latest_event_id(runtime: Runtime) -> int:
-    """The id of the newest UPS event (0 when none)."""
-    with runtime.reader_factory() as session:
-        return int(session.scalar(select(func.max(UPSEvent.id))) or 0)
-
-
-def mark_subscription(app: Any, ae_title: str) -> None:
-    """Called before ``ae_title`` subscribes: its channel delivers what follows (the
-    initial State Report of the subscription included)."""
-    cursors_of(app).start_at(ae_title, latest_event_id(app.state.runtime))
 
 
 def event_report(event: Any, message_id: int) -> Dataset:
@@ -164,12 +127,8 @@ async def event_channel(websocket: WebSocket, aetitle: str) -> None:
         await websocket.close(code=POLICY_VIOLATION)
         return
     await websocket.accept()
-    cursors = cursors_of(websocket.app)
-    position = cursors.get(ae_title)
-    if position is None:
-        position = await run_in_threadpool(latest_event_id, runtime)
-        cursors.start_at(ae_title, position)
     ups = websocket.app.state.use_cases.ups
+    position = await run_in_threadpool(ups.delivered_up_to, ae_title)
     closed = asyncio.create_task(_until_closed(websocket))
     signal = asyncio.Event()
     wakeups = wakeups_of(websocket.app)
@@ -184,7 +143,8 @@ async def event_channel(websocket: WebSocket, aetitle: str) -> None:
                 report = event_report(event, next(message_ids))
                 await websocket.send_text(orjson.dumps(to_json(report)).decode())
                 position = max(position, int(event.id))
-                cursors.set(ae_title, position)
+            if events:
+                await run_in_threadpool(ups.record_delivery, ae_title, position)
             if len(events) < PAGE:
                 woken = asyncio.ensure_future(signal.wait())
                 await asyncio.wait({closed, woken}, timeout=POLL_SECONDS,

@@ -268,6 +268,13 @@ def test_create_then_refusals_and_access(broker: Any) -> None:
             report = Dataset.from_json(json.loads(ws.recv(timeout=15)))
             heard.append((report.AffectedSOPInstanceUID, report.get("ProcedureStepState")))
         assert other not in {heard_uid for heard_uid, _ in heard}
+    # Events of a time without a channel arrive when it opens again, and only those.
+    later = send_json(performer, "POST", "/dicomweb/workitems", pushed)
+    later_uid = later.headers["location"].rsplit("/", 1)[-1]
+    with channel(broker, "PUSH_WATCH") as ws:
+        report = Dataset.from_json(json.loads(ws.recv(timeout=15)))
+        assert (report.AffectedSOPInstanceUID, report.ProcedureStepState) == (
+            later_uid, "SCHEDULED")
     global_filter = performer.post(f"/dicomweb/workitems/{GLOBAL}/subscribers/X",
                                    params={"filter": "PatientID=PUSH1"})
     assert global_filter.status_code == 400 and warning(global_filter)

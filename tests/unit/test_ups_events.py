@@ -1,5 +1,5 @@
 """The UPS-RS event channel's pieces: the Event Report dataset (PS3.18 11.13, PS3.7
-10.3.1, PS3.4 Table CC.2.4-1), the delivery positions and the wake-up signals."""
+10.3.1, PS3.4 Table CC.2.4-1) and the wake-up signals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 
 from broker.services.ups import UPSEventRow
 from broker.web.dicomjson import to_json
-from broker.web.ups_events import Cursors, Wakeups, event_report
+from broker.web.ups_events import Wakeups, event_report
 
 
 def test_event_report_carries_the_n_event_report_fields_and_the_event_information() -> None:
@@ -30,17 +30,6 @@ def test_event_report_carries_the_n_event_report_fields_and_the_event_informatio
         "00404041": {"vr": "CS", "Value": ["READY"]},
         "00741000": {"vr": "CS", "Value": ["IN PROGRESS"]},
     }
-
-
-def test_positions_only_move_forward_and_a_subscription_marks_where_to_start() -> None:
-    cursors = Cursors()
-    assert cursors.get("AI_APP") is None
-    cursors.start_at("AI_APP", 10)
-    cursors.start_at("AI_APP", 50)  # a second subscription keeps the first position
-    assert cursors.get("AI_APP") == 10
-    cursors.set("AI_APP", 12)
-    cursors.set("AI_APP", 11)
-    assert cursors.get("AI_APP") == 12
 
 
 def test_a_commit_in_another_thread_wakes_every_open_channel() -> None:
