@@ -25,8 +25,6 @@ from tests.conftest import sample
 from tests.integration.hl7util import send
 from tests.workflow import wait_until
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-
 DICOM_JSON = "application/dicom+json"
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 FILTERED = "1.2.840.10008.5.1.4.34.5.1"
@@ -124,6 +122,8 @@ def search(client: httpx.Client, **params: Any) -> list[Dataset]:
     return datasets(response)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_an_application_performs_an_ordered_workitem(broker: Any) -> None:
     acks = send(broker.mllp_port, sample("05"), sample("09"), order(7, date="20250312"))
     assert [a.code for a in acks] == ["AA", "AA", "AA"]
@@ -228,6 +228,8 @@ def test_an_application_performs_an_ordered_workitem(broker: Any) -> None:
     assert unsubscribed.status_code == 200
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_create_then_refusals_and_access(broker: Any) -> None:
     performer = http(broker)
     pushed = Dataset()
@@ -320,3 +322,28 @@ def test_create_then_refusals_and_access(broker: Any) -> None:
     with pytest.raises(InvalidStatus) as refused:
         channel(broker, "AI_APP", role="viewer")
     assert refused.value.response.status_code == 403
+
+
+def test_embedded_mode_serves_the_worklist_and_its_events(make_broker: Any) -> None:
+    """The default one-process broker on SQLite: the same service and event channel."""
+    app = make_broker()
+    embedded = type("Embedded", (), {})()
+    embedded.base = f"http://127.0.0.1:{app.http_port}"
+    embedded.tokens = tokens(app.settings.database_url)
+    embedded.clients = []
+    try:
+        [ack] = send(app.mllp_port, sample("09"))
+        assert ack.code == "AA"
+        performer = http(embedded)
+        found = wait_until(lambda: search(performer, PatientID="864209"), what="workitems")
+        uid = str(found[0].SOPInstanceUID)
+        assert performer.post(f"/dicomweb/workitems/{uid}/subscribers/CT_AI").status_code == 201
+        with channel(embedded, "CT_AI") as ws:
+            event(ws, uid, EventTypeID=1, ProcedureStepState="SCHEDULED")  # initial report
+            claimed = send_json(performer, "PUT", f"/dicomweb/workitems/{uid}/state",
+                                state("IN PROGRESS", generate_uid()))
+            assert claimed.status_code == 200, claimed.text
+            event(ws, uid, EventTypeID=1, ProcedureStepState="IN PROGRESS")
+    finally:
+        for client in embedded.clients:
+            client.close()
