@@ -19,7 +19,8 @@ from broker.cli_common import (
 from broker.cli_errors import USAGE_ERROR, CommandError
 from broker.models import Role
 
-users_app = typer.Typer(help="Console users (roles viewer, operator, admin).",
+users_app = typer.Typer(help="Console users (roles viewer, operator, admin; performer: "
+                             "the UPS-RS Worklist Service and API tokens only).",
                         no_args_is_help=True)
 tokens_app = typer.Typer(help="Console API tokens: list and revoke.", no_args_is_help=True)
 worklist_app = typer.Typer(help="Ask a worklist like a modality does.", no_args_is_help=True)
@@ -35,7 +36,7 @@ def register(app: typer.Typer) -> None:
 @users_app.command("add")
 def users_add(
     name: str,
-    role: Annotated[Role, typer.Option(help="viewer | operator | admin")] = Role.VIEWER,
+    role: Annotated[Role, typer.Option(help="viewer | operator | admin | performer")] = Role.VIEWER,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from standard input.")] = False,
     config: ConfigOption = None,
@@ -134,7 +135,7 @@ def users_delete(name: str, config: ConfigOption = None) -> None:
 @users_app.command("role")
 def users_role(
     name: str,
-    role: Annotated[Role, typer.Argument(help="viewer | operator | admin")],
+    role: Annotated[Role, typer.Argument(help="viewer | operator | admin | performer")],
     config: ConfigOption = None,
 ) -> None:
     """Give a user another role (the last enabled admin keeps theirs)."""

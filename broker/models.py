@@ -534,11 +534,14 @@ class WorklistQueryResult(Base):
 
 
 class Role(StrEnum):
-    """What a console user may do: viewers look, operators repair, admins manage."""
+    """What a console user may do: viewers look, operators repair, admins manage.
+    Performers (applications and people performing UPS workitems) use the DICOMweb
+    Worklist Service (/dicomweb, PS3.18 11) and their own API tokens, nothing else."""
 
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+    PERFORMER = "performer"
 
 
 class User(Base):

@@ -4,7 +4,9 @@ Passwords are hashed with scrypt (RFC 7914; N=2^14, r=8, p=1, 16-byte salt), a
 memory-hard function in Python's standard library. Session cookies and API tokens are
 256-bit random strings; the database keeps only their SHA-256, so a copy of the
 database lets nobody in. A session ends after ``session_idle_minutes`` without a
-request. Roles are ordered viewer < operator < admin.
+request. Roles are ordered viewer < operator < admin; the performer role stands apart:
+it may use the DICOMweb Worklist Service (UPS-RS, /dicomweb) and its own API tokens, and
+nothing of the console (no rank), while an admin may also use the Worklist Service.
 
 Passwords follow NIST SP 800-63B 5.1.1.2 (memorized secret verifiers): at least
 ``password_min_length`` characters (12 by default, never under 8), at most 256, any
@@ -82,7 +84,21 @@ def token_hash(token: str) -> str:
 
 
 def has_role(user: User, role: Role) -> bool:
+    """``user`` holds ``role`` or a higher one (viewer < operator < admin); the
+    performer role is checked with :func:`may_perform`."""
+    if role is Role.PERFORMER:
+        return may_perform(user)
     return RANK.get(user.role, -1) >= RANK[role.value]
+
+
+def may_perform(user: User) -> bool:
+    """``user`` may use the Worklist Service (UPS-RS): a performer or an admin."""
+    return user.role in (Role.PERFORMER.value, Role.ADMIN.value)
+
+
+def may_hold_tokens(user: User) -> bool:
+    """``user`` may create and revoke API tokens of their own: any role."""
+    return user.role in RANK or user.role == Role.PERFORMER.value
 
 
 # --- password policy (NIST SP 800-63B 5.1.1.2) ---------------------------------------

@@ -42,6 +42,9 @@ A token stops working (401) when it is revoked (the *API tokens* page,
 `POST /api/tokens/{token_id}/revoke`, `mwl-broker tokens revoke ID`) or its user is
 disabled. Reading needs the viewer role, repairing the operator role, managing users
 the admin role.
+
+The DICOMweb Worklist Service (UPS-RS, PS3.18 chapter 11) under `/dicomweb` needs a
+token of the **performer** role (or admin); a performer may use nothing else here.
 """
 
 

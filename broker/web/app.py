@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from broker.application import UseCases
 from broker.runtime import Runtime
-from broker.web import api, ops, pages, protections
+from broker.web import api, dicomweb, ops, pages, protections, ups_events
 from broker.web.deps import LoginRequired
 
 
@@ -28,6 +28,8 @@ def create_app(runtime: Runtime, use_cases: UseCases) -> FastAPI:
     protections.install(app, runtime.settings.http_trusted_origins)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(api.router)
+    dicomweb.install(app)
+    app.include_router(ups_events.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
 

@@ -15,7 +15,13 @@ from broker.application import UseCases
 from broker.db import unit_of_work
 from broker.models import Role, User
 from broker.runtime import Runtime
-from broker.security.accounts import has_role, session_user, token_user
+from broker.security.accounts import (
+    has_role,
+    may_hold_tokens,
+    may_perform,
+    session_user,
+    token_user,
+)
 from broker.web import protections
 
 COOKIE = protections.COOKIE
@@ -82,6 +88,29 @@ def api_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
     return dependency
 
 
+def performer_user(request: Request, credentials: Credentials) -> User:
+    """Dependency of the Worklist Service (UPS-RS, /dicomweb): the caller must be a
+    performer or an admin (401 / 403 otherwise)."""
+    user = _user(request, credentials)
+    if user is None:
+        raise HTTPException(401, "log in or send an API token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not may_perform(user):
+        raise HTTPException(403, "the Worklist Service needs the performer role")
+    return user
+
+
+def token_holder(request: Request, credentials: Credentials) -> User:
+    """Dependency of the API tokens page: any logged-in user, the performer too (who
+    needs a token for the Worklist Service and may see nothing else)."""
+    user = _user(request, credentials)
+    if user is None:
+        raise LoginRequired()
+    if not may_hold_tokens(user):
+        raise HTTPException(403, "this needs a console role")
+    return user
+
+
 def page_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
     """Dependency for pages: like :func:`api_user` but sends people to /login."""
 
@@ -99,6 +128,8 @@ def page_user(role: Role = Role.VIEWER) -> Callable[..., Any]:
 Viewer = Annotated[User, Depends(api_user(Role.VIEWER))]
 Operator = Annotated[User, Depends(api_user(Role.OPERATOR))]
 Admin = Annotated[User, Depends(api_user(Role.ADMIN))]
+Performer = Annotated[User, Depends(performer_user)]
+PageTokenHolder = Annotated[User, Depends(token_holder)]
 PageViewer = Annotated[User, Depends(page_user(Role.VIEWER))]
 PageOperator = Annotated[User, Depends(page_user(Role.OPERATOR))]
 PageAdmin = Annotated[User, Depends(page_user(Role.ADMIN))]

@@ -34,6 +34,7 @@ from broker.web.deps import (
     DB,
     PageAdmin,
     PageOperator,
+    PageTokenHolder,
     PageViewer,
     client_address,
     runtime_of,
@@ -76,6 +77,7 @@ def render(request: Request, name: str, user: User | None, status_code: int = 20
     return templates.TemplateResponse(request, name, {
         "user": user, "operator": user is not None and has_role(user, Role.OPERATOR),
         "admin": user is not None and has_role(user, Role.ADMIN),
+        "console": user is not None and has_role(user, Role.VIEWER),
         "csrf": csrf_token(cookie) if cookie and user is not None else "",
         "zone": runtime_of(request).timezone,
         "notice": request.query_params.get("notice", ""), **context},
@@ -106,7 +108,10 @@ def login(request: Request, name: Annotated[str, Form()],
                           headers={"Retry-After": str(wait)},
                           error=f"Too many failed logins: try again in {wait} s.")
         return render(request, "login.html", None, error="Wrong name or password.")
-    response = RedirectResponse("/", status_code=303)
+    # A performer sees nothing of the console but its API tokens (for the Worklist
+    # Service): send it there rather than to a dashboard it may not see.
+    home = "/" if result.user is not None and has_role(result.user, Role.VIEWER) else "/tokens"
+    response = RedirectResponse(home, status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
     return response
@@ -331,14 +336,14 @@ def users_delete(request: Request, user: PageAdmin, name: str) -> Response:
 
 
 @router.get("/tokens")
-def tokens_page(request: Request, session: DB, user: PageViewer) -> HTMLResponse:
+def tokens_page(request: Request, session: DB, user: PageTokenHolder) -> HTMLResponse:
     """The caller's API tokens: create one for a script (shown once), revoke one."""
     return render(request, "tokens.html", user, tokens=sec.list_tokens(session, user),
                   created=None)
 
 
 @router.post("/tokens")
-def tokens_create(request: Request, user: PageViewer,
+def tokens_create(request: Request, user: PageTokenHolder,
                   name: Annotated[str, Form(min_length=1, max_length=64)]) -> HTMLResponse:
     """A new token for the caller, with the caller's role: shown on this page only, never
     stored in the clear (nor cached: ``no-store``)."""
@@ -347,11 +352,11 @@ def tokens_create(request: Request, user: PageViewer,
         listed = sec.list_tokens(session, user)
     return render(request, "tokens.html", user, headers={"Cache-Control": "no-store"},
                   tokens=listed, created={"name": name, "token": token},
-                  console=str(request.base_url).rstrip("/"))
+                  console_url=str(request.base_url).rstrip("/"))
 
 
 @router.post("/tokens/{token_id}/revoke")
-def tokens_revoke(request: Request, user: PageViewer, token_id: int,
+def tokens_revoke(request: Request, user: PageTokenHolder, token_id: int,
                   page: Annotated[str, Form()] = "/tokens") -> Response:
     """Revoke an API token: one's own, or anyone's as an admin; back to the API tokens
     page or (``page``) the admin's Users & tokens page."""

@@ -57,7 +57,8 @@ def test_only_admins_list_users(broker: Any) -> None:
     assert client(broker, "operator").get("/api/users").status_code == 403
     users = client(broker, "admin").get("/api/users").json()
     assert {(u["name"], u["role"]) for u in users} == {
-        ("viewer", "viewer"), ("operator", "operator"), ("admin", "admin")}
+        ("viewer", "viewer"), ("operator", "operator"), ("admin", "admin"),
+        ("performer", "performer")}
     assert all("password" not in str(u) for u in users)
 
 
@@ -434,7 +435,7 @@ def test_role_change_and_delete(broker: Any) -> None:
                     admin.post("/api/users/admin/disable"), admin.delete("/api/users/admin")):
         assert refused.status_code == 409 and "last enabled admin" in refused.json()["detail"]
     assert {u["name"]: u["role"] for u in admin.get("/api/users").json()} == {
-        "admin": "admin", "operator": "viewer"}
+        "admin": "admin", "operator": "viewer", "performer": "performer"}
     rows = audit_rows(broker)
     assert ("Security Roles Changed", "admin", 0, "user operator role operator -> viewer") \
         in rows

@@ -108,6 +108,28 @@ def test_api_tokens_page(broker: Any) -> None:
     assert back.headers["location"].startswith("/users?notice=")
 
 
+def test_performer_gets_its_api_tokens_and_nothing_else_of_the_console(broker: Any) -> None:
+    performer = client(broker)
+    landed = performer.post("/login", data={"name": "performer", "password": PASSWORD})
+    assert landed.headers["location"] == "/tokens"
+    page = performer.get("/tokens")
+    assert page.status_code == 200 and "/dicomweb" in page.text
+    assert 'href="/messages"' not in page.text and 'href="/docs"' not in page.text
+    made = performer.post("/tokens", data={"csrf_token": csrf(performer), "name": "ai-app"})
+    token = re.search(r'data-testid="new-token">(mwlb_[^<]+)<', made.text)
+    assert token is not None and "/dicomweb/workitems" in made.text
+    for url in ("/", "/messages", "/worklist", "/users"):
+        assert performer.get(url).status_code == 403, url
+    bearer = {"Authorization": f"Bearer {token.group(1)}"}
+    script = client(broker, browser_origin=False)
+    for url in ("/api/dashboard", "/api/messages", "/api/tokens", "/api/users"):
+        assert script.get(url, headers=bearer).status_code == 403, url
+    assert script.post("/api/tokens", headers=bearer, json={"name": "x"}).status_code == 403
+    admin = client(broker, "admin")
+    users = admin.get("/users")
+    assert '<option value="performer">performer</option>' in users.text
+
+
 def test_message_search_and_times_in_the_configured_zone(broker: Any) -> None:
     """The search form's times are the broker's zone (America/Chicago in the tests), as
     are the times shown."""
