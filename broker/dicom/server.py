@@ -295,7 +295,7 @@ class DicomServer:
     def _on_echo(event: Any) -> int:
         return 0x0000
 
-    def _on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
+    def _on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Any]]:
         """PS3.4 K.4.1.3, PS3.7 9.1.2: each match is answered by the
         :func:`~broker.dicom.fastpath.find_responder` (written beneath pynetdicom on the
         fast path, else yielded as a (status, Dataset) pair), then the final status goes

@@ -180,6 +180,15 @@ def status(code: int, comment: str = "") -> Dataset:
     return ds
 
 
+def error_comment(reason: str) -> str:
+    """The Error Comment (LO, 64 characters) of a refusal: its words, or when they are
+    longer, what follows the status's standard words ("...: missing X"): the status
+    code says those already."""
+    if len(reason) <= 64 or ": " not in reason:
+        return reason[:64]
+    return reason.split(": ", 1)[1][:64]
+
+
 class UPSOperations(Protocol):
     """The UPS use cases the handlers call (:class:`broker.application.UPSUseCases`)."""
 
@@ -237,7 +246,7 @@ class UPSProvider:
         try:
             answer = body()
         except UPSError as exc:
-            answer = status(exc.code, exc.reason)
+            answer = status(exc.code, error_comment(exc.reason))
         except SQLAlchemyError as exc:
             log.error("%s %s: database error %s", row.command, row.sop_instance_uid,
                       type(exc).__name__)
