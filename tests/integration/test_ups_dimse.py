@@ -2,7 +2,8 @@
 PostgreSQL and Redis: orders arrive over MLLP, a performer finds, claims, updates and
 completes their workitems with a pynetdicom SCU (UPS Pull, Push, Watch), and
 subscribers (a pynetdicom SCP) receive the N-EVENT-REPORTs of UPS Event, also across
-a restart of the broker."""
+a restart of the broker. UPS Push runs on the embedded broker, with and without the
+DICOM fast path (which serves N-CREATE and N-SET as they arrive)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ from tests.conftest import sample
 from tests.integration.conftest import free_port
 from tests.integration.hl7util import send
 from tests.workflow import wait_until
-
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 PUSH = "1.2.840.10008.5.1.4.34.6.1"
 WATCH = "1.2.840.10008.5.1.4.34.6.2"
@@ -205,6 +204,8 @@ def restart_serve(procs: Any) -> None:
     procs.wait_for("serve", r"mwl-broker listening")
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_a_performer_claims_updates_and_completes_over_dimse(
         start_distributed: Any, subscriber: Subscriber) -> None:
     port = subscriber.port
@@ -321,6 +322,8 @@ def test_a_performer_claims_updates_and_completes_over_dimse(
             ("N-ACTION 2", 0), ("C-FIND", 0), ("N-GET", 0)} <= set(kept)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_event_reports_survive_a_restart_and_are_not_sent_twice(
         start_distributed: Any, subscriber: Subscriber) -> None:
     broker = start_distributed(ups_event_destinations=f"WATCHER=127.0.0.1:{subscriber.port}")
@@ -343,3 +346,54 @@ def test_event_reports_survive_a_restart_and_are_not_sent_twice(
     subscriber.next("WATCHER", uid, ProcedureStepState="IN PROGRESS")
     restart_serve(broker)
     assert subscriber.drain(3) == [], "reports sent again after a restart"
+
+
+def pushed(patient_id: str, **values: Any) -> Dataset:
+    """A workitem an SCU creates (PS3.4 CC.2.5): patient, label, state, start."""
+    ds = Dataset()
+    ds.PatientName, ds.PatientID = "Roe^Richard", patient_id
+    ds.ProcedureStepLabel = "Lung nodule AI"
+    ds.ScheduledProcedureStepStartDateTime = "20261202100000"
+    ds.ProcedureStepState = "SCHEDULED"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "pynetdicom"])
+def test_a_requester_pushes_workitems(make_broker: Any, fast_path: bool) -> None:
+    app = make_broker(dicom_fast_path=fast_path)
+    uid = generate_uid()
+    with ups_scu(app.dicom_port, aet="REQUESTER") as assoc:
+        status, _ = assoc.send_n_create(pushed("P-77"), PUSH, uid)
+        assert status.Status == 0x0000
+        assert assoc.send_n_create(pushed("P-77"), PUSH, uid)[0].Status == 0x0111
+        done = assoc.send_n_create(pushed("P-77", ProcedureStepState="COMPLETED"), PUSH,
+                                   generate_uid())[0]
+        assert done.Status == 0xC309
+        # Without a UID the broker chooses one (in the response, PS3.7 10.1.5.1.4).
+        assert assoc.send_n_create(pushed("P-78"), PUSH, None)[0].Status == 0x0000
+        [chosen_item] = find(assoc, query(PatientID="P-78"))
+        chosen = str(chosen_item.SOPInstanceUID)
+
+        found = find(assoc, query(PatientID="P-7*", ProcedureStepLabel=""), QUERY)
+        assert {str(ds.SOPInstanceUID) for ds in found} == {uid, chosen}
+        assert {ds.ProcedureStepLabel for ds in found} == {"Lung nodule AI"}
+
+        # A SCHEDULED workitem is updated without a Transaction UID; its identity is not.
+        change = Dataset()
+        change.ProcedureStepLabel = "Lung nodule AI, second read"
+        change.SOPInstanceUID = generate_uid()
+        status = n_set(assoc, uid, change)
+        assert status.Status == 0x0107 and "SOPInstanceUID" in status.ErrorComment
+        status, item = assoc.send_n_get([0x00741204, 0x00080018], PUSH, uid)
+        assert item.ProcedureStepLabel == "Lung nodule AI, second read"
+        assert item.SOPInstanceUID == uid
+        assert action(assoc, REQUEST_CANCEL, chosen, PUSH).Status == 0x0000
+        assert assoc.send_n_get([0x00741000, 0x00080018], PUSH,
+                                chosen)[1].ProcedureStepState == "CANCELED"
+    with app.runtime.session_factory() as session:
+        kept = [(r.command, r.status, r.sop_instance_uid) for r in session.scalars(
+            select(DicomRequest).where(DicomRequest.command == "N-CREATE"))]
+    assert (("N-CREATE", 0, chosen) in kept and ("N-CREATE", 0x0111, uid) in kept
+            and ("N-CREATE", 0xC309) in {k[:2] for k in kept})
