@@ -116,6 +116,10 @@ class EventReportSender:
     def deliver(self, dest: EventDestination) -> int:
         """Send ``dest`` the events it is due (one page); returns how many it answered."""
         ae_title = dest.ae_title
+        with self._factory() as session:  # idle: reads only
+            seen = ups_delivery.position(session, ae_title)
+        if not self._events_after(seen, ae_title, 1):
+            return 0
         with unit_of_work(self._factory) as session:
             position = ups_delivery.take(session, ae_title, self._owner, LEASE_SECONDS)
         if position is None:

@@ -19,6 +19,12 @@ from broker.models import UPSEventDelivery
 D = UPSEventDelivery
 
 
+def position(session: Session, ae_title: str) -> int:
+    """The id of the last event ``ae_title`` answered (0 when none), read without a
+    lease: to learn whether anything waits before writing anything."""
+    return int(session.scalar(select(D.last_event_id).where(D.ae_title == ae_title)) or 0)
+
+
 def take(session: Session, ae_title: str, owner: str, lease_seconds: float) -> int | None:
     """Lease ``ae_title``'s delivery to ``owner`` for ``lease_seconds`` and return the
     id of the last event it answered (0 for an AE new to delivery); None while another
