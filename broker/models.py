@@ -721,19 +721,3 @@ class UPSDelivery(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
-
-class UPSEventDelivery(Base):
-    """Where N-EVENT-REPORT delivery to one subscriber AE stands (PS3.4 CC.2.4): the
-    id of the last ``ups_event`` it answered, so delivery resumes there after a
-    restart, and the lease of the process sending to it now (``owner`` until
-    ``lease_until``: two broker nodes never send the same AE's events at once)."""
-
-    __tablename__ = "ups_event_delivery"
-
-    ae_title: Mapped[str] = mapped_column(String(16), primary_key=True)
-    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
-    owner: Mapped[str] = mapped_column(String(100), default="")
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str] = mapped_column(String(200), default="")
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -178,9 +178,9 @@ class DicomServer:
         self.refusals.start()
         if self.settings.ups_event_destinations:
             self.event_reports = EventReportSender(
-                self.settings.ae_title, self.settings.ups_event_destinations, self.writer,
-                self.use_cases.ups.events_after, transfer_syntaxes=TRANSFER_SYNTAXES,
-                timeout=self.settings.dicom_acse_timeout)
+                self.settings.ae_title, self.settings.ups_event_destinations,
+                self.use_cases.ups, self.use_cases.runtime.engine,
+                transfer_syntaxes=TRANSFER_SYNTAXES, timeout=self.settings.dicom_acse_timeout)
             self.use_cases.ups.on_events(self.event_reports.wake)
             self.event_reports.start()
         if self.settings.dicom_port >= 0 and not self.settings.tls_only:

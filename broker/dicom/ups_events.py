@@ -13,61 +13,62 @@ Cancel Requested, 3 Progress Report, 4 SCP Status Change, 5 Assigned) and its Ev
 Information.
 
 Delivery is at least once and survives a restart: where it stands per AE is kept in
-the database (:mod:`broker.services.ups_delivery`), moved after each answer. Any answer
-counts as delivered (a failure status is logged: sending it again would get the same
-answer); no answer (the AE cannot be reached, aborts, times out) leaves the position,
-and the AE is tried again after 1, 2, 4 ... seconds, at most a minute. Its lease keeps
-two broker processes from sending one AE's events at once. The thread wakes when a UPS
-use case of this process commits events and polls otherwise (events of other
-processes: an order applied by a worker).
+the database (``delivered_up_to`` / ``record_delivery`` of the UPS use cases), moved
+after each answer. Any answer counts as delivered (a failure status is logged: sending
+it again would get the same answer); no answer (the AE cannot be reached, aborts, times
+out) leaves the position, and the AE is tried again after 1, 2, 4 ... seconds, at most
+a minute. With several broker nodes one sends at a time
+(:class:`broker.services.ups_delivery.SenderLock`). The thread wakes when a UPS use
+case of this process commits events and polls otherwise (events of other processes:
+an order applied by a worker).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from pynetdicom import AE
 from pynetdicom.presentation import build_role
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from broker.config import EventDestination
-from broker.db import unit_of_work
 from broker.dicom.ups_scp import UPS_EVENT, UPS_PUSH
-from broker.services import ups_delivery
+from broker.services.ups_delivery import SenderLock
 
 log = logging.getLogger(__name__)
 
 PAGE = 100  # events read and sent per association at most
-LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 MAX_BACKOFF = 60.0
 
-EventsAfter = Callable[[int, str, int], Sequence[Any]]
+class Deliveries(Protocol):
+    """The UPS use cases the sender calls (:class:`broker.application.UPSUseCases`)."""
+
+    def events_after(self, event_id: int, ae_title: str, limit: int = 100
+                     ) -> Sequence[Any]: ...
+
+    def delivered_up_to(self, ae_title: str) -> int: ...
+
+    def record_delivery(self, ae_title: str, event_id: int) -> None: ...
 
 
 class EventReportSender:
-    """Sends the UPS events due to each of ``destinations`` (see the module docstring).
-    ``events_after(event_id, ae_title, limit)`` reads them (:meth:`UPSUseCases.events_after`),
-    ``factory`` opens the sessions of the delivery positions."""
+    """Sends the UPS events due to each of ``destinations`` (see the module docstring),
+    through ``ups``; ``engine`` is the database the sender lock is taken on."""
 
     def __init__(self, ae_title: str, destinations: Sequence[EventDestination],
-                 factory: sessionmaker[Session], events_after: EventsAfter, *,
-                 transfer_syntaxes: Sequence[str], timeout: float = 10.0,
-                 poll: float = POLL_SECONDS) -> None:
+                 ups: Deliveries, engine: Engine, *, transfer_syntaxes: Sequence[str],
+                 timeout: float = 10.0, poll: float = POLL_SECONDS) -> None:
         self._destinations = list(destinations)
-        self._factory = factory
-        self._events_after = events_after
+        self._ups = ups
+        self._lock = SenderLock(engine)
         self._poll = poll
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:100]
         self._ae = AE(ae_title=ae_title)
         self._ae.add_requested_context(UPS_EVENT, list(transfer_syntaxes))
         self._ae.acse_timeout = self._ae.dimse_timeout = self._ae.network_timeout = timeout
@@ -75,6 +76,7 @@ class EventReportSender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._retry_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="mwl-ups-events", daemon=True)
 
     def start(self) -> None:
@@ -89,16 +91,14 @@ class EventReportSender:
         self._stop.set()
         self._wake.set()
         self._thread.join(30)
-        try:
-            with unit_of_work(self._factory) as session:
-                for dest in self._destinations:
-                    ups_delivery.release(session, dest.ae_title, self._owner)
-        except SQLAlchemyError as exc:
-            log.warning("UPS event leases not released: %s", type(exc).__name__)
+        self._lock.release()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if not self._lock.held():  # another broker node sends
+                self._wake.wait(self._poll)
+                continue
             for dest in self._destinations:
                 if self._stop.is_set():
                     return
@@ -116,15 +116,8 @@ class EventReportSender:
     def deliver(self, dest: EventDestination) -> int:
         """Send ``dest`` the events it is due (one page); returns how many it answered."""
         ae_title = dest.ae_title
-        with self._factory() as session:  # idle: reads only
-            seen = ups_delivery.position(session, ae_title)
-        if not self._events_after(seen, ae_title, 1):
-            return 0
-        with unit_of_work(self._factory) as session:
-            position = ups_delivery.take(session, ae_title, self._owner, LEASE_SECONDS)
-        if position is None:
-            return 0  # another broker process sends to it
-        events = list(self._events_after(position, ae_title, PAGE))
+        events = list(self._ups.events_after(self._ups.delivered_up_to(ae_title), ae_title,
+                                             PAGE))
         if not events:
             return 0
         answered = 0
@@ -148,21 +141,19 @@ class EventReportSender:
                     if code:
                         log.warning("UPS event %d to %s answered 0x%04X", event.id, ae_title,
                                     int(code))
-                    with unit_of_work(self._factory) as session:
-                        ups_delivery.delivered(session, ae_title, self._owner, int(event.id),
-                                               LEASE_SECONDS)
+                    self._ups.record_delivery(ae_title, int(event.id))
                     answered += 1
         finally:
             if assoc.is_established:
                 assoc.release()
         if error:
-            with unit_of_work(self._factory) as session:
-                failures = ups_delivery.failed(session, ae_title, self._owner, error)
-            delay = min(2.0 ** max(failures - 1, 0), MAX_BACKOFF)
+            failures = self._failures[ae_title] = self._failures.get(ae_title, 0) + 1
+            delay = min(2.0 ** (failures - 1), MAX_BACKOFF)
             self._retry_at[ae_title] = time.monotonic() + delay
             log.warning("UPS event reports to %s: %s; again in %.0f s", ae_title, error, delay)
         else:
             self._retry_at.pop(ae_title, None)
+            self._failures.pop(ae_title, None)
             if len(events) == PAGE:
                 self._wake.set()  # more may be waiting
         if answered:

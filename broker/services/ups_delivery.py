@@ -1,73 +1,61 @@
-"""Where N-EVENT-REPORT delivery stands per subscriber AE (PS3.4 CC.2.4), kept in the
-database so that delivery resumes after a restart at the first event not yet
-answered, and leased so that two broker processes never send one AE's events at once.
+"""One broker process at a time sends the UPS N-EVENT-REPORTs (PS3.4 CC.2.4): with
+several nodes on one PostgreSQL database, the sender holding a session advisory lock
+sends, the others wait and take over when its connection ends (the process stopped
+or died). On SQLite there is one process, which always sends.
 
-Delivery is at least once: the position moves after the subscriber answered an event
-report, so a crash between its answer and the commit sends that report again.
+Where delivery stands per subscriber AE is the UPS service's (``ups_delivery`` rows,
+:func:`broker.services.ups.delivered_up_to` / ``record_delivery``).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import logging
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from broker.models import UPSEventDelivery
+log = logging.getLogger(__name__)
 
-D = UPSEventDelivery
-
-
-def position(session: Session, ae_title: str) -> int:
-    """The id of the last event ``ae_title`` answered (0 when none), read without a
-    lease: to learn whether anything waits before writing anything."""
-    return int(session.scalar(select(D.last_event_id).where(D.ae_title == ae_title)) or 0)
+SENDER_LOCK = "mwlb:ups-event-sender"
 
 
-def take(session: Session, ae_title: str, owner: str, lease_seconds: float) -> int | None:
-    """Lease ``ae_title``'s delivery to ``owner`` for ``lease_seconds`` and return the
-    id of the last event it answered (0 for an AE new to delivery); None while another
-    owner's lease runs."""
-    now = datetime.now(UTC)
-    until = now + timedelta(seconds=lease_seconds)
-    taken = session.execute(
-        update(D).where(D.ae_title == ae_title,
-                        or_(D.owner == owner, D.owner == "", D.lease_until.is_(None),
-                            D.lease_until < now))
-        .values(owner=owner, lease_until=until)).rowcount  # type: ignore[attr-defined]
-    if not taken:
-        if session.get(D, ae_title) is not None:
-            return None  # leased elsewhere
+class SenderLock:
+    """The right to send UPS event reports, held on a connection of its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._held = engine.dialect.name != "postgresql"
+
+    def held(self) -> bool:
+        """Whether this process sends now (takes the lock when it is free)."""
+        if self._engine.dialect.name != "postgresql":
+            return True
         try:
-            with session.begin_nested():
-                session.add(D(ae_title=ae_title, last_event_id=0, owner=owner,
-                              lease_until=until, failures=0, last_error=""))
-        except IntegrityError:  # another process created it meanwhile: its lease
-            return None
-    return int(session.scalar(select(D.last_event_id).where(D.ae_title == ae_title)) or 0)
+            if self._connection is None:
+                self._connection = self._engine.connect()
+                self._held = False
+            elif self._held:
+                self._connection.execute(select(1)).scalar()  # still ours?
+                self._connection.commit()
+                return True
+            key = func.hashtextextended(SENDER_LOCK, 0)
+            self._held = bool(self._connection.execute(
+                select(func.pg_try_advisory_lock(key))).scalar())
+            self._connection.commit()
+            if self._held:
+                log.info("this process sends the UPS event reports")
+        except SQLAlchemyError as exc:  # the connection broke: the lock went with it
+            log.warning("UPS event sender lock: %s", type(exc).__name__)
+            self.release()
+        return self._held
 
-
-def delivered(session: Session, ae_title: str, owner: str, event_id: int,
-              lease_seconds: float) -> None:
-    """The subscriber answered every event up to ``event_id``; the lease runs on."""
-    now = datetime.now(UTC)
-    session.execute(update(D).where(D.ae_title == ae_title, D.owner == owner,
-                                    D.last_event_id < event_id)
-                    .values(last_event_id=event_id, failures=0, last_error="",
-                            delivered_at=now,
-                            lease_until=now + timedelta(seconds=lease_seconds)))
-
-
-def failed(session: Session, ae_title: str, owner: str, error: str) -> int:
-    """A delivery attempt failed (the subscriber could not be reached, or did not
-    answer); returns how many attempts in a row have."""
-    session.execute(update(D).where(D.ae_title == ae_title, D.owner == owner)
-                    .values(failures=D.failures + 1, last_error=error[:200]))
-    return int(session.scalar(select(D.failures).where(D.ae_title == ae_title)) or 0)
-
-
-def release(session: Session, ae_title: str, owner: str) -> None:
-    """Give the lease up (the process stops)."""
-    session.execute(update(D).where(D.ae_title == ae_title, D.owner == owner)
-                    .values(owner="", lease_until=None))
+    def release(self) -> None:
+        if self._connection is not None:
+            try:  # closed, not returned to the pool: the session ends, the lock is free
+                self._connection.invalidate()
+                self._connection.close()
+            except SQLAlchemyError:
+                pass
+        self._connection = None
+        self._held = self._engine.dialect.name != "postgresql"
