@@ -61,6 +61,7 @@ GLOBAL_INSTANCES = (GLOBAL_SUBSCRIPTION, FILTERED_GLOBAL_SUBSCRIPTION)
 RESOURCE_LIMITATION = 0x0213  # PS3.7 C.5: the SCU may try again later
 OUT_OF_RESOURCES = 0xA700  # C-FIND: more matches than the broker returns (PS3.4 C.4.1)
 PENDING, PENDING_WARNING = 0xFF00, 0xFF01  # FF01: some keys were not matched on
+UNABLE_TO_PROCESS = 0xC000  # C-FIND failure (PS3.4 C.4.1.1.4)
 
 TRANSACTION_UID = "TransactionUID"
 # Action Information attributes that are no matching keys of a filtered subscription.
@@ -395,7 +396,12 @@ class UPSProvider:
         cap = self._settings.worklist_max_results or None
 
         def body() -> int | Dataset:
-            found.append(self._ups.search(event.identifier, limit=cap,
+            try:
+                identifier = event.identifier
+            except Exception as exc:  # PS3.4 C.4.1.1.4: unable to process
+                return status(UNABLE_TO_PROCESS, f"cannot read the identifier: "
+                              f"{type(exc).__name__}")
+            found.append(self._ups.search(identifier, limit=cap,
                                           calling=self._calling(event)))
             if found[0].total_capped:
                 return status(OUT_OF_RESOURCES, f"more than {cap} workitems match")
