@@ -9,15 +9,21 @@ object it is handed and never reads the environment itself.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -78,6 +84,39 @@ class AllowedAE(BaseModel):
     ae_title: str
     hosts: list[str] = []
     certificate_subject: str = ""
+
+
+class EventDestination(BaseModel):
+    """Where a UPS subscriber AE is reached for N-EVENT-REPORT (PS3.4 CC.2.4): its AE
+    title (the Receiving AE of its subscriptions), host and port."""
+
+    model_config = {"extra": "forbid"}
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+
+def parse_event_destinations(value: Any) -> Any:
+    """``AE=host:port,AE2=host:port`` (the environment's short form) as a list of
+    :class:`EventDestination` fields; a JSON list, or a list from TOML, passes as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        return json.loads(text)
+    out = []
+    for entry in text.split(","):
+        ae_title, sep, address = entry.strip().partition("=")
+        host, colon, port = address.strip().rpartition(":")
+        if not (sep and colon and ae_title.strip() and host and port.strip().isdigit()):
+            raise ValueError(f"{entry.strip()!r}: give AE=host:port (several separated by "
+                             "commas)")
+        out.append({"ae_title": ae_title.strip(), "host": host.strip("[]"),
+                    "port": int(port)})
+    return out
 
 
 class AllowedSender(BaseModel):
@@ -190,6 +229,12 @@ class Settings(BaseSettings):
         default=[],
         description="DICOM peers allowed to associate (JSON list of {ae_title, hosts, "
         "certificate_subject}); empty = any (see allow_open_access).",
+    )
+    ups_event_destinations: Annotated[list[EventDestination], NoDecode] = Field(
+        default=[],
+        description="UPS subscribers the broker sends N-EVENT-REPORTs to (PS3.4 CC.2.4): "
+        "AE=host:port,AE2=host:port (or a JSON list of {ae_title, host, port}). A DIMSE "
+        "subscription for another Receiving AE is refused with 0xC308.",
     )
     hl7_allowed_senders: list[AllowedSender] = Field(
         default=[],
@@ -381,6 +426,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one HL7 version must be accepted")
         return value
+
+    @field_validator("ups_event_destinations", mode="before")
+    @classmethod
+    def _event_destinations(cls, value: Any) -> Any:
+        return parse_event_destinations(value)
 
     @field_validator("timezone")
     @classmethod

@@ -75,7 +75,7 @@ def _print_banner(settings: Settings, mllp_port: int | None, dicom_port: int | N
         f"mwl-broker listening\n"
         f"  HL7 MLLP         {where(settings.mllp_host, mllp_port)}\n"
         f"  DICOM            {where(settings.dicom_host, dicom_port)}  AE title "
-        f"{settings.ae_title} (MWL, MPPS, C-STORE, IAN, echo)\n"
+        f"{settings.ae_title} (MWL, MPPS, C-STORE, IAN, UPS, echo)\n"
         f"{tls}"
         f"  database         {safe_url(settings.database_url)}   processing: {mode}\n"
         f"{web}"

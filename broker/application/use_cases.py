@@ -237,6 +237,12 @@ class UseCases:
         with unit_of_work(self.runtime.session_factory) as session:
             session.add(request)
 
+    def record_request(self, request: DicomRequest) -> None:
+        """Keep a DIMSE request with the status answered, in a transaction of its own
+        (a UPS request: after the use case it asked for, :mod:`broker.dicom.ups_scp`)."""
+        with unit_of_work(self.runtime.session_factory) as session:
+            session.add(request)
+
     def record_instance(self, ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str,
                         calling_ae_title: str, transfer_syntax_uid: str,
                         file_path: str) -> None:

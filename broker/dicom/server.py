@@ -7,7 +7,10 @@
   before its response, and linking runs in a task, except that an
   MPPS N-CREATE naming its steps unambiguously links them and takes them off the
   worklist in its own transaction (:func:`broker.services.mpps.create`);
-* Storage C-STORE (Annex B) for the common modalities, see :mod:`broker.dicom.storage`.
+* Storage C-STORE (Annex B) for the common modalities, see :mod:`broker.dicom.storage`;
+* Unified Procedure Step Push, Pull, Watch and Query (Annex CC), see
+  :mod:`broker.dicom.ups_scp`; UPS Event N-EVENT-REPORTs go out to the subscribers of
+  MWLB_UPS_EVENT_DESTINATIONS (:mod:`broker.dicom.ups_events`).
 
 Handlers are thin: unpack the event, call one use case (:mod:`broker.application`,
 which owns the transaction and the dispatch of the follow-up job), map its result or
@@ -62,6 +65,8 @@ from broker.dicom.storage import (
     file_path,
     write_file,
 )
+from broker.dicom.ups_events import EventReportSender
+from broker.dicom.ups_scp import UPS_EVENT, UPS_SERVED, UPSProvider
 from broker.dicom.worklist import QueryCache, find_worklist
 from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult, utcnow
 from broker.security.access import calling_entry, refusal_reason, uses_reserve
@@ -132,10 +137,18 @@ class DicomServer:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         for sop_class in STORAGE_SOP_CLASSES.values():
             self.ae.add_supported_context(sop_class, STORAGE_TRANSFER_SYNTAXES)
+        for sop_class in UPS_SERVED:
+            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        # UPS Event (PS3.4 CC.3.1): a requestor proposing it as SCU (to receive event
+        # reports) is accepted in that role, never as SCP (the broker receives none).
+        self.ae.add_supported_context(UPS_EVENT, TRANSFER_SYNTAXES, scu_role=True,
+                                      scp_role=False)
         self._server: Any = None
         self._tls_server: Any = None
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-cfind-log")
         self._queries = QueryCache(settings)
+        self.ups = UPSProvider(use_cases.ups, settings, self._record_ups)
+        self.event_reports: EventReportSender | None = None
         # Studies stored per association: reconciled once the association ends.
         self._studies: dict[int, dict[str, list[Any]]] = {}
         self._lock = threading.Lock()
@@ -153,6 +166,8 @@ class DicomServer:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_N_CREATE, self._on_n_create),
             (evt.EVT_N_SET, self._on_n_set),
+            (evt.EVT_N_GET, self._on_n_get),
+            (evt.EVT_N_ACTION, self._on_n_action),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACSE_RECV, self._on_acse),
             (evt.EVT_RELEASED, self._on_association_end),
@@ -161,6 +176,13 @@ class DicomServer:
         ]
         self.guard.start()
         self.refusals.start()
+        if self.settings.ups_event_destinations:
+            self.event_reports = EventReportSender(
+                self.settings.ae_title, self.settings.ups_event_destinations,
+                self.use_cases.ups, self.use_cases.runtime.engine,
+                transfer_syntaxes=TRANSFER_SYNTAXES, timeout=self.settings.dicom_acse_timeout)
+            self.use_cases.ups.on_events(self.event_reports.wake)
+            self.event_reports.start()
         if self.settings.dicom_port >= 0 and not self.settings.tls_only:
             self._server = self.ae.start_server(
                 (self.settings.dicom_host, self.settings.dicom_port), block=False,
@@ -194,6 +216,9 @@ class DicomServer:
             if server is not None:
                 server.shutdown()
         self._server = self._tls_server = None
+        if self.event_reports is not None:
+            self.event_reports.stop()
+            self.event_reports = None
         self.guard.stop()
         self.refusals.stop()
         self._recorder.shutdown(wait=True)
@@ -270,11 +295,14 @@ class DicomServer:
     def _on_echo(event: Any) -> int:
         return 0x0000
 
-    def _on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
+    def _on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Any]]:
         """PS3.4 K.4.1.3, PS3.7 9.1.2: each match is answered by the
         :func:`~broker.dicom.fastpath.find_responder` (written beneath pynetdicom on the
         fast path, else yielded as a (status, Dataset) pair), then the final status goes
         back to pynetdicom, which sends it."""
+        if str(event.request.AffectedSOPClassUID) in UPS_SERVED:
+            yield from self.ups.c_find(event)
+            return
         calling = event.assoc.requestor.ae_title
         try:
             identifier = event.identifier
@@ -381,6 +409,8 @@ class DicomServer:
     def _on_n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         req = event.request
         sop_class = str(req.AffectedSOPClassUID)
+        if sop_class in UPS_SERVED:
+            return self.ups.n_create(event)
         given = str(req.AffectedSOPInstanceUID or "")
         uid = given or generate_uid()
         calling = str(event.assoc.requestor.ae_title)
@@ -402,6 +432,8 @@ class DicomServer:
 
     def _on_n_set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         req = event.request
+        if str(req.RequestedSOPClassUID) in UPS_SERVED:
+            return self.ups.n_set(event)
         uid = str(req.RequestedSOPInstanceUID or "")
 
         def apply(ds: Dataset, record: DicomRequest) -> None:
@@ -411,6 +443,30 @@ class DicomServer:
         status = self._handle_n(event, "N-SET", str(req.RequestedSOPClassUID), uid,
                                 req.ModificationList, lambda: event.modification_list, apply)
         return status, None
+
+    # -- Unified Procedure Step (PS3.4 Annex CC) ------------------------------------------
+
+    def _on_n_get(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        """N-GET: UPS only (the broker's other SOP Classes have none)."""
+        return self.ups.n_get(event)
+
+    def _on_n_action(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        """N-ACTION: UPS only."""
+        return self.ups.n_action(event)
+
+    def _record_ups(self, record: DicomRequest, durable: bool) -> None:
+        """Keep a UPS request: a change before its response, a read off the response
+        path (in the C-FIND recording thread)."""
+        if durable:
+            self.use_cases.record_request(record)
+        else:
+            self._recorder.submit(self._record_quietly, record)
+
+    def _record_quietly(self, record: DicomRequest) -> None:
+        try:
+            self.use_cases.record_request(record)
+        except SQLAlchemyError as exc:
+            log.warning("%s record not stored: %s", record.command, type(exc).__name__)
 
     # -- Storage -----------------------------------------------------------------------
 
