@@ -86,13 +86,15 @@ def _start_embedded(tmp_path: Path, outbound: str) -> Any:
     return procs
 
 
-def start_performer(broker: Any, log: Path) -> subprocess.Popen[bytes]:
+def start_performer(broker: Any, log: Path, work_seconds: float = 0.2
+                    ) -> subprocess.Popen[bytes]:
     """``python examples/ups_performer.py`` for AI_CXR, code AICXR at MWL_DEFAULT, its
     output in ``log``; returns once it waits for workitems on its event channel."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(PERFORMER), "--url", broker.base, "--ae-title", "AI_CXR",
-             "--code", AI_CODE, "--station", STATION, "--wait", "90", "--work-seconds", "0.2"],
+             "--code", AI_CODE, "--station", STATION, "--wait", "90",
+             "--work-seconds", str(work_seconds)],
             env={**os.environ, "UPS_TOKEN": broker.tokens["performer"]},
             stdout=out, stderr=subprocess.STDOUT)
     wait_until(lambda: "waiting for workitems" in log.read_text() or proc.poll() is not None,
@@ -166,6 +168,43 @@ def test_an_ai_application_performs_an_ordered_workitem(broker: Any, ehr: EHREnd
     assert any(kind == "HL7 out" and "ORC-5 CM" in text for kind, text in lines), lines
     steps = timeline.json()["procedures"][0]["steps"]
     assert [(s["sps_id"], s["status"]) for s in steps] == [("SPS42", "COMPLETED")]
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_the_application_cancels_when_asked_to(broker: Any, ehr: EHREndpoint,
+                                               tmp_path: Path) -> None:
+    """A Request Cancellation of the claimed workitem reaches the performer as a Cancel
+    Requested event (PS3.4 CC.2.4.2): it cancels the workitem, and the EHR hears the
+    order was discontinued."""
+    log = tmp_path / "performer.log"
+    performer = start_performer(broker, log, work_seconds=4)
+    try:
+        assert [a.code for a in send(broker.mllp_port, ai_order(43))] == ["AA"]
+        uid = wait_until(lambda: re.findall(r"claimed workitem (\S+)", log.read_text()),
+                         timeout=60, what="the claim")[0]
+        reason = Dataset()
+        reason.ReasonForCancellation = "ordered in error"
+        with client(broker, "admin") as admin:
+            asked = admin.post(f"/dicomweb/workitems/{uid}/cancelrequest",
+                               content=json.dumps(reason.to_json_dict()),
+                               headers={"Content-Type": DICOM_JSON})
+        assert asked.status_code == 202, asked.text
+        performer.wait(60)
+    finally:
+        if performer.poll() is None:
+            performer.kill()
+            performer.wait(10)
+    output = log.read_text()
+    assert performer.returncode == 0, output
+    assert f"event Cancel Requested for workitem {uid}" in output
+    assert f"cancelled workitem {uid}" in output and "completed workitem" not in output
+    received = ehr.wait_for(2, timeout=60)
+    assert [field(m, "ORC", 5) for m in received] == ["IP", "DC"], received
+    assert {field(m, "OBR", 18) for m in received} == {"ACC43"}
+    with client(broker, "performer") as http:
+        item = Dataset.from_json(http.get(f"/dicomweb/workitems/{uid}").json()[0])
+    assert item.ProcedureStepState == "CANCELED"
+    assert worklist(broker, "ACC43") == []
 
 
 def client(broker: Any, role: str) -> httpx.Client:
