@@ -9,6 +9,7 @@ with a Celery worker."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -176,6 +177,9 @@ def test_the_application_cancels_when_asked_to(broker: Any, ehr: EHREndpoint,
     """A Request Cancellation of the claimed workitem reaches the performer as a Cancel
     Requested event (PS3.4 CC.2.4.2): it cancels the workitem, and the EHR hears the
     order was discontinued."""
+    # Imported, nothing to perform yet: it gives up after its wait.
+    assert performer_module().perform_one(broker.base, broker.tokens["performer"], "AI_CXR",
+                                          workitem_code=AI_CODE, wait=1) is None
     log = tmp_path / "performer.log"
     performer = start_performer(broker, log, work_seconds=4)
     try:
@@ -205,6 +209,25 @@ def test_the_application_cancels_when_asked_to(broker: Any, ehr: EHREndpoint,
         item = Dataset.from_json(http.get(f"/dicomweb/workitems/{uid}").json()[0])
     assert item.ProcedureStepState == "CANCELED"
     assert worklist(broker, "ACC43") == []
+
+
+def test_the_performer_script_explains_itself() -> None:
+    shown = subprocess.run([sys.executable, str(PERFORMER), "--help"], capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0 and "--token" in shown.stdout and "UPS_TOKEN" in shown.stdout
+    env = {k: v for k, v in os.environ.items() if k != "UPS_TOKEN"}
+    refused = subprocess.run([sys.executable, str(PERFORMER)], capture_output=True, text=True,
+                             timeout=60, env=env)
+    assert refused.returncode == 2 and "give --token or set UPS_TOKEN" in refused.stderr
+
+
+def performer_module() -> Any:
+    """examples/ups_performer.py imported (it is a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("ups_performer", PERFORMER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def client(broker: Any, role: str) -> httpx.Client:
