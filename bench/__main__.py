@@ -17,7 +17,9 @@ Parts (``BENCH_PARTS``, comma-separated, default all, in this order):
 * ``latency``: order to worklist (:mod:`bench.latency`);
 * ``processing``: a stored backlog drained by one worker process (:mod:`bench.processing`);
 * ``performed``: MPPS pairs and C-STORE instances per second (:mod:`bench.workflow`),
-  and the same storescu run against DCMTK storescp (:mod:`bench.storescp`).
+  and the same storescu run against DCMTK storescp (:mod:`bench.storescp`);
+* ``ups``: UPS-RS Search Workitems at ``BENCH_UPS_WORKITEMS`` workitems next to MWL
+  C-FIND on an open association, the same queries in the same run (:mod:`bench.ups`).
 
 Knobs (environment variables):
 
@@ -33,6 +35,8 @@ Knobs (environment variables):
 * ``BENCH_LATENCY_ORDERS`` (200): orders per latency run;
 * ``BENCH_BACKLOG`` (10000), ``BENCH_PROCESSING_RUNS`` (1): the processing backlog;
 * ``BENCH_WORK_ITEMS`` (100): MPPS pairs per run (and twice as many C-STORE instances);
+* ``BENCH_UPS_WORKITEMS`` (10000): steps and workitems loaded for ``ups`` (its queries
+  per run: ``BENCH_OPEN_QUERIES`` for one patient, a tenth for station + today);
 * ``MWLB_BENCH_REDIS_URL``, ``MWLB_TEST_PG_ADMIN_URL``: the Redis database and the
   PostgreSQL server to use (:mod:`bench.processes`).
 
@@ -52,7 +56,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from bench import cfind, loader, open_association
+from bench import cfind, loader, open_association, ups
 from bench.floors import commit_rate
 from bench.ingest import ingest, percentile
 from bench.latency import order_to_worklist
@@ -61,7 +65,7 @@ from bench.processing import drain_rate
 from bench.report import fmt, machine, table
 from bench.results import Name, Results
 from bench.storescp import Storescp, storescp_rate
-from bench.summary import HEADER, summary_rows
+from bench.summary import COMPARISON_HEADER, HEADER, comparison_rows, summary_rows
 from broker.db import make_engine
 from broker.hl7.client import MLLPClient
 from broker.migrations import upgrade
@@ -78,6 +82,7 @@ CONCURRENT_SECONDS = float(os.environ.get("BENCH_CONCURRENT_SECONDS", "10"))
 OPEN_QUERIES = int(os.environ.get("BENCH_OPEN_QUERIES", "500"))
 OPEN_SECONDS = float(os.environ.get("BENCH_OPEN_SECONDS", "5"))
 WORK_ITEMS = int(os.environ.get("BENCH_WORK_ITEMS", "100"))
+UPS_WORKITEMS = int(os.environ.get("BENCH_UPS_WORKITEMS", "10000"))
 FAST_PATH = os.environ.get("BENCH_FAST_PATH", "true")
 RESULT_CAP = 10_000
 CLIENTS = 8
@@ -347,9 +352,36 @@ def performed_part(workdir: Path, results: Results) -> None:
            "broker / storescp"], rows)
 
 
+def ups_part(workdir: Path, results: Results) -> None:
+    """UPS-RS search next to MWL C-FIND on the same broker and steps (:mod:`bench.ups`)."""
+    count = UPS_WORKITEMS
+    figures = ups.measure(f"sqlite:///{workdir}/ups-{count}.db", count, RUNS, OPEN_QUERIES,
+                          free_port())
+    if count == 10_000:
+        results.record(Name.UPS_PATIENT_P50, figures.ups["a"])
+        results.record(Name.UPS_STATION_P50, figures.ups["b"])
+        results.record(Name.UPS_MWL_PATIENT_P50, figures.mwl["a"])
+        results.record(Name.UPS_MWL_STATION_P50, figures.mwl["b"])
+    table(f"UPS-RS Search Workitems next to MWL C-FIND ({count} steps, each also a UPS "
+          f"workitem; SQLite, embedded; {OPEN_QUERIES} queries per run for (a), "
+          f"{max(OPEN_QUERIES // 10, 1)} for (b), MWL then UPS-RS in turn; p50 of each run)",
+          ["query", "items", "UPS-RS GET /dicomweb/workitems, one kept-alive httpx "
+           "connection", "MWL C-FIND, one open association"],
+          [["(a) one Patient ID", "1", fmt(figures.ups["a"], " ms", 2),
+            fmt(figures.mwl["a"], " ms", 2)],
+           ["(b) station + today", str(count // 100), fmt(figures.ups["b"], " ms", 2),
+            fmt(figures.mwl["b"], " ms", 2)],
+           ["floor: GET /healthz (no database)", "-", fmt(figures.http_floor, " ms", 2),
+            "-"]])
+    print("\nUPS-RS times include the HTTP client's (httpx) and the DICOM JSON of each "
+          "workitem (patient, request, code and the required return keys); the floor row "
+          "is the web server and client alone. MWL C-FIND is timed by the lean SCU of "
+          "bench.scu (identifiers counted, not decoded).")
+
+
 PARTS: dict[str, Callable[[Path, Results], None]] = {
     "floors": floors, "cfind": cfind_part, "ingest": ingest_part, "latency": latency_part,
-    "processing": processing_part, "performed": performed_part,
+    "processing": processing_part, "performed": performed_part, "ups": ups_part,
 }
 
 
@@ -371,6 +403,10 @@ def main() -> None:
     finally:
         table("Summary: the performance targets (now: this run's medians)", HEADER,
               summary_rows(results))
+        compared = comparison_rows(results)
+        if compared:
+            table("Side by side (no target): UPS-RS search and MWL C-FIND, this run's "
+                  "medians", COMPARISON_HEADER, compared)
         print(f"\n(total: {time.monotonic() - began:.0f} s; parts run: {', '.join(wanted)})")
 
 

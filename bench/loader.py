@@ -3,8 +3,9 @@
 One synthetic ORM^O01 goes through the broker's real path (MLLP, message store,
 mapping, processing); its rows are the template. The loader then writes N copies
 straight into the broker's tables (patients, orders, requested procedures, steps,
-station AE titles) with new identifiers, spread over 20 station AE titles, 10
-modalities and 5 days starting today, one patient per step. The same items are
+station AE titles; with ``workitems``, each step's UPS workitem as well) with new
+identifiers, spread over 20 station AE titles, 10 modalities and 5 days starting
+today, one patient per step. The same items are
 written as DCMTK ``.wl`` files for ``wlmscpfs``, the broker's own response to a
 universal query, so both servers hold the same attributes.
 """
@@ -34,6 +35,7 @@ from broker.models import (
     RequestedProcedure,
     ScheduledProcedureStep,
     StationAETitle,
+    UPSWorkitem,
 )
 
 STATIONS = 20
@@ -55,11 +57,14 @@ def _rows(session: Session, model: Any) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in model.__table__.columns}
 
 
-def template(session: Session) -> dict[str, dict[str, Any]]:
+def template(session: Session, workitems: bool = False) -> dict[str, dict[str, Any]]:
     """The rows one processed order produced (the database must hold just that one)."""
-    return {name: _rows(session, model) for name, model in (
+    models: list[tuple[str, Any]] = [
         ("patient", Patient), ("order", ImagingOrder), ("procedure", RequestedProcedure),
-        ("step", ScheduledProcedureStep))}
+        ("step", ScheduledProcedureStep)]
+    if workitems:
+        models.append(("workitem", UPSWorkitem))
+    return {name: _rows(session, model) for name, model in models}
 
 
 def _copies(tpl: dict[str, dict[str, Any]], first: int, count: int, today: date,
@@ -91,21 +96,34 @@ def _copies(tpl: dict[str, dict[str, Any]], first: int, count: int, today: date,
             ScheduledProcedureStepID=step["sps_id"], ScheduledProcedureStepStartDate=start_date,
             ScheduledProcedureStepStartTime=start_time, Modality=modality,
             ScheduledStationAETitle=[title], ScheduledStationName=title[:16])
-        yield {"patient": patient, "order": order, "procedure": procedure, "step": step,
-               "title": {"sps_pk": pk, "position": 0, "ae_title": title}}
+        rows = {"patient": patient, "order": order, "procedure": procedure, "step": step,
+                "title": {"sps_pk": pk, "position": 0, "ae_title": title}}
+        if "workitem" in tpl:
+            workitem = copy.deepcopy(tpl["workitem"])
+            workitem.update(id=pk, uid=f"2.25.{8 * 10**15 + i}", sps_pk=pk,
+                            start_datetime=step["start_datetime"], station_name_code=title,
+                            worklist_label=title)
+            rows["workitem"] = workitem
+        yield rows
 
 
-def load(session: Session, count: int, today: date) -> None:
+def load(session: Session, count: int, today: date, *, workitems: bool = False) -> None:
     """Add ``count`` steps cloned from the database's one order, whose own step is then
-    marked DISCONTINUED so that it is off the worklist."""
-    tpl = template(session)
+    marked DISCONTINUED so that it is off the worklist. With ``workitems``, each step
+    gets a SCHEDULED UPS workitem cloned from the order's (its station's code and its
+    start), and the order's own workitem is CANCELED."""
+    tpl = template(session, workitems)
     session.execute(update(ScheduledProcedureStep).values(status="DISCONTINUED"))
+    if workitems:
+        session.execute(update(UPSWorkitem).values(state="CANCELED"))
     offset = max(row["id"] for row in tpl.values())
     tables: list[tuple[str, Table]] = [
         ("patient", Patient.__table__), ("order", ImagingOrder.__table__),  # type: ignore[list-item]
         ("procedure", RequestedProcedure.__table__),  # type: ignore[list-item]
         ("step", ScheduledProcedureStep.__table__),  # type: ignore[list-item]
         ("title", StationAETitle.__table__)]  # type: ignore[list-item]
+    if workitems:
+        tables.append(("workitem", UPSWorkitem.__table__))  # type: ignore[arg-type]
     for first in range(0, count, BATCH):
         batch = list(_copies(tpl, first, min(BATCH, count - first), today, offset))
         for name, table in tables:

@@ -44,6 +44,11 @@ class Name(StrEnum):
     # C-FIND on open associations
     OPEN_PATIENT_P50_100K = "C-FIND one Patient ID on an open association, 100,000 steps, p50 ms"
     OPEN_STATION_RATE_10K = "8 open associations, station + today, 10,000 steps, queries/s"
+    # UPS-RS Search Workitems next to MWL C-FIND, 10,000 workitems, the same run
+    UPS_PATIENT_P50 = "UPS-RS search, one Patient ID, 10,000 workitems, p50 ms"
+    UPS_STATION_P50 = "UPS-RS search, station + today, 10,000 workitems, p50 ms"
+    UPS_MWL_PATIENT_P50 = "MWL C-FIND beside UPS-RS, one Patient ID, 10,000 steps, p50 ms"
+    UPS_MWL_STATION_P50 = "MWL C-FIND beside UPS-RS, station + today, 10,000 steps, p50 ms"
 
 
 class Results:

@@ -1,4 +1,5 @@
-"""The summary that ends ``make bench``: one row per performance target.
+"""The summary that ends ``make bench``: one row per performance target, then figures
+that have no target but are read side by side (:data:`COMPARISONS`).
 
 Each row gives the figure as measured before the write path work (on 2026-11-30, on
 the 2-core machine the targets were set for), this run's median, the target, this
@@ -114,3 +115,37 @@ def summary_rows(results: Results) -> list[list[str]]:
 
 
 HEADER = ["figure", BEFORE_LABEL, "now (this run, median)", "target", "floor", "met?"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two figures of the same run read side by side (no target): ``figure`` against
+    ``reference``, and their ratio."""
+
+    label: str
+    figure: Figure
+    reference: Figure
+
+    def cells(self, results: Results) -> list[str]:
+        value, reference = self.figure.value(results), self.reference.value(results)
+        ratio = f"{value / reference:.1f}x" if value and reference else "-"
+        return [self.label, self.figure.text(results) or "-",
+                self.reference.text(results) or "-", ratio]
+
+
+COMPARISONS = (
+    Comparison("one Patient ID @10k, p50",
+               _ms(Name.UPS_PATIENT_P50, "", digits=2),
+               _ms(Name.UPS_MWL_PATIENT_P50, "", digits=2)),
+    Comparison("station + today @10k (100 items), p50",
+               _ms(Name.UPS_STATION_P50, "", digits=2),
+               _ms(Name.UPS_MWL_STATION_P50, "", digits=2)),
+)
+COMPARISON_HEADER = ["query", "UPS-RS search (httpx, kept-alive)",
+                     "MWL C-FIND (open association)", "UPS-RS / MWL"]
+
+
+def comparison_rows(results: Results) -> list[list[str]]:
+    """The :data:`COMPARISONS` this run measured (none: no rows)."""
+    return [c.cells(results) for c in COMPARISONS
+            if c.figure.value(results) is not None]
