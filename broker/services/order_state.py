@@ -152,6 +152,8 @@ class OrderState:
 
     patient: tuple[int, int | None] | None
     orders: list[Order]
+    # The patient row to insert, when the message names an unknown patient.
+    new_patient: dict[str, Any] | None = None
     # Step history rows to write, in the order the changes were made.
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -247,6 +249,8 @@ def load(connection: Connection, patient: PatientRecord,
 def write(connection: Connection, state: OrderState) -> None:
     """Insert the new rows and update the changed ones: one statement per table and
     kind (new rows, each set of changed columns), parents before children."""
+    if state.new_patient is not None:
+        connection.execute(inserting(PATIENTS), state.new_patient)
     procedures = [p for o in state.orders for p in o.procedures]
     steps = [s for p in procedures for s in p.steps]
     for target, rows in ((ORDERS, state.orders), (PROCEDURES, procedures), (STEPS, steps)):

@@ -35,6 +35,7 @@ from broker.models import InboundMessage, SPSStatus
 from broker.services import order_state
 from broker.services.order_state import (
     ORDERS,
+    PATIENTS,
     PROCEDURES,
     STEPS,
     Order,
@@ -42,7 +43,7 @@ from broker.services.order_state import (
     Procedure,
     Step,
 )
-from broker.services.patients import create_patient, survivor
+from broker.services.patients import patient_values, survivor
 from broker.services.records import merge_attributes
 from broker.services.rows import KeyPool
 
@@ -82,8 +83,8 @@ def apply_order(connection: Connection, message: OrderMessage,
     """
     outcome: list[str] = []
     state = order_state.load(connection, message.patient, message.procedures)
-    patient_pk = _patient_for_order(connection, state, message.patient, outcome)
     keys = KeyPool(connection, _rows_to_create(state, message))
+    patient_pk = _patient_for_order(connection, state, keys, message.patient, outcome)
     unit = _Unit(state, keys, patient_pk, inbound, message.profile, outcome)
     sequence = 0
     for procedure in message.procedures:
@@ -112,7 +113,8 @@ def _rows_to_create(state: OrderState, message: OrderMessage) -> dict[Table, int
                         procedure.filler_order_number, procedure.filler_issuer))
         procedures += rp is None
         steps += sum(rp is None or _find_step(rp, step) is None for step in procedure.steps)
-    return {ORDERS: len(orders), PROCEDURES: procedures, STEPS: steps}
+    return {PATIENTS: int(state.patient is None), ORDERS: len(orders),
+            PROCEDURES: procedures, STEPS: steps}
 
 
 def order_rule_error(err: OrderRuleError) -> HL7Error:
@@ -154,10 +156,11 @@ def decide(step: StepRecord, sequence: int) -> Decision:
     return decision
 
 
-def _patient_for_order(connection: Connection, state: OrderState, record: PatientRecord,
-                       outcome: list[str]) -> int:
-    if state.patient is None:
-        created = create_patient(connection, record)
+def _patient_for_order(connection: Connection, state: OrderState, keys: KeyPool,
+                       record: PatientRecord, outcome: list[str]) -> int:
+    if state.patient is None:  # written with the orders (:func:`order_state.write`)
+        created = keys.take(PATIENTS)
+        state.new_patient = {"id": created, **patient_values(record)}
         outcome.append(f"patient {created} created from order")
         return created
     patient_pk, merged_into = state.patient

@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from broker.audit import hooks as audit
+from broker.audit.events import record_all
 from broker.db import unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7 import warnings
@@ -121,14 +122,85 @@ def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
 
 def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
                     mapper: Mapper, read: Reader) -> int:
+    try:
+        with unit_of_work(factory) as session:
+            return _apply_pending(session, message_pks, mapper, read, deferred=True)
+    except _Careful:
+        # Rolled back; applied again, each message under a savepoint of its own.
+        log.debug("batch of %d messages applied again, a savepoint each", len(message_pks))
     with unit_of_work(factory) as session:
-        waiting = _lock_waiting(session, message_pks)
-        if not waiting:  # a task run again, or its messages applied with others
-            return 0
-        pending = _pending(session, waiting)
+        return _apply_pending(session, message_pks, mapper, read, deferred=False)
+
+
+class _Careful(Exception):
+    """A batch to apply again with a savepoint per message: something failed after
+    a message wrote to the database."""
+
+
+def _apply_pending(session: Session, message_pks: list[int], mapper: Mapper,
+                   read: Reader, *, deferred: bool) -> int:
+    waiting = _lock_waiting(session, message_pks)
+    if not waiting:  # a task run again, or its messages applied with others
+        return 0
+    pending = _pending(session, waiting)
+    if not deferred:
         for row in pending:
             apply_message(session, row, mapper, read=read)
         return len(pending)
+    connection = session.connection()
+    batch = _Deferred()
+    try:
+        for row in pending:
+            _apply_deferred(connection, row, mapper, read, batch)
+        batch.write(connection)
+    except Exception as exc:
+        raise _Careful from exc
+    return len(pending)
+
+
+class _Deferred:
+    """The audit records and results of a batch's messages, written at its end with
+    one statement per table and set of columns."""
+
+    def __init__(self) -> None:
+        self.audit: list[dict[str, Any]] = []
+        self.results: list[tuple[InboundMessage, dict[str, Any]]] = []
+
+    def write(self, connection: Connection) -> None:
+        record_all(connection, self.audit)
+        groups: dict[tuple[str, ...], list[tuple[InboundMessage, dict[str, Any]]]] = {}
+        for row, result in self.results:
+            values = _recorded(row, result)
+            groups.setdefault(tuple(values), []).append((row, values))
+        for same in groups.values():
+            connection.execute(_RECORDING, [{"pk_": row.id, **values} for row, values in same])
+            for row, values in same:
+                _committed(row, values)
+
+
+def _apply_deferred(connection: Connection, row: InboundMessage, mapper: Mapper,
+                    read: Reader, batch: _Deferred) -> None:
+    """:func:`apply_message` without a savepoint for an order message, its audit record
+    and result left to ``batch``. An order message writes nothing until all its rules
+    have passed (:func:`broker.services.orders.apply_order`), so a refusal (HL7Error)
+    has nothing to undo; any other exception raises :class:`_Careful`."""
+    msg: Message | None = None
+    with warnings.collecting() as found:
+        try:
+            msg = read(row.raw)
+            mapped = mapper(msg, received_at=row.received_at)
+            if isinstance(mapped, AdtMessage):
+                with connection.begin_nested():
+                    outcome = apply_adt(connection, mapped)
+            else:
+                outcome = apply_order(connection, mapped, row)
+        except HL7Error as exc:
+            batch.results.append((row, _failure(row, msg or exc.partial, exc)))
+            _log_refused(row, exc)
+            return
+    batch.audit.append(audit.hl7_applied_values(row, mapped))
+    batch.results.append((row, _success(row, msg, outcome, found)))
+    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
 
 
 def _lock_waiting(session: Session, message_pks: list[int]) -> dict[int, str]:
@@ -196,8 +268,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
             audit.hl7_applied(connection, row, mapped)
     except HL7Error as exc:
         _record(connection, row, _failure(row, msg or exc.partial, exc))
-        log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
-                 exc.code, exc.location or "")
+        _log_refused(row, exc)
         return
     except (DataError, IntegrityError) as exc:
         # Not transient: the same message would fail the same way on every retry (a
@@ -220,6 +291,17 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
             ErrorCode.APPLICATION_INTERNAL_ERROR,
             f"internal error ({type(exc).__name__}: {exc})"[:500])))
         return
+    _record(connection, row, _success(row, msg, outcome, found))
+    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
+
+
+def _log_refused(row: InboundMessage, exc: HL7Error) -> None:
+    log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
+             exc.code, exc.location or "")
+
+
+def _success(row: InboundMessage, msg: Message, outcome: list[str],
+             found: list[HL7Warning]) -> dict[str, Any]:
     found_warnings = merged_warnings(row, msg.warnings, found)
     result: dict[str, Any] = {
         "status": MessageStatus.PROCESSED.value, "outcome": "; ".join(outcome),
@@ -229,8 +311,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     if row.ack is None:
         result["ack"] = build_ack(msg, "AA", warnings=found_warnings)
         result["ack_code"] = "AA"
-    _record(connection, row, result)
-    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
+    return result
 
 
 def merged_warnings(row: InboundMessage, read: list[HL7Warning],
@@ -259,8 +340,16 @@ def _record(connection: Connection, row: InboundMessage, result: dict[str, Any])
     of the row, and give the row object the values written as its stored state
     (``set_committed_value``): the caller reads them from it, and the ORM has nothing
     of the row left to flush."""
-    values = {**result, "attempts": row.attempts + 1, "updated_at": utcnow()}
+    values = _recorded(row, result)
     connection.execute(_RECORDING, {"pk_": row.id, **values})
+    _committed(row, values)
+
+
+def _recorded(row: InboundMessage, result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "attempts": row.attempts + 1, "updated_at": utcnow()}
+
+
+def _committed(row: InboundMessage, values: dict[str, Any]) -> None:
     for name, value in values.items():
         set_committed_value(row, name, value)
 
