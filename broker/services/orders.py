@@ -76,14 +76,27 @@ def apply_order(connection: Connection, message: OrderMessage,
                 inbound: InboundMessage) -> list[str]:
     """Apply every procedure and step of ``message``; returns outcome lines (ids only).
 
-    The stored state is read in one query and changed in memory; the changes are
-    written when every step has been applied. Raises HL7Error for the whole message;
-    the caller rolls everything back then, so a message is applied completely or not
-    at all.
+    The stored state is read in one query and changed in memory (:func:`prepare_order`);
+    the changes are written when every step has been applied. Raises HL7Error for the
+    whole message, before anything is written, so a message is applied completely or
+    not at all.
     """
+    state, outcome = prepare_order(connection, message, inbound)
+    order_state.write(connection, [state])
+    return outcome
+
+
+def prepare_order(connection: Connection, message: OrderMessage, inbound: InboundMessage,
+                  *, handed_out: dict[Table, int] | None = None
+                  ) -> tuple[OrderState, list[str]]:
+    """:func:`apply_order` up to the write: the state with the message applied, to
+    write with :func:`broker.services.order_state.write`, and the outcome lines. Reads
+    only; raises HL7Error when the message is refused. ``handed_out`` carries the
+    last primary keys taken between messages whose rows are written together
+    (:class:`~broker.services.rows.KeyPool`)."""
     outcome: list[str] = []
     state = order_state.load(connection, message.patient, message.procedures)
-    keys = KeyPool(connection, _rows_to_create(state, message))
+    keys = KeyPool(connection, _rows_to_create(state, message), handed_out=handed_out)
     patient_pk = _patient_for_order(connection, state, keys, message.patient, outcome)
     unit = _Unit(state, keys, patient_pk, inbound, message.profile, outcome)
     sequence = 0
@@ -95,8 +108,7 @@ def apply_order(connection: Connection, message: OrderMessage,
         order = _find_order(state, procedure)
         for step, decision, seq in decisions:
             order = _apply_step(unit, order, procedure, step, decision, seq)
-    order_state.write(connection, state)
-    return outcome
+    return state, outcome
 
 
 def _rows_to_create(state: OrderState, message: OrderMessage) -> dict[Table, int]:

@@ -11,10 +11,18 @@ Contract:
   lock ids so that two workers locking several patients never deadlock; SQLite's
   BEGIN IMMEDIATE serialises all writers anyway).
 * A batch of messages is applied in one transaction (up to TRANSACTION_MESSAGES of
-  them; a longer batch in several, in id order), each message under a savepoint
-  of its own with its new status, outcome and (in application ACK mode) its ACK: all
-  of that message or nothing of it. The transaction also announces the messages it
-  applies (:func:`broker.notify.applied_notice`), delivered when it commits.
+  them; a longer batch in several, in id order), each message with its new status,
+  outcome and (in application ACK mode) its ACK: all of that message or nothing of
+  it. The transaction also announces the messages it applies
+  (:func:`broker.notify.applied_notice`), delivered when it commits.
+* How: an order message writes nothing until all its rules have passed, so its rows
+  are held and written with those of the batch's other messages, one statement per
+  table and kind of change, at the end of the batch, or before a message that looks
+  up one of the rows held (the same patient or order number) or an ADT message (under
+  a savepoint); audit records and results are written at the end. If anything fails
+  after a write, the transaction rolls back and the batch is applied again, each
+  message under a savepoint of its own with its writes made at once
+  (:func:`apply_message`), so that a failure is that message's alone.
 * A content error (HL7Error) rolls back the message's changes and records status
   ``failed`` with the Table 0357 code, location and text; an unexpected error does
   the same with code 207, and so does data the database refuses (DataError,
@@ -36,6 +44,7 @@ from sqlalchemy import (
     ColumnElement,
     ColumnExpressionArgument,
     Connection,
+    Table,
     and_,
     bindparam,
     case,
@@ -59,7 +68,9 @@ from broker.hl7.message import Message, parse
 from broker.hl7.warnings import HL7Warning
 from broker.models import InboundMessage, MessageStatus, utcnow
 from broker.notify import applied_notice
-from broker.services.orders import apply_order
+from broker.services import order_state
+from broker.services.order_state import Key, OrderState
+from broker.services.orders import apply_order, prepare_order
 from broker.services.patients import apply_adt
 from broker.services.rows import table
 
@@ -159,14 +170,26 @@ def _apply_pending(session: Session, message_pks: list[int], mapper: Mapper,
 
 
 class _Deferred:
-    """The audit records and results of a batch's messages, written at its end with
-    one statement per table and set of columns."""
+    """What the order messages of a batch write, held until the end of the batch (or
+    until a message looks up a row held here: :func:`order_state.written_keys`), then
+    written together, one statement per table and kind of change; and their audit
+    records and results, written at the end."""
 
     def __init__(self) -> None:
+        self.states: list[OrderState] = []
+        self.written: set[Key] = set()  # the lookup keys of the rows in ``states``
+        self.handed_out: dict[Table, int] = {}  # primary keys (:class:`KeyPool`)
         self.audit: list[dict[str, Any]] = []
         self.results: list[tuple[InboundMessage, dict[str, Any]]] = []
 
+    def flush(self, connection: Connection) -> None:
+        """Write the states held."""
+        if self.states:
+            order_state.write(connection, self.states)
+        self.states, self.written = [], set()
+
     def write(self, connection: Connection) -> None:
+        self.flush(connection)
         record_all(connection, self.audit)
         groups: dict[tuple[str, ...], list[tuple[InboundMessage, dict[str, Any]]]] = {}
         for row, result in self.results:
@@ -180,21 +203,31 @@ class _Deferred:
 
 def _apply_deferred(connection: Connection, row: InboundMessage, mapper: Mapper,
                     read: Reader, batch: _Deferred) -> None:
-    """:func:`apply_message` without a savepoint for an order message, its audit record
-    and result left to ``batch``. An order message writes nothing until all its rules
-    have passed (:func:`broker.services.orders.apply_order`), so a refusal (HL7Error)
-    has nothing to undo; any other exception raises :class:`_Careful`."""
+    """:func:`apply_message` without a savepoint for an order message, its writes,
+    audit record and result left to ``batch``. An order message writes nothing until
+    all its rules have passed (:func:`broker.services.orders.prepare_order`), so a
+    refusal (HL7Error) has nothing to undo. An ADT message is applied at once, after
+    the writes held, under a savepoint. Any other exception raises :class:`_Careful`."""
     msg: Message | None = None
+    handed_out = dict(batch.handed_out)
     with warnings.collecting() as found:
         try:
             msg = read(row.raw)
             mapped = mapper(msg, received_at=row.received_at)
             if isinstance(mapped, AdtMessage):
+                batch.flush(connection)
                 with connection.begin_nested():
                     outcome = apply_adt(connection, mapped)
             else:
-                outcome = apply_order(connection, mapped, row)
+                if order_state.lookup_keys(mapped.patient, mapped.procedures) & batch.written:
+                    batch.flush(connection)
+                state, outcome = prepare_order(connection, mapped, row,
+                                               handed_out=batch.handed_out)
+                batch.states.append(state)
+                batch.written |= order_state.written_keys(mapped.patient, state)
         except HL7Error as exc:
+            batch.handed_out.clear()  # the keys it took are free again
+            batch.handed_out.update(handed_out)
             batch.results.append((row, _failure(row, msg or exc.partial, exc)))
             _log_refused(row, exc)
             return
