@@ -114,33 +114,44 @@ def lock_key(session: Session, key: str) -> None:
 
 
 def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper, *,
-                    read: Reader = parse) -> int:
+                    read: Reader = parse, ahead: bool = False) -> int:
     """Apply every pending message of the same patient up to and including
-    ``message_pk``, oldest first. Returns how many messages were applied here."""
-    return process_batch(factory, [message_pk], mapper, read=read)
+    ``message_pk``, oldest first. Returns how many messages were applied here.
+    ``ahead``: see :func:`process_batch`."""
+    return process_batch(factory, [message_pk], mapper, read=read, ahead=ahead)
 
 
 def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
-                  mapper: Mapper, *, read: Reader = parse) -> int:
+                  mapper: Mapper, *, read: Reader = parse, ahead: bool = False) -> int:
     """Apply the messages ``message_pks`` (in any order), each after every earlier
     pending message of its patient, in transactions of up to TRANSACTION_MESSAGES
     messages in id order (see the module doc). Returns how many messages were applied
-    here."""
+    here.
+
+    ``ahead``: the last transaction is filled up to TRANSACTION_MESSAGES with the
+    oldest other waiting messages whose ordering keys no other transaction holds (a
+    backlog then drains in full transactions whatever the tasks hold; the tasks of the
+    messages taken find them applied). Taken only when some of ``message_pks`` still
+    wait."""
     ordered = sorted(message_pks)
-    return sum(_apply_together(factory, ordered[at:at + TRANSACTION_MESSAGES], mapper, read)
-               for at in range(0, len(ordered), TRANSACTION_MESSAGES))
+    chunks = [ordered[at:at + TRANSACTION_MESSAGES]
+              for at in range(0, len(ordered), TRANSACTION_MESSAGES)]
+    return sum(_apply_together(factory, chunk, mapper, read,
+                               TRANSACTION_MESSAGES - len(chunk)
+                               if ahead and chunk is chunks[-1] else 0)
+               for chunk in chunks)
 
 
 def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
-                    mapper: Mapper, read: Reader) -> int:
+                    mapper: Mapper, read: Reader, ahead: int) -> int:
     try:
         with unit_of_work(factory) as session:
-            return _apply_pending(session, message_pks, mapper, read, deferred=True)
+            return _apply_pending(session, message_pks, mapper, read, ahead, deferred=True)
     except _Careful:
         # Rolled back; applied again, each message under a savepoint of its own.
         log.debug("batch of %d messages applied again, a savepoint each", len(message_pks))
     with unit_of_work(factory) as session:
-        return _apply_pending(session, message_pks, mapper, read, deferred=False)
+        return _apply_pending(session, message_pks, mapper, read, ahead, deferred=False)
 
 
 class _Careful(Exception):
@@ -149,10 +160,12 @@ class _Careful(Exception):
 
 
 def _apply_pending(session: Session, message_pks: list[int], mapper: Mapper,
-                   read: Reader, *, deferred: bool) -> int:
+                   read: Reader, ahead: int, *, deferred: bool) -> int:
     waiting = _lock_waiting(session, message_pks)
     if not waiting:  # a task run again, or its messages applied with others
         return 0
+    if ahead:
+        waiting.update(_take_ahead(session, waiting, ahead))
     pending = _pending(session, waiting)
     if not deferred:
         for row in pending:
@@ -251,6 +264,22 @@ def _lock_waiting(session: Session, message_pks: list[int]) -> dict[int, str]:
                                         func.pg_advisory_xact_lock(lock_id)))
                                   ).order_by(lock_id)
     return {pk: key for pk, key, *_ in session.execute(query)}
+
+
+def _take_ahead(session: Session, waiting: dict[int, str], limit: int) -> dict[int, str]:
+    """Up to ``limit`` of the oldest other waiting messages with an ordering key, with
+    their keys, each key locked on PostgreSQL if no other transaction holds it (a
+    message whose key is held is left: it never waits here, so no deadlock)."""
+    candidates = select(InboundMessage.id, InboundMessage.ordering_key).where(
+        InboundMessage.status == MessageStatus.RECEIVED.value,
+        InboundMessage.ordering_key != "", InboundMessage.id.not_in(list(waiting)),
+    ).order_by(InboundMessage.received_at, InboundMessage.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        # The LIMIT keeps the subquery apart, so the locks are tried on its rows only.
+        found = candidates.subquery()
+        candidates = select(found.c.id, found.c.ordering_key).where(
+            func.pg_try_advisory_xact_lock(_lock_id(found.c.ordering_key)))
+    return {pk: key for pk, key in session.execute(candidates)}
 
 
 def _pending(session: Session, waiting: dict[int, str]) -> list[InboundMessage]:

@@ -6,10 +6,11 @@ whatever order the batch lists them in."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select, text
 
 from broker.models import InboundMessage, MessageStatus, Patient, ScheduledProcedureStep
-from broker.services.processing import process_batch
+from broker.services.processing import lock_key, process_batch
 from tests.builders import order
 from tests.conftest import sample
 from tests.service.conftest import Services
@@ -148,3 +149,36 @@ def test_an_adt_between_orders_of_its_patient_sees_them(services: Services) -> N
     assert services.patient(PATIENT_05).patient_name.startswith("Müller-Lüdenscheidt")
     assert services.count(Patient) == 1
     assert starts(services)["SPS0001"] == "20250310110000"
+
+
+def test_a_task_takes_other_waiting_messages_ahead(services: Services) -> None:
+    """A worker's task (``ahead``) applies its message and, in the same transaction,
+    the other messages waiting, each patient's in arrival order; their own tasks then
+    find nothing left to do."""
+    nw = services.store(sample("05"))
+    others = [services.store(order(n)) for n in (11, 12, 13)]
+    xo = services.store(sample("06"))
+    assert services.use_cases.apply_message(others[0], ahead=True) == 5
+    for pk in (nw, *others, xo):
+        assert_processed(services.message(pk))
+    assert starts(services)["SPS0001"] == "20250310110000"
+    assert applied_order(services, [nw, xo]) == [nw, xo]
+    assert services.use_cases.apply_message(xo, ahead=True) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_messages_taken_ahead_skip_a_patient_another_transaction_holds(
+        services: Services) -> None:
+    """While another transaction holds a patient's ordering key (a worker applying
+    that patient's messages), a task taking messages ahead leaves that patient's
+    waiting message to it instead of waiting for it."""
+    mine = services.store(order(21))
+    held = services.store(order(22))
+    later = services.store(order(23))
+    key = services.message(held).ordering_key
+    with services.factory() as other, other.begin():
+        lock_key(other, key)
+        assert services.use_cases.apply_message(mine, ahead=True) == 2
+    assert_processed(services.message(later))
+    assert services.message(held).status == MessageStatus.RECEIVED.value
