@@ -1,8 +1,8 @@
 """Batches of stored messages applied in one transaction (``process_batch``, the
 apply-messages use case), on SQLite and PostgreSQL: each message keeps its own
-outcome (a savepoint each; HL7 v2.5.1 2.9.2 application acknowledgement with the
-Table 0357 code of a refusal), and the messages of one patient apply in arrival order
-whatever order the batch lists them in."""
+outcome (all of it or nothing of it; HL7 v2.5.1 2.9.2 application acknowledgement
+with the Table 0357 code of a refusal), and the messages of one patient apply in
+arrival order whatever order the batch lists them in."""
 
 from __future__ import annotations
 
