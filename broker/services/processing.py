@@ -150,8 +150,18 @@ def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
     except _Careful:
         # Rolled back; applied again, each message under a savepoint of its own.
         log.debug("batch of %d messages applied again, a savepoint each", len(message_pks))
+    try:
+        with unit_of_work(factory) as session:
+            return _apply_pending(session, message_pks, mapper, read, ahead, deferred=False)
+    except SQLAlchemyError:
+        if not ahead:
+            raise
+        # A message taken ahead may be what fails (and would fail every task that takes
+        # it): the task's own messages are applied without the others.
+        log.warning("batch of %d messages failed with the messages taken ahead; "
+                    "applied without them", len(message_pks))
     with unit_of_work(factory) as session:
-        return _apply_pending(session, message_pks, mapper, read, ahead, deferred=False)
+        return _apply_pending(session, message_pks, mapper, read, 0, deferred=False)
 
 
 class _Careful(Exception):

@@ -182,3 +182,31 @@ def test_messages_taken_ahead_skip_a_patient_another_transaction_holds(
         assert services.use_cases.apply_message(mine, ahead=True) == 2
     assert_processed(services.message(later))
     assert services.message(held).status == MessageStatus.RECEIVED.value
+
+
+FAILING_POSTGRESQL = (
+    "CREATE FUNCTION fail_patient() RETURNS trigger AS $$ BEGIN "
+    "IF NEW.patient_id = 'BP32' THEN RAISE EXCEPTION 'failing'; END IF; "
+    "RETURN NEW; END $$ LANGUAGE plpgsql; "
+    "CREATE TRIGGER fail_patient BEFORE INSERT ON patient "
+    "FOR EACH ROW EXECUTE FUNCTION fail_patient()")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_failing_message_taken_ahead_does_not_fail_the_task(services: Services) -> None:
+    """A waiting message whose application fails with a database error that is not a
+    refusal of its data (it is left waiting, for its own task's retries) does not fail
+    the task of another message that took it ahead: that task applies its own."""
+    failing = services.store(order(32))
+    mine = services.store(order(33))
+    with services.factory() as session, session.begin():
+        session.execute(text(FAILING_POSTGRESQL))
+    try:
+        assert services.use_cases.apply_message(mine, ahead=True) == 1
+    finally:
+        with services.factory() as session, session.begin():
+            session.execute(text("DROP TRIGGER fail_patient ON patient"))
+            session.execute(text("DROP FUNCTION fail_patient()"))
+    assert_processed(services.message(mine))
+    assert services.message(failing).status == MessageStatus.RECEIVED.value
