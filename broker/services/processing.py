@@ -3,7 +3,8 @@
 Contract:
 
 * Takes message row ids; idempotent: a message that is no longer ``received`` is left
-  alone, so a task that runs twice has no double effect.
+  alone, so a task that runs twice has no double effect. A worker's task may also take
+  other waiting messages ahead (:func:`process_batch`); their own tasks find them done.
 * Messages with the same ordering key (the patient, PID-3) are applied strictly in
   arrival (id) order, however many workers run: before a message, every earlier
   pending message of the same patient is applied, under a per-patient lock
