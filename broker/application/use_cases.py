@@ -102,14 +102,15 @@ class UseCases:
         return Reception(inbox, self.dispatcher, self.runtime.session_factory,
                          ack_timeout=ack_timeout, failpoint=failpoint)
 
-    def apply_message(self, message_pk: int) -> int:
+    def apply_message(self, message_pk: int, *, ahead: bool = False) -> int:
         """Apply inbound message ``message_pk`` (and any earlier pending message of the
-        same patient); returns how many were applied."""
+        same patient); returns how many were applied. ``ahead``: with other waiting
+        messages, as many as a transaction holds (:func:`process_batch`)."""
         runtime = self.runtime
         return process_through(runtime.session_factory, message_pk, runtime.map,
-                               read=runtime.read)
+                               read=runtime.read, ahead=ahead)
 
-    def apply_messages(self, message_pks: list[int]) -> int:
+    def apply_messages(self, message_pks: list[int], *, ahead: bool = False) -> int:
         """Apply several stored messages in one transaction (each under a savepoint of
         its own, per-patient order kept: :func:`process_batch`): what the serve process
         publishes when messages arrive faster than it could publish one job each. When
@@ -118,7 +119,7 @@ class UseCases:
         runtime = self.runtime
         try:
             applied = process_batch(runtime.session_factory, message_pks, runtime.map,
-                                    read=runtime.read)
+                                    read=runtime.read, ahead=ahead)
         except SQLAlchemyError as exc:
             DATABASE.failed(exc)
             for message_pk in message_pks:

@@ -13,6 +13,7 @@ import base64
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from xml.etree import ElementTree as ET
 
 from sqlalchemy import Connection, insert
@@ -140,17 +141,35 @@ def build_message(event: Code, action: str, outcome: int, actors: list[Actor],
 BROKER = Actor(SOURCE_ID, requestor=False)
 
 
+def event_values(event: Code, *, action: str = "E", outcome: int = SUCCESS,
+                 actors: list[Actor] | None = None,
+                 participants: list[Participant] | None = None,
+                 event_type: Code | None = None, detail: str = "") -> dict[str, Any]:
+    """The audit table row of an event (PS3.15 A.5.1 message included), to write with
+    :func:`record_all`."""
+    actors = actors or [BROKER]
+    now = datetime.now(UTC)
+    return {
+        "at": now, "event_id": event.code, "event_name": (event_type or event).meaning,
+        "action": action, "outcome": outcome, "user": actors[0].user_id[:128],
+        "address": actors[0].address[:100], "detail": detail[:400],
+        "message": build_message(event, action, outcome, actors, participants or [],
+                                 event_type=event_type, at=now)}
+
+
+def record_all(session: Session | Connection, rows: list[dict[str, Any]]) -> None:
+    """Write audit rows (:func:`event_values`) in the transaction of ``session``, one
+    statement for all."""
+    if rows:
+        session.execute(_RECORDING, rows)
+
+
 def record(session: Session | Connection, event: Code, *, action: str = "E",
            outcome: int = SUCCESS, actors: list[Actor] | None = None,
            participants: list[Participant] | None = None, event_type: Code | None = None,
            detail: str = "") -> None:
     """Write an audit event in the transaction of ``session`` (a session or its
     connection): it commits, or not, with the caller's."""
-    actors = actors or [BROKER]
-    now = datetime.now(UTC)
-    session.execute(_RECORDING, {
-        "at": now, "event_id": event.code, "event_name": (event_type or event).meaning,
-        "action": action, "outcome": outcome, "user": actors[0].user_id[:128],
-        "address": actors[0].address[:100], "detail": detail[:400],
-        "message": build_message(event, action, outcome, actors, participants or [],
-                                 event_type=event_type, at=now)})
+    session.execute(_RECORDING, event_values(
+        event, action=action, outcome=outcome, actors=actors, participants=participants,
+        event_type=event_type, detail=detail))

@@ -4,6 +4,7 @@ each taking the caller's session so that the record commits with the action."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -48,19 +49,27 @@ def application(session: Session, settings: Settings, *, start: bool) -> None:
 def hl7_applied(connection: Connection, row: InboundMessage,
                 mapped: OrderMessage | AdtMessage) -> None:
     """Order Record (A.5.3.9) or Patient Record (A.5.3.10) for an applied message."""
+    ev.record_all(connection, [hl7_applied_values(row, mapped)])
+
+
+def hl7_applied_values(row: InboundMessage, mapped: OrderMessage | AdtMessage
+                       ) -> dict[str, Any]:
+    """The audit row of :func:`hl7_applied`, for the caller to write with others
+    (:func:`broker.audit.events.record_all`) in the message's transaction."""
     if isinstance(mapped, AdtMessage):
         action = "C" if mapped.event in ("A01", "A04", "A05") else "U"
-        record(connection, ev.PATIENT_RECORD, action=action, actors=[_sender(row), BROKER],
-               participants=[patient(mapped.patient.patient_id)],
-               detail=f"ADT^{mapped.event} message {row.id}")
-        return
+        return ev.event_values(ev.PATIENT_RECORD, action=action,
+                               actors=[_sender(row), BROKER],
+                               participants=[patient(mapped.patient.patient_id)],
+                               detail=f"ADT^{mapped.event} message {row.id}")
     controls = [s.order_control for p in mapped.procedures for s in p.steps]
     parts = [patient(mapped.patient.patient_id)] + [
         study(str(p.attributes.get("StudyInstanceUID", "")),
               str(p.attributes.get("AccessionNumber", ""))) for p in mapped.procedures]
-    record(connection, ev.ORDER_RECORD, action=ACTIONS.get(controls[0] if controls else "", "U"),
-           actors=[_sender(row), BROKER], participants=parts,
-           detail=f"{row.message_type} message {row.id}")
+    return ev.event_values(
+        ev.ORDER_RECORD, action=ACTIONS.get(controls[0] if controls else "", "U"),
+        actors=[_sender(row), BROKER], participants=parts,
+        detail=f"{row.message_type} message {row.id}")
 
 
 def _encoded(identifier: Dataset) -> bytes:

@@ -36,6 +36,9 @@ from broker.services.records import (
 )
 from broker.services.rows import SHAPES, changed, inserting, table, update_rows
 
+# A lookup key of :func:`load`: ("patient" | "placer" | "filler", identifier, namespace).
+Key = tuple[str, str, str]
+
 PATIENTS = table(Patient)
 ORDERS = table(ImagingOrder)
 PROCEDURES = table(RequestedProcedure)
@@ -152,6 +155,8 @@ class OrderState:
 
     patient: tuple[int, int | None] | None
     orders: list[Order]
+    # The patient row to insert, when the message names an unknown patient.
+    new_patient: dict[str, Any] | None = None
     # Step history rows to write, in the order the changes were made.
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -244,12 +249,42 @@ def load(connection: Connection, patient: PatientRecord,
                       else (first["patient"], first["merged_into"]), list(orders.values()))
 
 
-def write(connection: Connection, state: OrderState) -> None:
-    """Insert the new rows and update the changed ones: one statement per table and
-    kind (new rows, each set of changed columns), parents before children."""
-    procedures = [p for o in state.orders for p in o.procedures]
+def lookup_keys(patient: PatientRecord, procedures: list[ProcedureRecord]) -> set[Key]:
+    """What :func:`load` looks rows up by for a message: the patient's identifier and
+    the order numbers (each with its namespace)."""
+    keys: set[Key] = {("patient", patient.patient_id, patient.issuer)}
+    for p in procedures:
+        if p.placer_order_number:
+            keys.add(("placer", p.placer_order_number, p.placer_issuer))
+        if p.filler_order_number:
+            keys.add(("filler", p.filler_order_number, p.filler_issuer))
+    return keys
+
+
+def written_keys(patient: PatientRecord, state: OrderState) -> set[Key]:
+    """The lookup keys (:func:`lookup_keys`) of the rows :func:`write` writes for
+    ``state``: a message that looks up none of them reads the same rows before and
+    after that write."""
+    keys: set[Key] = {("patient", patient.patient_id, patient.issuer)}
+    for o in state.orders:
+        if o.placer_order_number:
+            keys.add(("placer", o.placer_order_number, o.placer_issuer))
+        if o.filler_order_number:
+            keys.add(("filler", o.filler_order_number, o.filler_issuer))
+    return keys
+
+
+def write(connection: Connection, states: list[OrderState]) -> None:
+    """Insert the new rows and update the changed ones of ``states`` (disjoint: no row
+    in two of them): one statement per table and kind (new rows, each set of changed
+    columns), parents before children."""
+    patients = [s.new_patient for s in states if s.new_patient is not None]
+    if patients:
+        connection.execute(inserting(PATIENTS), patients)
+    orders = [o for s in states for o in s.orders]
+    procedures = [p for o in orders for p in o.procedures]
     steps = [s for p in procedures for s in p.steps]
-    for target, rows in ((ORDERS, state.orders), (PROCEDURES, procedures), (STEPS, steps)):
+    for target, rows in ((ORDERS, orders), (PROCEDURES, procedures), (STEPS, steps)):
         new = [r.row() for r in rows if r.stored is None]
         if new:
             connection.execute(inserting(target), new)
@@ -264,5 +299,6 @@ def write(connection: Connection, state: OrderState) -> None:
               for s in retitled for position, title in enumerate(station_ae_titles(s.attributes))]
     if titles:
         connection.execute(inserting(STATION_AE_TITLES), titles)
-    if state.history:
-        connection.execute(inserting(HISTORY), state.history)
+    history = [change for s in states for change in s.history]
+    if history:
+        connection.execute(inserting(HISTORY), history)

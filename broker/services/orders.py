@@ -35,6 +35,7 @@ from broker.models import InboundMessage, SPSStatus
 from broker.services import order_state
 from broker.services.order_state import (
     ORDERS,
+    PATIENTS,
     PROCEDURES,
     STEPS,
     Order,
@@ -42,7 +43,7 @@ from broker.services.order_state import (
     Procedure,
     Step,
 )
-from broker.services.patients import create_patient, survivor
+from broker.services.patients import patient_values, survivor
 from broker.services.records import merge_attributes
 from broker.services.rows import KeyPool
 from broker.services.ups.from_orders import workitems_for_steps
@@ -68,23 +69,42 @@ class _Unit:
 
     @property
     def cause(self) -> str:
-        """How the step history names this message."""
-        return f"HL7 message {self.inbound.id}, MSH-10 {self.inbound.control_id}"
+        return step_cause(self.inbound)
+
+
+def step_cause(inbound: InboundMessage) -> str:
+    """How the step history (and the UPS events) name the message that changed them."""
+    return f"HL7 message {inbound.id}, MSH-10 {inbound.control_id}"
 
 
 def apply_order(connection: Connection, message: OrderMessage,
                 inbound: InboundMessage) -> list[str]:
     """Apply every procedure and step of ``message``; returns outcome lines (ids only).
 
-    The stored state is read in one query and changed in memory; the changes are
-    written when every step has been applied. Raises HL7Error for the whole message;
-    the caller rolls everything back then, so a message is applied completely or not
-    at all.
+    The stored state is read in one query and changed in memory (:func:`prepare_order`);
+    the changes are written when every step has been applied, then the steps' UPS
+    workitems (:func:`~broker.services.ups.from_orders.workitems_for_steps`). Raises
+    HL7Error for the whole message, before anything is written, so a message is applied
+    completely or not at all.
     """
+    state, outcome = prepare_order(connection, message, inbound)
+    order_state.write(connection, [state])
+    return outcome + workitems_for_steps(connection, state, message.workitems,
+                                         cause=step_cause(inbound))
+
+
+def prepare_order(connection: Connection, message: OrderMessage, inbound: InboundMessage,
+                  *, handed_out: dict[Table, int] | None = None
+                  ) -> tuple[OrderState, list[str]]:
+    """:func:`apply_order` up to the write: the state with the message applied, to
+    write with :func:`broker.services.order_state.write`, and the outcome lines. Reads
+    only; raises HL7Error when the message is refused. ``handed_out`` carries the
+    last primary keys taken between messages whose rows are written together
+    (:class:`~broker.services.rows.KeyPool`)."""
     outcome: list[str] = []
     state = order_state.load(connection, message.patient, message.procedures)
-    patient_pk = _patient_for_order(connection, state, message.patient, outcome)
-    keys = KeyPool(connection, _rows_to_create(state, message))
+    keys = KeyPool(connection, _rows_to_create(state, message), handed_out=handed_out)
+    patient_pk = _patient_for_order(connection, state, keys, message.patient, outcome)
     unit = _Unit(state, keys, patient_pk, inbound, message.profile, outcome)
     sequence = 0
     for procedure in message.procedures:
@@ -95,9 +115,7 @@ def apply_order(connection: Connection, message: OrderMessage,
         order = _find_order(state, procedure)
         for step, decision, seq in decisions:
             order = _apply_step(unit, order, procedure, step, decision, seq)
-    order_state.write(connection, state)
-    outcome += workitems_for_steps(connection, state, message.workitems, cause=unit.cause)
-    return outcome
+    return state, outcome
 
 
 def _rows_to_create(state: OrderState, message: OrderMessage) -> dict[Table, int]:
@@ -114,7 +132,8 @@ def _rows_to_create(state: OrderState, message: OrderMessage) -> dict[Table, int
                         procedure.filler_order_number, procedure.filler_issuer))
         procedures += rp is None
         steps += sum(rp is None or _find_step(rp, step) is None for step in procedure.steps)
-    return {ORDERS: len(orders), PROCEDURES: procedures, STEPS: steps}
+    return {PATIENTS: int(state.patient is None), ORDERS: len(orders),
+            PROCEDURES: procedures, STEPS: steps}
 
 
 def order_rule_error(err: OrderRuleError) -> HL7Error:
@@ -156,10 +175,11 @@ def decide(step: StepRecord, sequence: int) -> Decision:
     return decision
 
 
-def _patient_for_order(connection: Connection, state: OrderState, record: PatientRecord,
-                       outcome: list[str]) -> int:
-    if state.patient is None:
-        created = create_patient(connection, record)
+def _patient_for_order(connection: Connection, state: OrderState, keys: KeyPool,
+                       record: PatientRecord, outcome: list[str]) -> int:
+    if state.patient is None:  # written with the orders (:func:`order_state.write`)
+        created = keys.take(PATIENTS)
+        state.new_patient = {"id": created, **patient_values(record)}
         outcome.append(f"patient {created} created from order")
         return created
     patient_pk, merged_into = state.patient

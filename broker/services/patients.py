@@ -68,14 +68,20 @@ def _charset(record: PatientRecord) -> str:
     return "\\".join(record.specific_character_set)
 
 
+def patient_values(record: PatientRecord, *, last_adt_datetime: str = "") -> dict[str, Any]:
+    """The columns of a new patient row for ``record`` (its key aside)."""
+    attributes = dict(record.attributes)
+    return {
+        "patient_id": record.patient_id, "issuer": record.issuer, "attributes": attributes,
+        "specific_character_set": _charset(record), "last_adt_datetime": last_adt_datetime,
+        **patient_columns(attributes)}
+
+
 def create_patient(connection: Connection, record: PatientRecord, *,
                    last_adt_datetime: str = "") -> int:
     """Insert the patient the record describes; returns its primary key."""
-    attributes = dict(record.attributes)
-    return connection.execute(_CREATING, {
-        "patient_id": record.patient_id, "issuer": record.issuer, "attributes": attributes,
-        "specific_character_set": _charset(record), "last_adt_datetime": last_adt_datetime,
-        **patient_columns(attributes)}).scalar_one()
+    return connection.execute(_CREATING, patient_values(
+        record, last_adt_datetime=last_adt_datetime)).scalar_one()
 
 
 def _update_patient(connection: Connection, patient: dict[str, Any], record: PatientRecord,

@@ -3,7 +3,8 @@
 Contract:
 
 * Takes message row ids; idempotent: a message that is no longer ``received`` is left
-  alone, so a task that runs twice has no double effect.
+  alone, so a task that runs twice has no double effect. A worker's task may also take
+  other waiting messages ahead (:func:`process_batch`); their own tasks find them done.
 * Messages with the same ordering key (the patient, PID-3) are applied strictly in
   arrival (id) order, however many workers run: before a message, every earlier
   pending message of the same patient is applied, under a per-patient lock
@@ -11,10 +12,18 @@ Contract:
   lock ids so that two workers locking several patients never deadlock; SQLite's
   BEGIN IMMEDIATE serialises all writers anyway).
 * A batch of messages is applied in one transaction (up to TRANSACTION_MESSAGES of
-  them; a longer batch in several, in id order), each message under a savepoint
-  of its own with its new status, outcome and (in application ACK mode) its ACK: all
-  of that message or nothing of it. The transaction also announces the messages it
-  applies (:func:`broker.notify.applied_notice`), delivered when it commits.
+  them; a longer batch in several, in id order), each message with its new status,
+  outcome and (in application ACK mode) its ACK: all of that message or nothing of
+  it. The transaction also announces the messages it applies
+  (:func:`broker.notify.applied_notice`), delivered when it commits.
+* How: an order message writes nothing until all its rules have passed, so its rows
+  are held and written with those of the batch's other messages, one statement per
+  table and kind of change, at the end of the batch, or before a message that looks
+  up one of the rows held (the same patient or order number) or an ADT message (under
+  a savepoint); audit records and results are written at the end. If anything fails
+  after a write, the transaction rolls back and the batch is applied again, each
+  message under a savepoint of its own with its writes made at once
+  (:func:`apply_message`), so that a failure is that message's alone.
 * A content error (HL7Error) rolls back the message's changes and records status
   ``failed`` with the Table 0357 code, location and text; an unexpected error does
   the same with code 207, and so does data the database refuses (DataError,
@@ -36,6 +45,7 @@ from sqlalchemy import (
     ColumnElement,
     ColumnExpressionArgument,
     Connection,
+    Table,
     and_,
     bindparam,
     case,
@@ -49,6 +59,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from broker.audit import hooks as audit
+from broker.audit.events import record_all
 from broker.db import unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7 import warnings
@@ -58,9 +69,12 @@ from broker.hl7.message import Message, parse
 from broker.hl7.warnings import HL7Warning
 from broker.models import InboundMessage, MessageStatus, utcnow
 from broker.notify import applied_notice
-from broker.services.orders import apply_order
+from broker.services import order_state
+from broker.services.order_state import Key, OrderState
+from broker.services.orders import apply_order, prepare_order, step_cause
 from broker.services.patients import apply_adt
 from broker.services.rows import table
+from broker.services.ups.from_orders import workitems_for_steps
 
 log = logging.getLogger(__name__)
 
@@ -102,33 +116,161 @@ def lock_key(session: Session, key: str) -> None:
 
 
 def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper, *,
-                    read: Reader = parse) -> int:
+                    read: Reader = parse, ahead: bool = False) -> int:
     """Apply every pending message of the same patient up to and including
-    ``message_pk``, oldest first. Returns how many messages were applied here."""
-    return process_batch(factory, [message_pk], mapper, read=read)
+    ``message_pk``, oldest first. Returns how many messages were applied here.
+    ``ahead``: see :func:`process_batch`."""
+    return process_batch(factory, [message_pk], mapper, read=read, ahead=ahead)
 
 
 def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
-                  mapper: Mapper, *, read: Reader = parse) -> int:
+                  mapper: Mapper, *, read: Reader = parse, ahead: bool = False) -> int:
     """Apply the messages ``message_pks`` (in any order), each after every earlier
     pending message of its patient, in transactions of up to TRANSACTION_MESSAGES
     messages in id order (see the module doc). Returns how many messages were applied
-    here."""
+    here.
+
+    ``ahead``: the last transaction is filled up to TRANSACTION_MESSAGES with the
+    oldest other waiting messages whose ordering keys no other transaction holds (a
+    backlog then drains in full transactions whatever the tasks hold; the tasks of the
+    messages taken find them applied). Taken only when some of ``message_pks`` still
+    wait."""
     ordered = sorted(message_pks)
-    return sum(_apply_together(factory, ordered[at:at + TRANSACTION_MESSAGES], mapper, read)
-               for at in range(0, len(ordered), TRANSACTION_MESSAGES))
+    chunks = [ordered[at:at + TRANSACTION_MESSAGES]
+              for at in range(0, len(ordered), TRANSACTION_MESSAGES)]
+    return sum(_apply_together(factory, chunk, mapper, read,
+                               TRANSACTION_MESSAGES - len(chunk)
+                               if ahead and chunk is chunks[-1] else 0)
+               for chunk in chunks)
 
 
 def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
-                    mapper: Mapper, read: Reader) -> int:
+                    mapper: Mapper, read: Reader, ahead: int) -> int:
+    try:
+        with unit_of_work(factory) as session:
+            return _apply_pending(session, message_pks, mapper, read, ahead, deferred=True)
+    except _Careful:
+        # Rolled back; applied again, each message under a savepoint of its own.
+        log.debug("batch of %d messages applied again, a savepoint each", len(message_pks))
+    try:
+        with unit_of_work(factory) as session:
+            return _apply_pending(session, message_pks, mapper, read, ahead, deferred=False)
+    except SQLAlchemyError:
+        if not ahead:
+            raise
+        # A message taken ahead may be what fails (and would fail every task that takes
+        # it): the task's own messages are applied without the others.
+        log.warning("batch of %d messages failed with the messages taken ahead; "
+                    "applied without them", len(message_pks))
     with unit_of_work(factory) as session:
-        waiting = _lock_waiting(session, message_pks)
-        if not waiting:  # a task run again, or its messages applied with others
-            return 0
-        pending = _pending(session, waiting)
+        return _apply_pending(session, message_pks, mapper, read, 0, deferred=False)
+
+
+class _Careful(Exception):
+    """A batch to apply again with a savepoint per message: something failed after
+    a message wrote to the database."""
+
+
+def _apply_pending(session: Session, message_pks: list[int], mapper: Mapper,
+                   read: Reader, ahead: int, *, deferred: bool) -> int:
+    waiting = _lock_waiting(session, message_pks)
+    if not waiting:  # a task run again, or its messages applied with others
+        return 0
+    if ahead:
+        waiting.update(_take_ahead(session, waiting, ahead))
+    pending = _pending(session, waiting)
+    if not deferred:
         for row in pending:
             apply_message(session, row, mapper, read=read)
         return len(pending)
+    connection = session.connection()
+    batch = _Deferred()
+    try:
+        for row in pending:
+            _apply_deferred(connection, row, mapper, read, batch)
+        batch.write(connection)
+    except Exception as exc:
+        raise _Careful from exc
+    return len(pending)
+
+
+class _Deferred:
+    """What the order messages of a batch write, held until the end of the batch (or
+    until a message looks up a row held here: :func:`order_state.written_keys`), then
+    written together, one statement per table and kind of change; and their audit
+    records and results, written at the end."""
+
+    def __init__(self) -> None:
+        self.states: list[OrderState] = []
+        # Per state held: its message's workitem selection, cause and result, so the
+        # steps' UPS workitems are written after them and their lines join the outcome.
+        self.workitems: list[tuple[OrderState, OrderMessage, str, dict[str, Any]]] = []
+        self.written: set[Key] = set()  # the lookup keys of the rows in ``states``
+        self.handed_out: dict[Table, int] = {}  # primary keys (:class:`KeyPool`)
+        self.audit: list[dict[str, Any]] = []
+        self.results: list[tuple[InboundMessage, dict[str, Any]]] = []
+
+    def flush(self, connection: Connection) -> None:
+        """Write the states held, then their steps' UPS workitems."""
+        if self.states:
+            order_state.write(connection, self.states)
+        for state, message, cause, result in self.workitems:
+            lines = workitems_for_steps(connection, state, message.workitems, cause=cause)
+            if lines:
+                result["outcome"] = "; ".join(filter(None, [result["outcome"], *lines]))
+        self.states, self.written, self.workitems = [], set(), []
+
+    def write(self, connection: Connection) -> None:
+        self.flush(connection)
+        record_all(connection, self.audit)
+        groups: dict[tuple[str, ...], list[tuple[InboundMessage, dict[str, Any]]]] = {}
+        for row, result in self.results:
+            values = _recorded(row, result)
+            groups.setdefault(tuple(values), []).append((row, values))
+        for same in groups.values():
+            connection.execute(_RECORDING, [{"pk_": row.id, **values} for row, values in same])
+            for row, values in same:
+                _committed(row, values)
+
+
+def _apply_deferred(connection: Connection, row: InboundMessage, mapper: Mapper,
+                    read: Reader, batch: _Deferred) -> None:
+    """:func:`apply_message` without a savepoint for an order message, its writes,
+    audit record and result left to ``batch``. An order message writes nothing until
+    all its rules have passed (:func:`broker.services.orders.prepare_order`), so a
+    refusal (HL7Error) has nothing to undo. An ADT message is applied at once, after
+    the writes held, under a savepoint. Any other exception raises :class:`_Careful`."""
+    msg: Message | None = None
+    held: OrderState | None = None
+    handed_out = dict(batch.handed_out)
+    with warnings.collecting() as found:
+        try:
+            msg = read(row.raw)
+            mapped = mapper(msg, received_at=row.received_at)
+            if isinstance(mapped, AdtMessage):
+                batch.flush(connection)
+                with connection.begin_nested():
+                    outcome = apply_adt(connection, mapped)
+            else:
+                if order_state.lookup_keys(mapped.patient, mapped.procedures) & batch.written:
+                    batch.flush(connection)
+                state, outcome = prepare_order(connection, mapped, row,
+                                               handed_out=batch.handed_out)
+                held = state
+                batch.states.append(state)
+                batch.written |= order_state.written_keys(mapped.patient, state)
+        except HL7Error as exc:
+            batch.handed_out.clear()  # the keys it took are free again
+            batch.handed_out.update(handed_out)
+            batch.results.append((row, _failure(row, msg or exc.partial, exc)))
+            _log_refused(row, exc)
+            return
+    batch.audit.append(audit.hl7_applied_values(row, mapped))
+    result = _success(row, msg, outcome, found)
+    batch.results.append((row, result))
+    if held is not None and isinstance(mapped, OrderMessage):
+        batch.workitems.append((held, mapped, step_cause(row), result))
+    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
 
 
 def _lock_waiting(session: Session, message_pks: list[int]) -> dict[int, str]:
@@ -146,6 +288,22 @@ def _lock_waiting(session: Session, message_pks: list[int]) -> dict[int, str]:
                                         func.pg_advisory_xact_lock(lock_id)))
                                   ).order_by(lock_id)
     return {pk: key for pk, key, *_ in session.execute(query)}
+
+
+def _take_ahead(session: Session, waiting: dict[int, str], limit: int) -> dict[int, str]:
+    """Up to ``limit`` of the oldest other waiting messages with an ordering key, with
+    their keys, each key locked on PostgreSQL if no other transaction holds it (a
+    message whose key is held is left: it never waits here, so no deadlock)."""
+    candidates = select(InboundMessage.id, InboundMessage.ordering_key).where(
+        InboundMessage.status == MessageStatus.RECEIVED.value,
+        InboundMessage.ordering_key != "", InboundMessage.id.not_in(list(waiting)),
+    ).order_by(InboundMessage.received_at, InboundMessage.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        # The LIMIT keeps the subquery apart, so the locks are tried on its rows only.
+        found = candidates.subquery()
+        candidates = select(found.c.id, found.c.ordering_key).where(
+            func.pg_try_advisory_xact_lock(_lock_id(found.c.ordering_key)))
+    return {pk: key for pk, key in session.execute(candidates)}
 
 
 def _pending(session: Session, waiting: dict[int, str]) -> list[InboundMessage]:
@@ -196,8 +354,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
             audit.hl7_applied(connection, row, mapped)
     except HL7Error as exc:
         _record(connection, row, _failure(row, msg or exc.partial, exc))
-        log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
-                 exc.code, exc.location or "")
+        _log_refused(row, exc)
         return
     except (DataError, IntegrityError) as exc:
         # Not transient: the same message would fail the same way on every retry (a
@@ -220,6 +377,17 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
             ErrorCode.APPLICATION_INTERNAL_ERROR,
             f"internal error ({type(exc).__name__}: {exc})"[:500])))
         return
+    _record(connection, row, _success(row, msg, outcome, found))
+    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
+
+
+def _log_refused(row: InboundMessage, exc: HL7Error) -> None:
+    log.info("message %s (MSH-10 %s) refused: %s %s", row.id, row.control_id,
+             exc.code, exc.location or "")
+
+
+def _success(row: InboundMessage, msg: Message, outcome: list[str],
+             found: list[HL7Warning]) -> dict[str, Any]:
     found_warnings = merged_warnings(row, msg.warnings, found)
     result: dict[str, Any] = {
         "status": MessageStatus.PROCESSED.value, "outcome": "; ".join(outcome),
@@ -229,8 +397,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     if row.ack is None:
         result["ack"] = build_ack(msg, "AA", warnings=found_warnings)
         result["ack_code"] = "AA"
-    _record(connection, row, result)
-    log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
+    return result
 
 
 def merged_warnings(row: InboundMessage, read: list[HL7Warning],
@@ -259,8 +426,16 @@ def _record(connection: Connection, row: InboundMessage, result: dict[str, Any])
     of the row, and give the row object the values written as its stored state
     (``set_committed_value``): the caller reads them from it, and the ORM has nothing
     of the row left to flush."""
-    values = {**result, "attempts": row.attempts + 1, "updated_at": utcnow()}
+    values = _recorded(row, result)
     connection.execute(_RECORDING, {"pk_": row.id, **values})
+    _committed(row, values)
+
+
+def _recorded(row: InboundMessage, result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "attempts": row.attempts + 1, "updated_at": utcnow()}
+
+
+def _committed(row: InboundMessage, values: dict[str, Any]) -> None:
     for name, value in values.items():
         set_committed_value(row, name, value)
 

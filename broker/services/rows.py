@@ -69,13 +69,18 @@ class KeyPool:
     """Primary keys for the rows one unit of work inserts, handed out in ascending
     order per table (so rows keep the order they were created in). The first key
     needed takes those of every table in ``wanted`` (the rows foreseen) in one
-    statement; a table that needs more than foreseen takes one more at a time."""
+    statement; a table that needs more than foreseen takes one more at a time.
 
-    def __init__(self, connection: Connection, wanted: dict[Table, int]) -> None:
+    ``handed_out`` (the last key taken per table) is shared by the pools of messages
+    whose rows are written together: on SQLite the keys they took are not in the
+    tables yet."""
+
+    def __init__(self, connection: Connection, wanted: dict[Table, int], *,
+                 handed_out: dict[Table, int] | None = None) -> None:
         self.connection = connection
         self._wanted = {target: count for target, count in wanted.items() if count}
         self._free: dict[Table, list[int]] = {}
-        self._last: dict[Table, int] = {}
+        self._last: dict[Table, int] = {} if handed_out is None else handed_out
 
     def take(self, target: Table) -> int:
         if not self._free.get(target):
