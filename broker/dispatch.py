@@ -7,7 +7,8 @@ called in this process or by a Celery task in a worker); they differ only in whe
 ``dispatch`` hands over a stored inbound message; ``submit`` any other :class:`Job`
 (MPPS linking, study reconciliation, outbound delivery, forwarding), optionally after
 ``countdown`` seconds. ``wait`` lets the MLLP listener hold an application-mode ACK
-until the message has been applied.
+until the message has been applied (and tells the ACK stored with the outcome when it
+was learnt without reading the row, :class:`broker.notify.Waited`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.batching import take_batch
 from broker.config import Settings
 from broker.jobs import Job
-from broker.notify import applied_watch
+from broker.notify import Waited, applied_watch
 from broker.outage import Outage, describe_redis
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class Dispatcher(Protocol):
 
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None: ...
 
-    def wait(self, message_pk: int, timeout: float) -> bool: ...
+    def wait(self, message_pk: int, timeout: float) -> Waited: ...
 
     def close(self) -> None: ...
 
@@ -126,16 +127,16 @@ class InProcessDispatcher:
             self._queued.discard(key)
         _run(self._runner, self._health, *key)
 
-    def wait(self, message_pk: int, timeout: float) -> bool:
+    def wait(self, message_pk: int, timeout: float) -> Waited:
         with self._lock:
             future = self._futures.get(message_pk)
         if future is None:
-            return True
+            return Waited(True)
         try:
             future.result(timeout)
         except FutureTimeout:
-            return False
-        return True
+            return Waited(False)
+        return Waited(True)
 
     def close(self) -> None:
         with self._lock:
@@ -191,8 +192,8 @@ class CeleryDispatcher:
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         self.celery.send_task(job.task_name, args, countdown=countdown or None)
 
-    def wait(self, message_pk: int, timeout: float) -> bool:
-        return self.applied.wait(message_pk, timeout)
+    def wait(self, message_pk: int, timeout: float) -> Waited:
+        return self.applied.wait_ack(message_pk, timeout)
 
     def close(self) -> None:
         self.applied.close()
@@ -244,7 +245,7 @@ class BackgroundDispatcher:
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         self._queue.put((job, args, countdown))
 
-    def wait(self, message_pk: int, timeout: float) -> bool:
+    def wait(self, message_pk: int, timeout: float) -> Waited:
         with self._lock:
             self._waiting[message_pk] += 1
             if message_pk not in self._unpublished:
@@ -316,8 +317,8 @@ class DeferredDispatcher:
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         return None
 
-    def wait(self, message_pk: int, timeout: float) -> bool:
-        return False
+    def wait(self, message_pk: int, timeout: float) -> Waited:
+        return Waited(False)
 
     def close(self) -> None:
         return None
@@ -337,8 +338,8 @@ class CommandDispatcher:
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         self.later.submit(job, *args, countdown=countdown)
 
-    def wait(self, message_pk: int, timeout: float) -> bool:
-        return True
+    def wait(self, message_pk: int, timeout: float) -> Waited:
+        return Waited(True)
 
     def close(self) -> None:
         self.later.close()

@@ -15,6 +15,12 @@ looks at the rows of every waiter (the notices sent meanwhile are gone). Ids ann
 recently are remembered, so that a waiter arriving after the notice of its message
 looks at the row instead of waiting for the poll.
 
+The waiter is told the ACK stored with the outcome (:class:`Waited`), so that it can
+answer without reading the row itself: after each packet of notices, the listening
+thread reads the stored ACKs of the messages someone waits for, in one query on the
+listening connection (the transaction that announced them has committed, so the rows
+hold their outcome).
+
 :class:`Polling` (SQLite, which has no notifications): looks at the row briskly, then
 backing off to every 10 ms.
 """
@@ -25,8 +31,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
-from typing import Protocol
+from collections.abc import Collection
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 from sqlalchemy import ColumnElement, String, cast, func, select
@@ -57,19 +63,45 @@ def applied_notice(message_pk: ColumnElement[int] | InstrumentedAttribute[int]
     return func.pg_notify(CHANNEL, cast(message_pk, String))
 
 
-def _finished(factory: sessionmaker[Session], message_pks: Collection[int]) -> set[int]:
-    """Those of ``message_pks`` no longer waiting to be applied (applied, or gone)."""
+# The stored ACKs of messages announced, read by the listening thread (driver SQL on
+# its own psycopg connection; status as text, see broker.domain.status).
+STORED_ACKS = ("SELECT id, ack FROM inbound_message WHERE id = ANY(%s) "
+               "AND status <> 'received' AND ack IS NOT NULL")
+
+
+class Waited(NamedTuple):
+    """What a wait for a message learnt: whether it was applied (or is gone), and the
+    ACK stored with its outcome when the watch read it (None: read the row)."""
+
+    applied: bool
+    ack: bytes | None = None
+
+
+def _finished(factory: sessionmaker[Session],
+              message_pks: Collection[int]) -> dict[int, bytes | None]:
+    """Those of ``message_pks`` no longer waiting to be applied (applied, or gone),
+    each with its stored ACK (None when gone or without one)."""
     with factory() as session:
-        waiting = set(session.scalars(select(InboundMessage.id).where(
-            InboundMessage.id.in_(message_pks),
-            InboundMessage.status == MessageStatus.RECEIVED.value)))
-    return set(message_pks) - waiting
+        rows = session.execute(select(InboundMessage.id, InboundMessage.status,
+                                      InboundMessage.ack).where(
+            InboundMessage.id.in_(message_pks))).all()
+    found = {pk: (status, ack) for pk, status, ack in rows}
+    finished: dict[int, bytes | None] = {}
+    for pk in message_pks:
+        status, ack = found.get(pk, (None, None))
+        if status != MessageStatus.RECEIVED.value:
+            finished[pk] = bytes(ack) if ack is not None else None
+    return finished
 
 
 class AppliedWatch(Protocol):
+    def wait_ack(self, message_pk: int, timeout: float) -> Waited:
+        """Applied (or gone), with the stored ACK when known, once message
+        ``message_pk`` is; not applied after ``timeout`` seconds."""
+        ...
+
     def wait(self, message_pk: int, timeout: float) -> bool:
-        """True once message ``message_pk`` is applied (or gone), False after
-        ``timeout`` seconds."""
+        """:meth:`wait_ack`, whether applied only."""
         ...
 
     def close(self) -> None: ...
@@ -90,22 +122,35 @@ class Polling:
         self.factory = factory
 
     def wait(self, message_pk: int, timeout: float) -> bool:
+        return self.wait_ack(message_pk, timeout).applied
+
+    def wait_ack(self, message_pk: int, timeout: float) -> Waited:
         deadline = time.monotonic() + timeout
         pause = 0.001  # the application ACK waits on this: poll briskly, then back off
-        while not _finished(self.factory, [message_pk]):
+        while not (finished := _finished(self.factory, [message_pk])):
             if time.monotonic() >= deadline:
-                return False
+                return Waited(False)
             time.sleep(pause)
             pause = min(pause * 1.5, 0.01)
-        return True
+        return Waited(True, finished[message_pk])
 
     def close(self) -> None:
         return None
 
 
+class _Waiter:
+    """One waiting thread: woken by ``event``, told ``ack`` when it was read."""
+
+    __slots__ = ("ack", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ack: bytes | None = None
+
+
 class Notified:
-    """LISTEN on :data:`CHANNEL` in a thread (started by the first :meth:`wait`), with
-    the safety nets of the module doc."""
+    """LISTEN on :data:`CHANNEL` in a thread (started by the first wait), with the
+    safety nets of the module doc."""
 
     RECENT = 10_000  # ids remembered: many seconds of traffic
     STOP_CHECK = 0.25  # how often the listening thread looks whether to stop
@@ -120,48 +165,69 @@ class Notified:
         engine = factory.kw["bind"]
         self._connect_args = engine.dialect.create_connect_args(engine.url)
         self._lock = threading.Lock()
-        self._waiters: dict[int, list[threading.Event]] = {}
+        self._waiters: dict[int, list[_Waiter]] = {}
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._listening = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def wait(self, message_pk: int, timeout: float) -> bool:
+        return self.wait_ack(message_pk, timeout).applied
+
+    def wait_ack(self, message_pk: int, timeout: float) -> Waited:
         deadline = time.monotonic() + timeout
-        event = threading.Event()
+        waiter = _Waiter()
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, daemon=True,
                                                 name="mwl-applied-listener")
                 self._thread.start()
-            self._waiters.setdefault(message_pk, []).append(event)
+            self._waiters.setdefault(message_pk, []).append(waiter)
             # The notice came before this waiter (or may be missed): look at the row. A
             # notice does not settle it alone: the message may be queued again since.
             look = message_pk in self._recent or not self._listening
         try:
-            if look and _finished(self.factory, [message_pk]):
-                return True
+            if look and (finished := _finished(self.factory, [message_pk])):
+                return Waited(True, finished[message_pk])
             while (remaining := deadline - time.monotonic()) > 0:
-                if event.wait(min(remaining, self.poll_interval)):
-                    return True
-                if _finished(self.factory, [message_pk]):  # the safety net
-                    return True
-            return False
+                if waiter.event.wait(min(remaining, self.poll_interval)):
+                    return Waited(True, waiter.ack)
+                if finished := _finished(self.factory, [message_pk]):  # the safety net
+                    return Waited(True, finished[message_pk])
+            return Waited(False)
         finally:
             with self._lock:
-                events = self._waiters.get(message_pk, [])
-                events.remove(event)
-                if not events:
+                waiters = self._waiters.get(message_pk, [])
+                waiters.remove(waiter)
+                if not waiters:
                     self._waiters.pop(message_pk, None)
 
-    def _applied(self, message_pks: Iterable[int]) -> None:
+    def _applied(self, message_pks: Collection[int],
+                 acks: dict[int, bytes | None] | None = None) -> None:
+        acks = acks or {}
         with self._lock:
             for pk in message_pks:
                 self._recent[pk] = None
-                for event in self._waiters.get(pk, ()):
-                    event.set()
+                for waiter in self._waiters.get(pk, ()):
+                    waiter.ack = acks.get(pk)
+                    waiter.event.set()
             while len(self._recent) > self.RECENT:
                 self._recent.popitem(last=False)
+
+    def _announced(self, conn: psycopg.Connection[Any], message_pks: list[int]) -> None:
+        """Wake the waiters of the messages announced, with the ACKs stored for them
+        (read on the listening connection, for those someone waits for). If the read
+        fails they are woken without (and read their rows); the error goes up, to
+        reconnect."""
+        with self._lock:
+            waited = [pk for pk in message_pks if pk in self._waiters]
+        acks: dict[int, bytes | None] = {}
+        try:
+            if waited:
+                acks = {int(pk): bytes(ack) for pk, ack in
+                        conn.execute(STORED_ACKS, (waited,)).fetchall()}
+        finally:
+            self._applied(message_pks, acks)
 
     def _listen(self) -> None:
         args, kwargs = self._connect_args
@@ -174,14 +240,19 @@ class Notified:
                     with self._lock:
                         waiting = list(self._waiters)
                     if waiting:  # applied while nobody listened: no notice will come
-                        self._applied(_finished(self.factory, waiting))
+                        finished = _finished(self.factory, waiting)
+                        self._applied(finished, finished)
                     with self._lock:
                         self._listening = True
                     self.health.ok()
                     while not self._stop.is_set():
-                        for notice in conn.notifies(timeout=self.STOP_CHECK):
-                            if notice.payload.isdigit():  # the message's id
-                                self._applied([int(notice.payload)])
+                        # One packet of notices at a time (those arriving meanwhile
+                        # wait in the connection), then their ACKs in one query.
+                        announced = [int(notice.payload) for notice in conn.notifies(
+                            timeout=self.STOP_CHECK, stop_after=1)
+                            if notice.payload.isdigit()]  # the messages' ids
+                        if announced:
+                            self._announced(conn, announced)
             except Exception as exc:  # the database is away: retry, the polls cover it
                 self.health.failed(exc)
             finally:

@@ -84,8 +84,11 @@ class Reception:
                 os._exit(137)
 
     def _processed_ack(self, pk: int, raw: bytes) -> bytes:
-        """Wait (up to the ACK timeout) for the processor, then answer."""
-        self.dispatcher.wait(pk, self.ack_timeout)
+        """Wait (up to the ACK timeout) for the processor, then answer: the ACK stored
+        with the outcome, as the wait learnt it, else as :meth:`_final_ack` finds it."""
+        waited = self.dispatcher.wait(pk, self.ack_timeout)
+        if waited.applied and waited.ack is not None:
+            return waited.ack
         return self._final_ack(pk, raw)
 
     def _final_ack(self, pk: int, raw: bytes) -> bytes:

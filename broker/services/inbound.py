@@ -189,7 +189,8 @@ class Inbox:
             if row["ack_code"] == "AA":
                 row["ack"] = build_ack(msg, "AA", warnings=warnings)
 
-        return msg, Pending(values, alert, on_reuse)
+        return msg, Pending(values, alert, on_reuse,
+                            message=msg if error is None else None)
 
     def outcome(self, msg: Message | None, pending: Pending,
                 stored: Stored | None) -> Received:

@@ -43,13 +43,14 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broker.batching import take_batch
+from broker.hl7.message import Message
 from broker.models import InboundMessage
 from broker.outage import Outage, refused_by_content
 
@@ -80,9 +81,13 @@ class Applied(NamedTuple):
     ack: bytes | None
 
 
-# Applies a just-stored message in the writer's transaction: (session, row id, column
-# values) -> the outcome recorded, or None when the message is left to the dispatcher.
-Apply = Callable[[Session, int, dict[str, Any]], Applied | None]
+class Apply(Protocol):
+    """Applies a just-stored message in the writer's transaction: (session, row id,
+    column values, the message as the listener parsed it) -> the outcome recorded, or
+    None when the message is left to the dispatcher."""
+
+    def __call__(self, session: Session, pk: int, values: dict[str, Any], *,
+                 message: Message | None = None) -> Applied | None: ...
 
 
 @dataclass
@@ -95,6 +100,7 @@ class Pending:
     alert: Callable[[Session], None] | None = None
     on_reuse: Callable[[dict[str, Any]], None] | None = None
     result: Future[Stored | None] = field(default_factory=Future)
+    message: Message | None = None  # as parsed from ``values["raw"]``, when it was
 
 
 class MessageStoreWriter:
@@ -213,7 +219,8 @@ class MessageStoreWriter:
         with Session(bind=conn) as session:
             for n, (pending, stored) in enumerate(zip(batch, results, strict=True)):
                 if stored.new and stored.ack is None:
-                    applied = self._apply(session, stored.pk, pending.values)
+                    applied = self._apply(session, stored.pk, pending.values,
+                                          message=pending.message)
                     if applied is not None:
                         results[n] = stored._replace(ack=applied.ack, status=applied.status)
         return results

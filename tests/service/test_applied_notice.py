@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from broker.notify import APPLICATION_NAME, CHANNEL, Notified
+from broker.notify import APPLICATION_NAME, CHANNEL, Notified, Waited
 from tests.builders import order
 from tests.service.conftest import Services
 
@@ -135,3 +135,20 @@ def test_the_listener_reconnects_and_tells_what_was_applied_meanwhile(
     committed_at = apply(services, pk)
     waiter.join(30)
     assert waiter.applied is True and waiter.told_at - committed_at < 2.0
+
+
+def test_the_waiter_is_told_the_stored_ack_with_the_notice(
+        services: Services, started: list[Notified]) -> None:
+    """The listening thread reads the ACK stored with the outcome, so the MLLP listener
+    answers without reading the row: the same bytes as stored, an hour before any poll."""
+    notified = watch(services, started, poll_interval=3600)
+    pk = services.store(order(5))
+    told: list[Waited] = []
+    waiter = threading.Thread(target=lambda: told.append(notified.wait_ack(pk, 30)))
+    waiter.start()
+    time.sleep(0.2)  # waiting by now
+    apply(services, pk)
+    waiter.join(30)
+    stored = services.message(pk).ack
+    assert stored is not None and b"MSA|AA|" in bytes(stored)
+    assert told == [Waited(True, bytes(stored))]
