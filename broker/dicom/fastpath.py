@@ -57,9 +57,13 @@ pynetdicom internals this module depends on, checked against pynetdicom 3.0.x
    the DUL thread, which is the caller).
 7. ``DULServiceProvider``, subclassed and swapped in as the class of a new
    association's ``Association.dul`` (before its thread starts) by
-   :func:`serve_on_arrival`, and its ``run_reactor`` loop that calls
+   :func:`serve_on_arrival` (its thread's ``run`` overridden to close the wake-up
+   sockets after the reactor ends), and its ``run_reactor`` loop that calls
    ``time.sleep(self._run_loop_delay)`` only when a loop found nothing to do, in its
-   own thread; ``Association.dul.socket.socket`` as in 2.
+   own thread, and reads ``to_provider_queue`` (its deque, ``.queue``),
+   ``event_queue`` and ``_kill_thread``, set by ``kill_dul`` / ``stop_dul``; the two
+   ``queue.Queue`` s get a subclass (:class:`_WakingQueue`) whose ``put`` wakes the
+   reactor; ``Association.dul.socket.socket`` as in 2.
 
 8. ``Association.dimse.send_msg(primitive, context_id)``, replaced per association by
    :class:`_StatusResponses`, which writes to ``Association.dul.socket`` as in 1 when
@@ -210,14 +214,35 @@ class _ServeOnArrival(queue.Queue[Any]):
             self._assoc.dul.event_queue.put("Evt19")
 
 
+class _WakingQueue(queue.Queue[Any]):
+    """One of a DUL reactor's queues (``to_provider_queue``, ``event_queue``) whose
+    ``put`` also writes a byte to the reactor's wake-up socket, so that
+    :class:`_WaitOnSocket` hears of the work at once."""
+
+    _wake: socket.socket | None = None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (already woken) or closed
+                wake.send(b"\0")
+
+
 class _WaitOnSocket(DULServiceProvider):
     """pynetdicom's DUL reactor sleeps ``_run_loop_delay`` (1 ms) after every loop that
-    found nothing to do, so a PDU arriving meanwhile waits for the sleep to end: the
-    next C-STORE after each response, the A-ASSOCIATE-RQ, the A-RELEASE-RQ. In the
-    reactor's own thread, reading that delay waits instead for the socket to be
-    readable, at most as long, and then asks for no sleep."""
+    found nothing to do, so a PDU arriving meanwhile waits for the sleep to end (the
+    next C-STORE after each response, the A-ASSOCIATE-RQ, the A-RELEASE-RQ), and an
+    idle association costs a thousand loops a second. In the reactor's own thread,
+    reading that delay waits instead until its socket is readable or another thread
+    hands it work (its queues are :class:`_WakingQueue` s, and a stop request wakes it
+    too), at most :attr:`_longest_wait` (the ARTIM and idle timers are checked between
+    waits), and then asks for no sleep."""
 
     _idle_wait = 0.001  # pynetdicom's delay
+    _longest_wait = 0.02
+    _wake_reader: socket.socket | None = None
+    _wake_writer: socket.socket | None = None
 
     @property
     def _run_loop_delay(self) -> float:  # type: ignore[override]
@@ -226,11 +251,63 @@ class _WaitOnSocket(DULServiceProvider):
             return self._idle_wait
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return 0.0
+        wake = self._wake_reader or self._make_wake_up()
+        if wake is None:
+            waiting: list[Any] = [sock]
+            longest = self._idle_wait
+        elif self.to_provider_queue.queue or self.event_queue.queue or self._kill_thread:
+            return 0.0
+        else:
+            waiting, longest = [sock, wake], self._longest_wait
         try:
-            select.select([sock], [], [], self._idle_wait)
+            ready, _, _ = select.select(waiting, [], [], longest)
         except (OSError, ValueError):  # closed meanwhile: the reactor finds out
             return self._idle_wait
+        if wake is not None and wake in ready:
+            with contextlib.suppress(OSError):
+                wake.recv(4096)
         return 0.0
+
+    def _make_wake_up(self) -> socket.socket | None:
+        """The wake-up socket pair, made in the reactor's thread (whose end closes it)
+        once its queues are :class:`_WakingQueue` s; None to keep pynetdicom's delay."""
+        queues = (self.to_provider_queue, self.event_queue)
+        if not all(isinstance(waiting, _WakingQueue) for waiting in queues):
+            return None
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wake_reader, self._wake_writer = reader, writer
+        for waiting in queues:
+            waiting._wake = writer  # type: ignore[union-attr]
+        return reader
+
+    def _wake_up(self) -> None:
+        if self._wake_writer is not None:
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake_up()
+
+    def stop_dul(self) -> bool:
+        stopped = super().stop_dul()
+        if stopped:
+            self._wake_up()
+        return stopped
+
+    def run(self) -> None:
+        """The thread's body (pynetdicom's reactor), then the wake-up sockets closed."""
+        try:
+            super().run()
+        finally:
+            for waiting in (self.to_provider_queue, self.event_queue):
+                if isinstance(waiting, _WakingQueue):
+                    waiting._wake = None
+            for end in (self._wake_reader, self._wake_writer):
+                if end is not None:
+                    end.close()
 
 
 def serve_on_arrival(assoc: Any) -> None:
@@ -238,7 +315,10 @@ def serve_on_arrival(assoc: Any) -> None:
     waits on its socket and :class:`_StatusResponses` (fast path only; before the
     association starts, from EVT_CONN_OPEN)."""
     assoc.dimse.msg_queue = _ServeOnArrival(assoc)
-    assoc.dul.__class__ = _WaitOnSocket
+    dul = assoc.dul
+    dul.__class__ = _WaitOnSocket
+    for waiting in (dul.to_provider_queue, dul.event_queue):
+        waiting.__class__ = _WakingQueue  # the same queue, items kept
     assoc.dimse.send_msg = _StatusResponses(assoc, assoc.dimse.send_msg)
 
 

@@ -3,10 +3,11 @@ how many items it got and which steps (for the console's "why is it not on the
 worklist?" and the order timeline), with its audit message (Query, IHE ATNA / PS3.15
 A.5.3.12).
 
-Off the response path, in one thread, with group commit: the thread takes every
-record waiting and writes them in one transaction, so one durable commit (one fsync)
-carries all the queries answered meanwhile instead of one commit each; the query rows
-go in with one multi-row INSERT and their result rows with one more. A batch the
+Off the response path, in one thread, with group commit: the thread lets the records
+of up to :data:`LINGER` seconds gather, takes every record waiting and writes them in
+one transaction, so one durable commit (one fsync) carries all the queries answered
+meanwhile instead of one commit each; the query rows go in with one multi-row INSERT
+and their result rows with one more. A batch the
 database refuses is written again one record at a time, so one bad record loses only
 itself. Each record keeps the time its query was answered (the thread may lag under
 load).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Records written per transaction at most (a backlog goes out in several).
 MAX_BATCH = 500
+# How long the first record of a batch waits for others: a modality asking one query
+# after another gets several into one commit; the console sees them this much later.
+LINGER = 0.05
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class QueryRecorder:
             first = self._queue.get()
             batch = [] if first is None else [first]
             ended = first is None
+            if not ended:
+                time.sleep(LINGER)
             while len(batch) < MAX_BATCH:
                 try:
                     record = self._queue.get_nowait()
