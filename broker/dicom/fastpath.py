@@ -216,15 +216,17 @@ class _ServeOnArrival(queue.Queue[Any]):
 
 class _WakingQueue(queue.Queue[Any]):
     """One of a DUL reactor's queues (``to_provider_queue``, ``event_queue``) whose
-    ``put`` also writes a byte to the reactor's wake-up socket, so that
-    :class:`_WaitOnSocket` hears of the work at once."""
+    ``put`` from another thread also writes a byte to the reactor's wake-up socket, so
+    that :class:`_WaitOnSocket` hears of the work at once (the reactor looks at its
+    queues before it waits, so its own puts need none)."""
 
     _wake: socket.socket | None = None
+    _owner: threading.Thread | None = None
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         wake = self._wake
-        if wake is not None:
+        if wake is not None and threading.current_thread() is not self._owner:
             with contextlib.suppress(OSError):  # full (already woken) or closed
                 wake.send(b"\0")
 
@@ -280,6 +282,7 @@ class _WaitOnSocket(DULServiceProvider):
         self._wake_reader, self._wake_writer = reader, writer
         for waiting in queues:
             waiting._wake = writer  # type: ignore[union-attr]
+            waiting._owner = self  # type: ignore[union-attr]
         return reader
 
     def _wake_up(self) -> None:

@@ -21,9 +21,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +39,7 @@ MAX_BATCH = 500
 # How long the first record of a batch waits for others: a modality asking one query
 # after another gets several into one commit; the console sees them this much later.
 LINGER = 0.05
+_RESULTS = insert(cast(Table, WorklistQueryResult.__table__))
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def _insert(session: Session, batch: list[QueryRecord]) -> None:
                for pk, record in zip(ids, batch, strict=True)
                for sps in dict.fromkeys(record.returned)]
     if results:
-        session.execute(insert(WorklistQueryResult), results)
+        session.execute(_RESULTS, results)  # a Core INSERT: no ORM bulk bookkeeping
     for record in batch:
         audit.worklist_query(session, record.calling_ae_title[:16], record.address,
                              record.identifier, record.status)
