@@ -209,20 +209,14 @@ class UseCases:
 
     def record_mpps_set(self, uid: str, ds: Dataset, calling: str, address: str,
                         request: DicomRequest) -> None:
-        """MPPS N-SET (PS3.4 F.7.2.2): like :meth:`record_mpps_create`, except that an
-        MPPS already tied to its steps has its new state applied in the same transaction
-        (:func:`broker.services.mpps.apply_on_update`); then only delivery starts."""
+        """MPPS N-SET (PS3.4 F.7.2.2): like :meth:`record_mpps_create`."""
         with unit_of_work(self.runtime.session_factory) as session:
             row = mpps.update(session, uid, ds)
             audit.procedure_record(session, calling, address, "N-SET", row.patient_id,
                                    row.study_instance_uid)
             session.add(request)
             mpps_pk = row.id
-            applied = mpps.apply_on_update(session, self.settings, row)
-        if applied:
-            self.start_delivery()
-        else:
-            self._submit(Job.LINK_MPPS, mpps_pk)
+        self._submit(Job.LINK_MPPS, mpps_pk)
 
     def record_availability(self, uid: str, ds: Dataset, calling: str,
                             request: DicomRequest) -> None:

@@ -18,12 +18,6 @@ the same exam (IHE RAD TF-2 4.6, Modality Procedure Step In Progress: the Order 
 / Department System Scheduler records the step as started). The task then finds the
 MPPS ``linked`` and does only what remains: reconciliation items, the demographics
 check and the order status report, each once.
-
-An N-SET to an MPPS that is tied to its steps already (linked, or found unscheduled)
-and whose previous state has been applied is applied in the N-SET's own transaction
-(:func:`apply_on_update`): what the task would do next, with no task and no second
-commit. Otherwise (the N-CREATE's task has not run yet, the steps are still to be
-found) the task does it as before.
 """
 
 from __future__ import annotations
@@ -138,28 +132,6 @@ def update(session: Session, sop_instance_uid: str,
     _columns(row, ds)
     row.version += 1
     return row
-
-
-def apply_on_update(session: Session, settings: Settings,
-                    row: PerformedProcedureStep) -> bool:
-    """After :func:`update`, in its transaction: apply the new state now when the MPPS is
-    tied to its steps (``link_state`` not ``pending``) and its previous state has been
-    applied (``linked_version`` is ``version`` - 1), as :func:`link` would, and return
-    True; else False, and the linking task applies it. Done in a savepoint: should it
-    fail, the N-SET is kept and answered as before and the task tries."""
-    if row.link_state == "pending" or row.linked_version != row.version - 1:
-        return False
-    try:
-        with session.begin_nested():
-            apply_state(session, settings, row)
-            row.linked_version = row.version
-            session.flush()
-    except Exception as exc:  # the task applies it, with its retries
-        log.warning("MPPS %s: not applied with its N-SET (%s); left to the task", row.id,
-                    type(exc).__name__)
-        session.refresh(row)
-        return False
-    return True
 
 
 _STEPS = select(ScheduledProcedureStep).join(

@@ -269,29 +269,6 @@ def test_n_create_takes_the_step_off_the_worklist_before_its_response(
                                             ("STARTED", "COMPLETED", f"MPPS {row.id} (COMPLETED)")]
 
 
-def test_n_set_of_a_linked_mpps_is_applied_before_its_response(
-        make_broker: Any, ehr: EHREndpoint) -> None:
-    """Once the N-CREATE's task has run, an N-SET COMPLETED is applied in its own
-    transaction: the step is COMPLETED when the response comes back, with no linking
-    task handed over; a later task finds nothing to do and nothing is reported twice
-    (the order is still in progress: its other step is SCHEDULED)."""
-    app = make_broker(outbound_destinations=destination(ehr.port))
-    assert [a.code for a in send(app.mllp_port, sample("05"))] == ["AA"]
-    uid = started(app)
-    assert settle(app)["SPS0001"] == "STARTED"
-    held = HeldTasks(app)
-    assert n_set(app.dicom_port, uid, final("COMPLETED")).Status == 0
-    row = stored(app, uid)
-    assert step_statuses(app)["SPS0001"] == "COMPLETED"
-    assert (row.linked_version, row.version) == (2, 2)
-    assert Job.LINK_MPPS not in [job for job, _ in held.held]
-    held.release()
-    assert app.use_cases.link_mpps(row.id) == "nothing to do"
-    assert reported(app) == ["IP"]
-    assert history(app, "SPS0001")[-1] == ("STARTED", "COMPLETED",
-                                           f"MPPS {row.id} (COMPLETED)")
-
-
 def test_an_ambiguous_reference_is_left_to_the_task(broker: Any) -> None:
     """An Accession Number alone names two steps here: the N-CREATE only stores the MPPS,
     and the linking task picks the step (by modality, DX: both) as before."""
