@@ -16,7 +16,9 @@ The fast path (on unless ``MWLB_DICOM_FAST_PATH=false``):
 C-ECHO, C-STORE, N-CREATE and N-SET requests are served as soon as they are complete,
 in pynetdicom's DUL thread (:class:`_ServeOnArrival`), instead of waiting for two
 threads that poll each other, and that thread waits for its socket rather than
-sleeping between loops (:class:`_WaitOnSocket`).
+sleeping between loops (:class:`_WaitOnSocket`); their responses, when they carry
+only a status, are framed by :mod:`broker.dicom.responses` and written to the socket
+(:class:`_StatusResponses`).
 
 With the fast path off, :func:`find_responder` hands each pending response back as a
 ``(status, Dataset)`` pair, pynetdicom encodes and sends it, the contexts are
@@ -55,9 +57,21 @@ pynetdicom internals this module depends on, checked against pynetdicom 3.0.x
    the DUL thread, which is the caller).
 7. ``DULServiceProvider``, subclassed and swapped in as the class of a new
    association's ``Association.dul`` (before its thread starts) by
-   :func:`serve_on_arrival`, and its ``run_reactor`` loop that calls
+   :func:`serve_on_arrival` (its thread's ``run`` overridden to close the wake-up
+   sockets after the reactor ends), and its ``run_reactor`` loop that calls
    ``time.sleep(self._run_loop_delay)`` only when a loop found nothing to do, in its
-   own thread; ``Association.dul.socket.socket`` as in 2.
+   own thread, and reads ``to_provider_queue`` (its deque, ``.queue``),
+   ``event_queue`` and ``_kill_thread``, set by ``kill_dul`` / ``stop_dul``; the two
+   ``queue.Queue`` s get a subclass (:class:`_WakingQueue`) whose ``put`` wakes the
+   reactor; ``Association.dul.socket.socket`` as in 2.
+
+8. ``Association.dimse.send_msg(primitive, context_id)``, replaced per association by
+   :class:`_StatusResponses`, which writes to ``Association.dul.socket`` as in 1 when
+   ``Association.dul.to_provider_queue`` is empty and
+   ``Association.dul.state_machine.current_state`` is ``"Sta6"``, and reads the
+   response primitives' fields (``MessageIDBeingRespondedTo``, ``Status``,
+   ``AffectedSOPClassUID``, ``AffectedSOPInstanceUID`` and the optional ones it
+   declines).
 
 Public API used by both modes: the ``EVT_C_FIND`` event (``identifier``, ``request``
 and its encoded ``Identifier``, ``context``, ``is_cancelled``),
@@ -91,7 +105,13 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from broker.dicom.encoder import ResponsePlan, Unsupported
 from broker.dicom.encoder import encode_item as encode_plan_item
-from broker.dicom.responses import FLUSH_BYTES, command_set, frame_message
+from broker.dicom.responses import (
+    FLUSH_BYTES,
+    command_set,
+    frame_command,
+    frame_message,
+    response_command,
+)
 from broker.dicom.worklist import WorklistItem
 
 PYNETDICOM_CHECKED = "3.0.4"
@@ -194,14 +214,37 @@ class _ServeOnArrival(queue.Queue[Any]):
             self._assoc.dul.event_queue.put("Evt19")
 
 
+class _WakingQueue(queue.Queue[Any]):
+    """One of a DUL reactor's queues (``to_provider_queue``, ``event_queue``) whose
+    ``put`` from another thread also writes a byte to the reactor's wake-up socket, so
+    that :class:`_WaitOnSocket` hears of the work at once (the reactor looks at its
+    queues before it waits, so its own puts need none)."""
+
+    _wake: socket.socket | None = None
+    _owner: threading.Thread | None = None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        wake = self._wake
+        if wake is not None and threading.current_thread() is not self._owner:
+            with contextlib.suppress(OSError):  # full (already woken) or closed
+                wake.send(b"\0")
+
+
 class _WaitOnSocket(DULServiceProvider):
     """pynetdicom's DUL reactor sleeps ``_run_loop_delay`` (1 ms) after every loop that
-    found nothing to do, so a PDU arriving meanwhile waits for the sleep to end: the
-    next C-STORE after each response, the A-ASSOCIATE-RQ, the A-RELEASE-RQ. In the
-    reactor's own thread, reading that delay waits instead for the socket to be
-    readable, at most as long, and then asks for no sleep."""
+    found nothing to do, so a PDU arriving meanwhile waits for the sleep to end (the
+    next C-STORE after each response, the A-ASSOCIATE-RQ, the A-RELEASE-RQ), and an
+    idle association costs a thousand loops a second. In the reactor's own thread,
+    reading that delay waits instead until its socket is readable or another thread
+    hands it work (its queues are :class:`_WakingQueue` s, and a stop request wakes it
+    too), at most :attr:`_longest_wait` (the ARTIM and idle timers are checked between
+    waits), and then asks for no sleep."""
 
     _idle_wait = 0.001  # pynetdicom's delay
+    _longest_wait = 0.02
+    _wake_reader: socket.socket | None = None
+    _wake_writer: socket.socket | None = None
 
     @property
     def _run_loop_delay(self) -> float:  # type: ignore[override]
@@ -210,19 +253,130 @@ class _WaitOnSocket(DULServiceProvider):
             return self._idle_wait
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return 0.0
+        wake = self._wake_reader or self._make_wake_up()
+        if wake is None:
+            waiting: list[Any] = [sock]
+            longest = self._idle_wait
+        elif self.to_provider_queue.queue or self.event_queue.queue or self._kill_thread:
+            return 0.0
+        else:
+            waiting, longest = [sock, wake], self._longest_wait
         try:
-            select.select([sock], [], [], self._idle_wait)
+            ready, _, _ = select.select(waiting, [], [], longest)
         except (OSError, ValueError):  # closed meanwhile: the reactor finds out
             return self._idle_wait
+        if wake is not None and wake in ready:
+            with contextlib.suppress(OSError):
+                wake.recv(4096)
         return 0.0
+
+    def _make_wake_up(self) -> socket.socket | None:
+        """The wake-up socket pair, made in the reactor's thread (whose end closes it)
+        once its queues are :class:`_WakingQueue` s; None to keep pynetdicom's delay."""
+        queues = (self.to_provider_queue, self.event_queue)
+        if not all(isinstance(waiting, _WakingQueue) for waiting in queues):
+            return None
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wake_reader, self._wake_writer = reader, writer
+        for waiting in queues:
+            waiting._wake = writer  # type: ignore[union-attr]
+            waiting._owner = self  # type: ignore[union-attr]
+        return reader
+
+    def _wake_up(self) -> None:
+        if self._wake_writer is not None:
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake_up()
+
+    def stop_dul(self) -> bool:
+        stopped = super().stop_dul()
+        if stopped:
+            self._wake_up()
+        return stopped
+
+    def run(self) -> None:
+        """The thread's body (pynetdicom's reactor), then the wake-up sockets closed."""
+        try:
+            super().run()
+        finally:
+            for waiting in (self.to_provider_queue, self.event_queue):
+                if isinstance(waiting, _WakingQueue):
+                    waiting._wake = None
+            for end in (self._wake_reader, self._wake_writer):
+                if end is not None:
+                    end.close()
 
 
 def serve_on_arrival(assoc: Any) -> None:
-    """Give a new association the :class:`_ServeOnArrival` queue and a DUL reactor that
-    waits on its socket (fast path only; before the association starts, from
-    EVT_CONN_OPEN)."""
+    """Give a new association the :class:`_ServeOnArrival` queue, a DUL reactor that
+    waits on its socket and :class:`_StatusResponses` (fast path only; before the
+    association starts, from EVT_CONN_OPEN)."""
     assoc.dimse.msg_queue = _ServeOnArrival(assoc)
-    assoc.dul.__class__ = _WaitOnSocket
+    dul = assoc.dul
+    dul.__class__ = _WaitOnSocket
+    for waiting in (dul.to_provider_queue, dul.event_queue):
+        waiting.__class__ = _WakingQueue  # the same queue, items kept
+    assoc.dimse.send_msg = _StatusResponses(assoc, assoc.dimse.send_msg)
+
+
+# Response primitives framed by hand: the Command Field of their response, whether it
+# has an Affected SOP Instance UID, and the optional fields that send it back to
+# pynetdicom when set (PS3.7 9.3.1.2, 9.3.5.2, 10.3.4.2, 10.3.5.2).
+_RESPONSES: dict[type, tuple[int, bool, tuple[str, ...]]] = {
+    C_ECHO: (0x8030, False, ("ErrorComment",)),
+    C_STORE: (0x8001, True, ("OffendingElement", "ErrorComment")),
+    N_SET: (0x8120, True, ("AttributeList", "AttributeIdentifierList", "ErrorComment",
+                           "ErrorID")),
+    N_CREATE: (0x8140, True, ("AttributeList", "ErrorComment", "ErrorID")),
+}
+
+
+class _StatusResponses:
+    """An association's ``dimse.send_msg`` that writes a C-ECHO, C-STORE, N-CREATE or
+    N-SET response carrying only its status (no data set, no error fields) to the
+    socket as one P-DATA-TF PDU framed by :mod:`broker.dicom.responses`, instead of
+    pynetdicom building a DIMSE message with pydicom and handing it through its state
+    machine queue; profiled, that was most of the broker's time per C-STORE.
+
+    Only in the DUL reactor's own thread (where :class:`_ServeOnArrival` serves these
+    requests, and where pynetdicom would write the PDU itself), in Sta6 with nothing
+    queued for sending before it; anything else goes to pynetdicom's ``send_msg``."""
+
+    def __init__(self, assoc: Any, send_msg: Callable[[Any, int], None]) -> None:
+        self._assoc = assoc
+        self._send_msg = send_msg
+
+    def __call__(self, primitive: Any, context_id: int) -> None:
+        data = self._framed(primitive, context_id)
+        if data is None:
+            self._send_msg(primitive, context_id)
+            return
+        self._assoc.dul.socket.send(data)
+
+    def _framed(self, primitive: Any, context_id: int) -> bytes | None:
+        spec = _RESPONSES.get(type(primitive))
+        dul = self._assoc.dul
+        in_reactor = threading.current_thread() is dul
+        if spec is None or primitive.MessageIDBeingRespondedTo is None or not in_reactor \
+                or not dul.to_provider_queue.empty() \
+                or dul.state_machine.current_state != "Sta6":
+            return None
+        command_field, has_instance, optional = spec
+        if any(getattr(primitive, name, None) is not None for name in optional) \
+                or primitive.Status is None or primitive.AffectedSOPClassUID is None:
+            return None
+        instance = primitive.AffectedSOPInstanceUID if has_instance else None
+        command = response_command(command_field, str(primitive.AffectedSOPClassUID),
+                                   primitive.MessageIDBeingRespondedTo, primitive.Status,
+                                   sop_instance_uid=None if instance is None else str(instance))
+        return frame_command(context_id, command,
+                             int(self._assoc.requestor.maximum_length or 0))
 
 
 class PendingWriter:

@@ -33,8 +33,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -46,7 +44,6 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_RELEASE
-from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +53,7 @@ from broker.config import Settings
 from broker.db import unit_of_work
 from broker.dicom import fastpath
 from broker.dicom.limits import LOCAL_LIMIT_EXCEEDED, AssociationGuard, DeferredHandshake
+from broker.dicom.recording import QueryRecord, QueryRecorder
 from broker.dicom.refusals import REASONS, RefusalLog, reject_reason
 from broker.dicom.storage import (
     CANNOT_UNDERSTAND,
@@ -68,7 +66,7 @@ from broker.dicom.storage import (
 from broker.dicom.ups_events import EventReportSender
 from broker.dicom.ups_scp import UPS_EVENT, UPS_SERVED, UPSProvider
 from broker.dicom.worklist import QueryCache, find_worklist
-from broker.models import DicomRequest, WorklistQuery, WorklistQueryResult, utcnow
+from broker.models import DicomRequest, utcnow
 from broker.security.access import calling_entry, refusal_reason, uses_reserve
 from broker.security.tls import certificate_cn
 from broker.services.dimse_status import PROCESSING_FAILURE, MppsError
@@ -145,7 +143,7 @@ class DicomServer:
                                       scp_role=False)
         self._server: Any = None
         self._tls_server: Any = None
-        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-cfind-log")
+        self._recorder = QueryRecorder(self.writer)
         self._queries = QueryCache(settings)
         self.ups = UPSProvider(use_cases.ups, settings, self._record_ups)
         self.event_reports: EventReportSender | None = None
@@ -221,7 +219,7 @@ class DicomServer:
             self.event_reports = None
         self.guard.stop()
         self.refusals.stop()
-        self._recorder.shutdown(wait=True)
+        self._recorder.stop()
 
     def _on_requested(self, event: Any) -> None:
         """Access control, then admission, before negotiation (PS3.8 9.3.4).
@@ -330,35 +328,11 @@ class DicomServer:
                 yield from responder.pending(status, item)
         responder.close()
         log.info("C-FIND from %s: %d item(s)", calling, len(returned))
-        self._recorder.submit(self._record_query, event, identifier, final, returned,
-                              (time.perf_counter() - began) * 1000, utcnow())
+        requestor = event.assoc.requestor
+        self._recorder.submit(QueryRecord(
+            str(requestor.ae_title), str(requestor.address), int(requestor.port), identifier,
+            final, returned, (time.perf_counter() - began) * 1000, utcnow()))
         yield final, None
-
-    def _record_query(self, event: Any, identifier: Dataset, status: int, returned: list[int],
-                      duration_ms: float, answered_at: datetime) -> None:
-        """Keep the C-FIND keys and what they returned (for the console's "why is it not
-        on the worklist?" and order timeline); off the response path, in its own thread,
-        with the time the query was answered (the thread may lag behind under load)."""
-        try:
-            keys = identifier.to_json_dict()
-        except Exception:  # an identifier pydicom cannot write as JSON: keep what we can
-            keys = {}
-        try:
-            with unit_of_work(self.writer) as session:
-                query = WorklistQuery(
-                    at=answered_at, calling_ae_title=str(event.assoc.requestor.ae_title)[:16],
-                    peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"[:100],
-                    identifier=keys, status=status, result_count=len(returned),
-                    duration_ms=round(duration_ms, 2))
-                session.add(query)
-                session.flush()
-                if returned:  # one executemany, not an ORM object per step
-                    session.execute(insert(WorklistQueryResult), [
-                        {"query_pk": query.id, "sps_pk": pk} for pk in dict.fromkeys(returned)])
-                audit.worklist_query(session, query.calling_ae_title,
-                                     str(event.assoc.requestor.address), identifier, status)
-        except SQLAlchemyError as exc:
-            log.warning("C-FIND record not stored: %s", type(exc).__name__)
 
     # -- MPPS and IAN ------------------------------------------------------------------
 
