@@ -33,6 +33,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -144,6 +145,8 @@ class DicomServer:
         self._server: Any = None
         self._tls_server: Any = None
         self._recorder = QueryRecorder(self.writer)
+        # UPS reads (N-GET, UPS C-FIND) are recorded off the response path, in order.
+        self._ups_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-ups-log")
         self._queries = QueryCache(settings)
         self.ups = UPSProvider(use_cases.ups, settings, self._record_ups)
         self.event_reports: EventReportSender | None = None
@@ -220,6 +223,7 @@ class DicomServer:
         self.guard.stop()
         self.refusals.stop()
         self._recorder.stop()
+        self._ups_reads.shutdown(wait=True)
 
     def _on_requested(self, event: Any) -> None:
         """Access control, then admission, before negotiation (PS3.8 9.3.4).
@@ -430,11 +434,11 @@ class DicomServer:
 
     def _record_ups(self, record: DicomRequest, durable: bool) -> None:
         """Keep a UPS request: a change before its response, a read off the response
-        path (in the C-FIND recording thread)."""
+        path (in a recording thread of its own)."""
         if durable:
             self.use_cases.record_request(record)
         else:
-            self._recorder.submit(self._record_quietly, record)
+            self._ups_reads.submit(self._record_quietly, record)
 
     def _record_quietly(self, record: DicomRequest) -> None:
         try:
