@@ -69,11 +69,12 @@ class UPSUseCases:
     # -- reading -----------------------------------------------------------------------
 
     def search(self, query: Dataset, *, limit: int | None, offset: int = 0,
-               calling: str = "", include_all: bool = False) -> SearchResult:
+               calling: str = "", include_all: bool = False,
+               as_json: bool = False) -> SearchResult:
         """Search Workitems / UPS C-FIND (:func:`broker.services.ups.search`)."""
         with self._factory() as session:
             return ups.search(session, query, limit=limit, offset=offset, calling=calling,
-                              include_all=include_all)
+                              include_all=include_all, as_json=as_json)
 
     def retrieve(self, uid: str) -> Dataset:
         """Retrieve Workitem / N-GET (:func:`broker.services.ups.retrieve`)."""

@@ -48,6 +48,7 @@ from broker.web.dicomjson import (
     DicomWebError,
     add_warnings,
     body_dataset,
+    documents_response,
     error_response,
     json_response,
     require_acceptable,
@@ -151,15 +152,14 @@ async def search_workitems(request: Request, user: Performer) -> Response:
     query = parse_search(request.query_params.multi_items())
     result = await call(worklist(request).search, query.identifier, limit=query.limit,
                         offset=query.offset, calling=user.name,
-                        include_all=query.include_all)
-    items = list(result.items)
+                        include_all=query.include_all, as_json=True)
+    items = list(result.documents)  # the Transaction UID never in them (PS3.4 CC.2.5.1.3)
     texts = [*query.warnings, *result.warnings]
     if result.total_capped:
         texts.append(CAPPED_WARNING)
     if not items:
         return add_warnings(request, Response(status_code=204), texts)
-    return add_warnings(request, json_response([_without_transaction_uid(ds)
-                                                for ds in items]), texts)
+    return add_warnings(request, documents_response(items), texts)
 
 
 @router.get("/workitems/{workitem}", name="retrieve_workitem")
