@@ -130,6 +130,11 @@ def _ae_title(value: str) -> str:
     return title
 
 
+def _address(request: Request) -> str:
+    """The client's network address, for the audit record (PS3.15 A.5.2)."""
+    return request.client.host if request.client else ""
+
+
 def _warning_words(code: int) -> str:
     return rules.WARNINGS.get(code, f"warning status 0x{code:04X}")
 
@@ -182,7 +187,8 @@ async def create_workitem(request: Request, user: Performer) -> Response:
     and ``Content-Location`` of the new workitem; 409 when the UID is in use."""
     uid = _bare_uid(request, "workitem") or None
     ds = await body_dataset(request)
-    created = await call(worklist(request).create, ds, uid=uid, by=user.name)
+    created = await call(worklist(request).create, ds, uid=uid, by=user.name,
+                         address=_address(request))
     url = _workitem_url(request, created)
     return Response(status_code=201, headers={"Location": url, "Content-Location": url})
 
@@ -228,7 +234,7 @@ async def change_workitem_state(request: Request, user: Performer, workitem: str
         raise DicomWebError(400, "the payload has no Transaction UID (0008,1195)")
     require_uid(transaction, "Transaction UID")
     status = await call(worklist(request).change_state, uid, state, transaction,
-                        by=user.name)
+                        by=user.name, address=_address(request))
     response = Response(status_code=200)
     return add_warnings(request, response, [_warning_words(status)] if status else [])
 
@@ -245,7 +251,7 @@ async def request_cancellation(request: Request, user: Performer, workitem: str
     reason = str(ds.get("ReasonForCancellation", "") or "")
     contact = str(ds.get("ContactURI", "") or ds.get("ContactDisplayName", "") or "")
     status = await call(worklist(request).request_cancellation, uid, by=user.name,
-                        reason=reason, contact=contact)
+                        reason=reason, contact=contact, address=_address(request))
     response = Response(status_code=202)
     return add_warnings(request, response, [_warning_words(status)] if status else [])
 
