@@ -20,10 +20,12 @@ from typing import TypeVar
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.audit import hooks as audit
 from broker.config import Settings
 from broker.db import unit_of_work
 from broker.services import ups
 from broker.services.ups import SearchResult, UPSEventRow
+from broker.services.ups.workitems import audit_subjects
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,12 @@ class UPSUseCases:
     # -- reading -----------------------------------------------------------------------
 
     def search(self, query: Dataset, *, limit: int | None, offset: int = 0,
-               calling: str = "", include_all: bool = False) -> SearchResult:
+               calling: str = "", include_all: bool = False,
+               as_json: bool = False) -> SearchResult:
         """Search Workitems / UPS C-FIND (:func:`broker.services.ups.search`)."""
         with self._factory() as session:
             return ups.search(session, query, limit=limit, offset=offset, calling=calling,
-                              include_all=include_all)
+                              include_all=include_all, as_json=as_json)
 
     def retrieve(self, uid: str) -> Dataset:
         """Retrieve Workitem / N-GET (:func:`broker.services.ups.retrieve`)."""
@@ -109,28 +112,54 @@ class UPSUseCases:
 
     # -- changing ----------------------------------------------------------------------
 
-    def create(self, dataset: Dataset, *, uid: str | None = None, by: str) -> str:
-        """Create Workitem / N-CREATE; returns the workitem's UID."""
-        return self._write(lambda s: ups.create(s, dataset, uid=uid, by=by))
+    @staticmethod
+    def _audit(session: Session, uid: str, by: str, address: str, action: str,
+               what: str) -> None:
+        """The Procedure Record audit event (PS3.15 A.5.3.11) of a workitem change, in
+        the change's transaction."""
+        patient_id, study_uid = audit_subjects(session, uid)
+        audit.workitem_record(session, by, address, action, f"UPS {uid} {what}",
+                              patient_id, study_uid)
+
+    def create(self, dataset: Dataset, *, uid: str | None = None, by: str,
+               address: str = "") -> str:
+        """Create Workitem / N-CREATE; returns the workitem's UID. Audited as a
+        Procedure Record created (``address``: the requestor's network address)."""
+        def body(session: Session) -> str:
+            created = ups.create(session, dataset, uid=uid, by=by)
+            self._audit(session, created, by, address, "C", "created")
+            return created
+        return self._write(body)
 
     def update(self, uid: str, transaction_uid: str, changes: Dataset, *,
                by: str) -> list[str]:
         """Update Workitem / N-SET; returns warnings."""
         return self._write(lambda s: ups.update(s, uid, transaction_uid, changes, by=by))
 
-    def change_state(self, uid: str, state: str, transaction_uid: str, *, by: str) -> int:
+    def change_state(self, uid: str, state: str, transaction_uid: str, *, by: str,
+                     address: str = "") -> int:
         """Change Workitem State / N-ACTION 1; returns 0 or the warning status (0xB304,
         0xB306). Claiming, completing or cancelling an order-born workitem moves its
-        step and reports the order status to the placer."""
-        return self._write(lambda s: ups.change_state(s, uid, state, transaction_uid, by=by),
-                           report_uid=uid)
+        step and reports the order status to the placer. Audited as a Procedure Record
+        modified (a warning status changed nothing and is not audited)."""
+        def body(session: Session) -> int:
+            status = ups.change_state(session, uid, state, transaction_uid, by=by)
+            if status == 0:
+                self._audit(session, uid, by, address, "U", f"state {state}")
+            return status
+        return self._write(body, report_uid=uid)
 
     def request_cancellation(self, uid: str, *, by: str, reason: str = "",
-                             contact: str = "") -> int:
-        """Request Cancellation / N-ACTION 2; returns 0 or the warning 0xB304."""
-        return self._write(lambda s: ups.request_cancellation(s, uid, by=by, reason=reason,
-                                                              contact=contact),
-                           report_uid=uid)
+                             contact: str = "", address: str = "") -> int:
+        """Request Cancellation / N-ACTION 2; returns 0 or the warning 0xB304. Audited
+        as a Procedure Record modified (the request is recorded on the workitem)."""
+        def body(session: Session) -> int:
+            status = ups.request_cancellation(session, uid, by=by, reason=reason,
+                                              contact=contact)
+            if status == 0:
+                self._audit(session, uid, by, address, "U", "cancellation requested")
+            return status
+        return self._write(body, report_uid=uid)
 
     def subscribe(self, ae_title: str, uid: str, *, deletion_lock: bool,
                   filter: Dataset | None = None) -> None:

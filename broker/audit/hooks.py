@@ -102,6 +102,22 @@ def procedure_record(session: Session, calling: str, address: str, command: str,
            participants=[*parts, study(study_uid)], detail=f"MPPS {command}")
 
 
+def workitem_record(session: Session, by: str, address: str, action: str, what: str,
+                    patient_id: str, study_uid: str) -> None:
+    """Procedure Record (PS3.15 A.5.3.11: a procedure record created, modified or
+    deleted) for a change to a Unified Procedure Step workitem (PS3.4 Annex CC): its
+    creation (action C), a state change - claimed, completed, canceled - or a
+    cancellation request (action U); ``by`` is the console user or calling AE title,
+    ``what`` names the workitem and the change. Participants: the patient and the
+    study of the workitem, when it has them."""
+    parts = [patient(patient_id)] if patient_id else []
+    if study_uid:
+        parts.append(study(study_uid))
+    record(session, ev.PROCEDURE_RECORD, action=action,
+           actors=[Actor(by or "unknown", True, address), BROKER], participants=parts,
+           detail=what)
+
+
 def instances_received(session: Session, calling: str, address: str, study_uid: str,
                        patient_id: str, count: int) -> None:
     """DICOM Instances Transferred (A.5.3.7), one per study and association."""

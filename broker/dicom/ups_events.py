@@ -8,7 +8,11 @@ Class with SCP/SCU Role Selection (PS3.7 D.3.3.4) asking for the SCP role only: 
 broker, the association requestor here, is the SCP of UPS Event (it sends the
 N-EVENT-REPORTs); a subscriber that answers without the item gets the reports all the
 same. Each N-EVENT-REPORT-RQ names the UPS Push SOP Class and the workitem (Affected
-SOP Class / Instance UID, PS3.4 CC.2.4.1), with the Event Type ID (1 State Report, 2
+SOP Class / Instance UID: PS3.4 CC.2.4.3 "the Affected SOP Class UID (0000,0002) in the
+N-EVENT-REPORT request shall be the UID of the UPS Push SOP Class", the class of every
+workitem, PS3.4 CC.3.1, over the presentation context of UPS Event, CC.3.1.1; the
+WebSocket channel of UPS-RS, :mod:`broker.web.ups_events`, sends the same), with the
+Event Type ID (1 State Report, 2
 Cancel Requested, 3 Progress Report, 4 SCP Status Change, 5 Assigned) and its Event
 Information.
 

@@ -198,15 +198,17 @@ class UPSOperations(Protocol):
 
     def retrieve(self, uid: str) -> Dataset: ...
 
-    def create(self, dataset: Dataset, *, uid: str | None = None, by: str) -> str: ...
+    def create(self, dataset: Dataset, *, uid: str | None = None, by: str,
+               address: str = "") -> str: ...
 
     def update(self, uid: str, transaction_uid: str, changes: Dataset, *,
                by: str) -> list[str]: ...
 
-    def change_state(self, uid: str, state: str, transaction_uid: str, *, by: str) -> int: ...
+    def change_state(self, uid: str, state: str, transaction_uid: str, *, by: str,
+                     address: str = "") -> int: ...
 
     def request_cancellation(self, uid: str, *, by: str, reason: str = "",
-                             contact: str = "") -> int: ...
+                             contact: str = "", address: str = "") -> int: ...
 
     def subscribe(self, ae_title: str, uid: str, *, deletion_lock: bool,
                   filter: Dataset | None = None) -> None: ...
@@ -272,6 +274,10 @@ class UPSProvider:
     def _calling(event: Any) -> str:
         return str(event.assoc.requestor.ae_title).strip()
 
+    @staticmethod
+    def _address(event: Any) -> str:
+        return str(event.assoc.requestor.address)
+
     # -- N-CREATE (UPS Push) -------------------------------------------------------------
 
     def n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
@@ -284,7 +290,8 @@ class UPSProvider:
 
         def body() -> int:
             created.append(self._ups.create(event.attribute_list, uid=given or None,
-                                            by=self._calling(event)))
+                                            by=self._calling(event),
+                                            address=self._address(event)))
             row.sop_instance_uid = created[0][:64]
             return rules.SUCCESS
 
@@ -356,10 +363,12 @@ class UPSProvider:
             action = parse_action(action_type, info, uid, calling)
             if isinstance(action, ChangeState):
                 return self._warning(self._ups.change_state(
-                    uid, action.state, action.transaction_uid, by=calling))
+                    uid, action.state, action.transaction_uid, by=calling,
+                    address=self._address(event)))
             if isinstance(action, CancelRequest):
                 return self._warning(self._ups.request_cancellation(
-                    uid, by=calling, reason=action.reason, contact=action.contact))
+                    uid, by=calling, reason=action.reason, contact=action.contact,
+                    address=self._address(event)))
             if action.action is ActionType.SUBSCRIBE:
                 if action.receiving_ae not in self.receivers():
                     raise refusal(rules.UNKNOWN_RECEIVING_AE,

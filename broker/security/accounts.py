@@ -298,8 +298,24 @@ def csrf_token(session_token: str) -> str:
     return hmac.new(session_token.encode(), b"mwlb-csrf-v1", hashlib.sha256).hexdigest()
 
 
+# How stale a session's ``last_seen_at`` or a token's ``last_used_at`` may get before a
+# request rewrites it: writing it on every request would make each API call a commit
+# (an fsync on SQLite) for a clock nobody needs to the second.
+TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+def _touch_due(last: datetime | None, now: datetime, interval: timedelta) -> bool:
+    return last is None or now - _aware(last) >= interval
+
+
 def session_user(session: Session, token: str, idle_minutes: float) -> User | None:
-    """The user of a live session (its idle clock restarts), else None."""
+    """The user of a live session (its idle clock restarts), else None.
+
+    The idle clock (``last_seen_at``) is rewritten only when it is older than
+    :data:`TOUCH_INTERVAL` (a quarter of the idle time when that is shorter), so a read
+    of the console or the API is no write; a session therefore ends between
+    ``idle_minutes`` less that interval and ``idle_minutes`` after its last request
+    (never later)."""
     row = session.get(WebSession, token_hash(token))
     if row is None:
         return None
@@ -310,7 +326,9 @@ def session_user(session: Session, token: str, idle_minutes: float) -> User | No
     user = session.get(User, row.user_pk)
     if user is None or user.disabled:
         return None
-    row.last_seen_at = now
+    if _touch_due(row.last_seen_at, now,
+                  min(TOUCH_INTERVAL, timedelta(minutes=idle_minutes) / 4)):
+        row.last_seen_at = now
     return user
 
 
@@ -326,14 +344,18 @@ def create_api_token(session: Session, user: User, name: str, address: str = "")
 
 
 def token_user(session: Session, token: str) -> User | None:
-    """The user of a live API token: not revoked, its user enabled."""
+    """The user of a live API token: not revoked, its user enabled. Its
+    ``last_used_at`` is rewritten only when older than :data:`TOUCH_INTERVAL` (it
+    tells an administrator whether a token is in use, to the minute)."""
     row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).first()
     if row is None or row.revoked_at is not None:
         return None
     user = session.get(User, row.user_pk)
     if user is None or user.disabled:
         return None
-    row.last_used_at = datetime.now(UTC)
+    now = datetime.now(UTC)
+    if _touch_due(row.last_used_at, now, TOUCH_INTERVAL):
+        row.last_used_at = now
     return user
 
 

@@ -144,6 +144,14 @@ def json_response(datasets: Sequence[Dataset] | Dataset, status_code: int = 200,
                     media_type=DICOM_JSON, headers=headers)
 
 
+def documents_response(documents: Sequence[dict[str, Any]], status_code: int = 200,
+                       headers: dict[str, str] | None = None) -> Response:
+    """An ``application/dicom+json`` response of documents already in the DICOM JSON
+    model (PS3.18 F.2), e.g. a search's (no Dataset built)."""
+    return Response(orjson.dumps(list(documents)), status_code=status_code,
+                    media_type=DICOM_JSON, headers=headers)
+
+
 async def body_dataset(request: Request, *, required: bool = True) -> Dataset:
     """The request payload as a dataset: a DICOM JSON object, or an array holding one
     (PS3.18 F.2). 415 for another media type, 400 for a payload that is not DICOM JSON;

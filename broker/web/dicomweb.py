@@ -48,6 +48,7 @@ from broker.web.dicomjson import (
     DicomWebError,
     add_warnings,
     body_dataset,
+    documents_response,
     error_response,
     json_response,
     require_acceptable,
@@ -129,6 +130,11 @@ def _ae_title(value: str) -> str:
     return title
 
 
+def _address(request: Request) -> str:
+    """The client's network address, for the audit record (PS3.15 A.5.2)."""
+    return request.client.host if request.client else ""
+
+
 def _warning_words(code: int) -> str:
     return rules.WARNINGS.get(code, f"warning status 0x{code:04X}")
 
@@ -151,15 +157,14 @@ async def search_workitems(request: Request, user: Performer) -> Response:
     query = parse_search(request.query_params.multi_items())
     result = await call(worklist(request).search, query.identifier, limit=query.limit,
                         offset=query.offset, calling=user.name,
-                        include_all=query.include_all)
-    items = list(result.items)
+                        include_all=query.include_all, as_json=True)
+    items = list(result.documents)  # the Transaction UID never in them (PS3.4 CC.2.5.1.3)
     texts = [*query.warnings, *result.warnings]
     if result.total_capped:
         texts.append(CAPPED_WARNING)
     if not items:
         return add_warnings(request, Response(status_code=204), texts)
-    return add_warnings(request, json_response([_without_transaction_uid(ds)
-                                                for ds in items]), texts)
+    return add_warnings(request, documents_response(items), texts)
 
 
 @router.get("/workitems/{workitem}", name="retrieve_workitem")
@@ -182,7 +187,8 @@ async def create_workitem(request: Request, user: Performer) -> Response:
     and ``Content-Location`` of the new workitem; 409 when the UID is in use."""
     uid = _bare_uid(request, "workitem") or None
     ds = await body_dataset(request)
-    created = await call(worklist(request).create, ds, uid=uid, by=user.name)
+    created = await call(worklist(request).create, ds, uid=uid, by=user.name,
+                         address=_address(request))
     url = _workitem_url(request, created)
     return Response(status_code=201, headers={"Location": url, "Content-Location": url})
 
@@ -228,7 +234,7 @@ async def change_workitem_state(request: Request, user: Performer, workitem: str
         raise DicomWebError(400, "the payload has no Transaction UID (0008,1195)")
     require_uid(transaction, "Transaction UID")
     status = await call(worklist(request).change_state, uid, state, transaction,
-                        by=user.name)
+                        by=user.name, address=_address(request))
     response = Response(status_code=200)
     return add_warnings(request, response, [_warning_words(status)] if status else [])
 
@@ -245,7 +251,7 @@ async def request_cancellation(request: Request, user: Performer, workitem: str
     reason = str(ds.get("ReasonForCancellation", "") or "")
     contact = str(ds.get("ContactURI", "") or ds.get("ContactDisplayName", "") or "")
     status = await call(worklist(request).request_cancellation, uid, by=user.name,
-                        reason=reason, contact=contact)
+                        reason=reason, contact=contact, address=_address(request))
     response = Response(status_code=202)
     return add_warnings(request, response, [_warning_words(status)] if status else [])
 

@@ -6,9 +6,18 @@ A performer (or admin) opens the channel with its API token (``Authorization: Be
 on the WebSocket handshake; the console's session cookie works too); without one the
 handshake is refused (HTTP 403). The broker then sends, as WebSocket text frames, one
 ``application/dicom+json`` dataset per event of the subscriptions of ``aetitle``, in
-order: the N-EVENT-REPORT fields of PS3.7 Table 10.3-1 (Affected SOP Class UID = UPS
-Event SOP Class, Command Field N-EVENT-REPORT-RQ, Message ID, Affected SOP Instance UID
-= the workitem, Event Type ID) with the Event Information of PS3.4 Table CC.2.4-1.
+order: the N-EVENT-REPORT fields of PS3.7 Table 10.3-1 (Affected SOP Class UID,
+Command Field N-EVENT-REPORT-RQ, Message ID, Affected SOP Instance UID = the workitem,
+Event Type ID) with the Event Information of PS3.4 Table CC.2.4-1.
+
+The Affected SOP Class UID is the UPS Push SOP Class (1.2.840.10008.5.1.4.34.6.1), as in
+the N-EVENT-REPORTs sent over DIMSE (:mod:`broker.dicom.ups_events`): PS3.18 11.13 asks
+for the mandatory fields of the N-EVENT-REPORT message (PS3.7 10.3.1) and PS3.4 CC.2.4.3
+requires its Affected SOP Class UID to be the UPS Push SOP Class, the class of every
+workitem (PS3.4 CC.3.1), whichever UPS SOP Class carries the report (UPS Event, PS3.4
+CC.3.1.1). The example payload of PS3.18 11.13 shows the UPS Event SOP Class UID there;
+it is informative (and its VRs are not those of the attributes), so the normative text
+of PS3.4 is followed, and one report is the same on both channels.
 
 Events are the ``ups_event`` rows the UPS service appends in the transaction of each
 change (read with ``events_after``): the channel reads the rows after the last one it
@@ -47,7 +56,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicomweb")
 
-UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
+UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # Affected SOP Class UID, PS3.4 CC.2.4.3
 N_EVENT_REPORT_RQ = 0x0100
 POLL_SECONDS = 1.0
 PAGE = 100
@@ -84,9 +93,10 @@ def wakeups_of(app: Any) -> Wakeups:
 
 
 def event_report(event: Any, message_id: int) -> Dataset:
-    """The Event Report dataset of one event (PS3.18 11.13, PS3.7 10.3.1)."""
+    """The Event Report dataset of one event (PS3.18 11.13, PS3.7 10.3.1); its Affected
+    SOP Class UID is the UPS Push SOP Class (PS3.4 CC.2.4.3)."""
     ds = Dataset()
-    ds.AffectedSOPClassUID = UPS_EVENT_SOP_CLASS
+    ds.AffectedSOPClassUID = UPS_PUSH_SOP_CLASS
     ds.CommandField = N_EVENT_REPORT_RQ
     ds.MessageID = message_id % 0x10000
     ds.AffectedSOPInstanceUID = event.workitem_uid

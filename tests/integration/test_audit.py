@@ -8,15 +8,18 @@ import base64
 import socket
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import httpx
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
 from broker.app import BrokerApp
-from broker.models import AuditEvent
+from broker.models import AuditEvent, Role
+from broker.security.accounts import create_api_token, create_user
 from tests.conftest import broker_settings, sample
 from tests.console import PASSWORD, add_users
 from tests.dcmtk import findscu
@@ -27,6 +30,7 @@ from tests.workflow import STUDY_05
 
 pytestmark = [pytest.mark.dcmtk]
 
+DICOM_JSON = "application/dicom+json"
 ALLOWED = [{"ae_title": "CT01_AE"}, {"ae_title": "MODALITY1"}]
 
 
@@ -116,3 +120,53 @@ def test_udp_export(make_broker: Any) -> None:
     finally:
         receiver.stop()
     assert "110100/110120" in codes(events)
+
+
+def test_workitem_changes_are_procedure_records(make_broker: Any) -> None:
+    """UPS-RS create, claim, cancellation request and cancel are Procedure Record
+    events (PS3.15 A.5.3.11: C for a created workitem, U for a
+    state change or a cancellation request) naming the performer, its address and the
+    workitem's patient and study; a refused change writes none."""
+    app = make_broker()
+    [ack] = send(app.mllp_port, sample("05"))
+    assert ack.code == "AA"
+    with Session(create_engine(app.settings.database_url)) as session, session.begin():
+        user = create_user(session, "ai-performer", PASSWORD, Role.PERFORMER)
+        token = create_api_token(session, user, "test")
+    headers = {"Authorization": f"Bearer {token}", "Accept": DICOM_JSON,
+               "Content-Type": DICOM_JSON}
+    pushed = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]},
+              "00100020": {"vr": "LO", "Value": ["P-UPS-1"]},
+              "0020000D": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.77"]},
+              "00741204": {"vr": "LO", "Value": ["Lung nodule AI"]},
+              "00404005": {"vr": "DT", "Value": ["20250310093200"]},
+              "00741000": {"vr": "CS", "Value": ["SCHEDULED"]}}
+    uid = generate_uid()
+    transaction = generate_uid()
+    with httpx.Client(base_url=f"http://127.0.0.1:{app.http_port}", headers=headers,
+                      timeout=30) as http:
+        assert http.post(f"/dicomweb/workitems?{uid}", json=[pushed]).status_code == 201
+        assert http.post(f"/dicomweb/workitems?{uid}", json=[pushed]).status_code == 409
+        claim = [{"00741000": {"vr": "CS", "Value": ["IN PROGRESS"]},
+                  "00081195": {"vr": "UI", "Value": [transaction]}}]
+        assert http.put(f"/dicomweb/workitems/{uid}/state", json=claim).status_code == 200
+        assert http.post(f"/dicomweb/workitems/{uid}/cancelrequest").status_code == 202
+        cancel = [{"00741000": {"vr": "CS", "Value": ["CANCELED"]},
+                   "00081195": {"vr": "UI", "Value": [transaction]}}]
+        canceled = http.put(f"/dicomweb/workitems/{uid}/state", json=cancel)
+        assert canceled.status_code == 200, canceled.headers
+    with app.runtime.session_factory() as session:
+        rows = list(session.scalars(select(AuditEvent).where(
+            AuditEvent.event_id == "110111").order_by(AuditEvent.id)))
+    records = [(r.action, r.user, r.address, r.detail) for r in rows]
+    assert records == [
+        ("C", "ai-performer", "127.0.0.1", f"UPS {uid} created"),
+        ("U", "ai-performer", "127.0.0.1", f"UPS {uid} state IN PROGRESS"),
+        ("U", "ai-performer", "127.0.0.1", f"UPS {uid} cancellation requested"),
+        ("U", "ai-performer", "127.0.0.1", f"UPS {uid} state CANCELED")]
+    message = ET.fromstring(rows[0].message)
+    ident = message.find("EventIdentification")
+    assert ident is not None and ident.get("EventActionCode") == "C"
+    ids = {p.get("ParticipantObjectID"): p.get("ParticipantObjectTypeCodeRole")
+           for p in message.iter("ParticipantObjectIdentification")}
+    assert ids == {"P-UPS-1": "1", "1.2.826.0.1.3680043.8.498.77": "3"}

@@ -98,7 +98,7 @@ class Subscriber:
                 report = reports.get(timeout=left)
             except queue.Empty:
                 continue
-            assert report.sop_class == PUSH  # Affected SOP Class of a UPS event (CC.2.4)
+            assert report.sop_class == PUSH  # Affected SOP Class of a UPS event (CC.2.4.3)
             if (uid is None or report.uid == uid) and all(
                     report.info.get(k) == v for k, v in expected.items()):
                 return report

@@ -28,7 +28,7 @@ from tests.workflow import wait_until
 DICOM_JSON = "application/dicom+json"
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 FILTERED = "1.2.840.10008.5.1.4.34.5.1"
-UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
+UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # of every event report, PS3.4 CC.2.4.3
 PASSWORD = "correct horse battery"
 
 
@@ -106,7 +106,7 @@ def event(ws: ClientConnection, uid: str, timeout: float = 15, **expected: Any) 
     workitems)."""
     while True:
         report = Dataset.from_json(json.loads(ws.recv(timeout=timeout)))
-        assert report.AffectedSOPClassUID == UPS_EVENT_SOP_CLASS
+        assert report.AffectedSOPClassUID == UPS_PUSH_SOP_CLASS
         assert report.CommandField == 0x0100  # N-EVENT-REPORT-RQ
         if report.AffectedSOPInstanceUID == uid and all(
                 report.get(k) == v for k, v in expected.items()):

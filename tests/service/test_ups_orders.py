@@ -280,3 +280,42 @@ def test_instances_held_for_the_study_are_the_input(services: Services) -> None:
     query.InputInformationSequence = []
     [found, _other] = services.use_cases.ups.search(query, limit=None).items
     assert len(found.InputInformationSequence[0].ReferencedSOPSequence) == 2
+
+
+def test_search_answers_the_same_as_json_and_as_datasets(services: Services) -> None:
+    """UPS-RS Search encodes the DICOM JSON model straight from the rows (PS3.18 F.2),
+    C-FIND builds Datasets: the two give the same attributes, for order-born workitems
+    (with a Specific Character Set and attributes a performer stored) and pushed ones,
+    for asked keys, empty keys and everything held."""
+    services.process(sample("05"))
+    pushed = Dataset()
+    pushed.SpecificCharacterSet = "ISO_IR 192"
+    pushed.PatientName, pushed.PatientID = "Müller^Jürgen=ミュラー^ユルゲン", "999"
+    pushed.ProcedureStepLabel = "Lung nodule AI"
+    pushed.ScheduledProcedureStepStartDateTime = "20250310093200"
+    pushed.ScheduledStationNameCodeSequence = [Dataset()]
+    item = pushed.ScheduledStationNameCodeSequence[0]
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "AI1", "99X", "AI one"
+    services.use_cases.ups.create(pushed, by="RIS")
+    claimed = next(iter(workitems(services).values())).uid
+    services.use_cases.ups.change_state(claimed, "IN PROGRESS", generate_uid(), by="AI")
+    queries: list[Dataset] = [Dataset()]
+    asked = Dataset()
+    asked.PatientName = ""
+    asked.PatientBirthDate = ""
+    asked.ReferencedRequestSequence = []
+    asked.ScheduledWorkitemCodeSequence = []
+    asked.InputInformationSequence = []
+    asked.CommentsOnTheScheduledProcedureStep = ""
+    asked.ScheduledProcedureStepExpirationDateTime = ""
+    asked.ProcedureStepProgressInformationSequence = []
+    queries.append(asked)
+    for query in queries:
+        for include_all in (False, True):
+            as_datasets = services.use_cases.ups.search(query, limit=None,
+                                                        include_all=include_all)
+            as_json = services.use_cases.ups.search(query, limit=None,
+                                                    include_all=include_all, as_json=True)
+            assert len(as_datasets.items) >= 3 and not as_json.items
+            assert as_json.documents == [ds.to_json_dict(bulk_data_threshold=2**31)
+                                         for ds in as_datasets.items]

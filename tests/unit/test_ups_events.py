@@ -22,7 +22,7 @@ def test_event_report_carries_the_n_event_report_fields_and_the_event_informatio
                         event_type_id=1, payload=info)
     document = json.loads(json.dumps(to_json(event_report(event, 0x10002))))
     assert document == {
-        "00000002": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.34.6.4"]},
+        "00000002": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.34.6.1"]},  # UPS Push, CC.2.4.3
         "00000100": {"vr": "US", "Value": [0x0100]},
         "00000110": {"vr": "US", "Value": [2]},  # Message ID wraps at 16 bits
         "00001000": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.7"]},

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -69,6 +70,82 @@ def put(ds: Dataset, keyword: str, value: Any) -> None:
     elif value == "":
         value = None
     ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+
+
+# -- keyword dicts -> the DICOM JSON model (PS3.18 F.2) --------------------------------
+
+INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
+FLOAT_VRS = frozenset({"DS", "FD", "FL"})
+# VRs whose value may hold a backslash (PS3.5 6.2): never split into values.
+ONE_VALUE_VRS = frozenset({"LT", "ST", "UT", "UR", "UN"})
+TRANSACTION_UID_TAG = "00081195"
+
+
+@cache
+def json_key(keyword: str) -> tuple[str, str] | None:
+    """The DICOM JSON key (tag as 8 hex digits) and VR of a keyword, None if unknown."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    return f"{tag:08X}", dictionary_VR(tag)
+
+
+@cache
+def keyword_of(key: str) -> str:
+    """The keyword of a DICOM JSON key ("" when private or unknown)."""
+    try:
+        return keyword_for_tag(int(key, 16)) or ""
+    except ValueError:
+        return ""
+
+
+def _number(vr: str, text: str) -> Any:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if vr in INT_VRS else number
+
+
+def json_element(vr: str, value: Any) -> dict[str, Any]:
+    """One attribute of a stored keyword dict in the DICOM JSON model (PS3.18 F.2.2):
+    what :func:`to_dataset` then pydicom's ``to_json_dict`` give, without a Dataset."""
+    if vr == "SQ":
+        items = value if isinstance(value, list) else []
+        return {"vr": vr, "Value": [json_of(i) for i in items if isinstance(i, dict)]}
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    if isinstance(value, list):
+        values = [str(v) for v in value]
+    elif vr in ONE_VALUE_VRS:
+        values = [str(value)]
+    else:
+        values = str(value).split("\\")
+    if vr == "PN":
+        names: list[Any] = []
+        for name in values:
+            groups = name.split("=")
+            person = {"Alphabetic": groups[0]}
+            if len(groups) > 1:
+                person["Ideographic"] = groups[1]
+            if len(groups) > 2:
+                person["Phonetic"] = groups[2]
+            names.append(person)
+        return {"vr": vr, "Value": names}
+    if vr in INT_VRS or vr in FLOAT_VRS:
+        return {"vr": vr, "Value": [_number(vr, v) if v.strip() else None for v in values]}
+    return {"vr": vr, "Value": values}
+
+
+def json_of(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored keyword dict in the DICOM JSON model (PS3.18 F.2), straight from the
+    values: the search answer's encoding (a Dataset per workitem costs milliseconds)."""
+    out: dict[str, Any] = {}
+    for keyword, value in attributes.items():
+        known = json_key(keyword) if value is not None else None
+        if known is not None:
+            out[known[0]] = json_element(known[1], value)
+    return out
 
 
 def keywords(ds: Dataset) -> dict[str, Any]:
@@ -217,21 +294,44 @@ def pushed_columns(attributes: Mapping[str, Any]) -> dict[str, str]:
 
 # -- the dataset given out --------------------------------------------------------------
 
-def workitem_dataset(row: UPSWorkitem, step: ScheduledProcedureStep | None,
-                     procedure: RequestedProcedure | None, order: ImagingOrder | None,
-                     patient: Patient | None,
-                     inputs: list[dict[str, Any]] | None = None, *,
-                     wanted: set[str] | None = None) -> Dataset:
-    """The workitem as Retrieve / N-GET / Search give it out; with ``wanted``, only
-    those top-level keywords (a search's return keys: the rest is never built)."""
+def _composed(row: UPSWorkitem, step: ScheduledProcedureStep | None,
+              procedure: RequestedProcedure | None, order: ImagingOrder | None,
+              patient: Patient | None, inputs: list[dict[str, Any]] | None,
+              wanted: set[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """What a workitem holds apart from its stored ``attributes`` and the row's truth:
+    the order-born attributes (keyword dict, only ``wanted`` ones) and the patient's
+    Specific Character Set (empty when none)."""
     attrs: dict[str, Any] = {}
     if step is not None and procedure is not None and patient is not None:
         attrs = _order_born(row, step, procedure, order, patient, inputs or [])
     if wanted is not None:
         attrs = {k: v for k, v in attrs.items() if k in wanted}
-    ds = to_dataset(attrs)
+    charset: list[str] = []
     if step is not None and patient is not None and patient.specific_character_set:
-        ds.SpecificCharacterSet = patient.specific_character_set.split("\\")
+        charset = patient.specific_character_set.split("\\")
+    return attrs, charset
+
+
+def _truth(row: UPSWorkitem) -> dict[str, Any]:
+    """The attributes the workitem row is the truth for."""
+    return {"SOPClassUID": UPS_SOP_CLASS, "SOPInstanceUID": row.uid,
+            "ProcedureStepState": row.state, "ScheduledProcedureStepPriority": row.priority,
+            "ScheduledProcedureStepModificationDateTime": dicom_datetime(row.updated_at),
+            "InputReadinessState": row.input_readiness}
+
+
+def workitem_dataset(row: UPSWorkitem, step: ScheduledProcedureStep | None,
+                     procedure: RequestedProcedure | None, order: ImagingOrder | None,
+                     patient: Patient | None,
+                     inputs: list[dict[str, Any]] | None = None, *,
+                     wanted: set[str] | None = None) -> Dataset:
+    """The workitem as Retrieve / N-GET / C-FIND give it out; with ``wanted``, only
+    those top-level keywords (a search's return keys: the rest is never built). The
+    same attributes as :func:`workitem_json` (a unit test keeps the two equal)."""
+    attrs, charset = _composed(row, step, procedure, order, patient, inputs, wanted)
+    ds = to_dataset(attrs)
+    if charset:
+        ds.SpecificCharacterSet = charset
     if row.attributes:
         own = stored(row)
         if wanted is not None:
@@ -241,16 +341,40 @@ def workitem_dataset(row: UPSWorkitem, step: ScheduledProcedureStep | None,
         overlay(ds, own)
     if TRANSACTION_UID in ds:
         del ds[TRANSACTION_UID]
-    # The row is the truth for these.
-    truth = {"SOPClassUID": UPS_SOP_CLASS, "SOPInstanceUID": row.uid,
-             "ProcedureStepState": row.state, "ScheduledProcedureStepPriority": row.priority,
-             "ScheduledProcedureStepModificationDateTime": dicom_datetime(row.updated_at)}
-    if "InputReadinessState" not in ds:
-        truth["InputReadinessState"] = row.input_readiness
+    truth = _truth(row)
+    if "InputReadinessState" in ds:
+        del truth["InputReadinessState"]
     for keyword, value in truth.items():
         if wanted is None or keyword in wanted:
             put(ds, keyword, value)
     return ds
+
+
+def workitem_json(row: UPSWorkitem, step: ScheduledProcedureStep | None,
+                  procedure: RequestedProcedure | None, order: ImagingOrder | None,
+                  patient: Patient | None,
+                  inputs: list[dict[str, Any]] | None = None, *,
+                  wanted: set[str] | None = None) -> dict[str, Any]:
+    """:func:`workitem_dataset` in the DICOM JSON model (PS3.18 F.2), built straight
+    from the rows (the stored ``attributes`` are already that model) without a
+    Dataset: what UPS-RS Search answers (PS3.18 11.9), where a Dataset per workitem
+    would cost milliseconds each. Keys in tag order, as ``to_json_dict`` gives."""
+    attrs, charset = _composed(row, step, procedure, order, patient, inputs, wanted)
+    doc = json_of(attrs)
+    if charset:
+        doc["00080005"] = {"vr": "CS", "Value": charset}
+    for key, element in (row.attributes or {}).items():
+        if wanted is None or key == "00080005" or keyword_of(key) in wanted:
+            doc[key] = element
+    doc.pop(TRANSACTION_UID_TAG, None)
+    truth = _truth(row)
+    if json_key("InputReadinessState")[0] in doc:  # type: ignore[index]
+        del truth["InputReadinessState"]
+    for keyword, value in truth.items():
+        if wanted is None or keyword in wanted:
+            key, vr = json_key(keyword)  # type: ignore[misc]
+            doc[key] = json_element(vr, value)
+    return dict(sorted(doc.items()))
 
 
 def _order_born(row: UPSWorkitem, step: ScheduledProcedureStep, procedure: RequestedProcedure,

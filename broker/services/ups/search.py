@@ -33,7 +33,14 @@ from broker.models import (
     ScheduledProcedureStep,
     UPSWorkitem,
 )
-from broker.services.ups.datasets import TRANSACTION_UID, put, workitem_dataset
+from broker.services.ups.datasets import (
+    TRANSACTION_UID,
+    json_element,
+    json_key,
+    put,
+    workitem_dataset,
+    workitem_json,
+)
 from broker.services.ups.workitems import input_information
 from broker.services.worklist_query import (
     NEVER_MATCHED,
@@ -114,9 +121,11 @@ class SearchResult:
     """A page of matches: ``items`` with the requested and required return keys,
     ``total_capped`` true when more match than were returned (PS3.18 11.9.3.2: the
     origin server tells the client there are more), and ``warnings`` for keys that
-    were not matched on."""
+    were not matched on. A search asked ``as_json`` fills ``documents`` (the same
+    matches in the DICOM JSON model, PS3.18 F.2) instead of ``items``."""
 
     items: list[Dataset]
+    documents: list[dict[str, Any]] = field(default_factory=list)
     total_capped: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -201,13 +210,27 @@ def _returned(ds: Dataset, wanted: set[str]) -> Dataset:
     return ds
 
 
+def _returned_json(doc: dict[str, Any], wanted: set[str]) -> dict[str, Any]:
+    """:func:`_returned` in the DICOM JSON model."""
+    added = False
+    for keyword in wanted:
+        known = json_key(keyword)
+        if known is not None and known[0] not in doc and keyword != TRANSACTION_UID:
+            doc[known[0]] = json_element(known[1], [] if known[1] == "SQ" else None)
+            added = True
+    return dict(sorted(doc.items())) if added else doc
+
+
 def search(session: Session, query: Dataset, *, limit: int | None, offset: int = 0,
-           calling: str = "", include_all: bool = False) -> SearchResult:
+           calling: str = "", include_all: bool = False,
+           as_json: bool = False) -> SearchResult:
     """The workitems matching ``query`` in start order, ``offset`` of them skipped,
     at most ``limit``; each with the keys the query asks for (an empty sequence key
     returns the whole sequence) and :data:`REQUIRED_RETURN_KEYS`, or with everything
     held when ``include_all`` (UPS-RS ``includefield=all``, PS3.18 11.9.3). ``calling``
-    names who asks (kept for the log's ids, never its keys).
+    names who asks (kept for the log's ids, never its keys). ``as_json`` gives the
+    matches as DICOM JSON documents (:func:`workitem_json`, no Dataset built: the
+    UPS-RS answer) rather than Datasets (C-FIND).
 
     Each origin is read in start order up to the page's end (its index walk stops
     there) and the two are merged."""
@@ -241,14 +264,18 @@ def search(session: Session, query: Dataset, *, limit: int | None, offset: int =
         wanted.add("InputInformationSequence")
         inputs = input_information(session, [rp.study_instance_uid for _w, _s, rp, _o, _p
                                              in rows if rp is not None])
-    items = [workitem_dataset(w, s, rp, o, p,
+    build = workitem_json if as_json else workitem_dataset
+    built: list[Any] = [build(w, s, rp, o, p,
                               inputs.get(rp.study_instance_uid, []) if rp else [],
                               wanted=None if include_all else wanted)
-             for w, s, rp, o, p in rows]
+                        for w, s, rp, o, p in rows]
     if not include_all:
-        items = [_returned(ds, wanted) for ds in items]
+        built = [_returned_json(doc, wanted) if as_json else _returned(doc, wanted)
+                 for doc in built]
     warnings = [f"{key} is not a matching key of this service: ignored" for key in ignored]
-    return SearchResult(items, capped, warnings)
+    if as_json:
+        return SearchResult([], built, capped, warnings)
+    return SearchResult(built, [], capped, warnings)
 
 
 def matching_uids(session: Session, query: Dataset, uids: list[str]) -> set[str]:

@@ -96,6 +96,25 @@ def dataset_of(session: Session, row: UPSWorkitem) -> Dataset:
     return workitem_dataset(row, step, procedure, order, patient, inputs)
 
 
+def audit_subjects(session: Session, uid: str) -> tuple[str, str]:
+    """The Patient ID and Study Instance UID of a workitem (the participants of its
+    audit records, PS3.15 A.5.3.11): the order's for an order-born workitem, its own
+    copies for a pushed one; empty when unknown."""
+    row = session.scalars(select(UPSWorkitem).where(UPSWorkitem.uid == uid)).first()
+    if row is None:
+        return "", ""
+    if row.sps_pk is None:
+        return row.patient_id or "", row.study_instance_uid or ""
+    found = session.execute(
+        select(Patient.patient_id, RequestedProcedure.study_instance_uid)
+        .join(ImagingOrder, ImagingOrder.patient_pk == Patient.id)
+        .join(RequestedProcedure, RequestedProcedure.order_pk == ImagingOrder.id)
+        .join(ScheduledProcedureStep, ScheduledProcedureStep.procedure_pk
+              == RequestedProcedure.id)
+        .where(ScheduledProcedureStep.id == row.sps_pk)).first()
+    return (found[0] or "", found[1] or "") if found else ("", "")
+
+
 def retrieve(session: Session, uid: str) -> Dataset:
     """The workitem (N-GET, PS3.4 CC.2.7; Retrieve Workitem, PS3.18 11.5); 0xC307 (HTTP
     404) when there is none."""
