@@ -58,23 +58,39 @@ def next_due(session: Session, destination: str) -> OutboundMessage | None:
 def deliver(factory: sessionmaker[Session], settings: Settings, name: str) -> float | None:
     """Send what is due for destination ``name``. Returns the seconds until the head
     of the queue is due again (after a failed attempt), or None when the queue is empty
-    or another process is delivering."""
+    or another process is delivering.
+
+    On PostgreSQL one process at a time delivers to a destination (an advisory lock). A
+    delivery turned away while another is finishing relies on that one: after
+    unlocking, the finishing delivery looks once more for a due message and goes on if
+    one was queued meanwhile, so nothing waits for the sweeper."""
     dest = next((d for d in settings.outbound_destinations if d.name == name), None)
     if dest is None:
         log.warning("outbound: destination %s is not configured", name)
         return None
-    with factory() as lock_session:
-        if lock_session.get_bind().dialect.name == "postgresql":
-            got = lock_session.scalar(select(func.pg_try_advisory_lock(_lock_key(name))))
-            if not got:
-                return None
-        try:
-            return _deliver(factory, settings, dest)
-        finally:
-            if lock_session.get_bind().dialect.name == "postgresql":
-                lock_session.execute(text("SELECT pg_advisory_unlock(:k)"),
-                                     {"k": _lock_key(name)})
-                lock_session.commit()
+    while True:
+        with factory() as lock_session:
+            postgresql = lock_session.get_bind().dialect.name == "postgresql"
+            if postgresql:
+                got = lock_session.scalar(select(func.pg_try_advisory_lock(_lock_key(name))))
+                if not got:
+                    return None
+            try:
+                after = _deliver(factory, settings, dest)
+            finally:
+                if postgresql:
+                    lock_session.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                         {"k": _lock_key(name)})
+                    lock_session.commit()
+        if after is not None or not postgresql or not _due(factory, name):
+            return after
+
+
+def _due(factory: sessionmaker[Session], name: str) -> bool:
+    """Whether a message for ``name`` is due now."""
+    with factory() as session:
+        row = next_due(session, name)
+        return row is not None and _as_utc(row.next_attempt_at) <= datetime.now(UTC)
 
 
 def _deliver(factory: sessionmaker[Session], settings: Settings,
