@@ -1,4 +1,5 @@
-"""The apply path's INSERTs and UPDATEs by primary key as driver SQL on SQLite.
+"""The apply path's statements as driver SQL on SQLite: its INSERTs, its UPDATEs by
+primary key and its few SELECTs.
 
 Applying one order message runs about ten small statements; through the SQL expression
 layer each cost 0.1-0.2 ms of Python (parameter processing, the execution context,
@@ -11,23 +12,28 @@ the expression layer would send them:
   text, datetimes to SQLite's text format, booleans to integers);
 * a column left out gets its Python-side default (INSERT) or ``onupdate`` (UPDATE),
   as Core would give it (server defaults are left to the database);
+* a SELECT built with the expression layer is compiled once, its parameters passed
+  through their bind processors and its columns through their result processors
+  (JSON text to objects...);
 * a driver error is raised as SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`:
   ``IntegrityError``, ``OperationalError``...), so callers tell a refused value from a
   transient failure exactly as before.
 
-The statements run in the caller's transaction and savepoint (the same DBAPI
+A savepoint (:func:`savepoint`) is taken and released the same way. The statements
+run in the caller's transaction and savepoint (the same DBAPI
 connection). On other dialects the Core statement is run as before (PostgreSQL
 batches the rows of an ``executemany`` itself).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, update
+from sqlalchemy import Connection, Select, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -157,3 +163,78 @@ def _core_insert(target: Table) -> Any:
 def _core_update(target: Table, names: tuple[str, ...]) -> Any:
     return (update(target).where(target.c.id == bindparam("pk_"))
             .values({name: bindparam(f"new_{name}") for name in names}))
+
+
+@dataclass(frozen=True)
+class _Query:
+    sql: str
+    names: tuple[str, ...]  # the parameters in placeholder order
+    fixed: dict[str, Any]  # the values bound in the statement itself
+    processors: dict[str, Callable[[Any], Any]]  # bind processors, by parameter
+    results: tuple[Callable[[Any], Any] | None, ...]
+
+
+@lru_cache(maxsize=SHAPES)
+def _querying(statement: Select[Any], dialect: Dialect) -> _Query:
+    compiled = statement.compile(dialect=dialect)
+    binds = compiled.binds
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for name, bind in binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors[name] = processor
+    results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None)
+                    for c in statement.selected_columns)
+    return _Query(compiled.string, tuple(compiled.positiontup or ()),
+                  {name: bind.effective_value for name, bind in binds.items()
+                   if not bind.required}, processors, results)
+
+
+def select_rows(connection: Connection, statement: Select[Any],
+                params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows of ``statement`` (bound with ``params``), values as the expression
+    layer would return them, in the order of its selected columns."""
+    dialect = connection.dialect
+    if dialect.name != "sqlite":
+        return [tuple(row) for row in connection.execute(statement, params or {})]
+    query = _querying(statement, dialect)
+    values = {**query.fixed, **(params or {})}
+    bound = []
+    for name in query.names:
+        processor = query.processors.get(name)
+        bound.append(values[name] if processor is None else processor(values[name]))
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(query.sql, bound)
+        found = cursor.fetchall()
+    except dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+        raise DBAPIError.instance(query.sql, bound, exc, dialect.dbapi.Error,  # type: ignore[union-attr]
+                                  dialect=dialect) from exc
+    finally:
+        cursor.close()
+    results = query.results
+    return [tuple(value if processor is None else processor(value)
+                  for value, processor in zip(row, results, strict=True)) for row in found]
+
+
+_SAVEPOINT = "apply_savepoint"
+
+
+@contextmanager
+def savepoint(connection: Connection) -> Iterator[None]:
+    """A savepoint around the block: released when it ends, rolled back to (and
+    released) when it raises, the exception going on. On SQLite a fixed name on the
+    DBAPI cursor (the block must not nest another of these); elsewhere
+    :meth:`Connection.begin_nested`."""
+    if connection.dialect.name != "sqlite":
+        with connection.begin_nested():
+            yield
+        return
+    _run(connection, f"SAVEPOINT {_SAVEPOINT}", [()])
+    try:
+        yield
+    except BaseException:
+        _run(connection, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", [()])
+        _run(connection, f"RELEASE SAVEPOINT {_SAVEPOINT}", [()])
+        raise
+    _run(connection, f"RELEASE SAVEPOINT {_SAVEPOINT}", [()])

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, bindparam, delete, false, literal, or_, select
 
 from broker.domain.types import Attributes, PatientRecord, ProcedureRecord, station_ae_titles
-from broker.driver_rows import insert_rows
+from broker.driver_rows import insert_rows, select_rows
 from broker.models import (
     ImagingOrder,
     Patient,
@@ -220,7 +220,10 @@ def load(connection: Connection, patient: PatientRecord,
     params = {"patient_id": patient.patient_id, "issuer": patient.issuer}
     for n, (_kind, number, issuer) in enumerate(keys):
         params[f"number_{n}"], params[f"issuer_{n}"] = number, issuer
-    rows = connection.execute(_reading(tuple(k[0] for k in keys)), params).mappings().all()
+    reading = _reading(tuple(k[0] for k in keys))
+    names = [c.key for c in reading.selected_columns]
+    rows = [dict(zip(names, row, strict=True))
+            for row in select_rows(connection, reading, params)]
     orders: dict[int, Order] = {}
     found: dict[int, Procedure] = {}
     for row in rows:

@@ -60,7 +60,7 @@ from broker.audit import hooks as audit
 from broker.audit.events import record_all
 from broker.db import unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
-from broker.driver_rows import update_by_key
+from broker.driver_rows import savepoint, update_by_key
 from broker.hl7 import warnings
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, HL7Error
@@ -341,7 +341,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     session.flush()
     connection = session.connection()
     try:
-        with connection.begin_nested(), warnings.collecting() as found:
+        with savepoint(connection), warnings.collecting() as found:
             msg = read(row.raw)
             mapped = mapper(msg, received_at=row.received_at)
             if isinstance(mapped, AdtMessage):

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table, func, insert, select
 
-from broker.driver_rows import update_by_key
+from broker.driver_rows import select_rows, update_by_key
 from broker.models import Base
 
 
@@ -80,7 +80,7 @@ class KeyPool:
 
     def _allocate(self, wanted: tuple[tuple[Table, int], ...]) -> dict[Table, list[int]]:
         postgresql = self.connection.dialect.name == "postgresql"
-        row = self.connection.execute(_taking(wanted, postgresql)).one()
+        row = select_rows(self.connection, _taking(wanted, postgresql))[0]
         if postgresql:
             keys = iter(row)
             return {target: sorted(next(keys) for _ in range(count))
