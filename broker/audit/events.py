@@ -19,10 +19,12 @@ from xml.etree import ElementTree as ET
 from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
+from broker.driver_rows import insert_rows
 from broker.models import AuditEvent, Base
 
 SOURCE_ID = "MWL_BROKER"
-_RECORDING = insert(Base.metadata.tables[AuditEvent.__tablename__])
+AUDIT_EVENTS = Base.metadata.tables[AuditEvent.__tablename__]
+_RECORDING = insert(AUDIT_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ def event_values(event: Code, *, action: str = "E", outcome: int = SUCCESS,
 def record_all(session: Session | Connection, rows: list[dict[str, Any]]) -> None:
     """Write audit rows (:func:`event_values`) in the transaction of ``session``, one
     statement for all."""
-    if rows:
+    if isinstance(session, Connection):
+        insert_rows(session, AUDIT_EVENTS, rows)
+    elif rows:
         session.execute(_RECORDING, rows)
 
 

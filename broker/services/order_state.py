@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, bindparam, delete, false, literal, or_, select
 
 from broker.domain.types import Attributes, PatientRecord, ProcedureRecord, station_ae_titles
+from broker.driver_rows import insert_rows, select_rows
 from broker.models import (
     ImagingOrder,
     Patient,
@@ -34,7 +35,7 @@ from broker.services.records import (
     step_columns,
     with_status,
 )
-from broker.services.rows import SHAPES, changed, inserting, table, update_rows
+from broker.services.rows import SHAPES, changed, table, update_rows
 
 # A lookup key of :func:`load`: ("patient" | "placer" | "filler", identifier, namespace).
 Key = tuple[str, str, str]
@@ -219,7 +220,10 @@ def load(connection: Connection, patient: PatientRecord,
     params = {"patient_id": patient.patient_id, "issuer": patient.issuer}
     for n, (_kind, number, issuer) in enumerate(keys):
         params[f"number_{n}"], params[f"issuer_{n}"] = number, issuer
-    rows = connection.execute(_reading(tuple(k[0] for k in keys)), params).mappings().all()
+    reading = _reading(tuple(k[0] for k in keys))
+    names = [c.key for c in reading.selected_columns]
+    rows = [dict(zip(names, row, strict=True))
+            for row in select_rows(connection, reading, params)]
     orders: dict[int, Order] = {}
     found: dict[int, Procedure] = {}
     for row in rows:
@@ -280,14 +284,14 @@ def write(connection: Connection, states: list[OrderState]) -> None:
     columns), parents before children."""
     patients = [s.new_patient for s in states if s.new_patient is not None]
     if patients:
-        connection.execute(inserting(PATIENTS), patients)
+        insert_rows(connection, PATIENTS, patients)
     orders = [o for s in states for o in s.orders]
     procedures = [p for o in orders for p in o.procedures]
     steps = [s for p in procedures for s in p.steps]
     for target, rows in ((ORDERS, orders), (PROCEDURES, procedures), (STEPS, steps)):
         new = [r.row() for r in rows if r.stored is None]
         if new:
-            connection.execute(inserting(target), new)
+            insert_rows(connection, target, new)
         update_rows(connection, target, [(r.id, changed(r.stored, r.row()))
                                      for r in rows if r.stored is not None])
     retitled = [s for s in steps if s.stored is None or station_ae_titles(s.attributes)
@@ -298,7 +302,7 @@ def write(connection: Connection, states: list[OrderState]) -> None:
     titles = [{"sps_pk": s.id, "position": position, "ae_title": title}
               for s in retitled for position, title in enumerate(station_ae_titles(s.attributes))]
     if titles:
-        connection.execute(inserting(STATION_AE_TITLES), titles)
+        insert_rows(connection, STATION_AE_TITLES, titles)
     history = [change for s in states for change in s.history]
     if history:
-        connection.execute(inserting(HISTORY), history)
+        insert_rows(connection, HISTORY, history)

@@ -47,12 +47,10 @@ from sqlalchemy import (
     Connection,
     Table,
     and_,
-    bindparam,
     case,
     func,
     or_,
     select,
-    update,
 )
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -62,6 +60,7 @@ from broker.audit import hooks as audit
 from broker.audit.events import record_all
 from broker.db import unit_of_work
 from broker.domain.types import AdtMessage, OrderMessage
+from broker.driver_rows import savepoint, update_by_key
 from broker.hl7 import warnings
 from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, HL7Error
@@ -79,8 +78,6 @@ from broker.services.ups.from_orders import workitems_for_steps
 log = logging.getLogger(__name__)
 
 _INBOUND = table(InboundMessage)
-# The columns to set are those of the parameters it is run with.
-_RECORDING = update(_INBOUND).where(_INBOUND.c.id == bindparam("pk_"))
 
 class Mapper(Protocol):
     """Maps a parsed message to domain records; bound to the loaded profiles by the
@@ -228,7 +225,7 @@ class _Deferred:
             values = _recorded(row, result)
             groups.setdefault(tuple(values), []).append((row, values))
         for same in groups.values():
-            connection.execute(_RECORDING, [{"pk_": row.id, **values} for row, values in same])
+            update_by_key(connection, _INBOUND, [(row.id, values) for row, values in same])
             for row, values in same:
                 _committed(row, values)
 
@@ -344,7 +341,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     session.flush()
     connection = session.connection()
     try:
-        with connection.begin_nested(), warnings.collecting() as found:
+        with savepoint(connection), warnings.collecting() as found:
             msg = read(row.raw)
             mapped = mapper(msg, received_at=row.received_at)
             if isinstance(mapped, AdtMessage):
@@ -427,7 +424,7 @@ def _record(connection: Connection, row: InboundMessage, result: dict[str, Any])
     (``set_committed_value``): the caller reads them from it, and the ORM has nothing
     of the row left to flush."""
     values = _recorded(row, result)
-    connection.execute(_RECORDING, {"pk_": row.id, **values})
+    update_by_key(connection, _INBOUND, [(row.id, values)])
     _committed(row, values)
 
 

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from functools import cache, lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, Table, Update, bindparam, func, insert, select
-from sqlalchemy import update as update_statement
+from sqlalchemy import Connection, Insert, Select, Table, func, insert, select
 
+from broker.driver_rows import select_rows, update_by_key
 from broker.models import Base
 
 
@@ -45,24 +45,12 @@ def changed(stored: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, A
 SHAPES = 256
 
 
-@lru_cache(maxsize=SHAPES)
-def _updating(target: Table, names: tuple[str, ...]) -> Update:
-    return (update_statement(target).where(target.c.id == bindparam("pk_"))
-            .values({name: bindparam(f"new_{name}") for name in names}))
-
-
 def update_rows(connection: Connection, target: Table,
                 changes: list[tuple[int, dict[str, Any]]]) -> None:
     """Write ``(primary key, changed columns)`` pairs: rows without changes are left
     alone (their ``updated_at`` too); the others are updated with one statement per
-    set of columns changed."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for pk, values in changes:
-        if values:
-            groups.setdefault(tuple(values), []).append(
-                {"pk_": pk, **{f"new_{name}": value for name, value in values.items()}})
-    for names, params in groups.items():
-        connection.execute(_updating(target, names), params)
+    set of columns changed (:func:`broker.driver_rows.update_by_key`)."""
+    update_by_key(connection, target, [(pk, values) for pk, values in changes if values])
 
 
 class KeyPool:
@@ -92,7 +80,7 @@ class KeyPool:
 
     def _allocate(self, wanted: tuple[tuple[Table, int], ...]) -> dict[Table, list[int]]:
         postgresql = self.connection.dialect.name == "postgresql"
-        row = self.connection.execute(_taking(wanted, postgresql)).one()
+        row = select_rows(self.connection, _taking(wanted, postgresql))[0]
         if postgresql:
             keys = iter(row)
             return {target: sorted(next(keys) for _ in range(count))

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from broker.domain.ups import UPSEventType, UPSState
+from broker.driver_rows import insert_rows
 from broker.models import UPSEvent
 from broker.services.rows import inserting, table
 
@@ -96,5 +97,7 @@ def row(workitem_uid: str, event: UPSEventType, payload: dict[str, Any], *, caus
 
 def append(target: Session | Connection, rows: list[dict[str, Any]]) -> None:
     """Insert event rows, in order, in the caller's transaction (one statement)."""
-    if rows:
+    if isinstance(target, Connection):
+        insert_rows(target, EVENTS, rows)
+    elif rows:
         target.execute(inserting(EVENTS), rows)

@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from broker.domain.ups import (
     UPSEventType,
@@ -28,16 +28,14 @@ from broker.domain.ups import (
     priority_for,
     state_for_step,
 )
+from broker.driver_rows import insert_rows, update_by_key
 from broker.models import UPSWorkitem
 from broker.services.order_state import OrderState, Procedure, Step
-from broker.services.rows import inserting, table
+from broker.services.rows import table
 from broker.services.ups import events
 from broker.services.ups.datasets import scheduled_columns, step_scheduled, to_dataset
 
 WORKITEMS = table(UPSWorkitem)
-_MOVING = (update(WORKITEMS).where(WORKITEMS.c.id == bindparam("pk_"))
-           .values(state=bindparam("new_state"), transaction_uid=bindparam("new_tuid"),
-                   updated_at=bindparam("new_at")))
 
 
 def new_uid() -> str:
@@ -89,7 +87,7 @@ def workitems_for_steps(connection: Connection, state: OrderState,
         event_rows.append(events.row(row["uid"], UPSEventType.STATE_REPORT,
                                      events.state_report(initial), cause=cause))
     if new_rows:
-        connection.execute(inserting(WORKITEMS), new_rows)
+        insert_rows(connection, WORKITEMS, new_rows)
         outcome.append(f"{len(new_rows)} UPS workitem(s) created")
     if touched:
         outcome += _follow(connection, touched, changed_status, event_rows, now, cause)
@@ -120,15 +118,15 @@ def _follow(connection: Connection, touched: dict[int, tuple[Procedure, Step]],
         select(WORKITEMS.c.id, WORKITEMS.c.uid, WORKITEMS.c.sps_pk, WORKITEMS.c.state,
                WORKITEMS.c.transaction_uid, WORKITEMS.c.station_name_code)
         .where(WORKITEMS.c.sps_pk.in_(list(touched))).with_for_update()).all()
-    moves, outcome = [], []
+    moves: list[tuple[int, dict[str, Any]]] = []
+    outcome = []
     for pk, uid, sps_pk, current, tuid, station in found:
         procedure, step = touched[sps_pk]
         now_state = UPSState(current)
         if now_state is UPSState.SCHEDULED and step.stored is not None and (
                 step.attributes != step.stored["attributes"]):
             scheduled = _scheduled(procedure, step)
-            connection.execute(update(WORKITEMS).where(WORKITEMS.c.id == pk).values(
-                **scheduled, updated_at=now))
+            update_by_key(connection, WORKITEMS, [(pk, {**scheduled, "updated_at": now})])
             if scheduled["station_name_code"] != station:
                 event_rows.append(events.row(uid, UPSEventType.ASSIGNED, events.assigned(
                     to_dataset(step_scheduled(step.attributes, procedure.attributes))),
@@ -142,9 +140,8 @@ def _follow(connection: Connection, touched: dict[int, tuple[Procedure, Step]],
                                          cause=cause))
         event_rows.append(events.row(uid, UPSEventType.STATE_REPORT,
                                      events.state_report(target), cause=cause))
-        moves.append({"pk_": pk, "new_state": target.value, "new_at": now,
-                      "new_tuid": "" if target.final else (tuid or new_uid())})
+        moves.append((pk, {"state": target.value, "updated_at": now,
+                           "transaction_uid": "" if target.final else (tuid or new_uid())}))
         outcome.append(f"UPS {uid} {target.value}")
-    if moves:
-        connection.execute(_MOVING, moves)
+    update_by_key(connection, WORKITEMS, moves)
     return outcome
