@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -70,8 +71,13 @@ class UseCases:
         }
         assert set(self._jobs) == set(Job), "every job has its use case"
         self.dispatcher: Dispatcher = make_dispatcher(self.run, DATABASE)
-        # Unified Procedure Step workitems (PS3.4 Annex CC), for the UPS adapters.
-        self.ups = UPSUseCases(runtime.session_factory, self.settings, self.start_delivery)
+
+    @cached_property
+    def ups(self) -> UPSUseCases:
+        """Unified Procedure Step workitems (PS3.4 Annex CC), for the UPS adapters;
+        made on first use, so that commands that never open the database (``mapping
+        test``) do not create it."""
+        return UPSUseCases(self.runtime.session_factory, self.settings, self.start_delivery)
 
     # -- jobs ------------------------------------------------------------------------
 
