@@ -4,6 +4,7 @@ it, so the command is added here, on the outside)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -13,6 +14,19 @@ from broker.cli_errors import ConfigurationError
 from broker.main import app
 
 __all__ = ["app"]
+
+
+# Celery logs two INFO lines per task ("received", "succeeded"): at the default level
+# a busy worker spent its time writing them. Their errors and warnings are kept
+# (a task that raised, a retry given up); --loglevel=DEBUG shows them all again.
+TASK_LINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def quiet_task_lines(loglevel: str) -> None:
+    """Per-task lines only at DEBUG: at INFO the worker logs what is not routine."""
+    if logging.getLevelName(loglevel.upper()) != logging.DEBUG:
+        for name in TASK_LINE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -27,6 +41,7 @@ def worker(
     from workers.celery_app import configure, install
 
     configure_logging(loglevel)
+    quiet_task_lines(loglevel)
     settings = settings_from(config)
     if settings.embedded:
         raise ConfigurationError("MWLB_CELERY_BROKER_URL is empty: nothing to work for "

@@ -59,18 +59,32 @@ def _use_cases() -> UseCases:
 @app.task(name=Job.PROCESS_INBOUND.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
 def process_inbound(self: Task, message_pk: int) -> int:
     """:meth:`UseCases.apply_message`, with other waiting messages (a backlog drains
-    in full transactions whatever the tasks hold)."""
+    in full transactions whatever the tasks hold). A message another task took ahead
+    costs one read (:meth:`UseCases.waiting`) and no transaction."""
     use_cases = _use_cases()
-    return int(_retrying(self, f"message {message_pk}",
-                         lambda: use_cases.apply_message(message_pk, ahead=True)) or 0)
+
+    def apply() -> int:
+        if not use_cases.waiting([message_pk]):
+            return 0
+        return use_cases.apply_message(message_pk, ahead=True)
+
+    return int(_retrying(self, f"message {message_pk}", apply) or 0)
 
 
 @app.task(name=Job.PROCESS_INBOUND_BATCH.task_name)
 def process_inbound_batch(message_pks: list[int]) -> int:
     """:meth:`UseCases.apply_messages` (one transaction; when the database fails it,
     each message goes to a :func:`process_inbound` task of its own, with its retries),
-    with other waiting messages as :func:`process_inbound`."""
-    return _use_cases().apply_messages(message_pks, ahead=True)
+    with other waiting messages as :func:`process_inbound`; only the messages still
+    waiting (:meth:`UseCases.waiting`) are handed on."""
+    use_cases = _use_cases()
+    try:
+        waiting = use_cases.waiting(message_pks)
+    except SQLAlchemyError:  # the database away: apply_messages hands each one on
+        waiting = message_pks
+    if not waiting:
+        return 0
+    return use_cases.apply_messages(waiting, ahead=True)
 
 
 @app.task(name=Job.LINK_MPPS.task_name, bind=True, max_retries=TASK_MAX_RETRIES)
