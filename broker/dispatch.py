@@ -210,9 +210,10 @@ class BackgroundDispatcher:
     * while a message it published is still being applied with its sender waiting for
       the ACK (application mode, several connections), until that message is applied:
       the next batch is ready when the worker is;
-    * after a publish that gathered several messages less than BURST_LINGER ago (a
-      burst, or a backlog arriving in store mode), until BURST_BATCH messages are
-      waiting (a worker's full transaction) or BURST_LINGER has passed: a backlog goes
+    * after a publish that gathered several messages less than LINGER ago (a
+      burst, or a backlog arriving in store mode), in steps of LINGER while more keep
+      coming, until BURST_BATCH messages are waiting (a worker's full transaction) or
+      BURST_LINGER has passed: a backlog goes
       out as a few tasks of a transaction each, instead of hundreds of small ones that
       the first transactions' take-ahead leaves with nothing to do.
 
@@ -276,10 +277,12 @@ class BackgroundDispatcher:
         if applying:
             self._applied.wait(self.LINGER)
         elif (self._last_gathered > 1
-              and time.monotonic() - self._last_publish < self.BURST_LINGER):
+              and time.monotonic() - self._last_publish < self.LINGER):
             deadline = time.monotonic() + self.BURST_LINGER
-            while (self._queue.qsize() < self.BURST_BATCH
+            gathered = -1
+            while (gathered < (waiting := self._queue.qsize()) < self.BURST_BATCH
                    and (left := deadline - time.monotonic()) > 0):
+                gathered = waiting
                 time.sleep(min(left, self.LINGER))
 
     def _run(self) -> None:

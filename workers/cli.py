@@ -20,6 +20,7 @@ __all__ = ["app"]
 # a busy worker spent its time writing them. Their errors and warnings are kept
 # (a task that raised, a retry given up); --loglevel=DEBUG shows them all again.
 TASK_LINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+POOLS = ("prefork", "solo", "threads")
 
 
 def quiet_task_lines(loglevel: str) -> None:
@@ -34,12 +35,18 @@ def worker(
     config: ConfigOption = None,
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    pool: Annotated[str, typer.Option(
+        help="Celery pool: prefork (child processes; a killed child's task is "
+             "requeued at once), solo or threads (no child process; a killed worker's "
+             "tasks are re-dispatched by serve when its presence lapses).")] = "prefork",
 ) -> None:
     """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
     from broker.bootstrap import Role, build
     from broker.migrations import upgrade
     from workers.celery_app import configure, install
 
+    if pool not in POOLS:
+        raise ConfigurationError(f"--pool must be one of {', '.join(POOLS)}")
     configure_logging(loglevel)
     quiet_task_lines(loglevel)
     settings = settings_from(config)
@@ -57,7 +64,7 @@ def worker(
     presence = root.start_presence("worker")
     try:
         celery.worker_main(["worker", f"--loglevel={loglevel}",
-                            f"--concurrency={concurrency}", "--pool=prefork", "-Q",
+                            f"--concurrency={concurrency}", f"--pool={pool}", "-Q",
                             "mwl_broker", "--without-gossip", "--without-mingle"])
     finally:
         if presence is not None:
