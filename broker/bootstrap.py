@@ -64,7 +64,7 @@ class Root:
     runtime: Runtime = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runtime = Runtime(self.settings)
+        self.runtime = Runtime(self.settings, pre_ping=self.role is not Role.WORKER)
 
     @cached_property
     def use_cases(self) -> UseCases:

@@ -210,7 +210,12 @@ class BackgroundDispatcher:
     * while a message it published is still being applied with its sender waiting for
       the ACK (application mode, several connections), until that message is applied:
       the next batch is ready when the worker is;
-    * after a publish that gathered several messages less than LINGER ago (a burst).
+    * after a publish that gathered several messages less than LINGER ago (a
+      burst, or a backlog arriving in store mode), in steps of LINGER while more keep
+      coming, until BURST_BATCH messages are waiting (a worker's full transaction) or
+      BURST_LINGER has passed: a backlog goes
+      out as a few tasks of a transaction each, instead of hundreds of small ones that
+      the first transactions' take-ahead leaves with nothing to do.
 
     A lone message, or one connection waiting for each ACK before it sends the next
     message, goes out at once. The work is committed before it is handed over, so a
@@ -219,6 +224,8 @@ class BackgroundDispatcher:
 
     MAX_COALESCED = 500
     LINGER = 0.005
+    BURST_LINGER = 0.02
+    BURST_BATCH = 50
 
     def __init__(self, inner: CeleryDispatcher) -> None:
         self.inner = inner
@@ -271,7 +278,12 @@ class BackgroundDispatcher:
             self._applied.wait(self.LINGER)
         elif (self._last_gathered > 1
               and time.monotonic() - self._last_publish < self.LINGER):
-            time.sleep(self.LINGER)
+            deadline = time.monotonic() + self.BURST_LINGER
+            gathered = -1
+            while (gathered < (waiting := self._queue.qsize()) < self.BURST_BATCH
+                   and (left := deadline - time.monotonic()) > 0):
+                gathered = waiting
+                time.sleep(min(left, self.LINGER))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -36,15 +36,21 @@ class Runtime:
     """What a broker or worker process needs, built lazily; one per process (a forked
     worker child forgets the parent's connections, :meth:`dispose`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pre_ping: bool = True) -> None:
         self.settings = settings
+        # A Celery worker's engine does not ping a pooled connection before each use (a
+        # round trip per transaction): a connection dropped meanwhile fails its task,
+        # the pool is invalidated, and the task's retry takes a fresh one.
+        self.pre_ping = pre_ping
         self.timezone = settings.timezone or local_zone_name()
         # Whether the serve process's message store can commit (set by serve; /readyz).
         self.store_health: Outage | None = None
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        if self.pre_ping:
+            return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, pool_pre_ping=False)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:

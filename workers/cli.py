@@ -4,6 +4,7 @@ it, so the command is added here, on the outside)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -15,18 +16,39 @@ from broker.main import app
 __all__ = ["app"]
 
 
+# Celery logs two INFO lines per task ("received", "succeeded"): at the default level
+# a busy worker spent its time writing them. Their errors and warnings are kept
+# (a task that raised, a retry given up); --loglevel=DEBUG shows them all again.
+TASK_LINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+POOLS = ("prefork", "solo", "threads")
+
+
+def quiet_task_lines(loglevel: str) -> None:
+    """Per-task lines only at DEBUG: at INFO the worker logs what is not routine."""
+    if logging.getLevelName(loglevel.upper()) != logging.DEBUG:
+        for name in TASK_LINE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @app.command()
 def worker(
     config: ConfigOption = None,
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    pool: Annotated[str, typer.Option(
+        help="Celery pool: prefork (child processes; a killed child's task is "
+             "requeued at once), solo or threads (no child process; a killed worker's "
+             "tasks are re-dispatched by serve when its presence lapses).")] = "prefork",
 ) -> None:
     """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
     from broker.bootstrap import Role, build
     from broker.migrations import upgrade
     from workers.celery_app import configure, install
 
+    if pool not in POOLS:
+        raise ConfigurationError(f"--pool must be one of {', '.join(POOLS)}")
     configure_logging(loglevel)
+    quiet_task_lines(loglevel)
     settings = settings_from(config)
     if settings.embedded:
         raise ConfigurationError("MWLB_CELERY_BROKER_URL is empty: nothing to work for "
@@ -42,7 +64,7 @@ def worker(
     presence = root.start_presence("worker")
     try:
         celery.worker_main(["worker", f"--loglevel={loglevel}",
-                            f"--concurrency={concurrency}", "--pool=prefork", "-Q",
+                            f"--concurrency={concurrency}", f"--pool={pool}", "-Q",
                             "mwl_broker", "--without-gossip", "--without-mingle"])
     finally:
         if presence is not None:

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,10 +20,10 @@ from broker.application.reception import Reception
 from broker.application.ups import UPSUseCases
 from broker.audit import hooks as audit
 from broker.config import StorageMode
-from broker.db import unit_of_work, unsynced_transaction
+from broker.db import is_sqlite, unit_of_work, unsynced_transaction
 from broker.dispatch import Dispatcher, JobRunner
 from broker.jobs import Job
-from broker.models import DicomRequest, InboundMessage
+from broker.models import DicomRequest, InboundMessage, MessageStatus
 from broker.outage import Outage
 from broker.runtime import Runtime
 from broker.services import mpps, outbound, studies
@@ -133,6 +134,22 @@ class UseCases:
             return 0
         DATABASE.ok()
         return applied
+
+    def waiting(self, message_pks: Sequence[int]) -> list[int]:
+        """Which of ``message_pks`` still wait to be applied: one read outside any
+        transaction (PostgreSQL autocommit), for a task whose messages another task's
+        transaction may already have taken ahead; it then needs no transaction at all.
+        On SQLite every transaction takes the write lock, so there all are returned and
+        the transaction finds out."""
+        engine = self.runtime.engine
+        if is_sqlite(engine):
+            return list(message_pks)
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            return list(conn.scalars(
+                select(InboundMessage.id).where(
+                    InboundMessage.id.in_(list(message_pks)),
+                    InboundMessage.status == MessageStatus.RECEIVED.value)))
 
     def dry_run(self, raw: bytes,
                 factory: sessionmaker[Session] | None = None) -> DryRun:

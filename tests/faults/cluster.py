@@ -406,6 +406,15 @@ def logged_after(root: Path, text: str, since: float) -> float | None:
     return round(min(found), 1) if found else None
 
 
+def logged_within(root: Path, text: str, since: float, timeout: float) -> float | None:
+    """:func:`logged_after`, waiting up to ``timeout`` seconds from ``since`` for the
+    line (the work it announces may be finished before it is logged: another task
+    took the messages ahead)."""
+    while (found := logged_after(root, text, since)) is None and time.time() < since + timeout:
+        time.sleep(0.2)
+    return found
+
+
 def report(name: str, figures: dict[str, object]) -> None:
     """Append one row to test-artifacts/faults.jsonl (the closing note's table)."""
     out = Path(__file__).resolve().parents[2] / "test-artifacts"

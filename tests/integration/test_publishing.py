@@ -6,6 +6,7 @@ one batch task, published as soon as that message is applied."""
 
 from __future__ import annotations
 
+import ast
 import json
 import threading
 import time
@@ -88,3 +89,33 @@ def test_messages_gather_while_a_sender_waits_for_the_worker(root: Root) -> None
     assert until_queued(2)[1] == ("process_inbound_batch", f"({later},)")
     assert time.monotonic() - began < 2.0  # when the first was applied, not the linger
     waiter.join(5)
+
+
+def test_a_backlog_arriving_is_published_in_transaction_sized_tasks(root: Root) -> None:
+    """Store ACK mode, messages arriving faster than tasks are taken: they go out as a
+    few tasks of about BURST_BATCH messages or more, not one small task per publish."""
+    dispatcher = root.dispatcher
+    assert isinstance(dispatcher, BackgroundDispatcher)
+    dispatcher.BURST_BATCH = 20
+    pks = stored(root, 200)
+    for pk in pks:
+        dispatcher.dispatch(pk)
+        time.sleep(0.001)
+    deadline = time.monotonic() + 10
+    published = published_messages()
+    while sum(len(args) for args in published) < len(pks):
+        assert time.monotonic() < deadline, published
+        time.sleep(0.05)
+        published = published_messages()
+    assert sorted(pk for args in published for pk in args) == pks  # each once
+    in_full_tasks = sum(len(args) for args in published if len(args) >= 10)
+    assert in_full_tasks >= 0.6 * len(pks), [len(args) for args in published]
+
+
+def published_messages() -> list[list[int]]:
+    """The message ids of each queued inbound task, oldest first."""
+    tasks = []
+    for name, args in queued():
+        value = ast.literal_eval(args)  # a tuple of ints, or of one list of ints
+        tasks.append(list(value[0]) if name == "process_inbound_batch" else [value[0]])
+    return tasks
