@@ -23,7 +23,9 @@ MESSAGES: dict[type, tuple[type, int, bool]] = {
     N_CREATE: (N_CREATE_RSP, 0x8140, True),
     N_SET: (N_SET_RSP, 0x8120, True),
 }
-uids = st.from_regex(r"1\.2\.[1-9][0-9]{0,20}(\.[1-9][0-9]{0,8}){0,5}", fullmatch=True)
+# UIDs of at most 64 characters (PS3.5 9.1).
+uids = st.from_regex(r"1\.2\.[1-9][0-9]{0,20}(\.[1-9][0-9]{0,8}){0,5}",
+                     fullmatch=True).filter(lambda uid: len(uid) <= 64)
 
 
 def pynetdicom_bytes(primitive: Any, context_id: int, max_pdu: int) -> bytes:
