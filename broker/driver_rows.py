@@ -62,12 +62,18 @@ def _processor(target: Table, name: str, dialect: Dialect) -> Callable[[Any], An
     return column_type.dialect_impl(dialect).bind_processor(dialect)
 
 
+def _defaults(target: Table, given: tuple[str, ...], kind: str
+              ) -> tuple[tuple[str, Callable[[], Any]], ...]:
+    """The Python-side ``default`` (INSERT) or ``onupdate`` (UPDATE) of each column
+    not ``given``, as Core would fill it in."""
+    found = ((c.key, getattr(c, kind)) for c in target.columns if c.key not in given)
+    return tuple((key, _default(generator)) for key, generator in found
+                 if generator is not None and (generator.is_scalar or generator.is_callable))
+
+
 @lru_cache(maxsize=SHAPES)
 def _inserting(target: Table, given: tuple[str, ...], dialect: Dialect) -> _Shape:
-    defaults = tuple(
-        (c.key, _default(c.default)) for c in target.columns
-        if c.key not in given and c.default is not None
-        and (c.default.is_scalar or c.default.is_callable))
+    defaults = _defaults(target, given, "default")
     names = given + tuple(name for name, _ in defaults)
     quote = dialect.identifier_preparer.quote
     sql = (f"INSERT INTO {dialect.identifier_preparer.format_table(target)} "
@@ -78,10 +84,7 @@ def _inserting(target: Table, given: tuple[str, ...], dialect: Dialect) -> _Shap
 
 @lru_cache(maxsize=SHAPES)
 def _updating(target: Table, given: tuple[str, ...], dialect: Dialect) -> _Shape:
-    defaults = tuple(
-        (c.key, _default(c.onupdate)) for c in target.columns
-        if c.key not in given and c.onupdate is not None
-        and (c.onupdate.is_scalar or c.onupdate.is_callable))
+    defaults = _defaults(target, given, "onupdate")
     names = given + tuple(name for name, _ in defaults)
     quote = dialect.identifier_preparer.quote
     sql = (f"UPDATE {dialect.identifier_preparer.format_table(target)} SET "
