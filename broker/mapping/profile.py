@@ -15,13 +15,18 @@ without a copy of it, and a site profile named ``default`` replaces the packaged
 
 Validation errors name the file, the key path and what is wrong, e.g.
 ``mappings/site.yaml: stations[2].when.modality: Input should be a valid string``.
+
+A file whose top-level key is ``modalities`` holds modality profiles instead: how the
+worklist answers each calling AE title (:mod:`broker.mapping.modality`). The files of a
+set are read as text (:func:`read_sources`) and loaded from it (:func:`load_sources`),
+so a deployed version, stored as its files' text, loads the same way.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -29,7 +34,8 @@ from pydicom.datadict import tag_for_keyword
 
 from broker.domain.ups import EVERY_STEP, WorkitemSelection
 from broker.hl7 import charsets
-from broker.mapping import PACKAGED_PROFILES
+from broker.mapping import PACKAGED_PROFILES, modality
+from broker.mapping.modality import ModalityProfile
 
 Level = Literal["patient", "procedure", "step"]
 Structure = Literal["ORM", "OMI", "ADT"]
@@ -46,6 +52,9 @@ MissingStart = Literal["receipt", "reject"]
 # VR lengths), where a cut value could merge two orders. Every other conversion cuts
 # descriptive text with a warning.
 REJECT_OVERFLOW: frozenset[str] = frozenset({"identifier", "uid", "ae_title"})
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -230,15 +239,20 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _read(path: Path) -> tuple[Profile | None, list[str]]:
+def _read(text: str, path: Path) -> tuple[Any, list[str]]:
+    """The YAML document of one file (a mapping), or the problems with it."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return None, [f"{path}: not valid YAML: {exc}"]
     if not isinstance(data, dict):
         return None, [f"{path}: a profile is a mapping of keys"]
+    return data, []
+
+
+def _validated(model: type[ModelT], data: Any, path: Path) -> tuple[ModelT | None, list[str]]:
     try:
-        return Profile.model_validate(data), []
+        return model.model_validate(data), []
     except ValidationError as exc:
         return None, [f"{path}: {_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
 
@@ -265,12 +279,18 @@ def _resolve(profile: Profile, by_name: dict[str, Profile], seen: tuple[str, ...
 
 
 class ProfileSet:
-    """All profiles in effect, resolved; picks the profile for a sender. ``files``
-    gives the file each profile was read from."""
+    """All profiles in effect, resolved; picks the profile for a sender and the modality
+    profile for a calling AE title. ``files`` gives the file each profile was read
+    from; ``sources`` the text of every file of the set, keyed as
+    :func:`read_sources` keys them (what a deployed version stores)."""
 
-    def __init__(self, profiles: list[Profile], files: dict[str, Path] | None = None) -> None:
+    def __init__(self, profiles: list[Profile], files: dict[str, Path] | None = None, *,
+                 modalities: list[ModalityProfile] | None = None,
+                 sources: dict[str, str] | None = None) -> None:
         self.profiles = profiles
         self.files = files or {}
+        self.modalities = modalities or []
+        self.sources = sources or {}
 
     @property
     def charset_aliases(self) -> dict[str, str]:
@@ -285,33 +305,88 @@ class ProfileSet:
             raise ProfileError(f"no mapping profile serves sender {application}/{facility}")
         return max(scored, key=lambda sp: sp[0])[1]
 
-
-def _read_directory(directory: Path, errors: list[str]) -> dict[str, tuple[Profile, Path]]:
-    profiles: dict[str, tuple[Profile, Path]] = {}
-    for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
-        profile, problems = _read(path)
-        errors += problems
-        if profile is not None:
-            if profile.name in profiles:
-                errors.append(f"{path}: name: profile {profile.name!r} is defined twice")
-            profiles[profile.name] = (profile, path)
-    return profiles
+    def modality(self, calling_ae_title: str) -> ModalityProfile | None:
+        """The modality profile for a calling AE title, or None (:mod:`broker.mapping.modality`)."""
+        return modality.select(self.modalities, calling_ae_title)
 
 
-def _load(directory: Path) -> tuple[ProfileSet | None, list[str], dict[str, Path]]:
-    """The packaged profiles, then those of ``directory``: a site profile replaces the
-    packaged profile of the same name."""
+# The key of a packaged file in a set's sources: packaged files are stored with a
+# version too, so that a version is whole without the installed package.
+PACKAGED_KEY = "packaged/"
+
+
+def read_sources(directory: Path) -> dict[str, str]:
+    """The text of every profile file for ``directory``: the packaged ones (keyed
+    ``packaged/NAME``, unless ``directory`` is the packaged one) and the directory's
+    own (keyed by file name). Raises ProfileError when it is not a directory."""
     if not directory.is_dir():
-        return None, [f"{directory}: no such directory of mapping profiles"], {}
-    errors: list[str] = []
-    found = {}
+        raise ProfileError(f"{directory}: no such directory of mapping profiles")
+    sources = {}
     if directory.resolve() != PACKAGED_PROFILES:
-        found = _read_directory(PACKAGED_PROFILES, errors)
-    found.update(_read_directory(directory, errors))
+        sources = {PACKAGED_KEY + path.name: path.read_text(encoding="utf-8")
+                   for path in _yaml_files(PACKAGED_PROFILES)}
+    for path in _yaml_files(directory):
+        sources[path.name] = path.read_text(encoding="utf-8")
+    return sources
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+
+
+def _display(key: str, directory: Path | None) -> Path:
+    """Where a source is said to come from in messages: its file for a directory, the
+    key itself for a stored set."""
+    if key.startswith(PACKAGED_KEY):
+        return PACKAGED_PROFILES / key[len(PACKAGED_KEY):]
+    return directory / key if directory is not None else Path(key)
+
+
+def load_sources(sources: dict[str, str], directory: Path | None = None,
+                 ) -> tuple[ProfileSet | None, list[str], dict[str, Path]]:
+    """Read, validate and resolve a set of profile files (:func:`read_sources`): the
+    set, or None with every problem (each naming the file and key), and which file
+    each profile came from. A site profile replaces the packaged profile of the same
+    name. Messages name files in ``directory`` (None: by key)."""
+    errors: list[str] = []
+    found: dict[str, tuple[Profile, Path]] = {}
+    modalities: list[ModalityProfile] = []
+    modality_files: dict[str, Path] = {}
+    # Packaged files first: a site file's profile then replaces one of the same name.
+    ordered = sorted(sources, key=lambda key: (not key.startswith(PACKAGED_KEY), key))
+    site_names: set[str] = set()
+    for key in ordered:
+        path = _display(key, directory)
+        data, problems = _read(sources[key], path)
+        errors += problems
+        if data is None:
+            continue
+        if modality.is_modality_file(data):
+            listed, problems = _validated(modality.ModalityFile, data, path)
+            errors += problems
+            for entry in listed.modalities if listed is not None else []:
+                if entry.name in modality_files:
+                    errors.append(f"{path}: modalities: modality profile {entry.name!r} "
+                                  f"is also defined in {modality_files[entry.name]}")
+                modality_files[entry.name] = path
+                modalities.append(entry)
+            continue
+        parsed, problems = _validated(Profile, data, path)
+        errors += problems
+        if parsed is None:
+            continue
+        packaged = key.startswith(PACKAGED_KEY)
+        if parsed.name in found and (packaged or parsed.name in site_names):
+            errors.append(f"{path}: name: profile {parsed.name!r} is defined twice")
+        if not packaged:
+            site_names.add(parsed.name)
+        found[parsed.name] = (parsed, path)
+    errors += _duplicate_titles(modalities)
     profiles = {name: profile for name, (profile, _path) in found.items()}
     files = {name: path for name, (_profile, path) in found.items()}
+    where = directory if directory is not None else "the profile set"
     if not profiles and not errors:
-        return None, [f"{directory}: no *.yaml mapping profiles"], files
+        return None, [f"{where}: no *.yaml mapping profiles"], files
     resolved = []
     for profile in profiles.values():
         try:
@@ -326,8 +401,35 @@ def _load(directory: Path) -> tuple[ProfileSet | None, list[str], dict[str, Path
                 errors.append(f"profile {profile.name}: charset_aliases.{name}: {target!r} "
                               f"conflicts with {first[0]!r} in profile {first[1]}")
     if not errors and not any(p.specificity("", "") == 0 for p in resolved):
-        errors.append(f"{directory}: no profile without `senders` to serve every sender")
-    return (None if errors else ProfileSet(resolved, files)), errors, files
+        errors.append(f"{where}: no profile without `senders` to serve every sender")
+    if errors:
+        return None, errors, files
+    return ProfileSet(resolved, files, modalities=modalities, sources=dict(sources)), [], files
+
+
+def _duplicate_titles(modalities: list[ModalityProfile]) -> list[str]:
+    """An AE title listed (not by a pattern) in two modality profiles is ambiguous."""
+    owner: dict[str, str] = {}
+    errors = []
+    for profile in modalities:
+        for title in profile.ae_titles:
+            if "*" in title or "?" in title:
+                continue
+            if title in owner and owner[title] != profile.name:
+                errors.append(f"modality profile {profile.name}: ae_titles: {title!r} is "
+                              f"also listed by modality profile {owner[title]}")
+            owner.setdefault(title, profile.name)
+    return errors
+
+
+def _load(directory: Path) -> tuple[ProfileSet | None, list[str], dict[str, Path]]:
+    """The packaged profiles, then those of ``directory``: a site profile replaces the
+    packaged profile of the same name."""
+    try:
+        sources = read_sources(directory)
+    except ProfileError as exc:
+        return None, [str(exc)], {}
+    return load_sources(sources, directory)
 
 
 def check_directory(directory: Path) -> list[str]:
