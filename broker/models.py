@@ -104,6 +104,10 @@ class InboundMessage(Base):
     # {code, location, text}; NULL when there were none.
     warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     warning_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The mapping profile that mapped it and the deployed version it was part of
+    # (``mapping_version``); empty and NULL until it is mapped.
+    profile: Mapped[str] = mapped_column(String(64), default="")
+    profile_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class Patient(Base):
@@ -520,6 +524,10 @@ class WorklistQuery(Base):
     status: Mapped[int] = mapped_column(Integer, default=0)
     result_count: Mapped[int] = mapped_column(Integer, default=0)
     duration_ms: Mapped[float] = mapped_column(default=0.0)
+    # The modality profile that shaped the answer ("" for none) and the deployed
+    # version of the profiles in force.
+    modality_profile: Mapped[str] = mapped_column(String(64), default="")
+    profile_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class WorklistQueryResult(Base):
@@ -723,3 +731,51 @@ class UPSDelivery(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class MappingVersion(Base):
+    """One set of mapping and modality profiles as deployed: the text of each of its
+    files (``sources``: file key -> YAML text, packaged files keyed ``packaged/NAME``),
+    its SHA-256 ``digest`` over them, who made it and when. Numbered from 1; never
+    changed once written."""
+
+    __tablename__ = "mapping_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    sources: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    comment: Mapped[str] = mapped_column(String(500), default="")
+
+
+class MappingDeployment(Base):
+    """Each time a version was put in force: ``action`` is ``initial`` (the first start's
+    directory), ``deploy`` or ``rollback``. The latest row (highest id) is the version
+    in force; every process reads it before mapping a transaction's messages and
+    before answering a worklist query."""
+
+    __tablename__ = "mapping_deployment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(ForeignKey("mapping_version.id"))
+    action: Mapped[str] = mapped_column(String(16), default="deploy")
+    deployed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deployed_by: Mapped[str] = mapped_column(String(64), default="")
+    comment: Mapped[str] = mapped_column(String(500), default="")
+
+
+class ReplayRun(Base):
+    """A bulk reprocessing of stored messages (e.g. the failed ones since a deploy): the
+    filter it was asked with, the ids of the messages it queued, by whom and when, and
+    the version in force when it started. Its progress is read from those messages'
+    statuses."""
+
+    __tablename__ = "replay_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    criteria: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    message_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    version: Mapped[int | None] = mapped_column(Integer)
