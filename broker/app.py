@@ -73,7 +73,7 @@ class BrokerApp:
                       accept_any_version=settings.accept_unknown_hl7_version,
                       allowed_senders=settings.hl7_allowed_senders,
                       versions=settings.hl7_versions,
-                      read_options=self.runtime.read_options)
+                      read_options=lambda: self.runtime.read_options)
         self.receiver = HL7Receiver(self.use_cases.reception(
             inbox, ack_timeout=settings.application_ack_timeout,
             failpoint=settings.failpoint))

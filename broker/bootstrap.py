@@ -98,7 +98,7 @@ class Root:
         runtime, settings = self.runtime, self.settings
         apply = None
         if settings.embedded and settings.ack_mode is AckMode.APPLICATION:
-            apply = ApplyAtReceipt(runtime.map, read=runtime.read)
+            apply = ApplyAtReceipt(runtime.mappings, read=runtime.read)
         return MessageStoreWriter(runtime.engine, apply)
 
     def start_presence(self, name: str,

@@ -1,6 +1,7 @@
-"""Process-wide resources: settings, the engines and session factories, the loaded
-mapping profiles and the reader/mapper built from them. Built once per process by
-the composition root (:mod:`broker.bootstrap`), and nowhere else."""
+"""Process-wide resources: settings, the engines and session factories, the deployed
+mapping profiles (:attr:`Runtime.mappings`) and the reader/mapper built from them.
+Built once per process by the composition root (:mod:`broker.bootstrap`), and nowhere
+else."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from broker.config import Settings
 from broker.db import make_engine, make_session_factory
 from broker.domain.types import AdtMessage, OrderMessage
 from broker.hl7.message import Message, ReadOptions, parse
-from broker.mapping.apply import map_message
+from broker.mapping.deployed import Deployed, DeployedMappings
 from broker.mapping.profile import ProfileSet, load_profiles
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class Runtime:
         self.timezone = settings.timezone or local_zone_name()
         # Whether the serve process's message store can commit (set by serve; /readyz).
         self.store_health: Outage | None = None
+        self._read_options: tuple[Deployed, ReadOptions] | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -64,20 +66,36 @@ class Runtime:
 
     @cached_property
     def profiles(self) -> ProfileSet:
+        """The profiles of the mappings directory (MWLB_MAPPINGS_DIR) as they are on
+        disk now: what ``mapping deploy`` deploys, and what maps before any version is
+        deployed. Processing maps with :attr:`mappings`."""
         profiles = load_profiles(self.settings.mappings_dir)
         log.info("mapping profiles for %s: %s", self.settings.mappings_dir,
                  ", ".join(f"{name} ({path})" for name, path in profiles.files.items()))
         return profiles
 
     @cached_property
+    def mappings(self) -> DeployedMappings:
+        """The deployed versions of the profiles this process maps with: the version in
+        force read once per transaction (:mod:`broker.mapping.deployed`)."""
+        return DeployedMappings(lambda: self.profiles, timezone=self.timezone)
+
+    @property
     def read_options(self) -> ReadOptions:
         """How messages are read, at receipt and at processing alike: with the union of
-        the profiles' ``charset_aliases`` and the reading caps of the settings."""
+        the ``charset_aliases`` of the profiles in force (the latest read,
+        :meth:`DeployedMappings.latest`) and the reading caps of the settings."""
+        deployed = self.mappings.latest()
+        cached = self._read_options
+        if cached is not None and cached[0] is deployed:
+            return cached[1]
         settings = self.settings
-        return ReadOptions(charset_aliases=self.profiles.charset_aliases,
-                           max_segments=settings.hl7_max_segments,
-                           max_repetitions=settings.hl7_max_repetitions,
-                           max_components=settings.hl7_max_components)
+        options = ReadOptions(charset_aliases=deployed.profiles.charset_aliases,
+                              max_segments=settings.hl7_max_segments,
+                              max_repetitions=settings.hl7_max_repetitions,
+                              max_components=settings.hl7_max_components)
+        self._read_options = (deployed, options)
+        return options
 
     def read(self, raw: bytes) -> Message:
         """Parse a stored or received message with :attr:`read_options`."""
@@ -85,10 +103,10 @@ class Runtime:
 
     def map(self, msg: Message, *,
             received_at: datetime | None = None) -> OrderMessage | AdtMessage:
-        """Map a parsed message with the loaded profiles (the processor's mapper);
-        ``received_at`` is the message's receipt time (None: now)."""
-        return map_message(msg, self.profiles, timezone=self.timezone,
-                           received_at=received_at)
+        """Map a parsed message with the profiles last read in force
+        (:meth:`DeployedMappings.latest`); ``received_at`` is the message's receipt
+        time (None: now). Transactions that map use :attr:`mappings` instead."""
+        return self.mappings.latest().map(msg, received_at=received_at)
 
     def dispose(self, *, close: bool = True) -> None:
         """Drop pooled connections: at shutdown ``close`` them; after a fork

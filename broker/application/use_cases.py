@@ -31,6 +31,7 @@ from broker.services.dry_run import DryRun, dry_run
 from broker.services.forward import forward_pending
 from broker.services.inbound import Inbox
 from broker.services.processing import (
+    MapperSource,
     lock_key,
     process_batch,
     process_through,
@@ -114,7 +115,7 @@ class UseCases:
         same patient); returns how many were applied. ``ahead``: with other waiting
         messages, as many as a transaction holds (:func:`process_batch`)."""
         runtime = self.runtime
-        return process_through(runtime.session_factory, message_pk, runtime.map,
+        return process_through(runtime.session_factory, message_pk, runtime.mappings,
                                read=runtime.read, ahead=ahead)
 
     def apply_messages(self, message_pks: list[int], *, ahead: bool = False) -> int:
@@ -125,7 +126,7 @@ class UseCases:
         :attr:`Job.PROCESS_INBOUND` job of its own (with that task's retries)."""
         runtime = self.runtime
         try:
-            applied = process_batch(runtime.session_factory, message_pks, runtime.map,
+            applied = process_batch(runtime.session_factory, message_pks, runtime.mappings,
                                     read=runtime.read, ahead=ahead)
         except SQLAlchemyError as exc:
             DATABASE.failed(exc)
@@ -151,13 +152,14 @@ class UseCases:
                     InboundMessage.id.in_(list(message_pks)),
                     InboundMessage.status == MessageStatus.RECEIVED.value)))
 
-    def dry_run(self, raw: bytes,
-                factory: sessionmaker[Session] | None = None) -> DryRun:
+    def dry_run(self, raw: bytes, factory: sessionmaker[Session] | None = None, *,
+                mapper: MapperSource | None = None) -> DryRun:
         """What live processing would answer to ``raw``, read and checked as the
         listener does, against ``factory``'s database (default: this broker's), with
-        nothing kept (:mod:`broker.services.dry_run`)."""
+        nothing kept (:mod:`broker.services.dry_run`); mapped by ``mapper`` (default:
+        the version in force in that database)."""
         runtime, settings = self.runtime, self.settings
-        return dry_run(raw, factory or runtime.session_factory, runtime.map,
+        return dry_run(raw, factory or runtime.session_factory, mapper or runtime.mappings,
                        read=runtime.read, versions=settings.hl7_versions,
                        accept_any_version=settings.accept_unknown_hl7_version)
 

@@ -94,6 +94,8 @@ class OrderMessage:
     procedures: list[ProcedureRecord] = field(default_factory=list)
     # Which of its new steps are also UPS workitems (the profile's ``workitems`` key).
     workitems: WorkitemSelection = EVERY_STEP
+    # The deployed version of the profiles that mapped it (None: not a deployed set).
+    profile_version: int | None = None
 
 
 @dataclass
@@ -109,3 +111,5 @@ class AdtMessage:
     event_datetime: str
     patient: PatientRecord
     prior_patient: tuple[str, str] | None = None
+    # The deployed version of the profiles that mapped it (None: not a deployed set).
+    profile_version: int | None = None

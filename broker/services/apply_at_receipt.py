@@ -20,6 +20,9 @@ Contract, for a message the writer has just stored, inside its transaction:
   fails there undoes its own changes and leaves the transaction open ("Response To
   Errors Within A Transaction"), where a PostgreSQL transaction would refuse every
   later statement until rolled back to a savepoint of its own.
+* The messages of one group commit are mapped with one set of profiles: the version
+  in force, read in the writer's transaction before its first message is applied
+  (:meth:`broker.mapping.deployed.DeployedMappings.current`), then kept for the group.
 * The message as the listener parsed it is applied (``message``), not parsed again:
   the same bytes read with the same options.
 """
@@ -36,7 +39,14 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from broker.hl7.message import Message, parse
 from broker.models import InboundMessage, MessageStatus
 from broker.services.message_store import Applied
-from broker.services.processing import Mapper, Reader, apply_message, lock_key
+from broker.services.processing import (
+    Mapper,
+    MapperSource,
+    Reader,
+    apply_message,
+    bind_mapper,
+    lock_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +61,22 @@ class ApplyAtReceipt:
     """Applies one just-stored message in the caller's session (see the module
     contract); returns its outcome, or None when it is left to the dispatcher."""
 
-    def __init__(self, mapper: Mapper, *, read: Reader = parse) -> None:
+    def __init__(self, mapper: MapperSource, *, read: Reader = parse) -> None:
         self.mapper = mapper
         self.read = read
         self._earlier_sql: dict[str, str] = {}  # by driver placeholder style
+        # The mapper of the writer's current group (its session), read once per group.
+        self._group: tuple[Session, Mapper] | None = None
+
+    def _mapper_for(self, session: Session) -> Mapper:
+        group = self._group
+        if group is None or group[0] is not session:
+            group = self._group = (session, bind_mapper(self.mapper, session.connection()))
+        return group[1]
 
     def __call__(self, session: Session, pk: int, values: dict[str, Any], *,
                  message: Message | None = None) -> Applied | None:
+        mapper = self._mapper_for(session)
         key = values["ordering_key"]
         if key:
             lock_key(session, key)
@@ -75,7 +94,7 @@ class ApplyAtReceipt:
             else session.begin_nested())
         try:
             with savepoint:
-                apply_message(session, row, self.mapper, read=read)
+                apply_message(session, row, mapper, read=read)
                 session.flush()
         except Exception as exc:
             session.expunge(row)

@@ -34,7 +34,7 @@ from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
 from broker.models import Base, InboundMessage
 from broker.services.inbound import SUPPORTED_VERSIONS, check_header, row_values
-from broker.services.processing import Mapper, Reader, apply_message
+from broker.services.processing import MapperSource, Reader, apply_message, bind_mapper
 
 
 @dataclass
@@ -58,12 +58,14 @@ def _error_text(code: object, location: object, text: str) -> str:
     return f"{code} at {location or '-'}: {text}"
 
 
-def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
+def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: MapperSource, *,
             read: Reader = parse, versions: Collection[str] = SUPPORTED_VERSIONS,
             accept_any_version: bool = False) -> DryRun:
     """Run ``raw`` through receipt and processing on ``factory``'s database, then roll
     everything back. ``read``, ``versions`` and ``accept_any_version`` are the live
-    listener's (:class:`broker.services.inbound.Inbox`)."""
+    listener's (:class:`broker.services.inbound.Inbox`). Given the deployed mappings,
+    the message is mapped with the version in force in ``factory``'s database (the
+    mappings directory's profiles when none is deployed there)."""
     try:
         msg = read(raw)
         check_header(msg, accept_any_version=accept_any_version, versions=versions)
@@ -74,12 +76,14 @@ def dry_run(raw: bytes, factory: sessionmaker[Session], mapper: Mapper, *,
                       message=partial)
     mapped: list[OrderMessage | AdtMessage] = []
 
-    def keeping(msg: Message, *,
-                received_at: datetime | None = None) -> OrderMessage | AdtMessage:
-        mapped.append(mapper(msg, received_at=received_at))
-        return mapped[-1]
-
     with factory() as session:
+        bound = bind_mapper(mapper, session.connection())
+
+        def keeping(msg: Message, *,
+                    received_at: datetime | None = None) -> OrderMessage | AdtMessage:
+            mapped.append(bound(msg, received_at=received_at))
+            return mapped[-1]
+
         try:
             values = row_values(raw, "dry run", msg)
             # Its own dedup key, so a message already stored can be tried again.

@@ -126,7 +126,8 @@ class Inbox:
                  *, accept_any_version: bool = False,
                  allowed_senders: Sequence[AllowedSender] = (),
                  versions: Collection[str] = SUPPORTED_VERSIONS,
-                 read_options: ReadOptions | None = None) -> None:
+                 read_options: ReadOptions | Callable[[], ReadOptions] | None = None,
+                 ) -> None:
         self.writer = writer
         self.ack_mode = ack_mode
         self.accept_any_version = accept_any_version
@@ -135,8 +136,10 @@ class Inbox:
         self.read_options = read_options or ReadOptions()
 
     def read(self, raw: bytes) -> Message:
-        """Parse with this receiver's options (the profiles' charset aliases)."""
-        return parse(raw, self.read_options)
+        """Parse with this receiver's options (the charset aliases of the profiles in
+        force, when ``read_options`` is a callable giving them)."""
+        options = self.read_options
+        return parse(raw, options() if callable(options) else options)
 
     async def receive(self, raw: bytes, peer: str) -> Received:
         """Store one message and say what to answer; on the MLLP event loop, only

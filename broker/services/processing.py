@@ -24,6 +24,10 @@ Contract:
   after a write, the transaction rolls back and the batch is applied again, each
   message under a savepoint of its own with its writes made at once
   (:func:`apply_message`), so that a failure is that message's alone.
+* Each transaction maps all its messages with one set of profiles: the version in
+  force, read once at its start (:meth:`broker.mapping.deployed.DeployedMappings.current`),
+  so a deploy takes effect between transactions. Each message row records the profile
+  that mapped it and that version (``profile``, ``profile_version``), failed ones too.
 * A content error (HL7Error) rolls back the message's changes and records status
   ``failed`` with the Table 0357 code, location and text; an unexpected error does
   the same with code 207, and so does data the database refuses (DataError,
@@ -39,7 +43,7 @@ import logging
 import traceback
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import (
     ColumnElement,
@@ -66,6 +70,7 @@ from broker.hl7.ack import build_ack
 from broker.hl7.errors import ErrorCode, HL7Error
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import HL7Warning
+from broker.mapping.deployed import Deployed
 from broker.models import InboundMessage, MessageStatus, utcnow
 from broker.notify import applied_notice
 from broker.services import order_state
@@ -86,6 +91,27 @@ class Mapper(Protocol):
 
     def __call__(self, msg: Message, *,
                  received_at: datetime | None = None) -> OrderMessage | AdtMessage: ...
+
+
+@runtime_checkable
+class Mappings(Protocol):
+    """The deployed profiles of a process (:class:`broker.mapping.deployed.DeployedMappings`):
+    the version in force, read in the caller's transaction."""
+
+    def current(self, connection: Connection) -> Deployed: ...
+
+
+# What the processor maps with: the deployed mappings (the version in force is read once
+# per transaction), or one fixed mapper.
+MapperSource = Mapper | Mappings
+
+
+def bind_mapper(source: MapperSource, connection: Connection) -> Mapper:
+    """The mapper for one transaction: the version in force read on ``connection``
+    when ``source`` is the deployed mappings; else ``source`` itself."""
+    if isinstance(source, Mappings):
+        return source.current(connection)
+    return source
 
 
 # Messages applied in one transaction, a savepoint each. PostgreSQL keeps the ids of up
@@ -112,7 +138,7 @@ def lock_key(session: Session, key: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(_lock_id(key))))
 
 
-def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Mapper, *,
+def process_through(factory: sessionmaker[Session], message_pk: int, mapper: MapperSource, *,
                     read: Reader = parse, ahead: bool = False) -> int:
     """Apply every pending message of the same patient up to and including
     ``message_pk``, oldest first. Returns how many messages were applied here.
@@ -121,7 +147,7 @@ def process_through(factory: sessionmaker[Session], message_pk: int, mapper: Map
 
 
 def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
-                  mapper: Mapper, *, read: Reader = parse, ahead: bool = False) -> int:
+                  mapper: MapperSource, *, read: Reader = parse, ahead: bool = False) -> int:
     """Apply the messages ``message_pks`` (in any order), each after every earlier
     pending message of its patient, in transactions of up to TRANSACTION_MESSAGES
     messages in id order (see the module doc). Returns how many messages were applied
@@ -142,7 +168,7 @@ def process_batch(factory: sessionmaker[Session], message_pks: Collection[int],
 
 
 def _apply_together(factory: sessionmaker[Session], message_pks: list[int],
-                    mapper: Mapper, read: Reader, ahead: int) -> int:
+                    mapper: MapperSource, read: Reader, ahead: int) -> int:
     try:
         with unit_of_work(factory) as session:
             return _apply_pending(session, message_pks, mapper, read, ahead, deferred=True)
@@ -168,7 +194,7 @@ class _Careful(Exception):
     a message wrote to the database."""
 
 
-def _apply_pending(session: Session, message_pks: list[int], mapper: Mapper,
+def _apply_pending(session: Session, message_pks: list[int], source: MapperSource,
                    read: Reader, ahead: int, *, deferred: bool) -> int:
     waiting = _lock_waiting(session, message_pks)
     if not waiting:  # a task run again, or its messages applied with others
@@ -176,11 +202,12 @@ def _apply_pending(session: Session, message_pks: list[int], mapper: Mapper,
     if ahead:
         waiting.update(_take_ahead(session, waiting, ahead))
     pending = _pending(session, waiting)
+    connection = session.connection()
+    mapper = bind_mapper(source, connection)  # one version for the whole transaction
     if not deferred:
         for row in pending:
             apply_message(session, row, mapper, read=read)
         return len(pending)
-    connection = session.connection()
     batch = _Deferred()
     try:
         for row in pending:
@@ -259,11 +286,11 @@ def _apply_deferred(connection: Connection, row: InboundMessage, mapper: Mapper,
         except HL7Error as exc:
             batch.handed_out.clear()  # the keys it took are free again
             batch.handed_out.update(handed_out)
-            batch.results.append((row, _failure(row, msg or exc.partial, exc)))
+            batch.results.append((row, _failure(row, msg or exc.partial, exc, mapper)))
             _log_refused(row, exc)
             return
     batch.audit.append(audit.hl7_applied_values(row, mapped))
-    result = _success(row, msg, outcome, found)
+    result = _success(row, msg, outcome, found, mapped)
     batch.results.append((row, result))
     if held is not None and isinstance(mapped, OrderMessage):
         batch.workitems.append((held, mapped, step_cause(row), result))
@@ -328,10 +355,11 @@ def _pending(session: Session, waiting: dict[int, str]) -> list[InboundMessage]:
     return list(session.scalars(query))
 
 
-def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
+def apply_message(session: Session, row: InboundMessage, mapper: MapperSource, *,
                   read: Reader = parse) -> None:
     """Apply one message inside the caller's transaction (in a savepoint of its own)
-    and record the result on its row (:func:`_record`)."""
+    and record the result on its row (:func:`_record`). Given the deployed mappings,
+    the version in force is read first (:func:`bind_mapper`)."""
     msg: Message | None = None
     # The caller's pending changes (the row itself, when just added) go in first,
     # outside the savepoint. Patients, orders and the audit record are then written
@@ -340,6 +368,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
     # to undo when it is rolled back.
     session.flush()
     connection = session.connection()
+    mapper = bind_mapper(mapper, connection)
     try:
         with savepoint(connection), warnings.collecting() as found:
             msg = read(row.raw)
@@ -350,7 +379,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
                 outcome = apply_order(connection, mapped, row)
             audit.hl7_applied(connection, row, mapped)
     except HL7Error as exc:
-        _record(connection, row, _failure(row, msg or exc.partial, exc))
+        _record(connection, row, _failure(row, msg or exc.partial, exc, mapper))
         _log_refused(row, exc)
         return
     except (DataError, IntegrityError) as exc:
@@ -360,7 +389,7 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
                   row.control_id, type(exc).__name__)
         _record(connection, row, _failure(row, msg, HL7Error(
             ErrorCode.APPLICATION_INTERNAL_ERROR,
-            f"the database refused the data ({type(exc).__name__})")))
+            f"the database refused the data ({type(exc).__name__})"), mapper))
         return
     except SQLAlchemyError:
         row.attempts += 1  # kept if the caller's transaction goes on
@@ -372,9 +401,9 @@ def apply_message(session: Session, row: InboundMessage, mapper: Mapper, *,
                   where.filename, where.lineno)
         _record(connection, row, _failure(row, msg, HL7Error(
             ErrorCode.APPLICATION_INTERNAL_ERROR,
-            f"internal error ({type(exc).__name__}: {exc})"[:500])))
+            f"internal error ({type(exc).__name__}: {exc})"[:500]), mapper))
         return
-    _record(connection, row, _success(row, msg, outcome, found))
+    _record(connection, row, _success(row, msg, outcome, found, mapped))
     log.info("message %s (MSH-10 %s) processed", row.id, row.control_id)
 
 
@@ -384,10 +413,11 @@ def _log_refused(row: InboundMessage, exc: HL7Error) -> None:
 
 
 def _success(row: InboundMessage, msg: Message, outcome: list[str],
-             found: list[HL7Warning]) -> dict[str, Any]:
+             found: list[HL7Warning], mapped: OrderMessage | AdtMessage) -> dict[str, Any]:
     found_warnings = merged_warnings(row, msg.warnings, found)
     result: dict[str, Any] = {
         "status": MessageStatus.PROCESSED.value, "outcome": "; ".join(outcome),
+        "profile": mapped.profile[:64], "profile_version": mapped.profile_version,
         "error_code": None, "error_location": None, "error_text": None,
         "processed_at": datetime.now(UTC), "warnings": warnings.to_json(found_warnings),
         "warning_count": len(found_warnings)}
@@ -407,9 +437,14 @@ def merged_warnings(row: InboundMessage, read: list[HL7Warning],
     return merged
 
 
-def _failure(row: InboundMessage, msg: Message | None, error: HL7Error) -> dict[str, Any]:
+def _failure(row: InboundMessage, msg: Message | None, error: HL7Error,
+             mapper: Mapper) -> dict[str, Any]:
+    deployed = mapper if isinstance(mapper, Deployed) else None
     result: dict[str, Any] = {
         "status": MessageStatus.FAILED.value, "error_code": error.code,
+        # The profile and version that tried (the version even when no profile serves).
+        "profile": deployed.profile_name(msg)[:64] if deployed is not None else "",
+        "profile_version": deployed.version if deployed is not None else None,
         "error_location": str(error.location or ""), "error_text": error.text,
         "processed_at": datetime.now(UTC)}
     if row.ack is None:

@@ -1,0 +1,204 @@
+"""Deployed versions of the mapping profiles (:mod:`broker.mapping.versions`) and the
+processor mapping with the version in force (:mod:`broker.mapping.deployed`), on
+SQLite and PostgreSQL: a refused deploy writes nothing, the same content makes no new
+version, a rollback puts an older version back in force, each message records the
+profile and version that mapped it, and two nodes starting together make one
+version 1."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from broker.db import make_engine, make_session_factory, unit_of_work
+from broker.mapping import versions
+from broker.mapping.profile import read_sources
+from broker.models import MappingDeployment, MappingVersion
+from tests.builders import order
+from tests.conftest import MAPPINGS
+from tests.service.conftest import Services
+
+STATION = """name: site
+extends: default
+senders:
+  - {{application: EHR}}
+stations:
+  - name: dx-room
+    when: {{modality: DX}}
+    ae_title: {ae}
+    station_name: DXROOM
+"""
+
+BROKEN = """name: site
+extends: default
+senders:
+  - {application: EHR}
+stations:
+  - name: dx-room
+    when: {modality: 7}
+    ae_title: THIS_AE_TITLE_IS_FAR_TOO_LONG
+"""
+
+
+def site(ae: str) -> dict[str, str]:
+    """The packaged profiles and a site profile sending DX steps to ``ae``."""
+    return {**read_sources(MAPPINGS), "site.yaml": STATION.format(ae=ae)}
+
+
+def count(services: Services, model: type) -> int:
+    with services.factory() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def deploy(services: Services, sources: dict[str, str], **kw: str) -> versions.VersionInfo:
+    with unit_of_work(services.factory) as session:
+        return versions.deploy(session, sources, user=kw.pop("user", "engineer"), **kw)
+
+
+def station_of(services: Services, pk: int) -> list[str]:
+    """The Scheduled Station AE Title(s) of order ``pk``'s step."""
+    return list(services.steps()[f"SPS{pk}"].attributes["ScheduledStationAETitle"])
+
+
+def test_a_refused_deploy_writes_nothing_and_names_file_and_key(services: Services) -> None:
+    deploy(services, site("DX_OLD"))
+    with pytest.raises(versions.DeployRefused) as refused:
+        deploy(services, {**read_sources(MAPPINGS), "site.yaml": BROKEN})
+    errors = refused.value.errors
+    assert any(e.startswith("site.yaml: stations[0].when.modality:") for e in errors), errors
+    assert any(e.startswith("site.yaml: stations[0].ae_title:") for e in errors), errors
+    assert count(services, MappingVersion) == 1
+    assert count(services, MappingDeployment) == 1
+    with services.factory() as session:
+        in_force = versions.active(session)
+    assert in_force is not None and in_force.version == 1
+
+
+def test_the_same_content_makes_no_new_version_and_an_older_one_is_reused(
+        services: Services) -> None:
+    first = deploy(services, site("DX_OLD"), comment="first")
+    again = deploy(services, site("DX_OLD"))
+    assert (first.version, again.version) == (1, 1)
+    assert count(services, MappingDeployment) == 1  # nothing changed, nothing written
+    second = deploy(services, site("DX_NEW"), user="someone else")
+    assert second.version == 2 and second.active and second.deployed_by == "someone else"
+    back = deploy(services, site("DX_OLD"))  # the content of version 1 again
+    assert back.version == 1 and back.active
+    assert count(services, MappingVersion) == 2
+    with services.factory() as session:
+        listed = versions.history(session)
+        done = versions.deployments(session)
+    assert [(v.version, v.active, v.comment) for v in listed] == [
+        (2, False, ""), (1, True, "first")]
+    assert [(d.version, d.action) for d in done] == [(1, "deploy"), (2, "deploy"),
+                                                     (1, "deploy")]
+
+
+def test_rollback_puts_an_older_version_in_force(services: Services) -> None:
+    deploy(services, site("DX_OLD"))
+    deploy(services, site("DX_NEW"))
+    with unit_of_work(services.factory) as session:
+        info = versions.rollback(session, 1, user="engineer", comment="DX room closed")
+        with pytest.raises(KeyError):
+            versions.rollback(session, 99, user="engineer")
+    assert info.version == 1 and info.active
+    with services.factory() as session:
+        assert versions.active(session) == info
+        assert versions.deployments(session)[0].action == "rollback"
+        assert versions.deployments(session)[0].comment == "DX room closed"
+        assert versions.sources_of(session, 2)["site.yaml"] == STATION.format(ae="DX_NEW")
+        with pytest.raises(KeyError):
+            versions.sources_of(session, 99)
+
+
+def test_diff_is_unified_per_file() -> None:
+    old, new = site("DX_OLD"), site("DX_NEW")
+    text = versions.diff(old, new, old_name="v1", new_name="v2")
+    assert text.splitlines()[:2] == ["--- v1/site.yaml", "+++ v2/site.yaml"]
+    assert "-    ae_title: DX_OLD" in text.splitlines()
+    assert "+    ae_title: DX_NEW" in text.splitlines()
+    assert versions.diff(old, old, old_name="v1", new_name="v1") == ""
+    added = versions.diff({}, {"x.yaml": "name: x\n"}, old_name="v1", new_name="dir")
+    assert added.splitlines()[:3] == ["--- /dev/null", "+++ dir/x.yaml", "@@ -0,0 +1 @@"]
+
+
+def test_each_message_records_the_profile_and_version_that_mapped_it(
+        services: Services) -> None:
+    """Messages processed before a deploy keep the old station and record version 1;
+    after it, the new station and version 2; a failed message records the version that
+    refused it too."""
+    deploy(services, site("DX_OLD"))
+    before = services.process(order(1))
+    deploy(services, site("DX_NEW"))
+    after = services.process(order(2))
+    refused = services.process(order(3).replace(b"ORC|NW", b"ORC|XO"))  # unknown order
+    assert (before.profile, before.profile_version) == ("site", 1)
+    assert (after.profile, after.profile_version) == ("site", 2)
+    assert station_of(services, 1) == ["DX_OLD"]
+    assert station_of(services, 2) == ["DX_NEW"]
+    assert refused.status == "failed"
+    assert (refused.profile, refused.profile_version) == ("site", 2)
+
+
+def test_before_any_deploy_the_directory_maps_with_no_version(services: Services) -> None:
+    row = services.process(order(1))
+    assert row.status == "processed"
+    assert (row.profile, row.profile_version) == ("default", None)
+
+
+def _site_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "mappings"
+    directory.mkdir()
+    (directory / "site.yaml").write_text(STATION.format(ae="DX_OLD"), encoding="utf-8")
+    return directory
+
+
+def test_ensure_initial_deploys_the_directory_once(services: Services, tmp_path: Path) -> None:
+    directory = _site_dir(tmp_path)
+    with unit_of_work(services.factory) as session:
+        first = versions.ensure_initial(session, directory)
+    (directory / "site.yaml").write_text(STATION.format(ae="DX_NEW"), encoding="utf-8")
+    with unit_of_work(services.factory) as session:
+        second = versions.ensure_initial(session, directory)
+    assert first == second and first.version == 1
+    with services.factory() as session:
+        assert [d.action for d in versions.deployments(session)] == ["initial"]
+        assert versions.sources_of(session, 1)["site.yaml"] == STATION.format(ae="DX_OLD")
+
+
+def test_nodes_starting_together_make_one_version_1(services: Services,
+                                                    tmp_path: Path) -> None:
+    """Four nodes run ``ensure_initial`` at the same moment, each on its own
+    connection: one deploys version 1, the others wait for it and find it."""
+    nodes = 4
+    directory = _site_dir(tmp_path)
+    engines = [make_engine(services.settings.database_url) for _ in range(nodes)]
+    barrier = threading.Barrier(nodes)
+    found: list[int] = []
+    failures: list[BaseException] = []
+
+    def start(factory: object) -> None:
+        try:
+            with unit_of_work(factory) as session:  # type: ignore[arg-type]
+                assert isinstance(session, Session)
+                barrier.wait(10)
+                found.append(versions.ensure_initial(session, directory).version)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(make_session_factory(e),))
+               for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for engine in engines:
+        engine.dispose()
+    assert not failures, failures
+    assert found == [1] * nodes
+    assert count(services, MappingVersion) == 1
+    assert count(services, MappingDeployment) == 1
