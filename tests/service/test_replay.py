@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.application import MappingUseCases
 from broker.db import unit_of_work
 from broker.models import InboundMessage, MappingDeployment, MappingVersion, ReplayRun
 from broker.services.replay import (
@@ -16,6 +17,7 @@ from broker.services.replay import (
     start_replay,
     version_in_force,
 )
+from broker.services.sweeper import pending_messages
 from tests.conftest import sample
 from tests.integration.hl7util import set_field
 from tests.service.conftest import Services
@@ -119,3 +121,23 @@ def test_criteria_refuse_what_a_replay_cannot_take() -> None:
         ReplayCriteria(since=datetime(2025, 3, 10, tzinfo=UTC),
                        until=datetime(2025, 3, 9, tzinfo=UTC))
     assert str(Reason(204, "ORC^1^2", "unknown order", 2)) == "204 at ORC^1^2: unknown order"
+
+
+def test_what_a_failed_dispatch_leaves_is_found_by_the_sweeper(services: Services) -> None:
+    """Redis away mid-replay: the messages not dispatched stay queued, and the
+    sweeper's query finds them."""
+    ids = [services.process(unknown_order(f"XO-{n}")).id for n in (1, 2, 3)]
+    sent: list[int] = []
+
+    def dispatch(pk: int) -> None:
+        if sent:
+            raise ConnectionError("the broker's Redis is away")
+        sent.append(pk)
+
+    mapping = MappingUseCases(services.use_cases.runtime, dispatch)
+    run_id = mapping.start_replay(ReplayCriteria(), "tester")
+
+    assert mapping.dispatch_replay(run_id) == 1
+    assert mapping.replay_progress(run_id).waiting == 3
+    with services.factory() as session:
+        assert pending_messages(session, timedelta(0)) == ids
