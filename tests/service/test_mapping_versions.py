@@ -7,6 +7,7 @@ version 1."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -15,8 +16,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker.db import make_engine, make_session_factory, unit_of_work
+from broker.hl7.errors import HL7Error
 from broker.mapping import versions
-from broker.mapping.profile import read_sources
+from broker.mapping.deployed import DeployedMappings
+from broker.mapping.follow import WATCH_USER, MappingsFollower, start_deployed
+from broker.mapping.profile import load_profiles, read_sources
 from broker.models import MappingDeployment, MappingVersion
 from tests.builders import order
 from tests.conftest import MAPPINGS
@@ -202,3 +206,57 @@ def test_nodes_starting_together_make_one_version_1(services: Services,
     assert found == [1] * nodes
     assert count(services, MappingVersion) == 1
     assert count(services, MappingDeployment) == 1
+
+
+def test_a_start_deploys_the_directory_once_and_warns_when_it_differs(
+        services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The first start deploys the directory as version 1; a later start with edited
+    files keeps version 1 in force and says to deploy."""
+    directory = _site_dir(tmp_path)
+    mappings = DeployedMappings(lambda: load_profiles(directory), timezone="UTC")
+    assert start_deployed(services.factory, mappings, directory).version == 1
+    assert mappings.latest().version == 1
+    (directory / "site.yaml").write_text(STATION.format(ae="DX_NEW"), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="broker.mapping.follow"):
+        assert start_deployed(services.factory, mappings, directory).version == 1
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{directory} differs from deployed version 1" in warning
+    assert "mwl-broker mapping deploy" in warning
+    assert count(services, MappingVersion) == 1
+
+
+def test_the_file_watch_deploys_valid_changes_only(services: Services, tmp_path: Path) -> None:
+    """With MWLB_MAPPINGS_WATCH, files changed after the start are deployed when they
+    validate (user "file watch"); a change that does not validate is never deployed."""
+    directory = _site_dir(tmp_path)
+    mappings = DeployedMappings(lambda: load_profiles(directory), timezone="UTC")
+    start_deployed(services.factory, mappings, directory)
+    follower = MappingsFollower(services.factory, services.factory, mappings, directory,
+                                watch=True)
+    assert follower.check_directory() is None  # unchanged since the start
+    (directory / "site.yaml").write_text(BROKEN, encoding="utf-8")
+    assert follower.check_directory() is None
+    assert count(services, MappingVersion) == 1
+    (directory / "site.yaml").write_text(STATION.format(ae="DX_NEW"), encoding="utf-8")
+    deployed = follower.check_directory()
+    assert deployed is not None and deployed.version == 2
+    assert deployed.deployed_by == WATCH_USER
+    assert mappings.latest().version == 2
+
+
+def test_the_reader_follows_the_charset_aliases_in_force(services: Services) -> None:
+    """A deployed profile adding an MSH-18 alias (HL7 v2.5.1 Table 0211) is used to
+    read messages once a transaction has read it in force (what the serve process's
+    follower does every 2 s): a Latin-1 name under that alias is refused before (AE
+    103, an unknown character set on non-ASCII bytes) and read after."""
+    runtime = services.use_cases.runtime
+    raw = (order(1).replace(b"|P|2.3.1\r", b"|P|2.3.1||||||LATIN-X\r")
+           .replace(b"Bench^Patient", "M\u00fcller^Patient".encode("latin-1")))
+    with pytest.raises(HL7Error) as unknown:
+        runtime.read(raw)
+    assert unknown.value.code == 103
+    aliased = STATION.format(ae="DX_OLD") + "charset_aliases: {LATIN-X: '8859/1'}\n"
+    deploy(services, {**read_sources(MAPPINGS), "site.yaml": aliased})
+    with services.factory() as session:
+        runtime.mappings.current(session.connection())
+    assert runtime.read(raw).get("PID-5.1") == "M\u00fcller"
