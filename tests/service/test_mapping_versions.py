@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -260,3 +261,22 @@ def test_the_reader_follows_the_charset_aliases_in_force(services: Services) -> 
     with services.factory() as session:
         runtime.mappings.current(session.connection())
     assert runtime.read(raw).get("PID-5.1") == "M\u00fcller"
+
+
+def test_a_batch_reads_the_version_in_force_once(services: Services) -> None:
+    """Ten messages applied in one transaction: one read of the version in force for
+    all of them, not one per message; each records it."""
+    deploy(services, site("DX_OLD"))
+    pks = [services.store(order(n)) for n in range(1, 11)]
+    mappings = services.use_cases.runtime.mappings
+    reads = []
+    read = mappings.current
+
+    def counted(connection: Any) -> Any:
+        reads.append(connection)
+        return read(connection)
+
+    mappings.current = counted  # type: ignore[method-assign]
+    assert services.use_cases.apply_messages(pks) == 10
+    assert len(reads) == 1
+    assert {services.message(pk).profile_version for pk in pks} == {1}
