@@ -55,7 +55,7 @@ def replay(mapping: MappingUseCases, wanted: ReplayCriteria, *, wait: bool) -> i
     if not wait:
         mapping.dispatch_replay(run_id)
         now = mapping.replay_progress(run_id)
-        console.print(f"replay run {run_id}: {now.total} message(s): {now.passed} passed, "
+        console.print(f"{_run(now)}: {now.total} message(s): {now.passed} passed, "
                       f"{now.failing} failing, {now.waiting} waiting", highlight=False)
         return 0
     failure: list[BaseException] = []
@@ -104,11 +104,17 @@ def _wait(mapping: MappingUseCases, run_id: int, dispatching: threading.Thread,
             time.sleep(POLL)
 
 
+def _run(run: ReplayProgress) -> str:
+    """The run, and the mapping version in force when it started."""
+    version = f" (version {run.version})" if run.version is not None else ""
+    return f"replay run {run.run_id}{version}"
+
+
 def _summary(done: ReplayProgress) -> int:
     if not done.total:
-        console.print(f"replay run {done.run_id}: no message matches", highlight=False)
+        console.print(f"{_run(done)}: no message matches", highlight=False)
         return 0
-    line = (f"replay run {done.run_id}: {done.total} message(s): {done.passed} passed, "
+    line = (f"{_run(done)}: {done.total} message(s): {done.passed} passed, "
             f"{done.failing} still failing")
     if done.missing:
         line += f", {done.missing} no longer stored"
