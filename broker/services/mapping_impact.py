@@ -418,7 +418,10 @@ def impact(session: Session, current: ProfileSet, candidate: ProfileSet, *,
            after: str = "candidate") -> Impact:
     """Map the last ``per_sender`` stored messages of each sender with ``current`` and
     with ``candidate`` (read with ``read``; scheduled in ``timezone`` unless a profile
-    names its own; each at its receipt time) and compare; writes nothing."""
+    names its own; each at its receipt time) and compare; writes nothing. ValueError
+    when ``per_sender`` is below 1."""
+    if per_sender < 1:
+        raise ValueError(f"per_sender {per_sender}: compare at least 1 message per sender")
     senders: dict[tuple[str, str], SenderImpact] = {}
     ids = last_per_sender(session, per_sender)
     for start in range(0, len(ids), PAGE):
