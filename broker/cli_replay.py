@@ -19,7 +19,7 @@ from broker.cli_common import console, err_console
 from broker.cli_errors import USAGE_ERROR, CommandError
 from broker.services.replay import ReplayCriteria, ReplayProgress
 
-# Seconds between two reads of the run's progress.
+# Seconds between two reads of the run's progress (of up to 20000 messages).
 POLL = 0.5
 # Seconds without any message getting an outcome before the command says so (once).
 STALLED = 60.0
@@ -101,7 +101,7 @@ def _wait(mapping: MappingUseCases, run_id: int, dispatching: threading.Thread,
                 bar.console.print(f"no message of replay run {run_id} got an outcome for "
                                   f"{STALLED:g} s: is a worker running? (Ctrl-C stops "
                                   "waiting; the run goes on)")
-            time.sleep(POLL)
+            time.sleep(POLL * min(10, 1 + now.total // 20000))  # a big run: fewer reads
 
 
 def _run(run: ReplayProgress) -> str:

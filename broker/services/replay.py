@@ -32,8 +32,8 @@ from broker.services.processing import reset_for_reprocess
 # Statuses a replay can select: a received message is queued already, a rejected one
 # was refused at the door and would be refused again.
 REPLAYABLE = (MessageStatus.FAILED.value, MessageStatus.PROCESSED.value)
-# Ids per IN (...) list.
-CHUNK = 1000
+# Ids per IN (...) list (SQLite takes up to 32766 parameters).
+CHUNK = 5000
 
 
 @dataclass(frozen=True)
