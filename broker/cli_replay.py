@@ -19,7 +19,7 @@ from broker.cli_common import console, err_console
 from broker.cli_errors import USAGE_ERROR, CommandError
 from broker.services.replay import ReplayCriteria, ReplayProgress
 
-# Seconds between two reads of the run's progress.
+# Seconds between two reads of the run's progress (of up to 20000 messages).
 POLL = 0.5
 # Seconds without any message getting an outcome before the command says so (once).
 STALLED = 60.0
@@ -55,7 +55,7 @@ def replay(mapping: MappingUseCases, wanted: ReplayCriteria, *, wait: bool) -> i
     if not wait:
         mapping.dispatch_replay(run_id)
         now = mapping.replay_progress(run_id)
-        console.print(f"replay run {run_id}: {now.total} message(s): {now.passed} passed, "
+        console.print(f"{_run(now)}: {now.total} message(s): {now.passed} passed, "
                       f"{now.failing} failing, {now.waiting} waiting", highlight=False)
         return 0
     failure: list[BaseException] = []
@@ -101,14 +101,20 @@ def _wait(mapping: MappingUseCases, run_id: int, dispatching: threading.Thread,
                 bar.console.print(f"no message of replay run {run_id} got an outcome for "
                                   f"{STALLED:g} s: is a worker running? (Ctrl-C stops "
                                   "waiting; the run goes on)")
-            time.sleep(POLL)
+            time.sleep(POLL * min(10, 1 + now.total // 20000))  # a big run: fewer reads
+
+
+def _run(run: ReplayProgress) -> str:
+    """The run, and the mapping version in force when it started."""
+    version = f" (version {run.version})" if run.version is not None else ""
+    return f"replay run {run.run_id}{version}"
 
 
 def _summary(done: ReplayProgress) -> int:
     if not done.total:
-        console.print(f"replay run {done.run_id}: no message matches", highlight=False)
+        console.print(f"{_run(done)}: no message matches", highlight=False)
         return 0
-    line = (f"replay run {done.run_id}: {done.total} message(s): {done.passed} passed, "
+    line = (f"{_run(done)}: {done.total} message(s): {done.passed} passed, "
             f"{done.failing} still failing")
     if done.missing:
         line += f", {done.missing} no longer stored"

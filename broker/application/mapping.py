@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from broker.db import unit_of_work
-from broker.mapping.profile import ProfileError, ProfileSet, load_profiles, load_sources
-from broker.models import MappingVersion, ReplayRun
+from broker.mapping.profile import ProfileSet, load_profiles
+from broker.models import ReplayRun
 from broker.runtime import Runtime
 from broker.services import replay as replays
 from broker.services.mapping_impact import Impact
@@ -41,17 +41,11 @@ class MappingUseCases:
     # -- impact ---------------------------------------------------------------------
 
     def in_force(self, session: Session) -> tuple[int | None, ProfileSet]:
-        """The version in force and its profiles; before any deployment (None), the
-        profiles of the mappings directory."""
-        version = replays.version_in_force(session)
-        if version is None:
-            return None, self.runtime.profiles
-        stored = session.get(MappingVersion, version)
-        assert stored is not None, "a deployment names a stored version"
-        profiles, errors, _files = load_sources(stored.sources)
-        if profiles is None:
-            raise ProfileError(f"version {version}: " + "; ".join(errors))
-        return version, profiles
+        """The version in force and its profiles, as processing maps with them
+        (:meth:`broker.mapping.deployed.DeployedMappings.current`); None before any
+        deployment (the profiles of the mappings directory)."""
+        deployed = self.runtime.mappings.current(session.connection())
+        return deployed.version, deployed.profiles
 
     def impact(self, candidate: ProfileSet, *, per_sender: int = 50,
                current: ProfileSet | None = None, before: str | None = None,

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.domain.types import AdtMessage, Attributes, OrderMessage
@@ -400,17 +400,26 @@ def _compare(row_id: int, before: _Outcome, after: _Outcome, into: SenderImpact)
 
 def last_per_sender(session: Session, per_sender: int) -> list[int]:
     """Ids of the last ``per_sender`` processed or failed messages of each sender
-    (MSH-3 / MSH-4 as stored), oldest first."""
-    ranked = select(
-        InboundMessage.id,
-        func.row_number().over(
-            partition_by=(InboundMessage.sending_application,
-                          InboundMessage.sending_facility),
-            order_by=InboundMessage.id.desc()).label("n"),
-    ).where(InboundMessage.status.in_([MessageStatus.PROCESSED.value,
-                                       MessageStatus.FAILED.value])).subquery()
-    return list(session.scalars(select(ranked.c.id).where(ranked.c.n <= per_sender)
-                                .order_by(ranked.c.id)))
+    (MSH-3 / MSH-4 as stored), oldest first. One query per sender, each walking the
+    primary key backwards from the newest message: the busiest sender's stops after
+    ``per_sender`` rows, instead of every stored message being ranked."""
+    compared = InboundMessage.status.in_([MessageStatus.PROCESSED.value,
+                                          MessageStatus.FAILED.value])
+    senders = session.execute(select(InboundMessage.sending_application,
+                                     InboundMessage.sending_facility).where(compared)
+                              .distinct()).all()
+    ids: list[int] = []
+    for application, facility in senders:
+        ids += session.scalars(
+            select(InboundMessage.id)
+            .where(compared, _equal(InboundMessage.sending_application, application),
+                   _equal(InboundMessage.sending_facility, facility))
+            .order_by(InboundMessage.id.desc()).limit(per_sender))
+    return sorted(ids)
+
+
+def _equal(column: Any, value: str | None) -> Any:
+    return column.is_(None) if value is None else column == value
 
 
 def impact(session: Session, current: ProfileSet, candidate: ProfileSet, *,
@@ -418,7 +427,10 @@ def impact(session: Session, current: ProfileSet, candidate: ProfileSet, *,
            after: str = "candidate") -> Impact:
     """Map the last ``per_sender`` stored messages of each sender with ``current`` and
     with ``candidate`` (read with ``read``; scheduled in ``timezone`` unless a profile
-    names its own; each at its receipt time) and compare; writes nothing."""
+    names its own; each at its receipt time) and compare; writes nothing. ValueError
+    when ``per_sender`` is below 1."""
+    if per_sender < 1:
+        raise ValueError(f"per_sender {per_sender}: compare at least 1 message per sender")
     senders: dict[tuple[str, str], SenderImpact] = {}
     ids = last_per_sender(session, per_sender)
     for start in range(0, len(ids), PAGE):

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from broker.models import InboundMessage, MappingDeployment, MessageStatus, ReplayRun
 from broker.services.processing import reset_for_reprocess
@@ -32,8 +32,8 @@ from broker.services.processing import reset_for_reprocess
 # Statuses a replay can select: a received message is queued already, a rejected one
 # was refused at the door and would be refused again.
 REPLAYABLE = (MessageStatus.FAILED.value, MessageStatus.PROCESSED.value)
-# Ids per IN (...) list.
-CHUNK = 1000
+# Ids per IN (...) list (SQLite takes up to 32766 parameters).
+CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ def start_replay(session: Session, *, status: str = MessageStatus.FAILED.value,
     queued = []
     for chunk in _chunks(matching(session, criteria)):
         rows = session.scalars(select(InboundMessage).where(InboundMessage.id.in_(chunk))
+                               .options(load_only(InboundMessage.status,
+                                                  InboundMessage.ack_code))
                                .order_by(InboundMessage.id).with_for_update())
         queued += [row.id for row in rows
                    if row.status == criteria.status and reset_for_reprocess(session, row)]

@@ -1,8 +1,10 @@
-"""Bulk replay after a mapping fix, as an engineer runs it: orders refused by a profile
-(no station for DX), the profile fixed, then ``mwl-broker messages reprocess --status
-failed --since ...`` as a subprocess; the worklist then has the items. In embedded mode
-(the command applies the messages while ``serve`` runs) and with a real Celery worker
-on PostgreSQL and Redis."""
+"""Dry run, deploy and bulk replay after a mapping fix, as an engineer runs them: orders
+refused by a profile (no station for DX), the profile fixed, ``mwl-broker mapping deploy
+--dry-run`` says they would now pass, ``mapping deploy``, then ``mwl-broker messages
+reprocess --status failed --since ...`` (subprocesses); the worklist then has the
+items. In embedded mode (the command applies the messages while ``serve`` runs) and
+with a real Celery worker on PostgreSQL and Redis (which switches to the deployed
+version without a restart)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, select
 
+from broker.models import InboundMessage
 from tests.builders import order
 from tests.conftest import MAPPINGS, sample
 from tests.dcmtk import findscu, sps
@@ -46,9 +50,24 @@ def fix(directory: Path) -> None:
     profile.write_text(text.replace("\nstations:\n", "\n" + DX_STATION), encoding="utf-8")
 
 
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True,
+                          env={**env, "COLUMNS": "200"}, timeout=180)
+
+
 def reprocess(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, "messages", "reprocess", *args], capture_output=True,
-                          text=True, env={**env, "COLUMNS": "200"}, timeout=180)
+    return cli(env, "messages", "reprocess", *args)
+
+
+def dry_run_then_deploy(env: dict[str, str], failed: list[int]) -> None:
+    """The fix's impact first (the failed orders would now pass), then its deploy."""
+    dry = cli(env, "mapping", "deploy", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert (f"  {len(failed)} message(s) would now pass: "
+            + ", ".join(map(str, failed))) in dry.stdout
+    done = cli(env, "mapping", "deploy", "--comment", "station for DX")
+    assert done.returncode == 0 and "deployed version 2" in done.stdout, (
+        done.stdout + done.stderr)
 
 
 def dx_orders() -> list[bytes]:
@@ -76,23 +95,24 @@ def test_failed_messages_are_replayed_after_a_fix_in_embedded_mode(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MWLB_")}
     env.update({"MWLB_DATABASE_URL": broker.settings.database_url,
                 "MWLB_MAPPINGS_DIR": str(mappings), "MWLB_TIMEZONE": "America/Chicago"})
+    dry_run_then_deploy(env, [1, 2, 3])
 
     done = reprocess(env, "--status", "failed", "--since", since, "--sender", "EHR/HOSP")
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "replay run 1: 3 message(s): 3 passed, 0 still failing" in done.stdout
+    assert "replay run 1 (version 2): 3 message(s): 3 passed, 0 still failing" in done.stdout
     assert accessions_at_dx01(broker.dicom_port) == ["ACC1", "ACC2", "ACC3"]
 
     # Every failed message since then: the XO still fails, and the summary says why.
     still = reprocess(env, "--status", "failed", "--since", since)
 
     assert still.returncode == 1, still.stdout + still.stderr
-    assert "replay run 2: 1 message(s): 0 passed, 1 still failing" in still.stdout
+    assert "replay run 2 (version 2): 1 message(s): 0 passed, 1 still failing" in still.stdout
     assert "\n  1 x 204 at ORC^1^2: " in still.stdout
     # --no-wait: exit 0 once dispatched, saying where the run is (applied here).
     queued = reprocess(env, "--sender", "OTHER", "--no-wait")
     assert queued.returncode == 0, queued.stdout + queued.stderr
-    assert "replay run 3: 1 message(s): 0 passed, 1 failing, 0 waiting" in queued.stdout
+    assert "replay run 3 (version 2): 1 message(s): 0 passed, 1 failing, 0 waiting" in queued.stdout
     # Ids and criteria mixed: a usage error.
     mixed = reprocess(env, "4", "--status", "failed")
     assert mixed.returncode == 2 and "not both" in mixed.stderr
@@ -110,18 +130,17 @@ def test_failed_messages_are_replayed_by_a_celery_worker(start_distributed: Any,
     assert [(a.code, "^103&" in a.err) for a in acks] == [("AE", True)] * 3, (
         distributed.output())
     fix(mappings)
-    # The worker maps with the profiles it loaded at its start: a new worker has the fix.
-    [old] = [child for child in distributed.children if "worker" in child[0].args]
-    old[0].terminate()
-    old[0].wait(30)
-    distributed.children.remove(old)
-    distributed.start("worker", "--concurrency", "2")
-    distributed.wait_for("worker", r"ready\.")
+    dry_run_then_deploy(distributed.env, [1, 2, 3])
 
     done = reprocess(distributed.env, "--status", "failed", "--since", since)
 
     assert done.returncode == 0, done.stdout + done.stderr + distributed.output()
-    assert "replay run 1: 3 message(s): 3 passed, 0 still failing" in done.stdout
+    assert "replay run 1 (version 2): 3 message(s): 3 passed, 0 still failing" in done.stdout
     assert accessions_at_dx01(distributed.dicom_port) == ["ACC1", "ACC2", "ACC3"]
-    # The worker applied them, not the command.
+    # The worker applied them (not the command), with the version deployed.
     distributed.wait_for("worker", r"message 3 \(MSH-10 B3\) processed")
+    engine = create_engine(distributed.database_url)
+    with engine.connect() as conn:
+        versions = conn.execute(select(InboundMessage.profile_version)).scalars().all()
+    engine.dispose()
+    assert versions == [2, 2, 2]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from broker.db import unit_of_work
+from broker.mapping import versions
 from broker.mapping.profile import ProfileSet, load_profiles
 from broker.models import InboundMessage, Patient
 from broker.services.mapping_impact import (
@@ -227,3 +229,18 @@ def test_the_set_in_force_is_the_default_current(services: Services, tmp_path: P
     [change] = [c for c in found.attributes_changed if c.keyword == AE_PATH]
     assert (change.old, change.new) == (["MWL_DEFAULT"], ["DX01_AE"])
     assert found.lines()[0].startswith("impact of the candidate against the profiles loaded")
+
+
+def test_the_version_in_force_is_compared_against_once_deployed(services: Services,
+                                                                tmp_path: Path) -> None:
+    deployed = profile_set(tmp_path, "deployed", **{"site.yaml": SITE % ("", "DX01_AE", "X")})
+    with unit_of_work(services.factory) as session:
+        version = versions.deploy(session, deployed.sources, user="tester").version
+    services.process(order(1))
+    candidate = profile_set(tmp_path, "candidate", **{"site.yaml": SITE % ("", "DX02_AE", "X")})
+
+    found = services.use_cases.mapping.impact(candidate, after="the directory")
+
+    [change] = found.attributes_changed
+    assert (change.keyword, change.old, change.new) == (AE_PATH, ["DX01_AE"], ["DX02_AE"])
+    assert found.lines()[0].startswith(f"impact of the directory against version {version}:")
