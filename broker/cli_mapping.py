@@ -46,6 +46,14 @@ def _root(config: Path | None) -> Root:
     return build(settings_from(config), Role.COMMAND)
 
 
+def _user() -> str:
+    """Who runs the command (recorded with the deployment)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "cli"
+
+
 def _refuse(errors: list[str]) -> NoReturn:
     """Every problem on a line of its own (standard error), then exit 1."""
     for error in errors:
@@ -161,7 +169,7 @@ def mapping_deploy(
         return
     with unit_of_work(factory) as session:
         before = versions.active(session)
-        info = versions.deploy(session, sources, user=getpass.getuser(), comment=comment)
+        info = versions.deploy(session, sources, user=_user(), comment=comment)
     if before is not None and before.version == info.version:
         console.print(f"version {info.version} already in force: {path} has the same "
                       "files; nothing deployed", markup=False)
@@ -250,7 +258,7 @@ def mapping_rollback(
     with unit_of_work(_root(config).runtime.session_factory) as session:
         before = versions.active(session)
         try:
-            info = versions.rollback(session, version, user=getpass.getuser(),
+            info = versions.rollback(session, version, user=_user(),
                                      comment=comment)
         except KeyError:
             raise CommandError(f"no mapping version {version}") from None
