@@ -280,3 +280,20 @@ def test_a_batch_reads_the_version_in_force_once(services: Services) -> None:
     assert services.use_cases.apply_messages(pks) == 10
     assert len(reads) == 1
     assert {services.message(pk).profile_version for pk in pks} == {1}
+
+
+def test_a_stored_version_that_no_longer_loads_leaves_the_previous_in_use(
+        services: Services) -> None:
+    """A version stored by a broker that accepted what this one refuses (put in force
+    here by hand, as no deploy would): processing goes on with the version it had, and
+    the message records that version."""
+    deploy(services, site("DX_OLD"))
+    services.process(order(1))
+    sources = {**site("DX_OLD"), "site.yaml": BROKEN}
+    with unit_of_work(services.factory) as session:
+        session.add(MappingVersion(id=2, digest=versions.digest(sources), sources=sources))
+        session.flush()
+        session.add(MappingDeployment(version=2, action="deploy"))
+    row = services.process(order(2))
+    assert (row.status, row.profile_version) == ("processed", 1)
+    assert station_of(services, 2) == ["DX_OLD"]
