@@ -347,6 +347,15 @@ class CommandDispatcher:
     def dispatch(self, message_pk: int) -> None:
         _run(self._runner, self._health, Job.PROCESS_INBOUND, (message_pk,))
 
+    def hand_over(self, message_pk: int) -> None:
+        """Dispatch a message the command does not report on by itself (a bulk replay,
+        whose progress is read from the messages): to the workers when there are any
+        (distributed), else applied here as :meth:`dispatch` does."""
+        if isinstance(self.later, DeferredDispatcher):
+            self.dispatch(message_pk)
+        else:
+            self.later.dispatch(message_pk)
+
     def submit(self, job: Job, *args: Any, countdown: float = 0.0) -> None:
         self.later.submit(job, *args, countdown=countdown)
 

@@ -13,11 +13,14 @@ is the dispatcher's business, chosen in :mod:`broker.bootstrap`.
   MPPS, reconcile a study, forward instances, sweep; :meth:`UseCases.run` runs a
   :class:`broker.jobs.Job`;
 * :class:`UPSUseCases` (``UseCases.ups``): the Unified Procedure Step operations of
-  the UPS-RS and UPS DIMSE adapters.
+  the UPS-RS and UPS DIMSE adapters;
+* :class:`MappingUseCases` (``UseCases.mapping``): the impact of a candidate set of
+  mapping profiles, and the bulk replay of stored messages with its progress.
 """
 
+from broker.application.mapping import MappingUseCases
 from broker.application.reception import Reception
 from broker.application.ups import UPSUseCases
 from broker.application.use_cases import DATABASE, ResolveError, UseCases
 
-__all__ = ["DATABASE", "Reception", "ResolveError", "UPSUseCases", "UseCases"]
+__all__ = ["DATABASE", "MappingUseCases", "Reception", "ResolveError", "UPSUseCases", "UseCases"]

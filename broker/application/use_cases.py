@@ -16,12 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.application.mapping import MappingUseCases
 from broker.application.reception import Reception
 from broker.application.ups import UPSUseCases
 from broker.audit import hooks as audit
 from broker.config import StorageMode
 from broker.db import is_sqlite, unit_of_work, unsynced_transaction
-from broker.dispatch import Dispatcher, JobRunner
+from broker.dispatch import CommandDispatcher, Dispatcher, JobRunner
 from broker.jobs import Job
 from broker.models import DicomRequest, InboundMessage, MessageStatus
 from broker.outage import Outage
@@ -80,6 +81,16 @@ class UseCases:
         made on first use, so that commands that never open the database (``mapping
         test``) do not create it."""
         return UPSUseCases(self.runtime.session_factory, self.settings, self.start_delivery)
+
+    @cached_property
+    def mapping(self) -> MappingUseCases:
+        """Impact of a candidate profile set and bulk replay of stored messages; a
+        one-shot command hands replayed messages over (applied in the command in
+        embedded mode, published to the workers otherwise)."""
+        dispatcher = self.dispatcher
+        dispatch = (dispatcher.hand_over if isinstance(dispatcher, CommandDispatcher)
+                    else dispatcher.dispatch)
+        return MappingUseCases(self.runtime, dispatch)
 
     # -- jobs ------------------------------------------------------------------------
 
