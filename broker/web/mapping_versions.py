@@ -203,7 +203,13 @@ def preview(session: Session, runtime: Runtime, *, per_sender: int) -> dict[str,
 
 
 def _value(value: Any) -> str:
-    return "(absent)" if value is None else str(value)
+    """An attribute value as people read it: a multi-valued one with DICOM's value
+    separator (PS3.5 6.4: backslash)."""
+    if value is None:
+        return "(absent)"
+    if isinstance(value, list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 def impact_view(found: mapping_impact.Impact) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def test_versions_diff_impact_deploy_and_rollback_by_role(broker: Any) -> None:
     assert impact["compared"] == 1 and impact["now_failing"] == []
     assert {(c["id"], c["keyword"], c["old"], c["new"]) for c in impact["attributes_changed"]
             } >= {(first["id"], "ScheduledProcedureStepSequence.ScheduledStationAETitle",
-                   "['DX_OLD']", "['DX_NEW']")}
+                   "DX_OLD", "DX_NEW")}
     stale = admin.post("/api/mappings/deploy", json={"digest": "0" * 64})
     assert stale.status_code == 422 and "changed since" in str(stale.json())
     deployed = admin.post("/api/mappings/deploy",
