@@ -19,6 +19,7 @@ from broker.dicom.server import DicomServer
 from broker.dispatch import Dispatcher
 from broker.hl7.listener import HL7Receiver
 from broker.hl7.mllp import MLLPServer
+from broker.mapping.follow import MappingsFollower, start_deployed
 from broker.migrations import upgrade
 from broker.presence import Presence
 from broker.runtime import Runtime
@@ -62,8 +63,14 @@ class BrokerApp:
             upgrade(settings.database_url)
         self.root = build(settings, Role.SERVE)
         self.runtime = self.root.runtime
-        self.runtime.profiles  # noqa: B018  (load and validate the mappings now, loudly)
         factory = self.runtime.session_factory
+        # The deployed profiles (the directory as version 1 on a first start; a broken
+        # first directory stops the start, loudly), then followed while serving.
+        start_deployed(factory, self.runtime.mappings, settings.mappings_dir)
+        self.mappings_follower = MappingsFollower(
+            factory, self.runtime.reader_factory, self.runtime.mappings,
+            settings.mappings_dir, watch=settings.mappings_watch)
+        self.mappings_follower.start()
         ensure_first_admin(factory, settings)
         self.use_cases = self.root.use_cases
         self.dispatcher = self.use_cases.dispatcher
@@ -161,6 +168,7 @@ class BrokerApp:
         if self.web is not None:
             self.web.stop()
         self.sweeper.stop()
+        self.mappings_follower.stop()
         for server in (self.mllp, self.mllp_tls):
             if server is not None:
                 asyncio.run_coroutine_threadsafe(server.close(), self._loop).result(30)

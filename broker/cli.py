@@ -30,14 +30,13 @@ from broker.cli_common import (
 )
 from broker.cli_console import register as register_console_commands
 from broker.cli_errors import USAGE_ERROR, CommandError, CommandGroup, connection_failure
+from broker.cli_mapping import mapping_app
 from broker.cli_performed import outbound_app, reconcile_app
 from broker.hl7.warnings import from_json
 
 app = typer.Typer(help="Modality worklist and HL7 integration broker.", cls=CommandGroup,
                   no_args_is_help=True, rich_markup_mode=None)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-mapping_app = typer.Typer(help="Mapping profiles in the mappings directory.",
-                          no_args_is_help=True)
 messages_app = typer.Typer(help="The inbound message store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(mapping_app, name="mapping")
@@ -100,67 +99,6 @@ def db_prune(
     verb = "would prune" if dry_run else "pruned"
     console.print(f"{verb} (older than {retention:g} days): "
                   + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
-
-
-@mapping_app.command("check")
-def mapping_check(
-    directory: Annotated[Path | None, typer.Argument(help="Default: MWLB_MAPPINGS_DIR.")] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Validate every profile, the packaged default included; errors name the file, the
-    key and what is wrong."""
-    from broker.mapping import PACKAGED_PROFILES
-    from broker.mapping.profile import check_directory, profile_files
-
-    path = directory or settings_from(config).mappings_dir
-    errors = check_directory(path)
-    if errors:
-        for error in errors:
-            err_console.print(f"error {error}", markup=False)
-        raise typer.Exit(1)
-    console.print(f"{path}: all profiles valid")
-    for name, file in profile_files(path).items():
-        packaged = " (packaged)" if file.parent == PACKAGED_PROFILES else ""
-        console.print(f"  {name}: {file}{packaged}", highlight=False, soft_wrap=True)
-
-
-@mapping_app.command("test")
-def mapping_test(
-    files: Annotated[list[Path], typer.Argument(help="HL7 file(s), one or more messages each.",
-                                                exists=True, dir_okay=False)],
-    config: ConfigOption = None,
-) -> None:
-    """Dry run of live processing: print the worklist items each message would produce,
-    its warnings and the ACK the broker would send. Order state is checked against
-    the configured database without writing to it (exit 1 unless every ACK is AA)."""
-    from broker.bootstrap import Role, build
-    from broker.hl7.client import read_hl7_file
-    from broker.mapping.render import describe
-    from broker.services.dry_run import dry_run_database
-
-    settings = settings_from(config)
-    use_cases = build(settings, Role.COMMAND).use_cases
-
-    refused = False
-    with dry_run_database(settings) as (factory, where):
-        console.print(f"order state: {where}", markup=False)
-        for path in files:
-            for raw in read_hl7_file(path):
-                result = use_cases.dry_run(raw, factory)
-                msg = result.message
-                console.print(f"== {path.name}: {msg.message_type if msg else '?'} MSH-10 "
-                              f"{msg.control_id if msg else '?'}"
-                              + (f" (profile {result.mapped.profile})" if result.mapped else ""),
-                              markup=False)
-                if result.mapped is not None:
-                    print("\n".join(describe(result.mapped)))
-                for warning in result.warnings:
-                    console.print(f"warning {warning}", markup=False)
-                console.print(f"ACK {result.ack_code}"
-                              + (f": {result.error}" if result.error else ""), markup=False)
-                refused |= not result.accepted
-    if refused:
-        raise typer.Exit(1)
 
 
 @messages_app.command("list")

@@ -256,6 +256,13 @@ class Settings(BaseSettings):
         "`default` profile (a site file named default replaces it). Default: ./mappings "
         "when it exists, else the packaged profiles alone.",
     )
+    mappings_watch: bool = Field(
+        default=False,
+        description="Deploy the mappings directory when its files change while `serve` "
+        "runs and they validate (user `file watch`); a change that does not validate is "
+        "logged and never deployed. Off: editing the files changes nothing until "
+        "`mwl-broker mapping deploy`.",
+    )
     ack_mode: AckMode = Field(
         default=AckMode.APPLICATION, description="application | store (see README)."
     )

@@ -88,6 +88,7 @@ def _print_banner(settings: Settings, mllp_port: int | None, dicom_port: int | N
 def web(config: ConfigOption = None) -> None:
     """Run the web console and JSON API alone (MWLB_HTTP_HOST / MWLB_HTTP_PORT)."""
     from broker.bootstrap import Role, build
+    from broker.mapping.follow import start_deployed
     from broker.migrations import upgrade
     from broker.security.first_admin import ensure_first_admin
     from broker.web.server import WebServer
@@ -96,6 +97,8 @@ def web(config: ConfigOption = None) -> None:
     configure_logging(json_lines=settings.log_format == "json")
     upgrade(settings.database_url)
     root = build(settings, Role.CONSOLE)
+    start_deployed(root.runtime.session_factory, root.runtime.mappings,
+                   settings.mappings_dir)
     ensure_first_admin(root.runtime.session_factory, settings)
     server = WebServer(root.runtime, root.use_cases)
     with starting():

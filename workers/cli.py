@@ -42,6 +42,7 @@ def worker(
 ) -> None:
     """Run a Celery worker (distributed mode: MWLB_CELERY_BROKER_URL=redis://...)."""
     from broker.bootstrap import Role, build
+    from broker.mapping.follow import start_deployed
     from broker.migrations import upgrade
     from workers.celery_app import configure, install
 
@@ -55,7 +56,10 @@ def worker(
                                  "(embedded mode processes in `mwl-broker serve`)")
     upgrade(settings.database_url)
     root = build(settings, Role.WORKER)
-    root.runtime.profiles  # noqa: B018  (fail now on a broken mapping, not per message)
+    # The deployed profiles (the directory as version 1 on a first start: a broken one
+    # fails now, not per message); each task then reads the version in force.
+    start_deployed(root.runtime.session_factory, root.runtime.mappings,
+                   settings.mappings_dir, user="system")
     root.runtime.dispose()
     install(root)
     celery = configure(settings)
