@@ -11,7 +11,7 @@ traceback instead.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import track
@@ -33,6 +33,9 @@ from broker.cli_errors import USAGE_ERROR, CommandError, CommandGroup, connectio
 from broker.cli_mapping import mapping_app
 from broker.cli_performed import outbound_app, reconcile_app
 from broker.hl7.warnings import from_json
+
+if TYPE_CHECKING:
+    from broker.bootstrap import Root
 
 app = typer.Typer(help="Modality worklist and HL7 integration broker.", cls=CommandGroup,
                   no_args_is_help=True, rich_markup_mode=None)
@@ -156,16 +159,54 @@ def messages_show(message_id: int, config: ConfigOption = None) -> None:
 
 @messages_app.command("reprocess")
 def messages_reprocess(
-    message_ids: Annotated[list[int], typer.Argument(help="Message id(s).")],
+    message_ids: Annotated[list[int] | None, typer.Argument(
+        help="Message id(s); or select them with --status/--since/--until/--sender.",
+        show_default=False)] = None,
+    status: Annotated[str | None, typer.Option(
+        help="failed|processed: reprocess the messages with this status [failed].",
+        show_default=False)] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Received at or after (ISO 8601; MWLB_TIMEZONE without an offset).")] = None,
+    until: Annotated[str | None, typer.Option(help="Received before (ISO 8601).")] = None,
+    sender: Annotated[str | None, typer.Option(
+        help="APP or APP/FAC: only this sender's messages (MSH-3, MSH-4).")] = None,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="Queue them and exit, without waiting for the outcomes.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Apply failed (or processed) messages again, e.g. after fixing a mapping (here,
-    in this command, which reports each outcome)."""
+    """Apply failed (or processed) messages again with the profiles in force, e.g.
+    after fixing a mapping. Given ids: here, in this command, which reports each
+    outcome. Given criteria: a replay run (applied in this command in embedded mode, by
+    the workers with Celery), with a progress bar until every message has an outcome,
+    then a summary: passed, and still failing grouped by error (exit 1 when some
+    still fail)."""
     from broker.bootstrap import Role, build
-    from broker.models import InboundMessage
 
+    selecting = any(v is not None for v in (status, since, until, sender))
+    if bool(message_ids) == selecting:
+        raise CommandError("give message ids, or --status/--since/--until/--sender to "
+                           "select them (not both)", USAGE_ERROR)
     configure_logging("WARNING")
     root = build(settings_from(config), Role.COMMAND)
+    try:
+        if message_ids:
+            worst = _reprocess_each(root, message_ids)
+        else:
+            from broker import cli_replay
+
+            zone = root.runtime.timezone
+            wanted = cli_replay.criteria(status, cli_replay.when(since, "--since", zone),
+                                         cli_replay.when(until, "--until", zone), sender)
+            worst = cli_replay.replay(root.use_cases.mapping, wanted, wait=not no_wait)
+    finally:
+        root.close()
+    raise typer.Exit(worst)
+
+
+def _reprocess_each(root: Root, message_ids: list[int]) -> int:
+    """Reprocess each message here, saying its outcome; 1 if any is not processed."""
+    from broker.models import InboundMessage
+
     factory = root.runtime.session_factory
     worst = 0
     ids = track(message_ids, description="reprocessing", console=err_console,
@@ -184,8 +225,7 @@ def messages_reprocess(
                 err_console.print(f"message {pk}: {row.status} {row.error_code} "
                                   f"{row.error_location}: {row.error_text}")
                 worst = 1
-    root.close()
-    raise typer.Exit(worst)
+    return worst
 
 
 def _messages_in(path: Path) -> list[bytes]:
