@@ -16,8 +16,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import create_engine, func, select
 
-from broker.db import unit_of_work
-from broker.mapping import versions
 from broker.models import InboundMessage
 from broker.services.processing import _lock_id
 from tests.browser.test_console_browser import browser, log_in, shot
@@ -46,14 +44,13 @@ def write_site(directory: Path, text_: str) -> None:
 
 
 def start(make_broker: Any, tmp_path: Path, **overrides: Any) -> Any:
-    """A broker whose site profile sends DX steps to DX_OLD, version 1 in force."""
+    """A broker whose site profile sends DX steps to DX_OLD (its first start deployed
+    it as version 1)."""
     directory = tmp_path / "mappings"
     directory.mkdir()
     write_site(directory, STATION.format(ae="DX_OLD"))
     app = make_broker(mappings_dir=directory, **overrides)
     add_users(app)
-    with unit_of_work(app.runtime.session_factory) as session:
-        versions.ensure_initial(session, directory)
     return app
 
 

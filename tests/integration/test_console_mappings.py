@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from broker.db import unit_of_work
 from broker.mapping import versions
 from broker.mapping.profile import read_sources
 from broker.models import AuditEvent
@@ -47,11 +46,10 @@ def edit(directory: Path, text: str) -> None:
 
 @pytest.fixture
 def broker(make_broker: Any, tmp_path: Path) -> Any:
-    """A broker mapping with a site profile (DX steps to DX_OLD), version 1 in force."""
+    """A broker mapping with a site profile (DX steps to DX_OLD): its first start
+    deployed it as version 1."""
     app = make_broker(mappings_dir=site_dir(tmp_path))
     add_users(app)
-    with unit_of_work(app.runtime.session_factory) as session:
-        versions.ensure_initial(session, app.runtime.settings.mappings_dir)
     return app
 
 
@@ -65,10 +63,17 @@ def processed(viewer: Any, control_id: str) -> dict[str, Any]:
 
 
 def configuration_audits(app: Any) -> list[tuple[str, str]]:
+    """The audit events of mapping changes: Security Alert (110113) with event type
+    Software Configuration (110131, PS3.15 A.5.3.13), by user and what they say."""
     with app.runtime.session_factory() as session:
-        return [(row.user, row.detail) for row in session.scalars(
+        rows = list(session.scalars(
             select(AuditEvent).where(AuditEvent.event_name == "Software Configuration")
-            .where(AuditEvent.detail.like("mapping profiles%")).order_by(AuditEvent.id))]
+            .where(AuditEvent.detail.like("mapping profiles%")).order_by(AuditEvent.id)))
+    for row in rows:
+        assert row.event_id == "110113"
+        assert 'EventTypeCode csd-code="110131"' in row.message
+        assert f'UserID="{row.user}" UserIsRequestor="true"' in row.message
+    return [(row.user, row.detail) for row in rows]
 
 
 def test_versions_diff_impact_deploy_and_rollback_by_role(broker: Any) -> None:
