@@ -203,7 +203,7 @@ class RollbackRequest(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    status: str = Field(default="failed", description="failed, rejected or processed")
+    status: str = Field(default="failed", description="failed or processed")
     since: datetime | None = Field(default=None, description="received at or after")
     until: datetime | None = Field(default=None, description="received before")
     sender: str | None = Field(default=None, description="MSH-3, or MSH-3/MSH-4")

@@ -152,7 +152,7 @@ def deploy(session: Session, directory: Path, *, user: str, address: str, commen
                              "shown: review the impact again"])
     before = versions.active(session)
     info = versions.deploy(session, sources, user=user, comment=comment)
-    if before is None or before.version != info.version or before.digest != info.digest:
+    if before is None or before.version != info.version:  # else: already in force
         audit.mapping_configuration(session, user, address,
                                     f"mapping profiles deployed: version {info.version} "
                                     f"in force" + (f" ({comment})" if comment else ""))

@@ -21,6 +21,7 @@ from jinja2 import pass_context
 from jinja2.runtime import Context
 from markupsafe import Markup
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
@@ -257,7 +258,8 @@ def reconciliation_dismiss(request: Request, user: PageOperator, item_id: int) -
     return back("/reconciliation", notice)
 
 
-def _mapping_page(request: Request, session: Any, user: User, **context: Any) -> HTMLResponse:
+def _mapping_page(request: Request, session: Session, user: User,
+                  **context: Any) -> HTMLResponse:
     runtime = runtime_of(request)
     return render(request, "mappings.html", user, profiles=mappings.profiles(runtime),
                   versions=mapping_versions.overview(session, runtime.settings.mappings_dir),
@@ -316,8 +318,8 @@ def mapping_deploy_preview(request: Request, session: DB, user: PageAdmin,
                            last: int = 50) -> HTMLResponse:
     """Deploy the mappings directory, step one (admin): the impact of its files on the
     last ``last`` messages of each sender, or why they cannot be deployed."""
-    runtime = runtime_of(request)
-    preview = mapping_versions.preview(session, runtime, per_sender=max(1, min(last, 1000)))
+    last = max(1, min(last, 1000))
+    preview = mapping_versions.preview(session, runtime_of(request), per_sender=last)
     return render(request, "mapping_deploy.html", user, p=preview, last=last, errors=[])
 
 

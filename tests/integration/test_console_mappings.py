@@ -231,3 +231,9 @@ def test_replay_by_operator_reaches_its_summary(broker: Any) -> None:
     shown = viewer.get(page.headers["location"])
     assert shown.status_code == 200 and 'id="replay-progress"' in shown.text
     assert viewer.get("/api/replays/999").status_code == 404
+    refused = operator.post("/replays", data={"csrf_token": csrf(operator),
+                                              "status": "rejected"})
+    assert "no%20replay" in refused.headers["location"]  # rejected at the door: not mapped
+    none = operator.post("/replays", data={"csrf_token": csrf(operator), "status": "failed",
+                                           "sender": "NOBODY"})
+    assert "No stored message matched" in viewer.get(none.headers["location"]).text
