@@ -10,6 +10,7 @@ embedded mode (no worker to hand them to) and publishes them otherwise
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from broker.services.mapping_impact import impact as compare
 from broker.services.replay import ReplayCriteria, ReplayProgress
 
 __all__ = ["MappingUseCases", "ReplayCriteria"]
+
+log = logging.getLogger(__name__)
 
 
 class MappingUseCases:
@@ -88,14 +91,22 @@ class MappingUseCases:
 
     def dispatch_replay(self, run_id: int) -> int:
         """Dispatch every message of run ``run_id`` (one that is no longer waiting is
-        left alone by the processor); returns how many. KeyError if unknown."""
+        left alone by the processor); returns how many were. When the dispatcher fails
+        (Redis away) the rest is committed as waiting, and the sweeper dispatches it.
+        KeyError if the run is unknown."""
         with self.runtime.session_factory() as session:
             run = session.get(ReplayRun, run_id)
             if run is None:
                 raise KeyError(run_id)
             ids = list(run.message_ids or [])
-        for pk in ids:
-            self._dispatch(pk)
+        for done, pk in enumerate(ids):
+            try:
+                self._dispatch(pk)
+            except Exception as exc:
+                log.warning("replay run %s: %d of %d message(s) dispatched (%s); the rest "
+                            "is left for the sweeper", run_id, done, len(ids),
+                            type(exc).__name__)
+                return done
         return len(ids)
 
     def replay(self, criteria: ReplayCriteria, user: str) -> int:

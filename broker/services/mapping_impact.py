@@ -215,8 +215,9 @@ class Impact:
 
     def lines(self, detail: int = DETAIL) -> list[str]:
         """The report for a terminal: the totals, then per sender its profile before
-        and after and what changes (up to ``detail`` lines of each kind, the rest
-        counted; attribute changes summarised per keyword)."""
+        and after and what changes: messages that would now fail grouped by refusal,
+        those that would now pass, items added and removed (up to ``detail`` of
+        each, the rest counted), attribute changes summarised per keyword path."""
         t = self.totals()
         out = [f"impact of {self.after} against {self.before}: {t['messages']} message(s) "
                f"of {t['senders']} sender(s) compared (the last {self.per_sender} of each)",
@@ -233,9 +234,10 @@ class Impact:
                        else f"profile {s.profile_after}")
             out.append(f"sender {s.sender}: {s.messages} message(s), {profile}"
                        + ("" if s.changed else ", no change"))
-            out += _capped([f"  message {f.message_id} would now fail: {f.error}"
-                            for f in s.now_failing], detail)
-            out += _capped([f"  message {pk} would now pass" for pk in s.now_passing], detail)
+            out += list(_failing_summary(s.now_failing, detail))
+            if s.now_passing:
+                out.append(f"  {len(s.now_passing)} message(s) would now pass: "
+                           + _ids(s.now_passing, detail))
             out += _capped([f"  message {r.message_id}: {r.label} added"
                             for r in s.items_added], detail)
             out += _capped([f"  message {r.message_id}: {r.label} removed"
@@ -248,6 +250,20 @@ def _capped(lines: list[str], detail: int) -> list[str]:
     if len(lines) <= detail:
         return lines
     return [*lines[:detail], f"  ... and {len(lines) - detail} more"]
+
+
+def _ids(ids: list[int], detail: int) -> str:
+    shown = ", ".join(str(pk) for pk in ids[:detail])
+    return shown + (f" and {len(ids) - detail} more" if len(ids) > detail else "")
+
+
+def _failing_summary(failing: list[NowFailing], detail: int) -> Iterator[str]:
+    """One line per refusal: how many messages, which (the first ``detail``)."""
+    by_error: dict[Refusal, list[int]] = {}
+    for f in failing:
+        by_error.setdefault(f.error, []).append(f.message_id)
+    for error, ids in sorted(by_error.items(), key=lambda e: -len(e[1])):
+        yield f"  {len(ids)} message(s) would now fail with {error}: messages {_ids(ids, detail)}"
 
 
 def _keyword_summary(changes: list[AttributeChange]) -> Iterator[str]:

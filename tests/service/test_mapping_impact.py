@@ -108,7 +108,8 @@ def test_a_new_required_start_makes_a_message_fail(services: Services,
     assert (failing.error.code, failing.error.location[:3]) == (101, "ORC")
     assert "start" in failing.error.text
     assert not (found.now_passing or found.attributes_changed or found.items_added)
-    assert f"  message {unscheduled.id} would now fail: {failing.error}" in found.lines()
+    assert (f"  1 message(s) would now fail with {failing.error}: messages {unscheduled.id}"
+            in found.lines())
     assert found.as_dict()["totals"]["now_failing"] == 1
 
 
@@ -127,7 +128,7 @@ def test_a_fixed_rule_makes_a_failed_message_pass(services: Services,
 
     assert found.now_passing == [failed.id]
     assert not (found.now_failing or found.attributes_changed or found.profile_changes)
-    assert f"  message {failed.id} would now pass" in found.lines()
+    assert f"  1 message(s) would now pass: {failed.id}" in found.lines()
 
 
 def test_a_procedure_split_adds_and_removes_items(services: Services, tmp_path: Path,
