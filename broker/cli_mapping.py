@@ -114,17 +114,13 @@ def mapping_test(
         raise typer.Exit(1)
 
 
-def impact_lines(session: Session, root: Root, candidate: ProfileSet, *,
+def impact_lines(root: Root, candidate: ProfileSet, directory: Path, *,
                  per_sender: int) -> list[str]:
     """The dry run's report: the last ``per_sender`` stored messages of each sender
-    mapped by the version in force and by ``candidate``, compared
-    (:func:`broker.services.mapping_impact.impact`)."""
-    from broker.services.mapping_impact import impact
-
-    runtime = root.runtime
-    current = runtime.mappings.current(session.connection())
-    found = impact(session, current.profiles, candidate, per_sender=per_sender,
-                   read=runtime.read, timezone=runtime.timezone)
+    mapped by the version in force and by ``candidate``, compared; nothing written
+    (:meth:`broker.application.mapping.MappingUseCases.impact`)."""
+    found = root.use_cases.mapping.impact(candidate, per_sender=per_sender,
+                                          after=str(directory))
     return list(found.lines())
 
 
@@ -159,9 +155,7 @@ def mapping_deploy(
         _refuse(refused.errors)
     factory = root.runtime.session_factory
     if dry_run:
-        with factory() as session:
-            lines = impact_lines(session, root, candidate, per_sender=last)
-        for line in lines:
+        for line in impact_lines(root, candidate, path, per_sender=last):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         console.print(f"dry run: {path} validates; nothing deployed", markup=False)
         return

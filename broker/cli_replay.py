@@ -50,11 +50,13 @@ def criteria(status: str | None, since: datetime | None, until: datetime | None,
 
 def replay(mapping: MappingUseCases, wanted: ReplayCriteria, *, wait: bool) -> int:
     """Run the replay; the exit status: 0 when every message passed (or, with ``wait``
-    False, once queued), 1 when some still fail."""
+    False, once dispatched: where the run is then is said), 1 when some still fail."""
     run_id = mapping.start_replay(wanted, getpass.getuser())
     if not wait:
-        total = mapping.dispatch_replay(run_id)
-        console.print(f"replay run {run_id}: {total} message(s) queued", highlight=False)
+        mapping.dispatch_replay(run_id)
+        now = mapping.replay_progress(run_id)
+        console.print(f"replay run {run_id}: {now.total} message(s): {now.passed} passed, "
+                      f"{now.failing} failing, {now.waiting} waiting", highlight=False)
         return 0
     failure: list[BaseException] = []
 

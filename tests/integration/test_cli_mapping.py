@@ -4,11 +4,14 @@ integration engineer would (a real subprocess on a migrated SQLite database)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, func, select
 
 from broker.models import MappingDeployment, MappingVersion
+from tests.builders import order
+from tests.integration.hl7util import send
 from tests.integration.test_cli import run
 
 SITE = """name: site
@@ -128,3 +131,21 @@ def test_rollback_puts_an_earlier_version_back_and_export_writes_its_files(
     assert counts(env) == (2, 4)
     refused = run("mapping", "export", "2", str(exported), env=env, ok=False)
     assert refused.returncode == 1 and "not empty" in refused.stderr
+
+
+def test_dry_run_reports_what_would_change_and_deploys_nothing(
+        env: dict[str, str], make_broker: Any) -> None:
+    """Three DX orders applied with version 1; the site profile then sends DX steps to
+    another station: the dry run names the station change for each of them, and the
+    version in force stays 1."""
+    mappings = Path(env["MWLB_MAPPINGS_DIR"])
+    run("mapping", "deploy", env=env)
+    broker = make_broker(database_url=env["MWLB_DATABASE_URL"], mappings_dir=mappings)
+    assert {ack.code for ack in send(broker.mllp_port, order(1), order(2), order(3))} == {"AA"}
+    edit(env, SITE.format(ae="DX_NEW"))
+    out = run("mapping", "deploy", "--dry-run", "--last", "2", env=env).stdout
+    assert f"impact of {mappings} against version 1: 2 message(s) of 1 sender(s)" in out
+    assert ("ScheduledProcedureStepSequence.ScheduledStationAETitle changes in 2 item(s): "
+            "['DX_OLD'] -> ['DX_NEW'] (2)") in out
+    assert f"dry run: {mappings} validates; nothing deployed" in out
+    assert counts(env) == (1, 1)

@@ -89,7 +89,11 @@ def test_failed_messages_are_replayed_after_a_fix_in_embedded_mode(
     assert still.returncode == 1, still.stdout + still.stderr
     assert "replay run 2: 1 message(s): 0 passed, 1 still failing" in still.stdout
     assert "\n  1 x 204 at ORC^1^2: " in still.stdout
-    # Nothing selected: a usage error when ids and criteria are mixed, none queued.
+    # --no-wait: exit 0 once dispatched, saying where the run is (applied here).
+    queued = reprocess(env, "--sender", "OTHER", "--no-wait")
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    assert "replay run 3: 1 message(s): 0 passed, 1 failing, 0 waiting" in queued.stdout
+    # Ids and criteria mixed: a usage error.
     mixed = reprocess(env, "4", "--status", "failed")
     assert mixed.returncode == 2 and "not both" in mixed.stderr
 
