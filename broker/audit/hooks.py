@@ -134,6 +134,16 @@ def security_alert(session: Session, who: str, address: str, what: str) -> None:
            participants=[Participant(address or who, ev.NODE_ID, role=13)], detail=what)
 
 
+def mapping_configuration(session: Session, user: str, address: str, what: str) -> None:
+    """Security Alert (PS3.15 A.5.3.13) with event type "Software Configuration"
+    (110131) for a change to the deployed mapping profiles: a deploy or a rollback,
+    ``what`` naming the action and the version now in force. The profiles decide what
+    every order becomes on the worklist, so a change is a configuration change of the
+    application (actor: the user who made it)."""
+    record(session, ev.SECURITY_ALERT, action="E", event_type=ev.SOFTWARE_CONFIGURATION,
+           actors=[Actor(user or "unknown", True, address), BROKER], detail=what)
+
+
 def user_authentication(session: Session, user: str, address: str, *, login: bool,
                         ok: bool, why: str = "") -> None:
     """User Authentication (A.5.3.14): console login (either outcome, ``why`` a refusal

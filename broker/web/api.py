@@ -13,10 +13,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from broker.db import unit_of_work
+from broker.mapping.versions import DeployRefused
 from broker.models import Role, User
 from broker.security import accounts as sec
+from broker.services.replay import ReplayCriteria
 from broker.services.resolve import ResolveError
-from broker.web import mappings, queries, traffic
+from broker.web import mapping_versions, mappings, queries, replays, traffic
 from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of, use_cases_of
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -186,6 +188,112 @@ def mapping_dry_run(request: Request, session: DB, user: Viewer,
                     body: DryRun) -> dict[str, Any]:
     """The items a message would produce, and how they differ from what is stored."""
     return mappings.dry_run(session, use_cases_of(request), body.message)
+
+
+class DeployRequest(BaseModel):
+    comment: str = Field(default="", max_length=500)
+    digest: str = Field(default="", description=(
+        "The digest of the files whose impact was reviewed (GET /api/mappings/impact): "
+        "refused (422) when the directory changed since. Empty: deploy it as it is."))
+
+
+class RollbackRequest(BaseModel):
+    version: int
+    comment: str = Field(default="", max_length=500)
+
+
+class ReplayRequest(BaseModel):
+    status: str = Field(default="failed", description="failed or processed")
+    since: datetime | None = Field(default=None, description="received at or after")
+    until: datetime | None = Field(default=None, description="received before")
+    sender: str | None = Field(default=None, description="MSH-3, or MSH-3/MSH-4")
+
+
+@router.get("/mappings/versions")
+def mapping_versions_list(request: Request, session: DB, user: Viewer) -> dict[str, Any]:
+    """The deployed versions of the profiles (newest first, ``active``: in force), the
+    deployment history, and whether the mappings directory differs from the version in
+    force (not deployed)."""
+    return mapping_versions.overview(session, runtime_of(request).settings.mappings_dir)
+
+
+@router.get("/mappings/versions/{number}")
+def mapping_version(session: DB, user: Viewer, number: int) -> dict[str, Any]:
+    """One version with the text of each of its files."""
+    try:
+        return mapping_versions.version_detail(session, number)
+    except mapping_versions.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/mappings/diff")
+def mapping_diff(request: Request, session: DB, user: Viewer, old: str,
+                 new: str = "") -> dict[str, Any]:
+    """The unified difference between two versions (``dir``: the mappings directory;
+    ``new`` defaults to the version in force), whole and per file."""
+    try:
+        return mapping_versions.diff(session, old, new or mapping_versions.active_name(
+            session), runtime_of(request).settings.mappings_dir)
+    except mapping_versions.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/mappings/impact")
+def mapping_impact(request: Request, session: DB, user: Admin,
+                   last: int = 50) -> dict[str, Any]:
+    """What deploying the mappings directory would change (admin; nothing written):
+    the last ``last`` messages of each sender mapped by the version in force and by
+    the directory's profiles, or every validation error."""
+    return mapping_versions.preview(session, runtime_of(request),
+                                    per_sender=max(1, min(last, 1000)))
+
+
+@router.post("/mappings/deploy")
+def mapping_deploy(request: Request, user: Admin, body: DeployRequest) -> dict[str, Any]:
+    """Deploy the mappings directory (admin): the version in force in every process.
+    422 with every error when it does not validate (nothing changes)."""
+    runtime = runtime_of(request)
+    try:
+        with unit_of_work(runtime.session_factory) as session:
+            info = mapping_versions.deploy(
+                session, runtime.settings.mappings_dir, user=user.name,
+                address=client_address(request), comment=body.comment,
+                expected_digest=body.digest)
+    except DeployRefused as exc:
+        raise HTTPException(422, {"errors": list(exc.errors)}) from None
+    return mapping_versions.info_row(info)
+
+
+@router.post("/mappings/rollback")
+def mapping_rollback(request: Request, user: Admin, body: RollbackRequest) -> dict[str, Any]:
+    """Put an earlier version in force again (admin); 404 for an unknown version."""
+    try:
+        with unit_of_work(runtime_of(request).session_factory) as session:
+            info = mapping_versions.rollback(session, body.version, user=user.name,
+                                             address=client_address(request),
+                                             comment=body.comment)
+    except KeyError:
+        raise HTTPException(404, f"no mapping version {body.version}") from None
+    return mapping_versions.info_row(info)
+
+
+@router.post("/replays", status_code=201)
+def replay_start(request: Request, user: Operator, body: ReplayRequest) -> dict[str, Any]:
+    """Reprocess in bulk the stored messages matching the filter under the version in
+    force (operator); follow it with GET /api/replays/{id}."""
+    try:
+        criteria = ReplayCriteria(body.status, body.since, body.until, body.sender)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"id": use_cases_of(request).mapping.replay(criteria, user.name)}
+
+
+@router.get("/replays/{run_id}")
+def replay_progress(session: DB, user: Viewer, run_id: int) -> dict[str, Any]:
+    """A replay's progress: messages in it (``total``), with an outcome (``done``),
+    ``passed``, still ``failing``, ``waiting``; ``reasons``: the failing ones grouped
+    by error; ``finished`` once nothing waits."""
+    return dict(_found(replays.status(session, run_id), "replay"))
 
 
 @router.get("/outbound")

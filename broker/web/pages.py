@@ -21,14 +21,17 @@ from jinja2 import pass_context
 from jinja2.runtime import Context
 from markupsafe import Markup
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from broker.audit import hooks as audit
 from broker.db import unit_of_work
+from broker.mapping.versions import DeployRefused
 from broker.models import Role, User
 from broker.security import accounts as sec
 from broker.security.accounts import csrf_token, end_session, has_role, session_user, start_session
+from broker.services.replay import ReplayCriteria
 from broker.services.resolve import ResolveError
-from broker.web import chart, display, mappings, queries, traffic
+from broker.web import chart, display, mapping_versions, mappings, queries, replays, traffic
 from broker.web.deps import (
     COOKIE,
     DB,
@@ -255,19 +258,132 @@ def reconciliation_dismiss(request: Request, user: PageOperator, item_id: int) -
     return back("/reconciliation", notice)
 
 
+def _mapping_page(request: Request, session: Session, user: User,
+                  **context: Any) -> HTMLResponse:
+    runtime = runtime_of(request)
+    return render(request, "mappings.html", user, profiles=mappings.profiles(runtime),
+                  versions=mapping_versions.overview(session, runtime.settings.mappings_dir),
+                  **context)
+
+
 @router.get("/mappings")
-def mapping_page(request: Request, user: PageViewer) -> HTMLResponse:
-    return render(request, "mappings.html", user, profiles=mappings.profiles(
-        runtime_of(request)), message="", result=None)
+def mapping_page(request: Request, session: DB, user: PageViewer) -> HTMLResponse:
+    """The profiles: versions in force and before, deployment history, the mappings
+    directory and whether it is deployed, a dry run, a replay form (operators)."""
+    return _mapping_page(request, session, user, message="", result=None)
 
 
 @router.post("/mappings")
 def mapping_dry_run(request: Request, session: DB, user: PageViewer,
                     message: Annotated[str, Form()]) -> HTMLResponse:
+    return _mapping_page(request, session, user, message=message,
+                         result=mappings.dry_run(session, use_cases_of(request), message))
+
+
+@router.get("/mappings/diff")
+def mapping_diff(request: Request, session: DB, user: PageViewer, old: str = "",
+                 new: str = "") -> HTMLResponse:
+    """The difference between two versions (or ``dir``, the mappings directory); the
+    newer one defaults to the version in force."""
+    active = mapping_versions.active_name(session)
+    new = new or active
+    old = old or active
+    try:
+        data = mapping_versions.diff(session, old, new, runtime_of(request).settings.mappings_dir)
+    except mapping_versions.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return render(request, "mapping_diff.html", user, d=data, versions=mapping_versions.overview(
+        session, runtime_of(request).settings.mappings_dir))
+
+
+@router.get("/mappings/versions/{number}")
+def mapping_version(request: Request, session: DB, user: PageViewer,
+                    number: int) -> HTMLResponse:
+    """One version: its files, its deployments; for an admin, rolling back to it (the
+    difference it would make to the version in force is shown first)."""
+    try:
+        version = mapping_versions.version_detail(session, number)
+    except mapping_versions.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    active = mapping_versions.active_name(session)
+    change = (mapping_versions.diff(session, active, str(number),
+                                    runtime_of(request).settings.mappings_dir)
+              if active and active != str(number) else None)
+    return render(request, "mapping_version.html", user, v=version, change=change,
+                  active=active)
+
+
+@router.get("/mappings/deploy")
+def mapping_deploy_preview(request: Request, session: DB, user: PageAdmin,
+                           last: int = 50) -> HTMLResponse:
+    """Deploy the mappings directory, step one (admin): the impact of its files on the
+    last ``last`` messages of each sender, or why they cannot be deployed."""
+    last = max(1, min(last, 1000))
+    preview = mapping_versions.preview(session, runtime_of(request), per_sender=last)
+    return render(request, "mapping_deploy.html", user, p=preview, last=last, errors=[])
+
+
+@router.post("/mappings/deploy")
+def mapping_deploy(request: Request, user: PageAdmin, digest: Annotated[str, Form()] = "",
+                   comment: Annotated[str, Form(max_length=500)] = "") -> Response:
+    """Deploy the mappings directory, step two (admin): the files whose impact was
+    shown (``digest``) become the version in force, in every process; a set that does
+    not validate, or files changed since, are refused and nothing changes."""
     runtime = runtime_of(request)
-    return render(request, "mappings.html", user, profiles=mappings.profiles(runtime),
-                  message=message,
-                  result=mappings.dry_run(session, use_cases_of(request), message))
+    try:
+        with unit_of_work(runtime.session_factory) as session:
+            before = mapping_versions.active_name(session)
+            info = mapping_versions.deploy(
+                session, runtime.settings.mappings_dir, user=user.name,
+                address=client_address(request), comment=comment, expected_digest=digest)
+    except DeployRefused as exc:
+        return render(request, "mapping_deploy.html", user, status_code=422, p=None,
+                      last=50, errors=list(exc.errors))
+    if str(info.version) == before:
+        return back("/mappings", f"version {info.version} is already in force: "
+                                 "nothing deployed")
+    return back("/mappings", f"version {info.version} deployed: in force now")
+
+
+@router.post("/mappings/rollback")
+def mapping_rollback(request: Request, user: PageAdmin, version: Annotated[int, Form()],
+                     comment: Annotated[str, Form(max_length=500)] = "") -> Response:
+    """Put an earlier version in force again (admin), as a deploy does."""
+    try:
+        with unit_of_work(runtime_of(request).session_factory) as session:
+            mapping_versions.rollback(session, version, user=user.name,
+                                      address=client_address(request), comment=comment)
+    except KeyError:
+        return back("/mappings", f"not rolled back: no mapping version {version}")
+    return back("/mappings", f"rolled back: version {version} in force now")
+
+
+@router.post("/replays")
+def replay_start(request: Request, user: PageOperator,
+                 status: Annotated[str, Form()] = "failed",
+                 since: Annotated[str, Form()] = "",
+                 sender: Annotated[str, Form()] = "") -> Response:
+    """Reprocess in bulk the stored messages with this status (received since
+    ``since``, from ``sender`` APP or APP/FACILITY) under the version in force; opens
+    the replay's progress page."""
+    start = _moment(since)
+    try:
+        criteria = ReplayCriteria(status, start.replace(tzinfo=zone_of(request))
+                                  if start else None, None, sender.strip() or None)
+    except ValueError as exc:
+        return back("/mappings", f"no replay: {exc}")
+    run_id = use_cases_of(request).mapping.replay(criteria, user.name)
+    return RedirectResponse(f"/replays/{run_id}", status_code=303)
+
+
+@router.get("/replays/{run_id}")
+def replay_page(request: Request, session: DB, user: PageViewer, run_id: int) -> HTMLResponse:
+    """A replay's progress bar (replay.js polls /api/replays/{id}) and, once every
+    message has an outcome, its summary: passed, still failing by reason."""
+    run = replays.status(session, run_id)
+    if run is None:
+        raise HTTPException(404, "no such replay")
+    return render(request, "replay.html", user, r=run)
 
 
 @router.get("/outbound")

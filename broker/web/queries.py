@@ -259,7 +259,8 @@ def _message_row(row: InboundMessage) -> dict[str, Any]:
             "error": (f"{row.error_code} {row.error_location or ''}: {row.error_text or ''}"
                       if row.error_code else ""), "outcome": row.outcome or "",
             "warnings": [str(w) for w in from_json(row.warnings)],
-            "control_id_reused": bool(row.control_id_reused)}
+            "control_id_reused": bool(row.control_id_reused),
+            "profile": row.profile or "", "profile_version": row.profile_version}
 
 
 @lru_cache(maxsize=2048)
@@ -404,14 +405,17 @@ def timeline(session: Session, accession: str) -> dict[str, Any] | None:
     steps = {s.id: s for rp in rps for s in rp.steps}
     events: list[dict[str, Any]] = []
 
-    def add(at: datetime | None, kind: str, text_: str, ref: str = "") -> None:
+    def add(at: datetime | None, kind: str, text_: str, ref: str = "",
+            **more: Any) -> None:
         events.append({"at": iso(at), "when": iso(at, "microseconds"), "kind": kind,
-                       "text": text_, "ref": ref})
+                       "text": text_, "ref": ref, **more})
 
     for msg in session.scalars(select(InboundMessage).where(
             InboundMessage.accession_number == accession)):
+        # The mapping profile and deployed version that mapped it (none until mapped).
         add(msg.received_at, "HL7 in", f"{msg.message_type} MSH-10 {msg.control_id}: "
-            f"{msg.status}, ACK {msg.ack_code or '-'}", f"message:{msg.id}")
+            f"{msg.status}, ACK {msg.ack_code or '-'}", f"message:{msg.id}",
+            profile=msg.profile or "", profile_version=msg.profile_version)
     for change in session.scalars(select(StepStatusChange).where(
             StepStatusChange.sps_pk.in_(list(steps)))):
         step = steps[change.sps_pk]
