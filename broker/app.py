@@ -15,6 +15,7 @@ from broker.audit.syslog import AuditExporter, SyslogSender
 from broker.bootstrap import Role, Root, build
 from broker.config import Settings
 from broker.db import unit_of_work
+from broker.dicom.modality_rules import fixed_profiles
 from broker.dicom.server import DicomServer
 from broker.dispatch import Dispatcher
 from broker.hl7.listener import HL7Receiver
@@ -77,8 +78,10 @@ class BrokerApp:
         self.receiver = HL7Receiver(self.use_cases.reception(
             inbox, ack_timeout=settings.application_ack_timeout,
             failpoint=settings.failpoint))
+        # The profiles in force at each worklist query (modality profiles): those loaded
+        # at start, until deployed versions are read from the database.
         self.dicom = DicomServer(settings, self.runtime.reader_factory, self.use_cases,
-                                 writer=factory)
+                                 writer=factory, profiles=fixed_profiles(self.runtime.profiles))
         tls = server_context(settings)
         self.dicom.start(tls)
         # Plaintext MLLP unless switched off (-1) or TLS only (HL7 MLLP over TLS, PS3.15 B.1).
