@@ -120,6 +120,13 @@ class ModalityProfile(_Strict):
                                  "(PS3.3 C.12.1.1.2), e.g. 'ISO_IR 100', 'ISO_IR 192'")
         return value
 
+    @model_validator(mode="after")
+    def _stations_to_restrict_to(self) -> ModalityProfile:
+        if self.restrict_to_stations and not self.stations:
+            raise ValueError("restrict_to_stations needs `stations` (the Scheduled Station "
+                             "AE Titles its queries without a station get)")
+        return self
+
     @property
     def restricts(self) -> bool:
         """Whether a query without a station is limited to :attr:`stations`."""

@@ -179,3 +179,9 @@ def test_a_coercion_that_cannot_work_is_refused(coercion: dict[str, Any],
                                                  message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         profile(coercions=[coercion])
+
+
+def test_a_restriction_without_stations_is_refused() -> None:
+    with pytest.raises(ValidationError, match="restrict_to_stations needs `stations`"):
+        profile(restrict_to_stations=True)
+    assert not profile(stations=["US01"], restrict_to_stations=False).restricts
