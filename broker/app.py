@@ -84,8 +84,9 @@ class BrokerApp:
         self.receiver = HL7Receiver(self.use_cases.reception(
             inbox, ack_timeout=settings.application_ack_timeout,
             failpoint=settings.failpoint))
+        # The modality profiles of the version in force, read at each worklist query.
         self.dicom = DicomServer(settings, self.runtime.reader_factory, self.use_cases,
-                                 writer=factory)
+                                 writer=factory, profiles=self.runtime.mappings.current)
         tls = server_context(settings)
         self.dicom.start(tls)
         # Plaintext MLLP unless switched off (-1) or TLS only (HL7 MLLP over TLS, PS3.15 B.1).

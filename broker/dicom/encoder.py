@@ -9,6 +9,9 @@ defined length (PS3.5 7.5.1).
 
 Encoded identifiers are memoised on (plan, zone, the item's stored texts): a
 modality asks for the same items again and again, and an update changes the texts.
+Those of a modality whose profile transforms its responses
+(:mod:`broker.dicom.modality_rules`) are memoised apart, keyed also on the profile
+(name, deployed version, content) and the response's shape.
 
 It produces the same identifier as :func:`broker.dicom.items.build_response` (a test
 decodes both and compares). Whatever it does not handle, it declines by raising
@@ -22,7 +25,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -35,6 +38,9 @@ from broker.dicom.items import (
     timezone_offset,
 )
 from broker.dicom.worklist import WorklistItem
+
+if TYPE_CHECKING:
+    from broker.dicom.modality_rules import Answer, ModalityRules, Shape
 
 # PS3.5 Table 7.1-1: VRs with a reserved field and a 32-bit length in explicit VR.
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
@@ -167,3 +173,21 @@ def _encode_cached(plan: ResponsePlan, zone: str, status: str, start_datetime: s
                    step_text: str, procedure_text: str, patient_text: str) -> bytes:
     item = WorklistItem(0, status, start_datetime, "", step_text, procedure_text, patient_text)
     return plan.encode(item.merged, item.step, zone=zone, start_datetime=start_datetime)
+
+
+def encode_answer(plan: ResponsePlan, answer: Answer, item: WorklistItem, zone: str) -> bytes:
+    """The identifier of ``item`` for ``plan`` as ``answer``'s modality profile shapes
+    it (``plan`` made from ``answer.query``); raises Unsupported."""
+    return _encode_answer_cached(plan, answer.rules, answer.shape, zone, item.status,
+                                 item.start_datetime, item.patient_charset, item.step_text,
+                                 item.procedure_text, item.patient_text)
+
+
+@lru_cache(maxsize=8192)
+def _encode_answer_cached(plan: ResponsePlan, rules: ModalityRules, shape: Shape, zone: str,
+                          status: str, start_datetime: str, patient_charset: str,
+                          step_text: str, procedure_text: str, patient_text: str) -> bytes:
+    item = WorklistItem(0, status, start_datetime, patient_charset, step_text,
+                        procedure_text, patient_text)
+    merged, step = rules.attributes(shape, item.merged, item.step, patient_charset)
+    return plan.encode(merged, step, zone=zone, start_datetime=start_datetime)

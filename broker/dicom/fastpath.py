@@ -103,8 +103,9 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import uid_to_service_class
 
-from broker.dicom.encoder import ResponsePlan, Unsupported
+from broker.dicom.encoder import ResponsePlan, Unsupported, encode_answer
 from broker.dicom.encoder import encode_item as encode_plan_item
+from broker.dicom.modality_rules import Answer
 from broker.dicom.responses import (
     FLUSH_BYTES,
     command_set,
@@ -428,13 +429,16 @@ def response_plan(encoded: bytes, transfer_syntax: str) -> ResponsePlan | None:
         return None
 
 
-def item_encoder(identifier: Dataset, encoded: bytes, syntax: UID,
-                 zone: str) -> Callable[[WorklistItem], bytes]:
+def item_encoder(identifier: Dataset, encoded: bytes, syntax: UID, zone: str,
+                 answer: Answer | None = None) -> Callable[[WorklistItem], bytes]:
     """Encode items with the query's :class:`ResponsePlan` (``encoded``: the identifier's
-    bytes in ``syntax``), or with pydicom (as pynetdicom would) where the plan declines."""
+    bytes in ``syntax``), or with pydicom (as pynetdicom would) where the plan declines;
+    ``answer``: the calling modality profile's, when it transforms responses."""
     general = functools.partial(encode, is_implicit_vr=syntax.is_implicit_VR,
                                 is_little_endian=syntax.is_little_endian,
                                 deflated=syntax.is_deflated)
+    if answer is not None:
+        return _answer_encoder(answer, syntax, zone, general)
     plan = response_plan(encoded, str(syntax))
 
     def encode_item(item: WorklistItem) -> bytes:
@@ -442,6 +446,26 @@ def item_encoder(identifier: Dataset, encoded: bytes, syntax: UID,
             with contextlib.suppress(Unsupported):
                 return encode_plan_item(plan, item, zone)
         data = general(item.dataset(identifier, zone))
+        if not data:
+            raise ValueError("response identifier could not be encoded")
+        return bytes(data)
+
+    return encode_item
+
+
+def _answer_encoder(answer: Answer, syntax: UID, zone: str,
+                    general: Callable[[Dataset], bytes | None]
+                    ) -> Callable[[WorklistItem], bytes]:
+    plan = None
+    if syntax.is_little_endian and not syntax.is_deflated:
+        with contextlib.suppress(Unsupported):
+            plan = ResponsePlan.from_query(answer.query, implicit=syntax.is_implicit_VR)
+
+    def encode_item(item: WorklistItem) -> bytes:
+        if plan is not None:
+            with contextlib.suppress(Unsupported):
+                return encode_answer(plan, answer, item, zone)
+        data = general(answer.dataset(item, zone))
         if not data:
             raise ValueError("response identifier could not be encoded")
         return bytes(data)
@@ -460,9 +484,10 @@ class FindResponder(Protocol):
 
 
 class _FastResponder:
-    def __init__(self, event: Any, identifier: Dataset, zone: str) -> None:
+    def __init__(self, event: Any, identifier: Dataset, zone: str,
+                 answer: Answer | None) -> None:
         self._encode = item_encoder(identifier, event.request.Identifier.getvalue(),
-                                    UID(str(event.context.transfer_syntax)), zone)
+                                    UID(str(event.context.transfer_syntax)), zone, answer)
         self._writer = PendingWriter(event.assoc, event.context.context_id,
                                      str(event.request.AffectedSOPClassUID),
                                      event.request.MessageID)
@@ -476,19 +501,22 @@ class _FastResponder:
 
 
 class _PlainResponder:
-    def __init__(self, identifier: Dataset, zone: str) -> None:
-        self._identifier, self._zone = identifier, zone
+    def __init__(self, identifier: Dataset, zone: str, answer: Answer | None) -> None:
+        self._identifier, self._zone, self._answer = identifier, zone, answer
 
     def pending(self, status: int, item: WorklistItem) -> Iterable[tuple[int, Dataset]]:
+        if self._answer is not None:
+            return ((status, self._answer.dataset(item, self._zone)),)
         return ((status, item.dataset(self._identifier, self._zone)),)
 
     def close(self) -> None:
         pass
 
 
-def find_responder(event: Any, identifier: Dataset, zone: str, *,
-                   fast: bool) -> FindResponder:
-    """The fast path's writer, or pynetdicom's public (status, Dataset) yields."""
+def find_responder(event: Any, identifier: Dataset, zone: str, *, fast: bool,
+                   answer: Answer | None = None) -> FindResponder:
+    """The fast path's writer, or pynetdicom's public (status, Dataset) yields;
+    ``answer``: the calling modality profile's, when it transforms responses."""
     if fast:
-        return _FastResponder(event, identifier, zone)
-    return _PlainResponder(identifier, zone)
+        return _FastResponder(event, identifier, zone, answer)
+    return _PlainResponder(identifier, zone, answer)

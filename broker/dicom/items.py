@@ -8,7 +8,11 @@
 * Specific Character Set (0008,0005) is set when, and only when, the item's text needs
   more than the default repertoire: the patient's own character set when it can encode
   the text (ISO_IR 100 for Latin-1 sources, ISO 2022 IR 87 for Japanese), else
-  ISO_IR 192 (UTF-8).
+  ISO_IR 192 (UTF-8). For a modality whose profile lists the character sets it accepts
+  (:mod:`broker.mapping.modality`), that choice if accepted, else the first accepted
+  one (in :data:`SINGLE_VALUED` order) that encodes the text, else
+  :class:`Unrepresentable` (the profile's fallback then applies,
+  :mod:`broker.dicom.modality_rules`).
 * Timezone Offset From UTC (0008,0201), when requested, is the broker zone's offset at
   the step's start, never empty (K.4.1.1.3).
 """
@@ -19,6 +23,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -89,11 +94,41 @@ def _dataset_texts(ds: Dataset) -> list[str]:
     return out
 
 
-def character_set(texts: list[str], patient_charset: str) -> list[str] | None:
-    """The (0008,0005) value for a response whose strings are ``texts``."""
+# Defined terms that may stand alone as (0008,0005) (PS3.3 C.12.1.1.2: single-byte
+# without code extensions, and the multi-byte ones without them), in the order tried
+# for a modality that accepts several.
+SINGLE_VALUED = ("ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144",
+                 "ISO_IR 127", "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 166",
+                 "ISO_IR 192", "GB18030", "GBK")
+# The default repertoire's defined terms: accepted by every modality.
+DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+
+
+class Unrepresentable(ValueError):
+    """No character set the modality accepts encodes the response's text."""
+
+
+def character_set(texts: list[str], patient_charset: str,
+                  accepted: frozenset[str] | None = None) -> list[str] | None:
+    """The (0008,0005) value for a response whose strings are ``texts`` (module doc);
+    ``accepted``: the defined terms the modality accepts, None for any."""
     if all(t.isascii() for t in texts):
         return None
+    natural = _natural_character_set("".join(texts), patient_charset)
+    if accepted is None or set(natural) - DEFAULT_REPERTOIRE <= accepted:
+        return natural
     joined = "".join(texts)
+    for term in SINGLE_VALUED:
+        if term in accepted:
+            try:
+                joined.encode(python_encoding[term])
+                return [term]
+            except UnicodeEncodeError:
+                continue
+    raise Unrepresentable(", ".join(sorted(accepted)) or "default repertoire")
+
+
+def _natural_character_set(joined: str, patient_charset: str) -> list[str]:
     terms = patient_charset.split("\\") if patient_charset else []
     if terms == ["ISO_IR 100"]:
         try:
@@ -123,11 +158,14 @@ def timezone_offset(zone: str, start_datetime: str) -> str:
 
 
 def build_response(query: Dataset, merged: dict[str, Any], step: dict[str, Any], *,
-                   patient_charset: str, zone: str, start_datetime: str) -> Dataset:
+                   patient_charset: str, zone: str, start_datetime: str,
+                   accepted: frozenset[str] | None = None) -> Dataset:
     """The response identifier for one step.
 
     ``merged`` holds the patient and requested procedure attributes, ``step`` the SPS
-    item attributes (with the authoritative status and AE titles already applied).
+    item attributes (with the authoritative status and AE titles already applied);
+    ``accepted``: the character sets the modality accepts (None: any), see
+    :func:`character_set`.
     """
     ds = Dataset()
     for keyword in requested_keywords(query):
@@ -141,7 +179,7 @@ def build_response(query: Dataset, merged: dict[str, Any], step: dict[str, Any],
             ds.TimezoneOffsetFromUTC = timezone_offset(zone, start_datetime)
         else:
             _set(ds, keyword, merged)
-    charset = character_set(_dataset_texts(ds), patient_charset)
+    charset = character_set(_dataset_texts(ds), patient_charset, accepted)
     if charset is not None:
         ds.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
     return ds

@@ -1,7 +1,8 @@
 """The record of every Modality Worklist C-FIND (PS3.4 K.4.1.3): its keys, who asked,
 how many items it got and which steps (for the console's "why is it not on the
-worklist?" and the order timeline), with its audit message (Query, IHE ATNA / PS3.15
-A.5.3.12).
+worklist?" and the order timeline), the modality profile that shaped the answer and
+the version of the profiles in force, with its audit message (Query, IHE ATNA /
+PS3.15 A.5.3.12).
 
 Off the response path, in one thread, with group commit: the thread lets the records
 of up to :data:`LINGER` seconds gather, takes every record waiting and writes them in
@@ -54,6 +55,8 @@ class QueryRecord:
     returned: list[int]
     duration_ms: float
     answered_at: datetime
+    modality_profile: str = ""  # "" when none applied
+    profile_version: int | None = None  # the deployed version in force (None: not deployed)
 
 
 class QueryRecorder:
@@ -128,7 +131,9 @@ def _insert(session: Session, batch: list[QueryRecord]) -> None:
     rows = [{"at": r.answered_at, "calling_ae_title": r.calling_ae_title[:16],
              "peer": f"{r.address}:{r.port}"[:100], "identifier": _keys(r.identifier),
              "status": r.status, "result_count": len(r.returned),
-             "duration_ms": round(r.duration_ms, 2)} for r in batch]
+             "duration_ms": round(r.duration_ms, 2),
+             "modality_profile": r.modality_profile[:64],
+             "profile_version": r.profile_version} for r in batch]
     ids = session.scalars(insert(WorklistQuery).returning(
         WorklistQuery.id, sort_by_parameter_order=True), rows).all()
     results = [{"query_pk": pk, "sps_pk": sps}

@@ -27,6 +27,7 @@ C-ECHO / C-STORE / N-CREATE / N-SET served as they arrive, the transport socket)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -54,6 +55,7 @@ from broker.config import Settings
 from broker.db import unit_of_work
 from broker.dicom import fastpath
 from broker.dicom.limits import LOCAL_LIMIT_EXCEEDED, AssociationGuard, DeferredHandshake
+from broker.dicom.modality_rules import Answer, ModalityProfiles, ProfilesInForce
 from broker.dicom.recording import QueryRecord, QueryRecorder
 from broker.dicom.refusals import REASONS, RefusalLog, reject_reason
 from broker.dicom.storage import (
@@ -110,11 +112,14 @@ def _quick_ack(sock: socket.socket) -> None:
 
 
 class DicomServer:
-    """Start/stop the DICOM listener; ``port`` is the bound port (0 = ephemeral)."""
+    """Start/stop the DICOM listener; ``port`` is the bound port (0 = ephemeral).
+    ``profiles(connection)``: the mapping profiles in force, read at each worklist
+    query (its modality profiles, :mod:`broker.dicom.modality_rules`); None: no
+    modality profiles."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
                  use_cases: UseCases, *, writer: sessionmaker[Session] | None = None,
-                 zone: str | None = None) -> None:
+                 zone: str | None = None, profiles: ProfilesInForce | None = None) -> None:
         from broker.runtime import local_zone_name
 
         self.settings = settings
@@ -148,6 +153,7 @@ class DicomServer:
         # UPS reads (N-GET, UPS C-FIND) are recorded off the response path, in order.
         self._ups_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mwl-ups-log")
         self._queries = QueryCache(settings)
+        self._modalities = ModalityProfiles(profiles)
         self.ups = UPSProvider(use_cases.ups, settings, self._record_ups)
         self.event_reports: EventReportSender | None = None
         # Studies stored per association: reconciled once the association ends.
@@ -301,7 +307,8 @@ class DicomServer:
         """PS3.4 K.4.1.3, PS3.7 9.1.2: each match is answered by the
         :func:`~broker.dicom.fastpath.find_responder` (written beneath pynetdicom on the
         fast path, else yielded as a (status, Dataset) pair), then the final status goes
-        back to pynetdicom, which sends it."""
+        back to pynetdicom, which sends it. The calling AE title's modality profile in
+        force at the query restricts, caps and shapes the answer."""
         if str(event.request.AffectedSOPClassUID) in UPS_SERVED:
             yield from self.ups.c_find(event)
             return
@@ -316,26 +323,38 @@ class DicomServer:
         began = time.perf_counter()
         returned: list[int] = []
         final = 0x0000
-        responder = fastpath.find_responder(event, identifier, self.zone,
-                                            fast=self.settings.dicom_fast_path)
         encoded = event.request.Identifier.getvalue()
         syntax = str(event.context.transfer_syntax)
         with self.session_factory() as session:
+            rules, version = self._modalities.for_query(session.connection(),
+                                                        str(calling).strip())
+            if rules is None:
+                responder = fastpath.find_responder(event, identifier, self.zone,
+                                                    fast=self.settings.dicom_fast_path)
+                select = functools.partial(self._queries.select, encoded, syntax)
+                cap = None
+            else:
+                responder = fastpath.find_responder(
+                    event, identifier, self.zone, fast=self.settings.dicom_fast_path,
+                    answer=Answer(rules, identifier) if rules.transforms else None)
+                select = functools.partial(self._queries.select, encoded, syntax, rules)
+                cap = rules.max_results
             for status, item in find_worklist(session, identifier, self.settings,
                                               is_cancelled=lambda: event.is_cancelled,
-                                              returned=returned,
-                                              select=lambda: self._queries.select(encoded,
-                                                                                  syntax)):
+                                              returned=returned, select=select, cap=cap):
                 if item is None:
                     final = status
                     break
                 yield from responder.pending(status, item)
         responder.close()
-        log.info("C-FIND from %s: %d item(s)", calling, len(returned))
+        log.info("C-FIND from %s: %d item(s)%s", calling, len(returned),
+                 f", modality profile {rules.name}" if rules is not None else "")
         requestor = event.assoc.requestor
         self._recorder.submit(QueryRecord(
             str(requestor.ae_title), str(requestor.address), int(requestor.port), identifier,
-            final, returned, (time.perf_counter() - began) * 1000, utcnow()))
+            final, returned, (time.perf_counter() - began) * 1000, utcnow(),
+            modality_profile=rules.name if rules is not None else "",
+            profile_version=version))
         yield final, None
 
     # -- MPPS and IAN ------------------------------------------------------------------

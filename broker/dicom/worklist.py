@@ -8,10 +8,11 @@ carry 0xFF01 (K.2.2.1.1.2, Table K.4-1).
 
 Status policy: an SPS Sequence key with more than one item is refused with 0xA900
 (identifier does not match SOP class, Table K.4-1); an identifier we cannot read gets
-0xC000. When more steps match than MWLB_WORKLIST_MAX_RESULTS, the first that many (by
-start time) are returned and the query ends with 0xA700 "out of resources", the
-status Table K.4-1 gives for a query the SCP will not complete, so the modality knows
-the list is cut and can narrow its query.
+0xC000. When more steps match than MWLB_WORKLIST_MAX_RESULTS (or the calling
+modality profile's ``max_results``), the first that many (by start time) are returned
+and the query ends with 0xA700 "out of resources", the status Table K.4-1 gives for a
+query the SCP will not complete, so the modality knows the list is cut and can narrow
+its query.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydicom.dataset import Dataset
@@ -34,6 +35,9 @@ from broker.dicom.items import build_response
 from broker.domain.types import station_ae_titles
 from broker.services.worklist_query import IDENTIFIER_MISMATCH as IDENTIFIER_MISMATCH
 from broker.services.worklist_query import QueryError, build_query
+
+if TYPE_CHECKING:
+    from broker.dicom.modality_rules import ModalityRules
 
 log = logging.getLogger(__name__)
 
@@ -93,27 +97,32 @@ class QueryCache:
     out) on the identifier's encoded bytes and transfer syntax. Modalities send the same
     query again and again, and building the SQL expression cost more CPU than running
     it for one Patient ID on 100,000 steps. One per server, as the SELECT depends on
-    its settings; an identifier refused (:class:`QueryError`) is not kept."""
+    its settings, and keyed also on the calling modality's profile (name, version and
+    content: its station restriction changes the SELECT); an identifier refused
+    (:class:`QueryError`) is not kept."""
 
     def __init__(self, settings: Settings, size: int = QUERY_CACHE_SIZE) -> None:
         self._settings = settings
-        self.select: Callable[[bytes, str], Select] = lru_cache(maxsize=size)(self._build)
+        self.select: Callable[..., Select] = lru_cache(maxsize=size)(self._build)
 
-    def _build(self, encoded: bytes, transfer_syntax: str) -> Select:
+    def _build(self, encoded: bytes, transfer_syntax: str,
+               rules: ModalityRules | None = None) -> Select:
         syntax = UID(transfer_syntax)
         identifier = decode(BytesIO(encoded), syntax.is_implicit_VR, syntax.is_little_endian,
                             syntax.is_deflated)
-        return build_query(identifier, self._settings)
+        return build_query(identifier, self._settings,
+                           restriction=rules.restriction if rules is not None else None)
 
 
 def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
                   is_cancelled: Any = None, returned: list[int] | None = None,
-                  select: Callable[[], Select] | None = None,
+                  select: Callable[[], Select] | None = None, cap: int | None = None,
                   ) -> Iterator[tuple[int, WorklistItem | None]]:
     """Yield (status, item) pairs: pending statuses with their item, then at most one
     final status without (cancel, out of resources, or a refusal); the ids of the
     steps yielded are appended to ``returned`` when given. ``select`` gives the
-    identifier's SELECT (a :class:`QueryCache` lookup); without it it is built."""
+    identifier's SELECT (a :class:`QueryCache` lookup); without it it is built.
+    ``cap``: the most items answered (None: MWLB_WORKLIST_MAX_RESULTS; 0: no cap)."""
     try:
         query, unsupported = select() if select else build_query(identifier, settings)
     except QueryError as exc:
@@ -124,7 +133,8 @@ def find_worklist(session: Session, identifier: Dataset, settings: Settings, *,
         log.info("C-FIND identifier not processed: %s", type(exc).__name__)
         yield UNABLE_TO_PROCESS, None
         return
-    cap = settings.worklist_max_results
+    if cap is None:
+        cap = settings.worklist_max_results
     if cap:
         query = query.limit(cap + 1)
     rows = _stream(session, query, unsupported, is_cancelled,

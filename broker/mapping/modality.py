@@ -8,13 +8,17 @@ A modality profile may
   universal, PS3.4 C.2.2.2.3) to these stations' steps; on by default when stations
   are listed (``restrict_to_stations``). A query that names a station gets that station.
 * ``character_sets``: the Specific Character Set (0008,0005) values it can show (PS3.3
-  C.12.1.1.2). An item whose text needs another is answered in ``fallback``: ``ascii``
-  (every character transliterated to the default repertoire) or ``ISO_IR 100``
-  (Latin-1 kept, the rest transliterated), when ``ISO_IR 100`` is accepted.
+  C.12.1.1.2); absent: any, ``[]``: the default repertoire only. A response whose text
+  needs another is answered in ``fallback``: ``ascii`` (every character transliterated
+  to the default repertoire) or ``ISO_IR 100`` (Latin-1 kept, the rest
+  transliterated; ``ISO_IR 100`` is then accepted too), see
+  :mod:`broker.dicom.transliteration`.
 * ``coercions``: changes to each response on the way out, in order: ``copy`` a value
   from ``source``, ``default`` an empty or absent one to ``value``, ``truncate`` to
-  ``length`` characters, ``upper``-case, ``drop`` a key it chokes on. A keyword of the
-  Scheduled Procedure Step Sequence item (PS3.4 Table K.6-1) is changed in the item.
+  ``length`` characters, ``upper``-case, ``drop`` a key it chokes on. ``copy`` and
+  ``default`` return their attribute even when the query did not ask for it. A keyword
+  of the Scheduled Procedure Step Sequence item (PS3.4 Table K.6-1) is changed in the
+  item (and only when the query asks for the sequence).
 * ``max_results``: its own cap on the matches answered (0xA700 beyond it, PS3.4 Table
   K.4-1), instead of the broker's.
 
@@ -29,7 +33,7 @@ import fnmatch
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 Fallback = Literal["ascii", "ISO_IR 100"]
 Action = Literal["copy", "default", "truncate", "upper", "drop"]
@@ -73,6 +77,15 @@ class Coercion(_Strict):
         needed = {"copy": "source", "default": "value", "truncate": "length"}.get(self.action)
         if needed is not None and getattr(self, needed) is None:
             raise ValueError(f"{self.action} needs `{needed}`")
+        sequence = dictionary_VR(self.attribute) == "SQ"
+        if self.action in ("default", "truncate", "upper") and sequence:
+            raise ValueError(f"{self.action} changes text; {self.attribute} is a sequence")
+        if self.source is not None and (dictionary_VR(self.source) == "SQ") != sequence:
+            raise ValueError(f"copy {self.source} to {self.attribute}: a sequence is "
+                             "copied to a sequence only")
+        if self.value is not None and not self.value.isascii():
+            raise ValueError("`value` is in the default repertoire (ASCII), so that every "
+                             "modality can show it")
         return self
 
 
@@ -106,6 +119,13 @@ class ModalityProfile(_Strict):
                 raise ValueError(f"{term!r} is not a Specific Character Set defined term "
                                  "(PS3.3 C.12.1.1.2), e.g. 'ISO_IR 100', 'ISO_IR 192'")
         return value
+
+    @model_validator(mode="after")
+    def _stations_to_restrict_to(self) -> ModalityProfile:
+        if self.restrict_to_stations and not self.stations:
+            raise ValueError("restrict_to_stations needs `stations` (the Scheduled Station "
+                             "AE Titles its queries without a station get)")
+        return self
 
     @property
     def restricts(self) -> bool:

@@ -14,10 +14,16 @@ Station Name, SPS Location. Any other key with a value is ignored for matching a
 reported as unsupported (the SCP then answers 0xFF01, K.2.2.1.1.2, Table K.4-1). An
 SPS Sequence key with more than one item is refused: :class:`QueryError` with 0xA900
 (identifier does not match SOP class, Table K.4-1).
+
+A calling modality whose profile restricts it to its stations
+(:mod:`broker.mapping.modality`) and whose query leaves Scheduled Station AE Title
+universal (absent, empty or ``*``, PS3.4 C.2.2.2.3) gets only the steps of those
+stations (:class:`StationRestriction`); a query naming a station gets that station.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -247,9 +253,39 @@ def _has_value(ds: Dataset, keyword: str) -> bool:
 Condition = tuple[str, ColumnElement[bool]]
 
 
-def query_conditions(identifier: Dataset, settings: Settings) -> tuple[list[Condition], bool]:
+@dataclass(frozen=True)
+class StationRestriction:
+    """A universal station query of a modality profile's AE titles answered with these
+    stations' steps only (module doc)."""
+
+    profile: str
+    stations: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        """The condition's name, as the console's explainer shows it."""
+        return (f"modality profile {self.profile}: a query without a station gets only "
+                f"{', '.join(self.stations)}")
+
+    def condition(self) -> ColumnElement[bool]:
+        return ScheduledProcedureStep.id.in_(select(StationAETitle.sps_pk).where(
+            StationAETitle.ae_title.in_(self.stations)))
+
+
+def names_no_station(identifier: Dataset) -> bool:
+    """Whether the query leaves Scheduled Station AE Title universal (C.2.2.2.3)."""
+    seq = identifier.get(SPS_SEQUENCE)
+    if seq is None or len(seq) != 1:
+        return True
+    return parse_key(_elem_value(seq[0], "ScheduledStationAETitle"), "AE").universal
+
+
+def query_conditions(identifier: Dataset, settings: Settings, *,
+                     restriction: StationRestriction | None = None,
+                     ) -> tuple[list[Condition], bool]:
     """The SQL conditions of an identifier, each named after the key (or rule) it comes
-    from, and whether an unsupported key was given. Raises QueryError."""
+    from, and whether an unsupported key was given; ``restriction``: the calling
+    modality's, if any (module doc). Raises QueryError."""
     conditions: list[Condition] = [("patient merged away", Patient.merged_into_id.is_(None))]
     unsupported = False
     for keyword in requested_keywords(identifier):
@@ -283,6 +319,8 @@ def query_conditions(identifier: Dataset, settings: Settings) -> tuple[list[Cond
         start = _start_conditions(_elem_value(item, "ScheduledProcedureStepStartDate"),
                                   _elem_value(item, "ScheduledProcedureStepStartTime"))
         conditions += [("ScheduledProcedureStepStartDate/Time", c) for c in start]
+    if restriction is not None and names_no_station(identifier):
+        conditions.append((restriction.reason, restriction.condition()))
     if not status_given:
         statuses = settings.worklist_statuses
         conditions.append(("SPS status not asked: only MWLB_WORKLIST_STATUSES listed",
@@ -310,20 +348,24 @@ def item_query(columns: tuple[Any, ...] | None = None) -> Any:
 
 
 def build_query(identifier: Dataset, settings: Settings, *,
-                columns: tuple[Any, ...] | None = ITEM_COLUMNS) -> tuple[Any, bool]:
+                columns: tuple[Any, ...] | None = ITEM_COLUMNS,
+                restriction: StationRestriction | None = None) -> tuple[Any, bool]:
     """The SELECT for an identifier, and whether an unsupported key was given. The
     C-FIND SCP selects plain columns (ITEM_COLUMNS: this is the hot path of every
-    query); ``columns=None`` selects the (step, procedure, patient) entities."""
-    conditions, unsupported = query_conditions(identifier, settings)
+    query); ``columns=None`` selects the (step, procedure, patient) entities;
+    ``restriction``: the calling modality's station restriction, if any."""
+    conditions, unsupported = query_conditions(identifier, settings,
+                                               restriction=restriction)
     query = item_query(columns).where(*(c for _, c in conditions)).order_by(
         ScheduledProcedureStep.start_datetime, ScheduledProcedureStep.id)
     return query, unsupported
 
 
 def excluding_keys(session: Session, identifier: Dataset, settings: Settings,
-                   sps_pk: int) -> list[str]:
+                   sps_pk: int, *, restriction: StationRestriction | None = None
+                   ) -> list[str]:
     """Which conditions of ``identifier`` step ``sps_pk`` fails ([] = it matches)."""
-    conditions, _ = query_conditions(identifier, settings)
+    conditions, _ = query_conditions(identifier, settings, restriction=restriction)
     out = []
     for name, condition in conditions:
         hit = session.execute(item_query().where(ScheduledProcedureStep.id == sps_pk,

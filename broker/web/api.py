@@ -19,7 +19,16 @@ from broker.security import accounts as sec
 from broker.services.replay import ReplayCriteria
 from broker.services.resolve import ResolveError
 from broker.web import mapping_versions, mappings, queries, replays, traffic
-from broker.web.deps import DB, Admin, Operator, Viewer, client_address, runtime_of, use_cases_of
+from broker.web.deps import (
+    DB,
+    Admin,
+    Operator,
+    Viewer,
+    client_address,
+    modality_profile_of,
+    runtime_of,
+    use_cases_of,
+)
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -146,7 +155,9 @@ def why_not(request: Request, session: DB, user: Viewer, sps_pk: int,
             ae_title: str) -> dict[str, Any]:
     """Replay the station's latest C-FIND keys against the item: which key excluded it."""
     _found(queries.item_detail(session, sps_pk), "worklist item")
-    return queries.why_not(session, runtime_of(request).settings, sps_pk, ae_title)
+    profile, version = modality_profile_of(request, session, ae_title)
+    return queries.why_not(session, runtime_of(request).settings, sps_pk, ae_title,
+                           profile=profile, version=version)
 
 
 @router.get("/timeline/{accession}")

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from broker.application import UseCases
 from broker.db import unit_of_work
+from broker.mapping.modality import ModalityProfile
 from broker.models import Role, User
 from broker.runtime import Runtime
 from broker.security.accounts import (
@@ -34,6 +35,15 @@ class LoginRequired(Exception):
 def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def modality_profile_of(request: Request, session: Session, calling_ae_title: str
+                        ) -> tuple[ModalityProfile | None, int | None]:
+    """The modality profile the worklist applies to ``calling_ae_title`` now, and the
+    version of the profiles in force (None: loaded from the mappings directory, before
+    any deployment)."""
+    deployed = runtime_of(request).mappings.current(session.connection())
+    return deployed.profiles.modality(calling_ae_title), deployed.version
 
 
 def use_cases_of(request: Request) -> UseCases:

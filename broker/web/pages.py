@@ -40,6 +40,7 @@ from broker.web.deps import (
     PageTokenHolder,
     PageViewer,
     client_address,
+    modality_profile_of,
     runtime_of,
     use_cases_of,
 )
@@ -203,8 +204,11 @@ def worklist(request: Request, session: DB, user: PageViewer, ae_title: str = ""
     rows = (queries.station_worklist(session, runtime_of(request).settings, ae_title=ae_title,
                                      date=date, modality=modality, status=status)
             if ae_title else [])
-    return render(request, "worklist.html", user, rows=rows, filters={
-        "ae_title": ae_title, "date": date, "modality": modality, "status": status})
+    applies = (queries.modality_profile(*modality_profile_of(request, session, ae_title),
+                                        ae_title) if ae_title else None)
+    return render(request, "worklist.html", user, rows=rows, modality_profile=applies,
+                  filters={"ae_title": ae_title, "date": date, "modality": modality,
+                           "status": status})
 
 
 @router.get("/worklist/items/{sps_pk}")
@@ -213,8 +217,11 @@ def worklist_item(request: Request, session: DB, user: PageViewer, sps_pk: int,
     item = queries.item_detail(session, sps_pk)
     if item is None:
         raise HTTPException(404, "no such worklist item")
-    why = (queries.why_not(session, runtime_of(request).settings, sps_pk, ae_title)
-           if ae_title else None)
+    why = None
+    if ae_title:
+        profile, version = modality_profile_of(request, session, ae_title)
+        why = queries.why_not(session, runtime_of(request).settings, sps_pk, ae_title,
+                              profile=profile, version=version)
     return render(request, "item.html", user, item=item, why=why, ae_title=ae_title)
 
 

@@ -19,6 +19,7 @@ from broker.domain.status import MessageStatus
 from broker.domain.ups import UPSEventType
 from broker.hl7.message import Message, parse
 from broker.hl7.warnings import from_json
+from broker.mapping.modality import ModalityProfile
 from broker.models import (
     DicomRefusal,
     DicomRequest,
@@ -37,7 +38,7 @@ from broker.models import (
     WorklistQueryResult,
 )
 from broker.outage import describe, describe_redis
-from broker.services.worklist_query import build_query, excluding_keys
+from broker.services.worklist_query import StationRestriction, build_query, excluding_keys
 from broker.web import traffic
 from broker.web.display import instant
 
@@ -322,6 +323,32 @@ def station_worklist(session: Session, settings: Settings, *, ae_title: str, dat
     return [_item_row(sps, rp, patient) for sps, rp, patient in session.execute(query.limit(500))]
 
 
+def modality_profile(profile: ModalityProfile | None, version: int | None,
+                     ae_title: str) -> dict[str, Any] | None:
+    """What the worklist does for calling AE title ``ae_title`` by its modality profile
+    (:mod:`broker.mapping.modality`), as text; None when it has none."""
+    if profile is None:
+        return None
+    rules = []
+    if profile.restricts:
+        rules.append(f"a query from {ae_title} without a Scheduled Station AE Title gets "
+                     f"only the steps of {', '.join(profile.stations)}; other stations' "
+                     "steps are hidden from it (a query naming a station gets that station)")
+    if profile.character_sets is not None:
+        accepted = ", ".join(profile.character_sets) or "the default repertoire only"
+        rules.append(f"character sets: {accepted}; text beyond them is transliterated "
+                     f"({'to ASCII' if profile.fallback == 'ascii' else 'Latin-1 kept'})")
+    for c in profile.coercions:
+        argument = {"copy": f" from {c.source}", "default": f" to {c.value!r}",
+                    "truncate": f" to {c.length} characters"}.get(c.action, "")
+        rules.append(f"{c.action} {c.attribute}{argument}")
+    if profile.max_results is not None:
+        rules.append(f"at most {profile.max_results} items (0xA700 beyond)")
+    return {"name": profile.name, "version": version, "description": profile.description,
+            "restricts": profile.restricts, "stations": list(profile.stations),
+            "rules": rules}
+
+
 def _item_row(sps: ScheduledProcedureStep, rp: RequestedProcedure, patient: Any) -> dict[str, Any]:
     attrs = sps.attributes or {}
     return {"sps_pk": sps.id, "sps_id": sps.sps_id, "status": sps.status,
@@ -360,18 +387,25 @@ def item_detail(session: Session, sps_pk: int) -> dict[str, Any] | None:
     return row
 
 
-def why_not(session: Session, settings: Settings, sps_pk: int,
-            ae_title: str) -> dict[str, Any]:
-    """Replay ``ae_title``'s latest C-FIND keys against step ``sps_pk``: which key (or
-    rule) excluded it, or that it matches now."""
+def why_not(session: Session, settings: Settings, sps_pk: int, ae_title: str, *,
+            profile: ModalityProfile | None = None,
+            version: int | None = None) -> dict[str, Any]:
+    """Replay ``ae_title``'s latest C-FIND keys against step ``sps_pk``, with the
+    modality profile that applies to it now (``profile``, of the profiles ``version``):
+    which key (or rule: the profile's station restriction) excluded it, or that it
+    matches now."""
+    applies = modality_profile(profile, version, ae_title)
     query = session.scalars(select(WorklistQuery).where(
         WorklistQuery.calling_ae_title == ae_title).order_by(WorklistQuery.id.desc())
         .limit(1)).first()
     if query is None:
         return {"query": None, "verdict": f"{ae_title} has not queried the worklist yet",
-                "excluded_by": []}
+                "excluded_by": [], "modality_profile": applies}
     identifier = Dataset.from_json(query.identifier)
-    excluded = excluding_keys(session, identifier, settings, sps_pk)
+    restriction = (StationRestriction(profile.name, tuple(profile.stations))
+                   if profile is not None and profile.restricts else None)
+    excluded = excluding_keys(session, identifier, settings, sps_pk,
+                              restriction=restriction)
     returned = session.scalar(select(WorklistQueryResult.sps_pk).where(
         WorklistQueryResult.query_pk == query.id, WorklistQueryResult.sps_pk == sps_pk))
     keys = {elem.keyword: str(elem.value) for elem in identifier if elem.keyword
@@ -388,8 +422,10 @@ def why_not(session: Session, settings: Settings, sps_pk: int,
         verdict = "it matches these keys now (it changed after the query, or was created later)"
     return {"query": {"id": query.id, "at": iso(query.at), "keys": keys,
                       "result_count": query.result_count,
-                      "character_set": str(charset) if charset else "default repertoire"},
-            "verdict": verdict, "excluded_by": excluded}
+                      "character_set": str(charset) if charset else "default repertoire",
+                      "modality_profile": query.modality_profile,
+                      "profile_version": query.profile_version},
+            "verdict": verdict, "excluded_by": excluded, "modality_profile": applies}
 
 
 # -- timeline --------------------------------------------------------------------------
