@@ -103,8 +103,8 @@ def test_a_universal_query_gets_only_the_callers_station(broker: Any) -> None:
     # A modality without a profile: everything, as before.
     assert step_ids(port, "MODALITY1") == ["SPS0001", "SPS0002", "SPS0003", "SPS0004"]
     wait_until(lambda: len(recorded(broker, "MODALITY1")) == 1, what="queries recorded")
-    assert recorded(broker, "CT_ROOM_SCU") == [("ct-room", None, 2)] * 3
-    assert recorded(broker, "MODALITY1") == [("", None, 4)]
+    assert recorded(broker, "CT_ROOM_SCU") == [("ct-room", 1, 2)] * 3
+    assert recorded(broker, "MODALITY1") == [("", 1, 4)]
 
 
 def names(port: int, aet: str) -> dict[str, Dataset]:
