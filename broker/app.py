@@ -20,6 +20,7 @@ from broker.dispatch import Dispatcher
 from broker.hl7.listener import HL7Receiver
 from broker.hl7.mllp import MLLPServer
 from broker.mapping.follow import MappingsFollower, start_deployed
+from broker.mapping.versions import VersionInfo
 from broker.migrations import upgrade
 from broker.presence import Presence
 from broker.runtime import Runtime
@@ -67,9 +68,15 @@ class BrokerApp:
         # The deployed profiles (the directory as version 1 on a first start; a broken
         # first directory stops the start, loudly), then followed while serving.
         start_deployed(factory, self.runtime.mappings, settings.mappings_dir)
+        root = self.root
+
+        def deploy(sources: dict[str, str], user: str, comment: str) -> VersionInfo:
+            return root.use_cases.mapping.deploy(sources, directory=settings.mappings_dir,
+                                                 user=user, comment=comment).info
+
         self.mappings_follower = MappingsFollower(
-            factory, self.runtime.reader_factory, self.runtime.mappings,
-            settings.mappings_dir, watch=settings.mappings_watch)
+            self.runtime.reader_factory, self.runtime.mappings,
+            settings.mappings_dir, deploy=deploy, watch=settings.mappings_watch)
         self.mappings_follower.start()
         ensure_first_admin(factory, settings)
         self.use_cases = self.root.use_cases

@@ -17,6 +17,7 @@ Exit codes: 0 done, 1 refused or failed, 2 usage.
 from __future__ import annotations
 
 import getpass
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -147,7 +148,6 @@ def mapping_deploy(
     every running broker and worker process, between messages, without a restart. A
     set that does not validate is refused (every problem named by file and key, exit
     1) and the version in force stays."""
-    from broker.db import unit_of_work
     from broker.mapping import versions
     from broker.mapping.profile import ProfileError, read_sources
 
@@ -161,22 +161,21 @@ def mapping_deploy(
         candidate = versions.validate(sources, directory=path)
     except versions.DeployRefused as refused:
         _refuse(refused.errors)
-    factory = root.runtime.session_factory
     if dry_run:
         for line in impact_lines(root, candidate, path, per_sender=last):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         console.print(f"dry run: {path} validates; nothing deployed", markup=False)
         return
-    with unit_of_work(factory) as session:
-        before = versions.active(session)
-        info = versions.deploy(session, sources, user=_user(), comment=comment)
-    if before is not None and before.version == info.version:
+    change = root.use_cases.mapping.deploy(sources, directory=path, user=_user(),
+                                           address=socket.gethostname(), comment=comment)
+    info = change.info
+    if not change.changed:
         console.print(f"version {info.version} already in force: {path} has the same "
                       "files; nothing deployed", markup=False)
         return
     console.print(f"deployed version {info.version} from {path}"
-                  + (f" (was version {before.version})" if before is not None else ""),
-                  markup=False)
+                  + (f" (was version {change.before})" if change.before is not None
+                     else ""), markup=False)
 
 
 @mapping_app.command("versions")
@@ -252,21 +251,17 @@ def mapping_rollback(
     config: ConfigOption = None,
 ) -> None:
     """Put an earlier version back in force in every running process, as a deploy does."""
-    from broker.db import unit_of_work
-    from broker.mapping import versions
 
-    with unit_of_work(_root(config).runtime.session_factory) as session:
-        before = versions.active(session)
-        try:
-            info = versions.rollback(session, version, user=_user(),
-                                     comment=comment)
-        except KeyError:
-            raise CommandError(f"no mapping version {version}") from None
-    if before is not None and before.version == info.version:
+    try:
+        change = _root(config).use_cases.mapping.rollback(
+            version, user=_user(), address=socket.gethostname(), comment=comment)
+    except KeyError:
+        raise CommandError(f"no mapping version {version}") from None
+    if not change.changed:
         console.print(f"version {version} already in force; nothing changed")
         return
-    console.print(f"version {info.version} in force again"
-                  + (f" (was version {before.version})" if before is not None else ""))
+    console.print(f"version {version} in force again"
+                  + (f" (was version {change.before})" if change.before is not None else ""))
 
 
 @mapping_app.command("export")

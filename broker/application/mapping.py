@@ -1,5 +1,6 @@
-"""The mapping use cases: what a candidate set of profiles would change (impact), and
-the bulk replay of stored messages with the profiles in force (replay, its progress).
+"""The mapping use cases: putting a set of profiles in force (deploy, rollback, each
+audited), what a candidate set would change (impact), and the bulk replay of stored
+messages with the profiles in force (replay, its progress).
 
 A replay resets each message in one transaction (the run recorded with it) and
 dispatches them after the commit: in ``serve`` (embedded) they are applied in this
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from broker.audit import hooks as audit
 from broker.db import unit_of_work
+from broker.mapping import versions
 from broker.mapping.profile import ProfileSet, load_profiles
 from broker.models import ReplayRun
 from broker.runtime import Runtime
@@ -25,9 +29,23 @@ from broker.services.mapping_impact import Impact
 from broker.services.mapping_impact import impact as compare
 from broker.services.replay import ReplayCriteria, ReplayProgress
 
-__all__ = ["MappingUseCases", "ReplayCriteria"]
+__all__ = ["Change", "MappingUseCases", "ReplayCriteria"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A deploy or rollback done: the version now in force, and the one before (None:
+    none yet). ``changed`` is False when it already was in force (nothing written,
+    nothing audited)."""
+
+    info: versions.VersionInfo
+    before: int | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.info.version
 
 
 class MappingUseCases:
@@ -37,6 +55,44 @@ class MappingUseCases:
     def __init__(self, runtime: Runtime, dispatch: Callable[[int], None]) -> None:
         self.runtime = runtime
         self._dispatch = dispatch
+
+    # -- deploy and rollback --------------------------------------------------------
+
+    def deploy(self, sources: dict[str, str], *, directory: Path | None, user: str,
+               address: str = "", comment: str = "", expected_digest: str = "") -> Change:
+        """Put the profile files ``sources`` (:func:`broker.mapping.profile.read_sources`
+        of ``directory``) in force in every process, in one transaction with its audit
+        record (Security Alert, Software Configuration: DICOM PS3.15 A.5.3.13).
+        ``expected_digest``: the digest of the files whose impact the user saw; files
+        changed since are refused. Raises DeployRefused with every problem (each
+        naming file and key) and writes nothing then."""
+        if expected_digest and versions.digest(sources) != expected_digest:
+            raise versions.DeployRefused([f"{directory}: the files changed since their "
+                                          "impact was shown: review the impact again"])
+        versions.validate(sources, directory=directory)
+        with unit_of_work(self.runtime.session_factory) as session:
+            before = versions.active(session)
+            info = versions.deploy(session, sources, user=user, comment=comment)
+            change = Change(info, before.version if before is not None else None)
+            if change.changed:
+                audit.mapping_configuration(
+                    session, user, address, f"mapping profiles deployed: version "
+                    f"{info.version} in force" + (f" ({comment})" if comment else ""))
+        return change
+
+    def rollback(self, version: int, *, user: str, address: str = "",
+                 comment: str = "") -> Change:
+        """Put version ``version`` in force again, as :meth:`deploy` does (audited);
+        KeyError if there is no such version."""
+        with unit_of_work(self.runtime.session_factory) as session:
+            before = versions.active(session)
+            info = versions.rollback(session, version, user=user, comment=comment)
+            change = Change(info, before.version if before is not None else None)
+            if change.changed:
+                audit.mapping_configuration(
+                    session, user, address, f"mapping profiles rolled back: version "
+                    f"{version} in force" + (f" ({comment})" if comment else ""))
+        return change
 
     # -- impact ---------------------------------------------------------------------
 

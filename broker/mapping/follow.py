@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +32,10 @@ from broker.mapping.profile import ProfileError, read_sources
 log = logging.getLogger(__name__)
 
 WATCH_USER = "file watch"
+
+# Puts profile files in force: (sources, user, comment) -> the version now in force (the
+# deploy use case, audited: :meth:`broker.application.mapping.MappingUseCases.deploy`).
+Deploy = Callable[[dict[str, str], str, str], versions.VersionInfo]
 
 
 def directory_digest(directory: Path) -> str | None:
@@ -65,13 +70,14 @@ class MappingsFollower(threading.Thread):
     """Keeps ``mappings`` read at least every ``interval`` seconds; with ``watch``,
     deploys ``directory`` when its files change and validate (see the module doc)."""
 
-    def __init__(self, factory: sessionmaker[Session], reader: sessionmaker[Session],
-                 mappings: DeployedMappings, directory: Path, *, interval: float = 2.0,
+    def __init__(self, reader: sessionmaker[Session], mappings: DeployedMappings,
+                 directory: Path, *, deploy: Deploy, interval: float = 2.0,
                  watch: bool = False) -> None:
         super().__init__(name="mwl-mappings", daemon=True)
-        self.factory, self.reader = factory, reader
+        self.reader = reader
         self.mappings, self.directory = mappings, directory
         self.interval, self.watch = interval, watch
+        self.deploy = deploy
         self._stop_event = threading.Event()
         self._seen = directory_digest(directory) if watch else None
         self._failing = False
@@ -113,9 +119,7 @@ class MappingsFollower(threading.Thread):
                         "(%d problem(s)): %s", self.directory, len(refused.errors),
                         "; ".join(refused.errors))
             return None
-        with unit_of_work(self.factory) as session:
-            info = versions.deploy(session, sources, user=WATCH_USER,
-                                   comment=f"files changed in {self.directory}")
+        info = self.deploy(sources, WATCH_USER, f"files changed in {self.directory}")
         with self.reader() as session:
             self.mappings.current(session.connection())
         log.info("mapping profiles: %s changed; deployed as version %d", self.directory,

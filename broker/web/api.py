@@ -263,29 +263,26 @@ def mapping_impact(request: Request, session: DB, user: Admin,
 def mapping_deploy(request: Request, user: Admin, body: DeployRequest) -> dict[str, Any]:
     """Deploy the mappings directory (admin): the version in force in every process.
     422 with every error when it does not validate (nothing changes)."""
-    runtime = runtime_of(request)
     try:
-        with unit_of_work(runtime.session_factory) as session:
-            info = mapping_versions.deploy(
-                session, runtime.settings.mappings_dir, user=user.name,
-                address=client_address(request), comment=body.comment,
-                expected_digest=body.digest)
+        change = mapping_versions.deploy(
+            use_cases_of(request), runtime_of(request).settings.mappings_dir,
+            user=user.name, address=client_address(request), comment=body.comment,
+            expected_digest=body.digest)
     except DeployRefused as exc:
         raise HTTPException(422, {"errors": list(exc.errors)}) from None
-    return mapping_versions.info_row(info)
+    return mapping_versions.info_row(change.info)
 
 
 @router.post("/mappings/rollback")
 def mapping_rollback(request: Request, user: Admin, body: RollbackRequest) -> dict[str, Any]:
     """Put an earlier version in force again (admin); 404 for an unknown version."""
     try:
-        with unit_of_work(runtime_of(request).session_factory) as session:
-            info = mapping_versions.rollback(session, body.version, user=user.name,
-                                             address=client_address(request),
-                                             comment=body.comment)
+        change = use_cases_of(request).mapping.rollback(
+            body.version, user=user.name, address=client_address(request),
+            comment=body.comment)
     except KeyError:
         raise HTTPException(404, f"no mapping version {body.version}") from None
-    return mapping_versions.info_row(info)
+    return mapping_versions.info_row(change.info)
 
 
 @router.post("/replays", status_code=201)

@@ -1,8 +1,9 @@
 """The deployed versions of the mapping profiles in the console: the versions and their
 deployments, the difference between any two (or the server's mappings directory and
 the version in force), the impact of deploying the directory, the deploy itself and a
-rollback (:mod:`broker.mapping.versions` is the store; this module shapes what the
-pages and the JSON API show and records each change as an audit event).
+rollback (:mod:`broker.mapping.versions` is the store and
+:class:`broker.application.mapping.MappingUseCases` makes each change, audited; this
+module shapes what the pages and the JSON API show).
 
 A set of profiles is named in a diff by its version number or ``dir`` (the mappings
 directory as it is on the server now). A unified diff (POSIX ``diff -u`` format: ``---``
@@ -17,7 +18,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from broker.audit import hooks as audit
+from broker.application import UseCases
+from broker.application.mapping import Change
 from broker.mapping import versions
 from broker.mapping.profile import ProfileError, read_sources
 from broker.mapping.versions import DeployRefused, VersionInfo
@@ -138,35 +140,17 @@ def version_detail(session: Session, number: int) -> dict[str, Any]:
                             for d in versions.deployments(session) if d.version == number]}
 
 
-def deploy(session: Session, directory: Path, *, user: str, address: str, comment: str,
-           expected_digest: str = "") -> VersionInfo:
-    """Deploy the mappings directory as it is now, in the caller's transaction, and
-    audit it. ``expected_digest`` (the digest of the files whose impact the user saw):
-    when the files changed since, refused with the reason (nothing written).
-    Raises DeployRefused with every problem of a set that does not validate."""
+def deploy(use_cases: UseCases, directory: Path, *, user: str, address: str, comment: str,
+           expected_digest: str = "") -> Change:
+    """Deploy the mappings directory as it is now (:meth:`MappingUseCases.deploy`:
+    validated, audited). ``expected_digest``: the digest of the files whose impact
+    the user saw. Raises DeployRefused with every problem."""
     sources, problems = directory_sources(directory)
     if problems:
         raise DeployRefused(problems)
-    if expected_digest and versions.digest(sources) != expected_digest:
-        raise DeployRefused([f"{directory}: the files changed since their impact was "
-                             "shown: review the impact again"])
-    before = versions.active(session)
-    info = versions.deploy(session, sources, user=user, comment=comment)
-    if before is None or before.version != info.version:  # else: already in force
-        audit.mapping_configuration(session, user, address,
-                                    f"mapping profiles deployed: version {info.version} "
-                                    f"in force" + (f" ({comment})" if comment else ""))
-    return info
-
-
-def rollback(session: Session, number: int, *, user: str, address: str,
-             comment: str) -> VersionInfo:
-    """Put version ``number`` in force again (KeyError if unknown), and audit it."""
-    info = versions.rollback(session, number, user=user, comment=comment)
-    audit.mapping_configuration(session, user, address,
-                                f"mapping profiles rolled back: version {number} in force"
-                                + (f" ({comment})" if comment else ""))
-    return info
+    return use_cases.mapping.deploy(sources, directory=directory, user=user,
+                                    address=address, comment=comment,
+                                    expected_digest=expected_digest)
 
 
 def preview(session: Session, runtime: Runtime, *, per_sender: int) -> dict[str, Any]:

@@ -338,15 +338,14 @@ def mapping_deploy(request: Request, user: PageAdmin, digest: Annotated[str, For
     not validate, or files changed since, are refused and nothing changes."""
     runtime = runtime_of(request)
     try:
-        with unit_of_work(runtime.session_factory) as session:
-            before = mapping_versions.active_name(session)
-            info = mapping_versions.deploy(
-                session, runtime.settings.mappings_dir, user=user.name,
-                address=client_address(request), comment=comment, expected_digest=digest)
+        change = mapping_versions.deploy(
+            use_cases_of(request), runtime.settings.mappings_dir, user=user.name,
+            address=client_address(request), comment=comment, expected_digest=digest)
     except DeployRefused as exc:
         return render(request, "mapping_deploy.html", user, status_code=422, p=None,
                       last=50, errors=list(exc.errors))
-    if str(info.version) == before:
+    info = change.info
+    if not change.changed:
         return back("/mappings", f"version {info.version} is already in force: "
                                  "nothing deployed")
     return back("/mappings", f"version {info.version} deployed: in force now")
@@ -357,9 +356,9 @@ def mapping_rollback(request: Request, user: PageAdmin, version: Annotated[int, 
                      comment: Annotated[str, Form(max_length=500)] = "") -> Response:
     """Put an earlier version in force again (admin), as a deploy does."""
     try:
-        with unit_of_work(runtime_of(request).session_factory) as session:
-            mapping_versions.rollback(session, version, user=user.name,
-                                      address=client_address(request), comment=comment)
+        use_cases_of(request).mapping.rollback(version, user=user.name,
+                                               address=client_address(request),
+                                               comment=comment)
     except KeyError:
         return back("/mappings", f"not rolled back: no mapping version {version}")
     return back("/mappings", f"rolled back: version {version} in force now")

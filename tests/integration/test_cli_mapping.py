@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from broker.models import MappingDeployment, MappingVersion
+from broker.models import AuditEvent, MappingDeployment, MappingVersion
 from tests.builders import order
 from tests.integration.hl7util import send
 from tests.integration.test_cli import run
@@ -60,6 +60,20 @@ def counts(env: dict[str, str]) -> tuple[int, int]:
         with engine.connect() as conn:
             return (conn.scalar(select(func.count()).select_from(MappingVersion)) or 0,
                     conn.scalar(select(func.count()).select_from(MappingDeployment)) or 0)
+    finally:
+        engine.dispose()
+
+
+def configuration_audits(env: dict[str, str]) -> list[str]:
+    """What the audit records of mapping changes say (Security Alert, Software
+    Configuration: PS3.15 A.5.3.13)."""
+    engine = create_engine(env["MWLB_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return list(conn.scalars(
+                select(AuditEvent.detail)
+                .where(AuditEvent.event_name == "Software Configuration")
+                .order_by(AuditEvent.id)))
     finally:
         engine.dispose()
 
@@ -116,6 +130,10 @@ def test_rollback_puts_an_earlier_version_back_and_export_writes_its_files(
     out = run("mapping", "rollback", "1", "--comment", "DX room closed", env=env).stdout
     assert "version 1 in force again (was version 2)" in out
     assert counts(env) == (2, 3)
+    assert configuration_audits(env) == [
+        "mapping profiles deployed: version 1 in force",
+        "mapping profiles deployed: version 2 in force",
+        "mapping profiles rolled back: version 1 in force (DX room closed)"]
     rows = [line.split("│")[1:-1] for line in
             run("mapping", "versions", env=env).stdout.splitlines() if line.startswith("│")]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [("2", ""), ("1", "yes")]

@@ -135,7 +135,7 @@ def test_versions_diff_impact_deploy_and_rollback_by_role(broker: Any) -> None:
     edit(directory, BROKEN.format(ae="DX_NEW"))
     refused = admin.post("/api/mappings/deploy", json={})
     assert refused.status_code == 422
-    assert any(e.startswith("site.yaml: stations[0].when.modality")
+    assert any(e.startswith(f"{directory / 'site.yaml'}: stations[0].when.modality")
                for e in refused.json()["detail"]["errors"]), refused.text
     assert admin.get("/api/mappings/impact").json()["errors"]
     after = viewer.get("/api/mappings/versions").json()

@@ -22,6 +22,7 @@ from broker.mapping import versions
 from broker.mapping.deployed import DeployedMappings
 from broker.mapping.follow import WATCH_USER, MappingsFollower, start_deployed
 from broker.mapping.profile import load_profiles, read_sources
+from broker.mapping.versions import VersionInfo
 from broker.models import MappingDeployment, MappingVersion
 from tests.builders import order
 from tests.conftest import MAPPINGS
@@ -232,8 +233,12 @@ def test_the_file_watch_deploys_valid_changes_only(services: Services, tmp_path:
     directory = _site_dir(tmp_path)
     mappings = DeployedMappings(lambda: load_profiles(directory), timezone="UTC")
     start_deployed(services.factory, mappings, directory)
-    follower = MappingsFollower(services.factory, services.factory, mappings, directory,
-                                watch=True)
+    def deploy(sources: dict[str, str], user: str, comment: str) -> VersionInfo:
+        return services.use_cases.mapping.deploy(sources, directory=directory, user=user,
+                                                 comment=comment).info
+
+    follower = MappingsFollower(services.factory, mappings, directory,
+                                deploy=deploy, watch=True)
     assert follower.check_directory() is None  # unchanged since the start
     (directory / "site.yaml").write_text(BROKEN, encoding="utf-8")
     assert follower.check_directory() is None
