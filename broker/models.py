@@ -656,6 +656,9 @@ class UPSWorkitem(Base):
         ForeignKey("scheduled_procedure_step.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
     transaction_uid: Mapped[str] = mapped_column(String(64), default="")
+    # The AE title a UPS-RS performer claimed it as ("" when claimed otherwise): only a
+    # performer acting as it may change it with the Transaction UID afterwards.
+    claimed_as: Mapped[str] = mapped_column(String(16), default="")
     cancel_requested_by: Mapped[str] = mapped_column(String(64), default="")
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_reason: Mapped[str] = mapped_column(String(400), default="")

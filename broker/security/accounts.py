@@ -25,8 +25,9 @@ refusal is audited as a failed User Authentication, every lockout as a Security 
 
 A performer acts as the AE titles an admin binds to it (``ae_titles``): only as those
 may it open a UPS event channel, subscribe or unsubscribe (PS3.18 11.10-11.13), and
-with none it may neither do those nor claim workitems (:func:`acting_refusal`,
-:func:`performing_refusal`); an admin may act as any AE title.
+with none it may neither do those nor claim workitems, and a workitem it claimed (as
+its first AE title) only a performer acting as that AE title may change
+(:func:`acting_refusal`, :func:`performing_refusal`); an admin may act as any AE title.
 
 Administration (disable, enable, delete, change role, bind AE titles, revoke tokens)
 goes through the functions here, each writing its audit record in the caller's
@@ -149,12 +150,27 @@ def acting_refusal(user: User, ae_title: str) -> str:
     return ""
 
 
-def performing_refusal(user: User) -> str:
+def claiming_as(user: User) -> str:
+    """The AE title ``user`` claims a workitem as over UPS-RS: its first bound one (""
+    when none, as for an admin with none)."""
+    titles = ae_titles_of(user)
+    return titles[0] if titles else ""
+
+
+def performing_refusal(user: User, claimed_as: str = "") -> str:
     """Why ``user`` may not claim a workitem or change one with its Transaction UID
     (PS3.18 11.6, 11.7), or "" when it may: a performer acts as its bound AE titles
-    (PS3.4 CC.2.1, the performing AE's identity), so one with none bound may not."""
-    if user.role == Role.PERFORMER.value and not ae_titles_of(user):
+    (PS3.4 CC.2.1, the performing AE's identity), so one with none bound may not, nor
+    one of which ``claimed_as`` (the AE title the workitem was claimed as, "" when
+    unknown) is not. An admin may."""
+    if user.role != Role.PERFORMER.value:
+        return ""
+    titles = ae_titles_of(user)
+    if not titles:
         return UNBOUND.format(name=user.name)
+    if claimed_as and claimed_as not in titles:
+        return (f"the workitem was claimed as {claimed_as}; performer {user.name} acts "
+                f"only as {', '.join(titles)}")
     return ""
 
 

@@ -25,8 +25,9 @@ Payloads are ``application/dicom+json`` (PS3.18 F.2; ``application/json`` is tak
 too); anything else is 415. Every route needs an API token (or session) of the
 performer role, or admin. A performer acts as the AE titles an admin bound to it
 (:func:`broker.security.accounts.acting_refusal`): it may subscribe, unsubscribe and
-suspend only those (and open only their event channel), and claim or change a
-workitem with a Transaction UID only when it has one; otherwise 403. An admin may act
+suspend only those (and open only their event channel), claim a workitem (as its
+first AE title) only when it has one, and change a workitem with its Transaction UID
+only as the AE title it was claimed as; otherwise 403. An admin may act
 as any AE title. A refusal answers with the PS3.18 status the UPS service
 gives (:class:`broker.domain.ups.UPSError`: 400, 404, 409) or the adapter's (400 bad
 query or payload, 406 unacceptable Accept, 415 media type) and a
@@ -48,7 +49,7 @@ from broker.application.ups import UPSUseCases
 from broker.domain import ups as rules
 from broker.domain.ups import UPSError
 from broker.models import User
-from broker.security.accounts import acting_refusal, performing_refusal
+from broker.security.accounts import acting_refusal, claiming_as, performing_refusal
 from broker.web.deps import Performer, use_cases_of
 from broker.web.dicomjson import (
     DicomWebError,
@@ -146,10 +147,13 @@ def _acting_as(user: User, value: str) -> str:
     return title
 
 
-def _performing(user: User) -> None:
-    """403 when ``user`` may not claim or change a workitem with its Transaction UID
-    (a performer with no AE title bound)."""
-    reason = performing_refusal(user)
+async def _performing(request: Request, user: User, uid: str, *, claim: bool = False
+                      ) -> None:
+    """403 when ``user`` may not claim workitem ``uid`` or change it with its
+    Transaction UID: a performer with no AE title bound, or (not a claim) not acting as
+    the AE title the workitem was claimed as."""
+    claimed = "" if claim else await call(worklist(request).claimed_as, uid)
+    reason = performing_refusal(user, claimed)
     if reason:
         raise DicomWebError(403, reason)
 
@@ -232,7 +236,7 @@ async def update_workitem(request: Request, user: Performer, workitem: str) -> R
     if sent and not transaction:
         transaction = require_uid(sent, "Transaction UID")
     if transaction:
-        _performing(user)
+        await _performing(request, user, uid)
     texts = await call(worklist(request).update, uid, transaction, changes, by=user.name)
     response = Response(status_code=200,
                         headers={"Content-Location": _workitem_url(request, uid)})
@@ -259,9 +263,11 @@ async def change_workitem_state(request: Request, user: Performer, workitem: str
     if not transaction:
         raise DicomWebError(400, "the payload has no Transaction UID (0008,1195)")
     require_uid(transaction, "Transaction UID")
-    _performing(user)
+    claim = state.upper() == "IN PROGRESS"
+    await _performing(request, user, uid, claim=claim)
     status = await call(worklist(request).change_state, uid, state, transaction,
-                        by=user.name, address=_address(request))
+                        by=user.name, address=_address(request),
+                        claimed_as=claiming_as(user) if claim else "")
     response = Response(status_code=200)
     return add_warnings(request, response, [_warning_words(status)] if status else [])
 

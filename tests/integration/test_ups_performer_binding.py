@@ -92,13 +92,26 @@ def state_report(ws: ClientConnection, uid: str, state: str) -> None:
             return
 
 
-def claim(client: httpx.Client, uid: str) -> httpx.Response:
+def claim(client: httpx.Client, uid: str, transaction_uid: str = "",
+          state: str = "IN PROGRESS") -> httpx.Response:
+    """Change Workitem State (PS3.18 11.7): a claim, by default."""
     ds = Dataset()
-    ds.ProcedureStepState = "IN PROGRESS"
-    ds.TransactionUID = generate_uid()
+    ds.ProcedureStepState = state
+    ds.TransactionUID = transaction_uid or generate_uid()
     return client.put(f"/dicomweb/workitems/{uid}/state",
                       content=json.dumps(ds.to_json_dict()).encode(),
                       headers={"Content-Type": DICOM_JSON})
+
+
+def progress(client: httpx.Client, uid: str, transaction_uid: str) -> httpx.Response:
+    """Update Workitem (PS3.18 11.6) with the claim's Transaction UID: 50 % done."""
+    item = Dataset()
+    item.ProcedureStepProgress = 50
+    ds = Dataset()
+    ds.ProcedureStepProgressInformationSequence = [item]
+    return client.post(f"/dicomweb/workitems/{uid}?{transaction_uid}",
+                       content=json.dumps(ds.to_json_dict()).encode(),
+                       headers={"Content-Type": DICOM_JSON})
 
 
 def test_the_cli_binds_performers_to_their_ae_titles(broker: Any) -> None:
@@ -150,10 +163,18 @@ def test_a_performer_acts_only_as_its_ae_titles(broker: Any) -> None:
     with channel(broker, "p1", "AE1") as mine, channel(broker, "p2", "AE2") as theirs:
         state_report(mine, uid, "SCHEDULED")  # the initial State Report
         state_report(theirs, uid, "SCHEDULED")
-        claimed = claim(p1, uid)
+        transaction = str(generate_uid())
+        claimed = claim(p1, uid, transaction)
         assert claimed.status_code == 200, claimed.text
         state_report(mine, uid, "IN PROGRESS")
         state_report(theirs, uid, "IN PROGRESS")
+    # P1 claimed it as AE1: P2, even knowing the Transaction UID, may not change it.
+    theirs_refused = progress(p2, uid, transaction)
+    assert theirs_refused.status_code == 403
+    assert "claimed as AE1; performer p2 acts only as AE2" in theirs_refused.headers["warning"]
+    assert claim(p2, uid, transaction, "CANCELED").status_code == 403
+    assert progress(p1, uid, transaction).status_code == 200
+    assert progress(admin, uid, transaction).status_code == 200
 
     # A performer with no AE title bound may do none of it, and is told why.
     unbound = http(broker, "unbound")
