@@ -20,7 +20,8 @@ from broker.cli_errors import USAGE_ERROR, CommandError
 from broker.models import Role
 
 users_app = typer.Typer(help="Console users (roles viewer, operator, admin; performer: "
-                             "the UPS-RS Worklist Service and API tokens only).",
+                             "the UPS-RS Worklist Service, as its bound AE titles, and "
+                             "API tokens only).",
                         no_args_is_help=True)
 tokens_app = typer.Typer(help="Console API tokens: list and revoke.", no_args_is_help=True)
 worklist_app = typer.Typer(help="Ask a worklist like a modality does.", no_args_is_help=True)
@@ -39,6 +40,9 @@ def users_add(
     role: Annotated[Role, typer.Option(help="viewer | operator | admin | performer")] = Role.VIEWER,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from standard input.")] = False,
+    ae_title: Annotated[list[str] | None, typer.Option(
+        "--ae-title", help="An AE title the performer acts as on the Worklist Service "
+                           "(repeat for more; see `users ae-titles`).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a user. There is no default account: create the first admin here. The
@@ -47,7 +51,7 @@ def users_add(
     from broker.bootstrap import Role, build
     from broker.db import unit_of_work
     from broker.migrations import upgrade
-    from broker.security.accounts import add_user
+    from broker.security.accounts import add_user, set_ae_titles
 
     settings = settings_from(config)
     upgrade(settings.database_url)
@@ -58,6 +62,8 @@ def users_add(
     try:
         with unit_of_work(build(settings, Role.COMMAND).runtime.session_factory) as session:
             add_user(session, settings, _actor(), "", name, password, role)
+            if ae_title:
+                set_ae_titles(session, _actor(), "", name, ae_title)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     console.print(f"user {name} created with role {role.value}")
@@ -70,10 +76,11 @@ def users_list(config: ConfigOption = None) -> None:
     from broker.bootstrap import Role, build
     from broker.models import User
 
-    table = Table("name", "role", "created", "last login", "disabled")
+    table = Table("name", "role", "AE titles", "created", "last login", "disabled")
     with build(settings_from(config), Role.COMMAND).runtime.session_factory() as session:
         for user in session.scalars(select(User).order_by(User.name)):
-            table.add_row(user.name, user.role, user.created_at.strftime("%Y-%m-%d"),
+            table.add_row(user.name, user.role, ", ".join(user.ae_titles or []) or "-",
+                          user.created_at.strftime("%Y-%m-%d"),
                           user.last_login_at.strftime("%Y-%m-%d %H:%M")
                           if user.last_login_at else "-", "yes" if user.disabled else "")
     console.print(table)
@@ -143,6 +150,28 @@ def users_role(
 
     _administer(config, lambda s, actor: set_role(s, actor, "", name, role))
     console.print(f"user {name} has role {role.value}")
+
+
+@users_app.command("ae-titles")
+def users_ae_titles(
+    name: str,
+    ae_titles: Annotated[list[str] | None, typer.Argument(
+        help="The AE titles (commas separate them too); none with --none.")] = None,
+    none: Annotated[bool, typer.Option("--none", help="Unbind every AE title.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Bind a performer to the AE titles it acts as on the Worklist Service (UPS-RS):
+    only as those may it open an event channel, subscribe and unsubscribe, and without
+    one it may not claim workitems (DICOM PS3.18 11; PS3.4 CC.2). Replaces the ones
+    bound before."""
+    from broker.security.accounts import set_ae_titles
+
+    if bool(ae_titles) == none:
+        raise CommandError("give the AE titles, or --none to unbind them all", USAGE_ERROR)
+    bound = _administer(config, lambda s, actor: list(set_ae_titles(
+        s, actor, "", name, ae_titles or []).ae_titles))
+    titles = ", ".join(bound) if bound else "no AE title"
+    console.print(f"user {name} acts as {titles}")
 
 
 @tokens_app.command("list")

@@ -553,7 +553,12 @@ class Role(StrEnum):
 
 
 class User(Base):
-    """A console user; the password is stored as a scrypt hash (RFC 7914)."""
+    """A console user; the password is stored as a scrypt hash (RFC 7914).
+
+    ``ae_titles``: the AE titles a performer acts as on the Worklist Service (UPS-RS,
+    PS3.18 11): the only subscriber AE titles whose event channel it may open and whose
+    subscriptions it may change, and what it claims workitems as (PS3.4 CC.2.1, where
+    the calling AE title is the performer's identity). Set by an admin."""
 
     __tablename__ = "console_user"
 
@@ -564,6 +569,7 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ae_titles: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
 class WebSession(Base):
@@ -650,6 +656,9 @@ class UPSWorkitem(Base):
         ForeignKey("scheduled_procedure_step.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
     transaction_uid: Mapped[str] = mapped_column(String(64), default="")
+    # The AE title a UPS-RS performer claimed it as ("" when claimed otherwise): only a
+    # performer acting as it may change it with the Transaction UID afterwards.
+    claimed_as: Mapped[str] = mapped_column(String(16), default="")
     cancel_requested_by: Mapped[str] = mapped_column(String(64), default="")
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_reason: Mapped[str] = mapped_column(String(400), default="")

@@ -21,7 +21,9 @@ It logs workitem UIDs and states, never patient data. The "work" is a pause and 
 result a synthetic Comprehensive SR reference (no instance is stored anywhere).
 
 Use it as a script (``python examples/ups_performer.py --help``), or import it and
-call :func:`perform_one`. It needs ``httpx``, ``websockets`` and ``pydicom``.
+call :func:`perform_one`. It needs ``httpx``, ``websockets`` and ``pydicom``, and an API
+token of a performer user an admin has bound to its AE title (``mwl-broker users
+ae-titles NAME AE_TITLE``): the broker refuses (403) anything else.
 """
 
 from __future__ import annotations
@@ -316,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("UPS_TOKEN", ""),
                         help="an API token of the performer role (default: $UPS_TOKEN)")
     parser.add_argument("--ae-title", default="AI_APP",
-                        help="this application's AE title (default %(default)s)")
+                        help="this application's AE title, one bound to the token's user "
+                             "(mwl-broker users ae-titles; default %(default)s)")
     parser.add_argument("--code", default="",
                         help="Scheduled Workitem Code Value to perform (default: any)")
     parser.add_argument("--station", default="",

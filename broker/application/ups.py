@@ -83,6 +83,12 @@ class UPSUseCases:
         with self._factory() as session:
             return ups.retrieve(session, uid)
 
+    def claimed_as(self, uid: str) -> str:
+        """The AE title workitem ``uid`` was claimed as over UPS-RS
+        (:func:`broker.services.ups.claimed_as`)."""
+        with self._factory() as session:
+            return ups.claimed_as(session, uid)
+
     def events_after(self, event_id: int, ae_title: str, limit: int = 100
                      ) -> list[UPSEventRow]:
         """The events ``ae_title`` is due after ``event_id``
@@ -137,13 +143,15 @@ class UPSUseCases:
         return self._write(lambda s: ups.update(s, uid, transaction_uid, changes, by=by))
 
     def change_state(self, uid: str, state: str, transaction_uid: str, *, by: str,
-                     address: str = "") -> int:
+                     address: str = "", claimed_as: str = "") -> int:
         """Change Workitem State / N-ACTION 1; returns 0 or the warning status (0xB304,
         0xB306). Claiming, completing or cancelling an order-born workitem moves its
         step and reports the order status to the placer. Audited as a Procedure Record
-        modified (a warning status changed nothing and is not audited)."""
+        modified (a warning status changed nothing and is not audited). A claim records
+        ``claimed_as``, the AE title a UPS-RS performer claims as."""
         def body(session: Session) -> int:
-            status = ups.change_state(session, uid, state, transaction_uid, by=by)
+            status = ups.change_state(session, uid, state, transaction_uid, by=by,
+                                      claimed_as=claimed_as)
             if status == 0:
                 self._audit(session, uid, by, address, "U", f"state {state}")
             return status

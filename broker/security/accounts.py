@@ -23,9 +23,16 @@ without the password being checked, so even the right one does not get in. Every
 refusal is audited as a failed User Authentication, every lockout as a Security Alert
 (DICOM PS3.15 A.5.3.13-14).
 
-Administration (disable, enable, delete, change role, revoke tokens) goes through the
-functions here, each writing its audit record in the caller's transaction. A disabled
-user's sessions are deleted and its tokens refused at once; a revoked token is refused.
+A performer acts as the AE titles an admin binds to it (``ae_titles``): only as those
+may it open a UPS event channel, subscribe or unsubscribe (PS3.18 11.10-11.13), and
+with none it may neither do those nor claim workitems, and a workitem it claimed (as
+its first AE title) only a performer acting as that AE title may change
+(:func:`acting_refusal`, :func:`performing_refusal`); an admin may act as any AE title.
+
+Administration (disable, enable, delete, change role, bind AE titles, revoke tokens)
+goes through the functions here, each writing its audit record in the caller's
+transaction. A disabled user's sessions are deleted and its tokens refused at once; a
+revoked token is refused.
 """
 
 from __future__ import annotations
@@ -94,6 +101,77 @@ def has_role(user: User, role: Role) -> bool:
 def may_perform(user: User) -> bool:
     """``user`` may use the Worklist Service (UPS-RS): a performer or an admin."""
     return user.role in (Role.PERFORMER.value, Role.ADMIN.value)
+
+
+# --- the AE titles a performer acts as (UPS-RS, PS3.18 11; PS3.4 CC.2) -----------------
+
+AE_TITLE_MAX = 16  # PS3.5 6.2, VR AE
+UNBOUND = ("no AE title is bound to performer {name}: an admin must bind one (console "
+           "Users page, or `mwl-broker users ae-titles {name} AE_TITLE`)")
+
+
+def parse_ae_titles(text: str) -> list[str]:
+    """AE titles from ``text`` separated by commas, backslashes or line ends, stripped
+    (leading and trailing spaces are not significant, PS3.5 6.2), duplicates dropped;
+    ValueError when one is not an AE title (1 to 16 printable ASCII characters, no
+    backslash)."""
+    titles: list[str] = []
+    for part in re.split(r"[,\\\r\n]", text):
+        title = part.strip()
+        if not title:
+            continue
+        if len(title) > AE_TITLE_MAX or any(not " " <= c <= "~" for c in title):
+            raise ValueError(f"{title[:40]!r} is not an AE title (1 to {AE_TITLE_MAX} "
+                             "printable ASCII characters)")
+        if title not in titles:
+            titles.append(title)
+    return titles
+
+
+def ae_titles_of(user: User) -> list[str]:
+    """The AE titles bound to ``user`` (empty when none)."""
+    return list(user.ae_titles or [])
+
+
+def acting_refusal(user: User, ae_title: str) -> str:
+    """Why ``user`` may not act as ``ae_title`` on the Worklist Service (open its event
+    channel, subscribe or unsubscribe it, PS3.18 11.10-11.13), or "" when it may: an
+    admin may act as any AE title, a performer only as one bound to it."""
+    if user.role == Role.ADMIN.value:
+        return ""
+    if user.role != Role.PERFORMER.value:
+        return "the Worklist Service needs the performer role"
+    titles = ae_titles_of(user)
+    if not titles:
+        return UNBOUND.format(name=user.name)
+    if ae_title.strip() not in titles:
+        return (f"performer {user.name} may act only as its AE title(s) "
+                f"{', '.join(titles)}, not as {ae_title.strip()[:AE_TITLE_MAX]!r}")
+    return ""
+
+
+def claiming_as(user: User) -> str:
+    """The AE title ``user`` claims a workitem as over UPS-RS: its first bound one (""
+    when none, as for an admin with none)."""
+    titles = ae_titles_of(user)
+    return titles[0] if titles else ""
+
+
+def performing_refusal(user: User, claimed_as: str = "") -> str:
+    """Why ``user`` may not claim a workitem or change one with its Transaction UID
+    (PS3.18 11.6, 11.7), or "" when it may: a performer acts as its bound AE titles
+    (PS3.4 CC.2.1, the performing AE's identity), so one with none bound may not, nor
+    one of which ``claimed_as`` (the AE title the workitem was claimed as, "" when
+    unknown) is not. An admin may."""
+    if user.role != Role.PERFORMER.value:
+        return ""
+    titles = ae_titles_of(user)
+    if not titles:
+        return UNBOUND.format(name=user.name)
+    if claimed_as and claimed_as not in titles:
+        return (f"the workitem was claimed as {claimed_as}; performer {user.name} acts "
+                f"only as {', '.join(titles)}")
+    return ""
 
 
 def may_hold_tokens(user: User) -> bool:
@@ -425,6 +503,21 @@ def set_role(session: Session, actor: str, address: str, name: str, role: Role) 
         old, user.role = user.role, role.value
         audit.user_security(session, actor, address, name,
                             f"user {name} role {old} -> {role.value}", roles=True)
+    return user
+
+
+def set_ae_titles(session: Session, actor: str, address: str, name: str,
+                  titles: list[str]) -> User:
+    """Bind ``name`` to the AE titles it acts as on the Worklist Service (an empty list
+    unbinds it), audited. ``titles`` are read like :func:`parse_ae_titles` (a comma
+    separates two)."""
+    user = get_user(session, name)
+    checked = parse_ae_titles(",".join(titles))
+    if ae_titles_of(user) != checked:
+        old, user.ae_titles = ae_titles_of(user), checked
+        audit.user_security(session, actor, address, name,
+                            f"user {name} AE titles {', '.join(old) or '(none)'} -> "
+                            f"{', '.join(checked) or '(none)'}", roles=True)
     return user
 
 

@@ -55,7 +55,8 @@ disabled. Reading needs the viewer role, repairing the operator role, managing u
 the admin role.
 
 The DICOMweb Worklist Service (UPS-RS, PS3.18 chapter 11) under `/dicomweb` needs a
-token of the **performer** role (or admin); a performer may use nothing else here.
+token of the **performer** role (or admin); a performer may use nothing else here, and
+acts only as the AE titles an admin binds to it (`POST /api/users/{name}/ae-titles`).
 """
 
 
@@ -83,6 +84,11 @@ class NewUser(BaseModel):
 
 class RoleRequest(BaseModel):
     role: Role
+
+
+class AETitlesRequest(BaseModel):
+    ae_titles: list[str] = Field(max_length=100, description=(
+        "The AE titles a performer acts as on the Worklist Service (empty: none)."))
 
 
 def _found(value: Any, what: str) -> Any:
@@ -320,7 +326,7 @@ def outbound_resend(request: Request, user: Operator, message_id: int) -> dict[s
 def users(session: DB, user: Admin) -> list[dict[str, Any]]:
     """Console users and their roles (admin)."""
     return [{"name": u.name, "role": u.role, "disabled": u.disabled,
-             "last_login_at": queries.iso(u.last_login_at)}
+             "ae_titles": sec.ae_titles_of(u), "last_login_at": queries.iso(u.last_login_at)}
             for u in session.scalars(select(User).order_by(User.name))]
 
 
@@ -337,7 +343,8 @@ def _admin_action(request: Request, what: Any) -> Any:
 
 
 def _user_row(user: User) -> dict[str, Any]:
-    return {"name": user.name, "role": user.role, "disabled": user.disabled}
+    return {"name": user.name, "role": user.role, "disabled": user.disabled,
+            "ae_titles": sec.ae_titles_of(user)}
 
 
 @router.post("/users", status_code=201)
@@ -368,6 +375,16 @@ def change_role(request: Request, user: Admin, name: str, body: RoleRequest
     """Give a user another role (admin; the last enabled admin keeps theirs)."""
     return _admin_action(request, lambda s, addr: _user_row(
         sec.set_role(s, user.name, addr, name, body.role)))
+
+
+@router.post("/users/{name}/ae-titles")
+def bind_ae_titles(request: Request, user: Admin, name: str, body: AETitlesRequest
+                   ) -> dict[str, Any]:
+    """Bind a performer to the AE titles it acts as on the Worklist Service (admin):
+    only as those may it open a UPS event channel, subscribe and unsubscribe, and with
+    none it may not claim workitems (PS3.18 11). 409 for a value that is no AE title."""
+    return _admin_action(request, lambda s, addr: _user_row(
+        sec.set_ae_titles(s, user.name, addr, name, body.ae_titles)))
 
 
 @router.delete("/users/{name}")

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from pydicom.config import RAISE
 from pydicom.dataset import Dataset
 from pydicom.valuerep import VR, validate_value
+from starlette.requests import HTTPConnection
 
 DICOM_JSON = "application/dicom+json"
 # Accepted as well (liberal in what we accept): plain JSON, as DICOMweb clients before
@@ -55,27 +56,27 @@ def require_uid(value: str, what: str) -> str:
     return value
 
 
-def service_name(request: Request) -> str:
+def service_name(request: HTTPConnection) -> str:
     """The ``<service>`` of a Warning header (PS3.18 8.6, RFC 7234 5.5: the warn-agent):
     the host and port the request was addressed to."""
     return request.headers.get("host") or request.url.netloc or "mwl-broker"
 
 
-def warning_value(request: Request, text: str) -> str:
+def warning_value(request: HTTPConnection, text: str) -> str:
     """``299 <service>: <text>``, the form PS3.18 11.x.3 gives its warnings in (the
     text unquoted); control characters and what a header cannot carry are dropped."""
     clean = "".join(c for c in text if c.isprintable() and ord(c) < 256)
     return f"299 {service_name(request)}: {clean}"
 
 
-def add_warnings(request: Request, response: Response, texts: Iterable[str]) -> Response:
+def add_warnings(request: HTTPConnection, response: Response, texts: Iterable[str]) -> Response:
     """One Warning header line per text."""
     for text in texts:
         response.headers.append("Warning", warning_value(request, text))
     return response
 
 
-def error_response(request: Request, exc: DicomWebError,
+def error_response(request: HTTPConnection, exc: DicomWebError,
                    dimse_status: int | None = None) -> Response:
     """The answer to a refused request: its status, the Warning header and the text as
     a small JSON body for people reading it with curl (with the DIMSE status of PS3.4

@@ -23,7 +23,12 @@ go in the query as PS3.18 writes them, ``?1.2.3``, or named, ``?workitem=1.2.3``
 
 Payloads are ``application/dicom+json`` (PS3.18 F.2; ``application/json`` is taken
 too); anything else is 415. Every route needs an API token (or session) of the
-performer role, or admin. A refusal answers with the PS3.18 status the UPS service
+performer role, or admin. A performer acts as the AE titles an admin bound to it
+(:func:`broker.security.accounts.acting_refusal`): it may subscribe, unsubscribe and
+suspend only those (and open only their event channel), claim a workitem (as its
+first AE title) only when it has one, and change a workitem with its Transaction UID
+only as the AE title it was claimed as; otherwise 403. An admin may act
+as any AE title. A refusal answers with the PS3.18 status the UPS service
 gives (:class:`broker.domain.ups.UPSError`: 400, 404, 409) or the adapter's (400 bad
 query or payload, 406 unacceptable Accept, 415 media type) and a
 ``Warning: 299 <service>: <text>`` header saying why. The rules live in the UPS
@@ -43,6 +48,8 @@ from starlette.concurrency import run_in_threadpool
 from broker.application.ups import UPSUseCases
 from broker.domain import ups as rules
 from broker.domain.ups import UPSError
+from broker.models import User
+from broker.security.accounts import acting_refusal, claiming_as, performing_refusal
 from broker.web.deps import Performer, use_cases_of
 from broker.web.dicomjson import (
     DicomWebError,
@@ -130,6 +137,27 @@ def _ae_title(value: str) -> str:
     return title
 
 
+def _acting_as(user: User, value: str) -> str:
+    """The AE title of the path, which ``user`` must be allowed to act as (400 when it
+    is no AE title, 403 when the user may not act as it)."""
+    title = _ae_title(value)
+    reason = acting_refusal(user, title)
+    if reason:
+        raise DicomWebError(403, reason)
+    return title
+
+
+async def _performing(request: Request, user: User, uid: str, *, claim: bool = False
+                      ) -> None:
+    """403 when ``user`` may not claim workitem ``uid`` or change it with its
+    Transaction UID: a performer with no AE title bound, or (not a claim) not acting as
+    the AE title the workitem was claimed as."""
+    claimed = "" if claim else await call(worklist(request).claimed_as, uid)
+    reason = performing_refusal(user, claimed)
+    if reason:
+        raise DicomWebError(403, reason)
+
+
 def _address(request: Request) -> str:
     """The client's network address, for the audit record (PS3.15 A.5.2)."""
     return request.client.host if request.client else ""
@@ -207,6 +235,8 @@ async def update_workitem(request: Request, user: Performer, workitem: str) -> R
         del changes[TRANSACTION_UID]
     if sent and not transaction:
         transaction = require_uid(sent, "Transaction UID")
+    if transaction:
+        await _performing(request, user, uid)
     texts = await call(worklist(request).update, uid, transaction, changes, by=user.name)
     response = Response(status_code=200,
                         headers={"Content-Location": _workitem_url(request, uid)})
@@ -233,8 +263,11 @@ async def change_workitem_state(request: Request, user: Performer, workitem: str
     if not transaction:
         raise DicomWebError(400, "the payload has no Transaction UID (0008,1195)")
     require_uid(transaction, "Transaction UID")
+    claim = state.upper() == "IN PROGRESS"
+    await _performing(request, user, uid, claim=claim)
     status = await call(worklist(request).change_state, uid, state, transaction,
-                        by=user.name, address=_address(request))
+                        by=user.name, address=_address(request),
+                        claimed_as=claiming_as(user) if claim else "")
     response = Response(status_code=200)
     return add_warnings(request, response, [_warning_words(status)] if status else [])
 
@@ -264,9 +297,10 @@ async def subscribe(request: Request, user: Performer, workitem: str, aetitle: s
     """Subscribe (PS3.18 11.10) ``aetitle`` to one workitem's events or, with a global
     UID, to every workitem's (``filter`` parameters with the filtered one);
     ``deletionlock=true`` asks for a Deletion Lock. 201; events arrive over the event
-    channel (:mod:`broker.web.ups_events`)."""
+    channel (:mod:`broker.web.ups_events`). 403 when the caller may not act as
+    ``aetitle`` (a performer not bound to it)."""
     uid = require_uid(workitem, "Workitem UID")
-    ae = _ae_title(aetitle)
+    ae = _acting_as(user, aetitle)
     _only(request, "deletionlock", "filter")
     lock_values = request.query_params.getlist("deletionlock")
     lock = bool(lock_values) and lock_values[-1].strip().lower() == "true"
@@ -288,7 +322,7 @@ async def unsubscribe(request: Request, user: Performer, workitem: str, aetitle:
     global subscription and every workitem subscription (PS3.4 CC.2.3.2). 200."""
     uid = require_uid(workitem, "Workitem UID")
     _only(request)
-    await call(worklist(request).unsubscribe, _ae_title(aetitle), uid)
+    await call(worklist(request).unsubscribe, _acting_as(user, aetitle), uid)
     return Response(status_code=200)
 
 
@@ -302,6 +336,6 @@ async def suspend_global_subscription(request: Request, user: Performer, workite
     if uid not in GLOBAL_UIDS:
         raise DicomWebError(400, f"only a global subscription ({GLOBAL_SUBSCRIPTION}) may "
                                  "be suspended")
-    await call(worklist(request).suspend_global, _ae_title(aetitle))
+    await call(worklist(request).suspend_global, _acting_as(user, aetitle))
     return Response(status_code=200)
 

@@ -439,6 +439,15 @@ def users_role(request: Request, user: PageAdmin, name: str,
                        f"{name} is now {role.value}")
 
 
+@router.post("/users/{name}/ae-titles")
+def users_ae_titles(request: Request, user: PageAdmin, name: str,
+                    ae_titles: Annotated[str, Form()] = "") -> Response:
+    """Bind a performer to the AE titles (comma-separated) it acts as on the Worklist
+    Service; empty unbinds them all."""
+    return _admin_form(request, lambda s, addr: sec.set_ae_titles(
+        s, user.name, addr, name, [ae_titles]), f"AE titles of {name} saved")
+
+
 @router.post("/users/{name}/disable")
 def users_disable(request: Request, user: PageAdmin, name: str) -> Response:
     return _admin_form(request, lambda s, addr: sec.set_disabled(

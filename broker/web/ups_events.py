@@ -4,11 +4,17 @@ over it.
 
 A performer (or admin) opens the channel with its API token (``Authorization: Bearer``
 on the WebSocket handshake; the console's session cookie works too); without one the
-handshake is refused (HTTP 403). The broker then sends, as WebSocket text frames, one
-``application/dicom+json`` dataset per event of the subscriptions of ``aetitle``, in
-order: the N-EVENT-REPORT fields of PS3.7 Table 10.3-1 (Affected SOP Class UID,
-Command Field N-EVENT-REPORT-RQ, Message ID, Affected SOP Instance UID = the workitem,
-Event Type ID) with the Event Information of PS3.4 Table CC.2.4-1.
+handshake is refused (HTTP 403). A performer opens only the channel of an AE title an
+admin bound to it (:func:`broker.security.accounts.acting_refusal`): the channel's
+events and its delivery position are that AE's, so no other performer may read or
+consume them; any other handshake is refused with HTTP 403 and a ``Warning`` header
+saying why, as the Worklist Service's refusals (:mod:`broker.web.dicomweb`).
+
+The broker then sends, as WebSocket text frames, one ``application/dicom+json``
+dataset per event of the subscriptions of ``aetitle``, in order: the N-EVENT-REPORT
+fields of PS3.7 Table 10.3-1 (Affected SOP Class UID, Command Field N-EVENT-REPORT-RQ,
+Message ID, Affected SOP Instance UID = the workitem, Event Type ID) with the Event
+Information of PS3.4 Table CC.2.4-1.
 
 The Affected SOP Class UID is the UPS Push SOP Class (1.2.840.10008.5.1.4.34.6.1), as in
 the N-EVENT-REPORTs sent over DIMSE (:mod:`broker.dicom.ups_events`): PS3.18 11.13 asks
@@ -48,8 +54,8 @@ from starlette.concurrency import run_in_threadpool
 from broker.db import unit_of_work
 from broker.models import User
 from broker.runtime import Runtime
-from broker.security.accounts import may_perform, session_user, token_user
-from broker.web.dicomjson import to_json
+from broker.security.accounts import acting_refusal, session_user, token_user
+from broker.web.dicomjson import DicomWebError, error_response, to_json
 from broker.web.protections import COOKIE
 
 log = logging.getLogger(__name__)
@@ -118,6 +124,17 @@ def _caller(runtime: Runtime, websocket: WebSocket) -> User | None:
         return session_user(session, cookie, runtime.settings.session_idle_minutes)
 
 
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    """Refuse the handshake: HTTP 403 with ``reason`` in a ``Warning`` header and the
+    body (the WebSocket Denial Response of ASGI), else, on a server without it, the
+    close that the server answers with a bare 403 (RFC 6455 4.2.2)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            error_response(websocket, DicomWebError(403, reason)))
+    else:
+        await websocket.close(code=POLICY_VIOLATION, reason=reason[:120])
+
+
 async def _until_closed(websocket: WebSocket) -> None:
     """Read (and drop) what the peer sends until it closes the channel."""
     try:
@@ -133,8 +150,17 @@ async def event_channel(websocket: WebSocket, aetitle: str) -> None:
     runtime: Runtime = websocket.app.state.runtime
     ae_title = aetitle.strip()
     user = await run_in_threadpool(_caller, runtime, websocket)
-    if user is None or not may_perform(user) or not 0 < len(ae_title) <= 16:
-        await websocket.close(code=POLICY_VIOLATION)
+    if user is None:
+        await _refuse(websocket, "open the event channel with an API token (Authorization: "
+                                 "Bearer) of a performer")
+        return
+    if not 0 < len(ae_title) <= 16:
+        await _refuse(websocket, f"{aetitle[:40]!r} is not an AE title")
+        return
+    reason = acting_refusal(user, ae_title)
+    if reason:
+        log.info("UPS event channel of %s refused to user %s", ae_title, user.name)
+        await _refuse(websocket, reason)
         return
     await websocket.accept()
     ups = websocket.app.state.use_cases.ups

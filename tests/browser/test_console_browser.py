@@ -180,6 +180,12 @@ def test_admin_manages_users_and_tokens(console: tuple[Any, Page]) -> None:
     row.get_by_label("Role of nurse.kim").select_option("operator")
     row.get_by_role("button", name="Change role").click()
     expect(page.locator(".notice")).to_contain_text("nurse.kim is now operator")
+    row = page.locator("tr[data-user='nurse.kim']")
+    row.get_by_label("AE titles of nurse.kim").fill("CT_AI, MR_AI")
+    row.get_by_role("button", name="Save AE titles").click()
+    expect(page.locator(".notice")).to_contain_text("AE titles of nurse.kim saved")
+    expect(page.locator("tr[data-user='nurse.kim']").get_by_label(
+        "AE titles of nurse.kim")).to_have_value("CT_AI, MR_AI")
     page.locator("tr[data-user='nurse.kim']").get_by_role("button", name="Disable").click()
     expect(page.locator("tr[data-user='nurse.kim']")).to_contain_text("disabled")
     shot(page, "11-users-and-tokens")

@@ -132,6 +132,7 @@ def test_workitem_changes_are_procedure_records(make_broker: Any) -> None:
     assert ack.code == "AA"
     with Session(create_engine(app.settings.database_url)) as session, session.begin():
         user = create_user(session, "ai-performer", PASSWORD, Role.PERFORMER)
+        user.ae_titles = ["AI_APP"]  # a performer claims as its AE title
         token = create_api_token(session, user, "test")
     headers = {"Authorization": f"Bearer {token}", "Accept": DICOM_JSON,
                "Content-Type": DICOM_JSON}

@@ -365,7 +365,7 @@ def test_password_policy_in_the_api(broker: Any) -> None:
     made = admin.post("/api/users", json={"name": "bob", "password": "tulip kettle 42",
                                           "role": "operator"})
     assert made.status_code == 201 and made.json() == {
-        "name": "bob", "role": "operator", "disabled": False}
+        "name": "bob", "role": "operator", "disabled": False, "ae_titles": []}
     assert login(broker, "bob", "tulip kettle 42").status_code == 303
     assert client(broker, "operator").post("/api/users", json={
         "name": "eve", "password": "tulip kettle 43"}).status_code == 403
@@ -422,7 +422,8 @@ def test_role_change_and_delete(broker: Any) -> None:
     admin, operator = client(broker, "admin"), client(broker, "operator")
     assert operator.post("/api/outbound/9999/resend").status_code == 404  # may repair
     changed = admin.post("/api/users/operator/role", json={"role": "viewer"})
-    assert changed.json() == {"name": "operator", "role": "viewer", "disabled": False}
+    assert changed.json() == {"name": "operator", "role": "viewer", "disabled": False,
+                              "ae_titles": []}
     assert operator.post("/api/outbound/9999/resend").status_code == 403  # at once
     token = client(broker, "viewer").post("/api/tokens", json={}).json()["token"]
     assert admin.delete("/api/users/viewer").json() == {"name": "viewer", "deleted": True}

@@ -128,6 +128,15 @@ def test_performer_gets_its_api_tokens_and_nothing_else_of_the_console(broker: A
     admin = client(broker, "admin")
     users = admin.get("/users")
     assert '<option value="performer">performer</option>' in users.text
+    # The admin binds the performer to the AE titles it acts as on the Worklist Service.
+    bound = admin.post("/users/performer/ae-titles",
+                       data={"csrf_token": csrf(admin), "ae_titles": "CT_AI, MR_AI"})
+    assert bound.headers["location"].startswith("/users?notice=AE%20titles%20of%20performer")
+    assert 'value="CT_AI, MR_AI"' in admin.get("/users").text
+    wrong = admin.post("/users/performer/ae-titles",
+                       data={"csrf_token": csrf(admin), "ae_titles": "A" * 17})
+    assert "is%20not%20an%20AE%20title" in wrong.headers["location"]
+    assert 'value="CT_AI, MR_AI"' in admin.get("/users").text
 
 
 def test_message_search_and_times_in_the_configured_zone(broker: Any) -> None:

@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from broker.models import Role
-from broker.security.accounts import create_api_token, create_user
+from broker.security.accounts import create_api_token, create_user, set_ae_titles
 from tests.builders import order
 from tests.conftest import sample
 from tests.integration.hl7util import send
@@ -32,14 +32,21 @@ UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # of every event report, PS3.
 PASSWORD = "correct horse battery"
 
 
+# The AE titles the tests' performer acts as (an admin binds them, PS3.18 11.10-11.13).
+PERFORMER_AE_TITLES = ["AI_APP", "PUSH_WATCH", "X", "CT_AI", "AI_CXR"]
+
+
 def tokens(database_url: str) -> dict[str, str]:
-    """An API token for a new user of each role, by role name."""
+    """An API token for a new user of each role, by role name; the performer is bound
+    to :data:`PERFORMER_AE_TITLES`."""
     engine = create_engine(database_url)
     out = {}
     try:
         with Session(engine) as session, session.begin():
             for role in Role:
                 user = create_user(session, f"{role.value}-user", PASSWORD, role)
+                if role is Role.PERFORMER:
+                    set_ae_titles(session, "test", "", user.name, PERFORMER_AE_TITLES)
                 out[role.value] = create_api_token(session, user, "test")
     finally:
         engine.dispose()

@@ -32,6 +32,7 @@ from broker.services.ups.subscriptions import (
 )
 from broker.services.ups.workitems import (
     change_state,
+    claimed_as,
     create,
     follow_steps,
     request_cancellation,
@@ -41,8 +42,8 @@ from broker.services.ups.workitems import (
 
 __all__ = [
     "FILTERED_GLOBAL_SUBSCRIPTION", "GLOBAL_SUBSCRIPTION", "UPS_SOP_CLASS", "SearchResult",
-    "UPSError", "UPSEventRow", "change_state", "create", "delivered_up_to", "events_after",
-    "follow_steps", "latest_event_id", "record_delivery", "report", "request_cancellation",
-    "retrieve", "search", "subscribe", "subscriber_ae_titles", "suspend_global",
-    "unsubscribe", "update", "workitems_for_steps",
+    "UPSError", "UPSEventRow", "change_state", "claimed_as", "create", "delivered_up_to",
+    "events_after", "follow_steps", "latest_event_id", "record_delivery", "report",
+    "request_cancellation", "retrieve", "search", "subscribe", "subscriber_ae_titles",
+    "suspend_global", "unsubscribe", "update", "workitems_for_steps",
 ]

@@ -224,7 +224,7 @@ _SCHEDULED_COLUMNS = ("start_datetime", "expected_completion", "input_readiness"
 # -- change state (N-ACTION 1) ----------------------------------------------------------
 
 def change_state(session: Session, uid: str, state: str, transaction_uid: str, *,
-                 by: str) -> int:
+                 by: str, claimed_as: str = "") -> int:
     """A performer's Change State (N-ACTION Action Type ID 1, PS3.4 CC.2.1; Change
     Workitem State, PS3.18 11.7) by :func:`broker.domain.ups.change_state`.
 
@@ -232,7 +232,8 @@ def change_state(session: Session, uid: str, state: str, transaction_uid: str, *
     final-state attributes (0xC304; the performed station and workitem codes are taken
     from the scheduled ones when left out); CANCELED records the cancellation time.
     Returns the status it succeeds with: 0, or the warning 0xB304 / 0xB306 when the
-    workitem is already in that state.
+    workitem is already in that state. A claim records ``claimed_as``, the AE title the
+    performer claimed it as (:func:`claimed_as`).
     """
     row = _row(session, uid)
     requested = rules.parse_state(state)
@@ -242,6 +243,7 @@ def change_state(session: Session, uid: str, state: str, transaction_uid: str, *
         return outcome.warning
     if outcome.claims:
         row.transaction_uid = transaction_uid.strip()[:64]
+        row.claimed_as = claimed_as.strip()[:16]
     if outcome.state is UPSState.COMPLETED:
         current = dataset_of(session, row)
         _fill_performed(row, current)
@@ -250,6 +252,12 @@ def change_state(session: Session, uid: str, state: str, transaction_uid: str, *
         _record_cancellation(row, row.cancel_reason)
     move(session, row, outcome.state, cause=f"{outcome.state.value} by {by}")
     return rules.SUCCESS
+
+
+def claimed_as(session: Session, uid: str) -> str:
+    """The AE title workitem ``uid`` was claimed as over UPS-RS ("" when claimed over
+    DIMSE, by an MPPS, or not at all); 0xC307 when there is no such workitem."""
+    return _row(session, uid, lock=False).claimed_as
 
 
 def _fill_performed(row: UPSWorkitem, current: Dataset) -> None:
