@@ -70,28 +70,29 @@ class MappingUseCases:
             raise versions.DeployRefused([f"{directory}: the files changed since their "
                                           "impact was shown: review the impact again"])
         versions.validate(sources, directory=directory)
-        with unit_of_work(self.runtime.session_factory) as session:
-            before = versions.active(session)
-            info = versions.deploy(session, sources, user=user, comment=comment)
-            change = Change(info, before.version if before is not None else None)
-            if change.changed:
-                audit.mapping_configuration(
-                    session, user, address, f"mapping profiles deployed: version "
-                    f"{info.version} in force" + (f" ({comment})" if comment else ""))
-        return change
+        return self._change(lambda session: versions.deploy(
+            session, sources, user=user, comment=comment), "deployed", user, address, comment)
 
     def rollback(self, version: int, *, user: str, address: str = "",
                  comment: str = "") -> Change:
         """Put version ``version`` in force again, as :meth:`deploy` does (audited);
         KeyError if there is no such version."""
+        return self._change(lambda session: versions.rollback(
+            session, version, user=user, comment=comment), "rolled back", user, address,
+            comment)
+
+    def _change(self, put_in_force: Callable[[Session], versions.VersionInfo], done: str,
+                user: str, address: str, comment: str) -> Change:
+        """Run ``put_in_force`` in a transaction with the audit record of the change
+        (none when the version already was in force)."""
         with unit_of_work(self.runtime.session_factory) as session:
             before = versions.active(session)
-            info = versions.rollback(session, version, user=user, comment=comment)
+            info = put_in_force(session)
             change = Change(info, before.version if before is not None else None)
             if change.changed:
                 audit.mapping_configuration(
-                    session, user, address, f"mapping profiles rolled back: version "
-                    f"{version} in force" + (f" ({comment})" if comment else ""))
+                    session, user, address, f"mapping profiles {done}: version "
+                    f"{info.version} in force" + (f" ({comment})" if comment else ""))
         return change
 
     # -- impact ---------------------------------------------------------------------

@@ -22,21 +22,12 @@ from tests.browser.test_console_browser import browser, log_in, shot
 from tests.builders import order
 from tests.console import add_users
 from tests.integration.hl7util import send
+from tests.site_profiles import DX_STATION as STATION
 
 pytestmark = [pytest.mark.browser]
 
 __all__ = ["browser"]  # the module's Chromium, shared with the console tests' fixture
 
-STATION = """name: site
-extends: default
-senders:
-  - {{application: EHR}}
-stations:
-  - name: dx-room
-    when: {{modality: DX}}
-    ae_title: {ae}
-    station_name: DXROOM
-"""
 
 
 def write_site(directory: Path, text_: str) -> None:

@@ -13,16 +13,7 @@ from broker.models import AuditEvent, MappingDeployment, MappingVersion
 from tests.builders import order
 from tests.integration.hl7util import send
 from tests.integration.test_cli import run
-
-SITE = """name: site
-extends: default
-senders:
-  - {{application: EHR}}
-stations:
-  - name: dx-room
-    when: {{modality: DX}}
-    ae_title: {ae}
-"""
+from tests.site_profiles import DX_STATION as SITE
 
 BROKEN = """name: site
 extends: default

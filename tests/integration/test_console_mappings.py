@@ -17,18 +17,8 @@ from broker.models import AuditEvent
 from tests.builders import order
 from tests.console import add_users, client, csrf
 from tests.integration.hl7util import send
+from tests.site_profiles import DX_STATION as STATION
 from tests.workflow import wait_until
-
-STATION = """name: site
-extends: default
-senders:
-  - {{application: EHR}}
-stations:
-  - name: dx-room
-    when: {{modality: DX}}
-    ae_title: {ae}
-    station_name: DXROOM
-"""
 
 BROKEN = STATION.replace("{{modality: DX}}", "{{modality: 7}}")
 

@@ -32,20 +32,11 @@ from broker.hl7.client import MLLPClient
 from broker.models import InboundMessage
 from tests.builders import order
 from tests.integration.hl7util import Ack
+from tests.site_profiles import DX_STATION as SITE
 
 CLI = str(Path(sys.executable).with_name("mwl-broker"))
 MWL_FIND = "1.2.840.10008.5.1.4.31"
 
-SITE = """name: site
-extends: default
-senders:
-  - {{application: EHR}}
-stations:
-  - name: dx-room
-    when: {{modality: DX}}
-    ae_title: {ae}
-    station_name: DXROOM
-"""
 
 # A station AE title of 17 characters (PS3.5 Table 6.2-1: at most 16).
 BROKEN = SITE.format(ae="DX_ROOM_TOO_LONG1")

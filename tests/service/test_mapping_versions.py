@@ -27,17 +27,7 @@ from broker.models import MappingDeployment, MappingVersion
 from tests.builders import order
 from tests.conftest import MAPPINGS
 from tests.service.conftest import Services
-
-STATION = """name: site
-extends: default
-senders:
-  - {{application: EHR}}
-stations:
-  - name: dx-room
-    when: {{modality: DX}}
-    ae_title: {ae}
-    station_name: DXROOM
-"""
+from tests.site_profiles import DX_STATION as STATION
 
 BROKEN = """name: site
 extends: default
