@@ -297,12 +297,19 @@ def queries(app: Any) -> list[tuple[str, int | None, int]]:
                 for q in session.scalars(select(WorklistQuery).order_by(WorklistQuery.id))]
 
 
-def test_a_modality_profile_deployed_on_an_open_association(make_broker: Any,
-                                                            tmp_path: Path) -> None:
-    """Embedded mode only: the C-FIND is answered by ``serve`` itself (a Celery worker
-    never takes part in it), and ``serve`` is the same process in both modes."""
+@pytest.mark.parametrize("database", [
+    "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_modality_profile_deployed_on_an_open_association(
+        make_broker: Any, tmp_path: Path, database: str, request: pytest.FixtureRequest,
+) -> None:
+    """Embedded mode only: a C-FIND is answered by ``serve`` itself, the same process
+    (:class:`broker.app.BrokerApp`) in both modes, and a Celery worker never takes part
+    in it. What the Celery run would add is PostgreSQL (the station restriction is
+    SQL), hence the PostgreSQL run."""
     site = _site(tmp_path)
-    broker = make_broker(mappings_dir=site.parent)
+    extra = {"database_url": request.getfixturevalue("postgres_url")} \
+        if database == "postgresql" else {}
+    broker = make_broker(mappings_dir=site.parent, **extra)
     env = {"MWLB_DATABASE_URL": broker.settings.database_url,
            "MWLB_MAPPINGS_DIR": str(site.parent), "MWLB_TIMEZONE": "America/Chicago"}
     modality = Modality(broker.dicom_port)
