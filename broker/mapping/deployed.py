@@ -136,5 +136,5 @@ class DeployedMappings:
         with self._lock:
             deployed = self._loaded.setdefault(version, deployed)
         log.info("mapping profiles version %s loaded: %s", version,
-                 ", ".join(p.name for p in profiles.profiles))
+                 ", ".join(f"{name} ({path})" for name, path in profiles.files.items()))
         return deployed

@@ -70,7 +70,8 @@ def test_serve_from_an_empty_directory(empty: Path, tmp_path: Path) -> None:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.1)
         text = log.read_text()
-        assert f"default ({PACKAGED_DEFAULT})" in text, text
+        assert f"version 1 in force ({PACKAGED_PROFILES})" in text, text
+        assert "version 1 loaded: default (default.yaml)" in text, text
         mllp, dicom = (int(re.findall(rf"{name}\s+[\d.]+:(\d+)", text)[0])
                        for name in ("HL7 MLLP", "DICOM"))
         assert [a.code for a in send(mllp, sample("05"))] == ["AA"]
