@@ -75,7 +75,7 @@ class BrokerApp:
                                                  user=user, comment=comment).info
 
         self.mappings_follower = MappingsFollower(
-            self.runtime.reader_factory, self.runtime.mappings,
+            self.runtime.follower_factory, self.runtime.mappings,
             settings.mappings_dir, deploy=deploy, watch=settings.mappings_watch)
         self.mappings_follower.start()
         ensure_first_admin(factory, settings)

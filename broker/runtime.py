@@ -65,6 +65,16 @@ class Runtime:
         return make_session_factory(make_engine(self.settings.database_url, readonly=True))
 
     @cached_property
+    def follower_factory(self) -> sessionmaker[Session]:
+        """Sessions of the serve process's mappings follower
+        (:class:`broker.mapping.follow.MappingsFollower`), on a connection of its own:
+        taking one of the worklist readers' pool every 2 s put C-FINDs on pooled
+        connections whose SQLite page cache was cold (one Patient ID at 10,000 steps,
+        a findscu process each: 49 -> 85 ms)."""
+        return make_session_factory(make_engine(self.settings.database_url, readonly=True,
+                                                pool_size=1, max_overflow=0))
+
+    @cached_property
     def profiles(self) -> ProfileSet:
         """The profiles of the mappings directory (MWLB_MAPPINGS_DIR) as they are on
         disk now: what ``mapping deploy`` deploys, and what maps before any version is
@@ -112,8 +122,9 @@ class Runtime:
         """Drop pooled connections: at shutdown ``close`` them; after a fork
         (``close=False``) only forget the parent's without touching its sockets."""
         engines = [self.engine] if "engine" in self.__dict__ else []
-        if "reader_factory" in self.__dict__:
-            engines.append(self.reader_factory.kw["bind"])
+        for name in ("reader_factory", "follower_factory"):
+            if name in self.__dict__:
+                engines.append(self.__dict__[name].kw["bind"])
         for engine in engines:
             engine.dispose(close=close)
 
