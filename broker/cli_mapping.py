@@ -158,16 +158,17 @@ def mapping_deploy(
     except (ProfileError, OSError) as exc:
         _refuse([str(exc)])
     try:
-        candidate = versions.validate(sources, directory=path)
+        if dry_run:
+            candidate = versions.validate(sources, directory=path)
+            for line in impact_lines(root, candidate, path, per_sender=last):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            console.print(f"dry run: {path} validates; nothing deployed", markup=False)
+            return
+        change = root.use_cases.mapping.deploy(sources, directory=path, user=_user(),
+                                               address=socket.gethostname(),
+                                               comment=comment)
     except versions.DeployRefused as refused:
         _refuse(refused.errors)
-    if dry_run:
-        for line in impact_lines(root, candidate, path, per_sender=last):
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
-        console.print(f"dry run: {path} validates; nothing deployed", markup=False)
-        return
-    change = root.use_cases.mapping.deploy(sources, directory=path, user=_user(),
-                                           address=socket.gethostname(), comment=comment)
     info = change.info
     if not change.changed:
         console.print(f"version {info.version} already in force: {path} has the same "

@@ -69,9 +69,9 @@ class MappingUseCases:
         if expected_digest and versions.digest(sources) != expected_digest:
             raise versions.DeployRefused([f"{directory}: the files changed since their "
                                           "impact was shown: review the impact again"])
-        versions.validate(sources, directory=directory)
         return self._change(lambda session: versions.deploy(
-            session, sources, user=user, comment=comment), "deployed", user, address, comment)
+            session, sources, user=user, comment=comment, directory=directory), "deployed",
+            user, address, comment)
 
     def rollback(self, version: int, *, user: str, address: str = "",
                  comment: str = "") -> Change:

@@ -72,18 +72,6 @@ ProfilesInForce = Callable[["Connection"], Deployed]
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    version: int | None
-    profiles: ProfileSet
-
-
-def fixed_profiles(profiles: ProfileSet, version: int | None = None) -> ProfilesInForce:
-    """The profiles loaded once, as the profiles in force at every query."""
-    loaded = _Loaded(version, profiles)
-    return lambda connection: loaded
-
-
-@dataclass(frozen=True)
 class Shape:
     """The attributes a response carries: its top-level keywords and its SPS item's
     (None: the whole step, a universal SPS item, C.2.2.2.6)."""

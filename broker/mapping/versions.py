@@ -129,12 +129,13 @@ def _put_in_force(session: Session, version: int, action: str, user: str,
 
 
 def deploy(session: Session, sources: dict[str, str], *, user: str, comment: str = "",
-           action: str = "deploy") -> VersionInfo:
+           action: str = "deploy", directory: Path | None = None) -> VersionInfo:
     """Validate ``sources`` and put them in force (see the module contract). Raises
-    :class:`DeployRefused` (nothing written)."""
+    :class:`DeployRefused` (nothing written), naming files by their path in
+    ``directory`` when given (default: by key)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown deployment action {action!r}")
-    validate(sources)
+    validate(sources, directory=directory)
     wanted = digest(sources)
     _serialise(session)
     in_force = _in_force(session)
@@ -226,7 +227,5 @@ def ensure_initial(session: Session, directory: Path, *, user: str = "system") -
     found = active(session)
     if found is not None:
         return found
-    sources = read_sources(directory)
-    validate(sources, directory=directory)  # refused: named by the directory's paths
-    return deploy(session, sources, user=user, comment=f"initial: {directory}",
-                  action="initial")
+    return deploy(session, read_sources(directory), user=user,
+                  comment=f"initial: {directory}", action="initial", directory=directory)

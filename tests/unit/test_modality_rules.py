@@ -17,8 +17,9 @@ from pynetdicom.dsutils import decode, encode
 
 from broker.dicom.encoder import ResponsePlan, Unsupported, encode_answer
 from broker.dicom.items import Unrepresentable, character_set
-from broker.dicom.modality_rules import Answer, ModalityProfiles, ModalityRules, fixed_profiles
+from broker.dicom.modality_rules import Answer, ModalityProfiles, ModalityRules
 from broker.dicom.worklist import WorklistItem
+from broker.mapping.deployed import Deployed
 from broker.mapping.modality import ModalityProfile
 from broker.mapping.profile import ProfileSet
 from broker.services.worklist_query import names_no_station
@@ -147,7 +148,7 @@ def test_the_encoded_cache_is_keyed_on_the_profile() -> None:
 
 def test_profiles_per_calling_ae_title_follow_the_set_in_force() -> None:
     in_force: list[ProfileSet] = [ProfileSet([], modalities=[profile(stations=["US01"])])]
-    profiles = ModalityProfiles(lambda connection: fixed_profiles(in_force[0], 7)(connection))
+    profiles = ModalityProfiles(lambda connection: Deployed(7, in_force[0]))
     rules, version = profiles.for_query(None, "US1")  # type: ignore[arg-type]
     assert rules is not None and version == 7
     assert rules.restriction is not None and rules.restriction.stations == ("US01",)
